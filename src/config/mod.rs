@@ -1,0 +1,440 @@
+//! The YAML configuration: schema, defaults and validation.
+//!
+//! `config.example.yaml` at the repository root documents every key. Every key has a
+//! default, so a short file (or none at all) works.
+
+mod load;
+mod values;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use load::{ConfigError, EMBEDDED_DEFAULT};
+pub use values::{ListenAddr, NonNegative, Pattern, Positive, Ratio, Seconds, TimeZone};
+
+use crate::quota::limit::{Metric, Mode};
+use crate::window::Window;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data-plane listen address.
+    pub listen: ListenAddr,
+    pub admin: AdminConfig,
+    /// Daily and monthly windows follow this zone's calendar.
+    pub timezone: TimeZone,
+    pub store: StoreConfig,
+    pub tenant: TenantConfig,
+    pub server: ServerConfig,
+    /// Provider name -> where it is mounted and where it goes.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Provider name or kind -> model glob -> prices.
+    pub pricing: BTreeMap<String, BTreeMap<String, PriceSpec>>,
+    pub unpriced: Unpriced,
+    pub reserve: ReserveConfig,
+    pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
+    pub alerts: AlertsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: ListenAddr("127.0.0.1:8080".parse().expect("static address")),
+            admin: AdminConfig::default(),
+            timezone: TimeZone::default(),
+            store: StoreConfig::default(),
+            tenant: TenantConfig::default(),
+            server: ServerConfig::default(),
+            providers: default_providers(),
+            pricing: BTreeMap::new(),
+            unpriced: Unpriced::default(),
+            reserve: ReserveConfig::default(),
+            limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
+            alerts: AlertsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: ListenAddr,
+    /// When this environment variable is set, `/v1/*` and `/` need it as a bearer token.
+    pub token_env: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: ListenAddr("127.0.0.1:9090".parse().expect("static address")),
+            token_env: "SPENDGATE_ADMIN_TOKEN".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Keep serving, enforce against what this replica knows, replay later.
+    #[default]
+    Open,
+    /// Refuse with 503 while the store is unreachable.
+    Closed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    /// Memory only: counters are written here periodically and on shutdown, and read at start.
+    pub snapshot: Option<PathBuf>,
+    /// Memory only: seconds between snapshot writes.
+    pub snapshot_interval: Seconds,
+    /// Redis only.
+    pub url: String,
+    /// Redis only: `url` is a seed node of a Redis Cluster.
+    pub cluster: bool,
+    pub key_prefix: String,
+    pub on_error: OnError,
+    /// Longest a store call may take before `on_error` applies.
+    pub timeout: Seconds,
+    /// Redis only: file that journals what was counted while Redis was unreachable.
+    pub journal: Option<PathBuf>,
+    /// Most entries the outage journal keeps.
+    pub journal_max_entries: usize,
+    pub retention: RetentionConfig,
+    /// How many recent requests are kept per tenant for the usage API.
+    pub recent_max: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Memory,
+            snapshot: None,
+            snapshot_interval: Seconds::from_secs(10),
+            url: "redis://127.0.0.1:6379/0".into(),
+            cluster: false,
+            key_prefix: "spendgate".into(),
+            on_error: OnError::Open,
+            timeout: Seconds::from_millis(50),
+            journal: None,
+            journal_max_entries: 100_000,
+            retention: RetentionConfig::default(),
+            recent_max: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub daily_days: u32,
+    pub monthly_months: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            daily_days: 400,
+            monthly_months: 25,
+        }
+    }
+}
+
+/// What to do with a request that carries no profile header.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Missing {
+    /// Answer 400 `tenant_missing`.
+    #[default]
+    Reject,
+    /// Charge this profile instead.
+    Profile(String),
+}
+
+impl<'de> Deserialize<'de> for Missing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "reject" {
+            return Ok(Missing::Reject);
+        }
+        crate::tenant::validate_id(&s).map_err(|e| serde::de::Error::custom(format!("`{s}` is neither `reject` nor a valid profile id: {e}")))?;
+        Ok(Missing::Profile(s))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    pub profile_header: String,
+    /// Empty string or null turns the org level off.
+    pub org_header: Option<String>,
+    pub missing: Missing,
+    /// Remove the tenant headers before forwarding upstream.
+    pub strip: bool,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            profile_header: "X-Profile-Id".into(),
+            org_header: Some("X-Org-Id".into()),
+            missing: Missing::Reject,
+            strip: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Largest request body buffered to estimate a metered call, in bytes.
+    pub max_request_body: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    pub shutdown_grace: Seconds,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body: 64 * 1024 * 1024,
+            shutdown_grace: Seconds::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Elevenlabs,
+    Gemini,
+    Vertex,
+    Openai,
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Elevenlabs => "elevenlabs",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Vertex => "vertex",
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// Path prefix on the data plane, e.g. `/gemini`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Base URL of the real API (`https://...`, or `http://` for local tests).
+    pub upstream: String,
+    /// Inject this environment variable as the provider's credential.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// A dedicated port that mounts this provider at `/`.
+    #[serde(default)]
+    pub listen: Option<ListenAddr>,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// TCP + TLS connect.
+    pub connect: Seconds,
+    /// Longest silence while waiting for response headers or the next body chunk.
+    pub read_idle: Seconds,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            connect: Seconds::from_secs(10),
+            read_idle: Seconds::from_secs(300),
+        }
+    }
+}
+
+fn default_providers() -> BTreeMap<String, ProviderConfig> {
+    let p = |kind, prefix: &str, upstream: &str| ProviderConfig {
+        kind,
+        prefix: Some(prefix.into()),
+        upstream: upstream.into(),
+        api_key_env: None,
+        listen: None,
+        timeouts: TimeoutsConfig::default(),
+    };
+    BTreeMap::from([
+        ("elevenlabs".into(), p(ProviderKind::Elevenlabs, "/elevenlabs", "https://api.elevenlabs.io")),
+        ("gemini".into(), p(ProviderKind::Gemini, "/gemini", "https://generativelanguage.googleapis.com")),
+        ("openai".into(), p(ProviderKind::Openai, "/openai", "https://api.openai.com")),
+        ("anthropic".into(), p(ProviderKind::Anthropic, "/anthropic", "https://api.anthropic.com")),
+    ])
+}
+
+/// Prices in USD for one model glob. Absent units cost nothing for that model.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PriceSpec {
+    pub input_per_mtok: Option<NonNegative>,
+    pub cached_input_per_mtok: Option<NonNegative>,
+    /// Prompt-cache writes (Anthropic 5-minute TTL).
+    pub cache_write_per_mtok: Option<NonNegative>,
+    /// Prompt-cache writes with a 1-hour TTL (Anthropic).
+    pub cache_write_1h_per_mtok: Option<NonNegative>,
+    pub output_per_mtok: Option<NonNegative>,
+    pub audio_input_per_mtok: Option<NonNegative>,
+    pub audio_output_per_mtok: Option<NonNegative>,
+    pub image_output_per_mtok: Option<NonNegative>,
+    pub per_1k_chars: Option<NonNegative>,
+    pub per_1m_chars: Option<NonNegative>,
+    pub per_image: Option<NonNegative>,
+    pub per_video_second: Option<NonNegative>,
+    pub per_audio_hour: Option<NonNegative>,
+    pub per_request: Option<NonNegative>,
+    pub per_web_search: Option<NonNegative>,
+    /// A higher rate for the whole request when the prompt exceeds a token threshold.
+    pub long_context: Option<LongContextSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LongContextSpec {
+    pub above_tokens: u64,
+    #[serde(default)]
+    pub input_per_mtok: Option<NonNegative>,
+    #[serde(default)]
+    pub cached_input_per_mtok: Option<NonNegative>,
+    #[serde(default)]
+    pub output_per_mtok: Option<NonNegative>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Unpriced {
+    /// Charge the provider's most expensive listed price.
+    #[default]
+    Default,
+    /// Refuse calls to models without a price.
+    Reject,
+    /// Charge nothing (must be chosen explicitly).
+    Zero,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReserveConfig {
+    /// Output tokens reserved for an LLM call: `max_tokens` capped at this value (or this
+    /// value when the request names none).
+    pub max_output_tokens: u64,
+    /// Bytes of request text per estimated input token.
+    pub bytes_per_token: u64,
+}
+
+impl Default for ReserveConfig {
+    fn default() -> Self {
+        Self {
+            max_output_tokens: 4096,
+            bytes_per_token: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub default_profile: Vec<LimitSpec>,
+    pub default_org: Vec<LimitSpec>,
+    pub profiles: BTreeMap<String, Vec<LimitSpec>>,
+    pub orgs: BTreeMap<String, Vec<LimitSpec>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSpec {
+    pub metric: Metric,
+    pub window: Window,
+    pub max: Positive,
+    #[serde(default)]
+    pub alert_at: Ratio,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default, rename = "match")]
+    pub matcher: Option<MatchSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Provider name (as under `providers:`) or kind.
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub model: Option<Pattern>,
+    /// Glob on the upstream path (after the prefix), e.g. `/v1/audio/*`.
+    #[serde(default)]
+    pub path: Option<Pattern>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Label series by tenant at all.
+    pub tenant_labels: bool,
+    /// Most tenants that get their own label; the rest are folded into `other`.
+    pub max_tenants: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            tenant_labels: true,
+            max_tenants: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// POST a JSON event here when a limit crosses its `alert_at`.
+    pub webhook_url: Option<String>,
+    pub timeout: Seconds,
+    pub retries: u32,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            timeout: Seconds::from_secs(5),
+            retries: 3,
+        }
+    }
+}

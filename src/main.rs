@@ -1,0 +1,104 @@
+//! The `spendgate` command: run the proxy, check a config, or print usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use spendgate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "spendgate", version, about = "A sidecar reverse proxy that enforces spend limits on paid AI APIs")]
+struct Cli {
+    /// The YAML config file (the embedded example when absent).
+    #[arg(long, short, global = true, env = "SPENDGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config and print a summary; non-zero exit when invalid.
+    Check {
+        /// Do not try to reach the configured store.
+        #[arg(long)]
+        skip_store: bool,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string()),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("SPENDGATE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => runtime.block_on(run(cli.config)),
+        Command::Check { skip_store } => runtime.block_on(spendgate::check::run(cli.config.as_deref(), skip_store)),
+    }
+}
+
+async fn run(path: Option<PathBuf>) -> ExitCode {
+    let config = match load(path.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = spendgate::server::Options {
+        config_path: path,
+        ..Default::default()
+    };
+    let handle = match spendgate::server::start(config, opts).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signals(&handle).await;
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP.
+async fn wait_for_signals(handle: &spendgate::server::Handle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); return; }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); return; }
+            _ = hup.recv() => { let _ = handle.app.reload(); }
+        }
+    }
+}

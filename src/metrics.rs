@@ -1,0 +1,175 @@
+//! Prometheus metrics (prefix `spendgate_`), on a registry owned by the process state so
+//! that several proxies in one test process do not share series.
+
+use std::collections::HashSet;
+
+use parking_lot::Mutex;
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{CounterVec, GaugeVec};
+
+use crate::config::MetricsConfig;
+
+/// Caps the distinct values of a label; past the cap values fold into `other`.
+pub struct LabelCap {
+    enabled: bool,
+    max: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl LabelCap {
+    pub fn new(enabled: bool, max: usize) -> Self {
+        Self {
+            enabled,
+            max,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The label value to use for `value`.
+    pub fn label(&self, value: &str) -> String {
+        if !self.enabled {
+            return String::new();
+        }
+        let mut seen = self.seen.lock();
+        if seen.contains(value) {
+            return value.to_string();
+        }
+        if seen.len() < self.max {
+            seen.insert(value.to_string());
+            return value.to_string();
+        }
+        "other".to_string()
+    }
+
+    pub fn reconfigure(&mut self, enabled: bool, max: usize) {
+        self.enabled = enabled;
+        self.max = max;
+    }
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub cost_usd: CounterVec,
+    pub tokens: IntCounterVec,
+    pub characters: IntCounterVec,
+    pub quota_rejections: IntCounterVec,
+    pub shadow_refusals: IntCounterVec,
+    pub store_errors: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub unpriced: IntCounterVec,
+    pub usage_estimated: IntCounterVec,
+    pub upstream_failures: IntCounterVec,
+    pub quota_usage_ratio: GaugeVec,
+    pub upstream_duration: HistogramVec,
+    pub overhead: Histogram,
+    pub store_duration: HistogramVec,
+    pub tenants: Mutex<LabelCap>,
+    pub models: LabelCap,
+}
+
+/// Most distinct model names labelled; models come from requests, so they are capped.
+const MAX_MODEL_LABELS: usize = 500;
+
+impl Metrics {
+    pub fn new(cfg: &MetricsConfig) -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(format!("spendgate_{name}"), help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
+            c
+        };
+        let requests = counter("requests_total", "Requests forwarded upstream, by upstream status (or the proxy's own answer).", &["provider", "model", "status"]);
+        let tokens = counter("tokens_total", "Tokens billed, by kind.", &["tenant", "provider", "model", "kind"]);
+        let characters = counter("characters_total", "Characters billed.", &["tenant", "provider", "model"]);
+        let quota_rejections = counter("quota_rejections_total", "Requests refused with 402 because a limit was used up.", &["tenant", "scope", "metric", "window"]);
+        let shadow_refusals = counter("shadow_refusals_total", "Requests a shadow-mode limit would have refused.", &["tenant", "scope", "metric", "window"]);
+        let store_errors = counter("store_errors_total", "Store calls that failed or timed out.", &["op"]);
+        let config_reloads = counter("config_reloads_total", "Configuration reloads.", &["result"]);
+        let unpriced = counter("unpriced_total", "Responses for models without a price (the unpriced policy applied).", &["provider", "model"]);
+        let usage_estimated = counter("usage_estimated_total", "Responses whose usage could not be read and were charged the estimate.", &["provider", "reason"]);
+        let upstream_failures = counter("upstream_failures_total", "Upstream connections or bodies that failed.", &["provider", "reason"]);
+        let cost_usd = CounterVec::new(Opts::new("spendgate_cost_usd_total", "Cost charged, in US dollars."), &["tenant", "org", "provider", "model"]).expect("valid metric");
+        registry.register(Box::new(cost_usd.clone())).expect("metric registered once");
+        let quota_usage_ratio = GaugeVec::new(Opts::new("spendgate_quota_usage_ratio", "Current value of a limit divided by its max."), &["tenant", "scope", "metric", "window"]).expect("valid metric");
+        registry.register(Box::new(quota_usage_ratio.clone())).expect("metric registered once");
+        let latency_buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+        let upstream_duration = HistogramVec::new(HistogramOpts::new("spendgate_upstream_duration_seconds", "Time from forwarding a request to the end of the upstream response.").buckets(latency_buckets), &["provider"]).expect("valid metric");
+        registry.register(Box::new(upstream_duration.clone())).expect("metric registered once");
+        let fine = vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
+        let overhead = Histogram::with_opts(HistogramOpts::new("spendgate_overhead_seconds", "Time the proxy itself adds to a request (identification, quota, forwarding setup), excluding upstream time.").buckets(fine.clone())).expect("valid metric");
+        registry.register(Box::new(overhead.clone())).expect("metric registered once");
+        let store_duration = HistogramVec::new(HistogramOpts::new("spendgate_store_duration_seconds", "Store call latency.").buckets(fine), &["op"]).expect("valid metric");
+        registry.register(Box::new(store_duration.clone())).expect("metric registered once");
+        Self {
+            registry,
+            requests,
+            cost_usd,
+            tokens,
+            characters,
+            quota_rejections,
+            shadow_refusals,
+            store_errors,
+            config_reloads,
+            unpriced,
+            usage_estimated,
+            upstream_failures,
+            quota_usage_ratio,
+            upstream_duration,
+            overhead,
+            store_duration,
+            tenants: Mutex::new(LabelCap::new(cfg.tenant_labels, cfg.max_tenants)),
+            models: LabelCap::new(true, MAX_MODEL_LABELS),
+        }
+    }
+
+    /// The label for a tenant id (capped or switched off per config).
+    pub fn tenant(&self, id: &str) -> String {
+        self.tenants.lock().label(id)
+    }
+
+    /// The label for a model name (capped).
+    pub fn model(&self, model: &str) -> String {
+        self.models.label(model)
+    }
+
+    /// Applies a reloaded `metrics:` section.
+    pub fn reconfigure(&self, cfg: &MetricsConfig) {
+        self.tenants.lock().reconfigure(cfg.tenant_labels, cfg.max_tenants);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_cap_folds_into_other() {
+        let c = LabelCap::new(true, 2);
+        assert_eq!(c.label("a"), "a");
+        assert_eq!(c.label("b"), "b");
+        assert_eq!(c.label("c"), "other");
+        assert_eq!(c.label("a"), "a");
+        assert_eq!(LabelCap::new(false, 2).label("a"), "");
+    }
+
+    #[test]
+    fn renders_the_documented_names() {
+        let m = Metrics::new(&MetricsConfig::default());
+        m.requests.with_label_values(&["gemini", "m", "200"]).inc();
+        m.overhead.observe(0.0001);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("spendgate_requests_total{model=\"m\",provider=\"gemini\",status=\"200\"} 1"));
+        assert!(text.contains("spendgate_overhead_seconds_bucket"));
+    }
+}

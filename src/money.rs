@@ -1,0 +1,84 @@
+//! Integer money.
+//!
+//! The ledger counts **nano-dollars** (1e-9 USD) in `i64`: every list price per token in the
+//! built-in table is a whole number of nano-dollars per token or finer, and `i64` holds about
+//! 9.2 billion USD, far beyond any per-tenant window. Redis Lua compares numbers as doubles,
+//! exact up to 2^53 nano-dollars (about 9 million USD), which bounds a single limit's max.
+//!
+//! Prices are kept finer still, in **pico-dollars per unit** (1e-12 USD), so that a
+//! per-second rate derived from a per-hour price loses at most a pico-dollar per unit.
+//! A request's cost is summed in pico-dollars and rounded **up** to the next nano-dollar
+//! once, so a request is never charged less than its exact cost.
+
+/// Nano-dollars per US dollar.
+pub const NANOS_PER_USD: i64 = 1_000_000_000;
+/// Pico-dollars per nano-dollar.
+pub const PICOS_PER_NANO: i128 = 1_000;
+/// Pico-dollars per US dollar.
+pub const PICOS_PER_USD: f64 = 1e12;
+
+/// Converts a dollar amount from configuration into nano-dollars (nearest).
+pub fn usd_to_nanos(usd: f64) -> i64 {
+    (usd * NANOS_PER_USD as f64).round() as i64
+}
+
+/// Converts nano-dollars back into dollars for display and JSON.
+pub fn nanos_to_usd(nanos: i64) -> f64 {
+    nanos as f64 / NANOS_PER_USD as f64
+}
+
+/// Converts a dollar price per `per` units into pico-dollars per single unit (nearest).
+pub fn usd_per_units_to_picos(usd: f64, per: f64) -> i128 {
+    (usd * PICOS_PER_USD / per).round() as i128
+}
+
+/// Rounds a pico-dollar amount up to whole nano-dollars.
+pub fn picos_to_nanos_ceil(picos: i128) -> i64 {
+    if picos <= 0 {
+        return 0;
+    }
+    let nanos = (picos + PICOS_PER_NANO - 1) / PICOS_PER_NANO;
+    i64::try_from(nanos).unwrap_or(i64::MAX)
+}
+
+/// Formats nano-dollars as `$1.23` (two decimals, more when the amount is smaller than a cent).
+pub fn format_usd(nanos: i64) -> String {
+    let usd = nanos_to_usd(nanos);
+    if nanos != 0 && usd.abs() < 0.01 {
+        format!("${usd:.6}")
+    } else {
+        format!("${usd:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_are_exact_for_list_prices() {
+        // $0.30 per 1M tokens is 300_000 pico-dollars per token.
+        assert_eq!(usd_per_units_to_picos(0.30, 1e6), 300_000);
+        // $0.005 per 1M tokens.
+        assert_eq!(usd_per_units_to_picos(0.005, 1e6), 5_000);
+        // $0.05 per 1K characters.
+        assert_eq!(usd_per_units_to_picos(0.05, 1e3), 50_000_000);
+        assert_eq!(usd_to_nanos(10.0), 10_000_000_000);
+        assert_eq!(usd_to_nanos(0.0615), 61_500_000);
+    }
+
+    #[test]
+    fn rounding_goes_up_to_the_next_nano() {
+        assert_eq!(picos_to_nanos_ceil(0), 0);
+        assert_eq!(picos_to_nanos_ceil(1), 1);
+        assert_eq!(picos_to_nanos_ceil(1000), 1);
+        assert_eq!(picos_to_nanos_ceil(1001), 2);
+        assert_eq!(picos_to_nanos_ceil(-5), 0);
+    }
+
+    #[test]
+    fn formats_dollars() {
+        assert_eq!(format_usd(10_020_000_000), "$10.02");
+        assert_eq!(format_usd(2_009_700), "$0.002010");
+    }
+}

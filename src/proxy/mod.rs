@@ -1,0 +1,99 @@
+//! The data plane: listeners, connections and graceful drain. The request path itself is in
+//! [`handler`].
+
+pub mod client;
+pub mod handler;
+pub mod headers;
+pub mod metered_body;
+pub mod reply;
+pub mod route;
+pub mod settle;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::App;
+use route::Route;
+
+/// Serves connections from `listener` until `shutdown` flips to true, then stops accepting
+/// and lets open connections finish their in-flight requests for up to `grace`.
+pub async fn serve<F, Fut, B>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, grace: Duration, handler: F)
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<B>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stopped(&mut shutdown) => break,
+            a = listener.accept() => a,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
+    }
+}
+
+/// Resolves once `rx` reads true (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// A bound data-plane listener: the shared one (routes by prefix) or a provider's own.
+pub struct DataListener {
+    pub listener: TcpListener,
+    pub route: Option<Arc<Route>>,
+}
+
+impl DataListener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Serves a data-plane listener.
+pub async fn serve_data(app: Arc<App>, l: DataListener, shutdown: watch::Receiver<bool>) {
+    let grace = app.runtime().config.server.shutdown_grace.0;
+    let route = l.route;
+    serve(l.listener, shutdown, grace, move |req| handler::handle(app.clone(), req, route.clone())).await;
+}

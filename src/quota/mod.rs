@@ -1,0 +1,294 @@
+//! Quota: which counters a request touches, the atomic check-and-reserve before forwarding,
+//! and the settlement that replaces the estimate with the real usage afterwards.
+//!
+//! A request is admitted while every enforcing limit that matches it, of its profile and of
+//! its org, is below its max, where the counter already includes the reservations of
+//! requests in flight. The request that crosses a max is admitted (its cost is not known
+//! until it is reserved); the next one is refused. With exact estimates the final spend of
+//! a window is therefore at most one request's cost past the max; with estimates, the
+//! overshoot also includes the estimate error of the requests in flight.
+
+pub mod limit;
+pub mod refusal;
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::providers::Usage;
+use crate::store::{CounterKey, CounterOp, ReserveRequest};
+use crate::tenant::Tenant;
+use crate::window::{Bucket, Calendar, Window};
+use limit::{CallKey, Limit, LimitSet, Metric, Scope};
+pub use refusal::Refusal;
+
+/// A request's amount in each metric.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Amounts {
+    pub cost_nanos: i64,
+    pub tokens: i64,
+    pub requests: i64,
+    pub characters: i64,
+}
+
+impl Amounts {
+    pub fn new(cost_nanos: i64, usage: &Usage, requests: i64) -> Self {
+        Self {
+            cost_nanos,
+            tokens: i64::try_from(usage.tokens()).unwrap_or(i64::MAX),
+            requests,
+            characters: i64::try_from(usage.characters).unwrap_or(i64::MAX),
+        }
+    }
+
+    pub fn get(&self, m: Metric) -> i64 {
+        match m {
+            Metric::CostUsd => self.cost_nanos,
+            Metric::Tokens => self.tokens,
+            Metric::Requests => self.requests,
+            Metric::Characters => self.characters,
+        }
+    }
+}
+
+/// One limit that applies to a request, and the counter that holds it.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub op: usize,
+    pub scope: Scope,
+    pub tenant: String,
+    pub limit: Limit,
+    pub resets_at: DateTime<Utc>,
+}
+
+/// The counters a request touches and the limits that watch them.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub ops: Vec<CounterOp>,
+    /// The metric each op counts.
+    pub metrics: Vec<Metric>,
+    pub checks: Vec<Check>,
+    pub expire_daily: DateTime<Utc>,
+    pub expire_monthly: DateTime<Utc>,
+}
+
+/// How long counters are kept after their window ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub daily_days: u32,
+    pub monthly_months: u32,
+}
+
+impl Plan {
+    /// Plans the counters of a request at `now`. Every tenant always gets its base counters
+    /// (cost, tokens, requests, characters per day and month), so a limit added later sees
+    /// what was already spent in its window; limits with a `match` get their own counter.
+    pub fn new(limits: &LimitSet, calendar: &Calendar, retention: Retention, tenant: &Tenant, call: &CallKey<'_>, amounts: &Amounts, now: DateTime<Utc>) -> Plan {
+        let daily = calendar.bucket(Window::Daily, now);
+        let monthly = calendar.bucket(Window::Monthly, now);
+        let expire_daily = daily.resets_at + Duration::days(i64::from(retention.daily_days));
+        let expire_monthly = monthly.resets_at + Duration::days(31 * i64::from(retention.monthly_months));
+        let mut plan = Plan {
+            ops: Vec::with_capacity(24),
+            metrics: Vec::with_capacity(24),
+            checks: Vec::new(),
+            expire_daily,
+            expire_monthly,
+        };
+        let scopes = std::iter::once((Scope::Profile, tenant.profile.as_str())).chain(tenant.org.as_deref().map(|o| (Scope::Org, o)));
+        for (scope, id) in scopes {
+            for bucket in [&daily, &monthly] {
+                let base = plan.ops.len();
+                for metric in Metric::ALL {
+                    plan.push_op(scope, id, bucket, metric.field().to_string(), metric, amounts.get(metric));
+                }
+                for limit in limits.for_tenant(scope, id).iter().filter(|l| l.window == bucket.window && l.applies_to(call)) {
+                    let op = if limit.matcher.is_some() {
+                        plan.push_op(scope, id, bucket, limit.field(), limit.metric, amounts.get(limit.metric))
+                    } else {
+                        base + Metric::ALL.iter().position(|m| *m == limit.metric).expect("every metric has a base counter")
+                    };
+                    if limit.enforcing() {
+                        let max = &mut plan.ops[op].max;
+                        *max = Some(max.map_or(limit.max, |m| m.min(limit.max)));
+                    }
+                    plan.checks.push(Check {
+                        op,
+                        scope,
+                        tenant: id.to_string(),
+                        limit: limit.clone(),
+                        resets_at: bucket.resets_at,
+                    });
+                }
+            }
+        }
+        plan
+    }
+
+    fn push_op(&mut self, scope: Scope, id: &str, bucket: &Bucket, field: String, metric: Metric, amount: i64) -> usize {
+        self.ops.push(CounterOp {
+            key: CounterKey {
+                scope,
+                tenant: id.to_string(),
+                window: bucket.window,
+                bucket: bucket.id.clone(),
+                field,
+            },
+            amount,
+            max: None,
+        });
+        self.metrics.push(metric);
+        self.ops.len() - 1
+    }
+
+    pub fn reserve_request(&self) -> ReserveRequest {
+        ReserveRequest {
+            ops: self.ops.clone(),
+            expire_daily: self.expire_daily,
+            expire_monthly: self.expire_monthly,
+        }
+    }
+
+    /// The refusal for a store's `Refused { index, current }`.
+    pub fn refusal(&self, index: usize, current: i64) -> Refusal {
+        let check = self
+            .checks
+            .iter()
+            .filter(|c| c.op == index && c.limit.enforcing())
+            .min_by_key(|c| c.limit.max)
+            .or_else(|| self.checks.iter().find(|c| c.op == index))
+            .expect("only ops with a max refuse, and only checks set a max");
+        Refusal {
+            scope: check.scope,
+            tenant: check.tenant.clone(),
+            limit: check.limit.clone(),
+            current,
+            resets_at: check.resets_at,
+        }
+    }
+
+    /// The counter corrections once the real amounts are known.
+    pub fn deltas(&self, actual: &Amounts) -> Vec<(CounterKey, i64)> {
+        self.ops
+            .iter()
+            .zip(&self.metrics)
+            .filter_map(|(op, m)| {
+                let d = actual.get(*m) - op.amount;
+                (d != 0).then(|| (op.key.clone(), d))
+            })
+            .collect()
+    }
+
+    /// Each check's value after this request's reservation, given the values before it.
+    pub fn values_after(&self, before: &[i64]) -> Vec<(usize, i64)> {
+        self.checks.iter().enumerate().map(|(i, c)| (i, before.get(c.op).copied().unwrap_or(0) + self.ops[c.op].amount)).collect()
+    }
+
+    /// The tightest enabled limit after admission: `(check index, remaining)`, by the
+    /// smallest remaining fraction of its max.
+    pub fn tightest(&self, before: &[i64]) -> Option<(usize, i64)> {
+        self.values_after(before)
+            .into_iter()
+            .filter(|(i, _)| self.checks[*i].limit.enabled)
+            .map(|(i, v)| (i, self.checks[i].limit.max - v))
+            .min_by(|(a, ra), (b, rb)| {
+                let fa = *ra as f64 / self.checks[*a].limit.max as f64;
+                let fb = *rb as f64 / self.checks[*b].limit.max as f64;
+                fa.total_cmp(&fb)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, ProviderKind};
+
+    fn setup(yaml: &str) -> (LimitSet, Calendar) {
+        let c = Config::from_yaml(yaml, "t").unwrap();
+        (LimitSet::new(&c.limits), Calendar::new(c.timezone.0))
+    }
+
+    const RET: Retention = Retention {
+        daily_days: 400,
+        monthly_months: 25,
+    };
+
+    fn call(model: &str) -> CallKey<'_> {
+        CallKey {
+            provider: "gemini",
+            kind: ProviderKind::Gemini,
+            model: Some(model),
+            path: "/v1/models/x:predict",
+        }
+    }
+
+    #[test]
+    fn base_counters_for_profile_and_org_and_filtered_limits() {
+        let (limits, cal) = setup(
+            "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 10}\n  orgs:\n    acme:\n      - {metric: requests, window: daily, max: 50, match: {provider: gemini, model: \"imagen-*\"}}\n",
+        );
+        let tenant = Tenant {
+            profile: "p1".into(),
+            org: Some("acme".into()),
+        };
+        let amounts = Amounts {
+            cost_nanos: 5,
+            tokens: 0,
+            requests: 1,
+            characters: 0,
+        };
+        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
+        let plan = Plan::new(&limits, &cal, RET, &tenant, &call("imagen-4.0-generate-001"), &amounts, now);
+        // 2 scopes x 2 windows x 4 base counters + 1 filtered.
+        assert_eq!(plan.ops.len(), 17);
+        assert_eq!(plan.checks.len(), 2);
+        let monthly_cost = &plan.ops[plan.checks[0].op];
+        assert_eq!(monthly_cost.key.field, "cost");
+        assert_eq!(monthly_cost.key.bucket, "2026-11");
+        assert_eq!(monthly_cost.max, Some(10_000_000_000));
+        let filtered = &plan.ops[plan.checks[1].op];
+        assert!(filtered.key.field.starts_with("requests#"));
+        assert_eq!(filtered.amount, 1);
+        assert_eq!(filtered.max, Some(50));
+        // A model outside the match does not touch the filtered counter.
+        let plan = Plan::new(&limits, &cal, RET, &tenant, &call("gemini-2.5-flash"), &amounts, now);
+        assert_eq!(plan.ops.len(), 16);
+        let r = plan.refusal(plan.checks[0].op, 10_020_000_000);
+        assert_eq!(r.message(), "Monthly cost limit reached for profile p1: used $10.02 of $10.00");
+    }
+
+    #[test]
+    fn shadow_and_disabled_limits_never_set_a_max() {
+        let (limits, cal) = setup("limits:\n  default_profile:\n    - {metric: requests, window: daily, max: 1, mode: shadow}\n    - {metric: tokens, window: daily, max: 1, enabled: false}\n");
+        let tenant = Tenant {
+            profile: "p1".into(),
+            org: None,
+        };
+        let plan = Plan::new(&limits, &cal, RET, &tenant, &call("m"), &Amounts::default(), Utc::now());
+        assert!(plan.ops.iter().all(|o| o.max.is_none()));
+        assert_eq!(plan.checks.len(), 2);
+    }
+
+    #[test]
+    fn deltas_replace_the_estimate() {
+        let (limits, cal) = setup("");
+        let tenant = Tenant {
+            profile: "p1".into(),
+            org: None,
+        };
+        let est = Amounts {
+            cost_nanos: 100,
+            tokens: 50,
+            requests: 1,
+            characters: 0,
+        };
+        let plan = Plan::new(&limits, &cal, RET, &tenant, &call("m"), &est, Utc::now());
+        let d = plan.deltas(&Amounts {
+            cost_nanos: 70,
+            tokens: 50,
+            requests: 1,
+            characters: 0,
+        });
+        assert_eq!(d.len(), 2, "daily and monthly cost");
+        assert!(d.iter().all(|(k, v)| k.field == "cost" && *v == -30));
+    }
+}

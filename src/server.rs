@@ -1,0 +1,128 @@
+//! Starting and stopping the whole process: bind every listener, run the planes and the
+//! background jobs, and on shutdown drain in-flight requests, wait for their settlements and
+//! flush the store.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::app::{open_store, App};
+use crate::config::Config;
+use crate::proxy::{self, DataListener};
+use crate::window::Clock;
+
+/// How long shutdown waits for settlements still being written.
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
+
+/// A running proxy.
+pub struct Handle {
+    pub app: Arc<App>,
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// Provider name -> its dedicated listener, for providers with `listen`.
+    pub provider_addrs: BTreeMap<String, SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Options for [`start`] beyond the config.
+#[derive(Default)]
+pub struct Options {
+    pub config_path: Option<PathBuf>,
+    pub clock: Clock,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Binds every listener and starts serving.
+pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
+    let store = open_store(&config).await.context("cannot open the store")?;
+    let app = App::new(config, opts.config_path, store, opts.clock)?;
+    let runtime = app.runtime();
+    let cfg = &runtime.config;
+
+    let (shutdown, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    let data = bind(cfg.listen.0, "listen").await?;
+    let data_addr = data.local_addr()?;
+    let admin = bind(cfg.admin.listen.0, "admin.listen").await?;
+    let admin_addr = admin.local_addr()?;
+    let mut provider_addrs = BTreeMap::new();
+    let mut listeners = vec![DataListener { listener: data, route: None }];
+    for route in &runtime.routes {
+        if let Some(l) = cfg.providers.get(&route.name).and_then(|p| p.listen) {
+            let listener = bind(l.0, &format!("providers.{}.listen", route.name)).await?;
+            provider_addrs.insert(route.name.clone(), listener.local_addr()?);
+            listeners.push(DataListener { listener, route: Some(route.clone()) });
+        }
+    }
+    for l in listeners {
+        tasks.spawn(proxy::serve_data(app.clone(), l, rx.clone()));
+    }
+    let admin_app = app.clone();
+    tasks.spawn(proxy::serve(admin, rx.clone(), Duration::from_secs(5), move |req| crate::admin::handle(admin_app.clone(), req)));
+
+    // Periodic store flush (the memory snapshot; a no-op elsewhere).
+    let flush_app = app.clone();
+    let interval = cfg.store.snapshot_interval.0;
+    let mut flush_rx = rx.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = proxy::stopped(&mut flush_rx) => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = flush_app.store.flush().await {
+                flush_app.metrics.store_errors.with_label_values(&["flush"]).inc();
+                tracing::error!(error = %e, "store flush failed");
+            }
+        }
+    });
+
+    tracing::info!(%data_addr, %admin_addr, store = app.store.name(), "spendgate is serving");
+    Ok(Handle {
+        app,
+        data_addr,
+        admin_addr,
+        provider_addrs,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Handle {
+    /// Stops accepting, drains in-flight requests (bounded by `server.shutdown_grace`),
+    /// waits for their settlements and flushes the store.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.app.settlements.close();
+        if tokio::time::timeout(SETTLE_WAIT, self.app.settlements.wait()).await.is_err() {
+            tracing::error!("some settlements did not finish before shutdown");
+        }
+        if let Err(e) = self.app.store.flush().await {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+        tracing::info!("spendgate stopped");
+    }
+
+    /// Waits for the settlements already started (tests use this before reading the store).
+    pub async fn settled(&self) {
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        while !self.app.settlements.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}

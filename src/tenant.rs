@@ -1,0 +1,122 @@
+//! Who pays for a request: the profile (and optional org) named by the tenant headers.
+
+use http::HeaderMap;
+
+use crate::config::{Missing, TenantConfig};
+
+/// Longest tenant id accepted; ids become store keys and metric labels.
+pub const MAX_ID_LEN: usize = 128;
+
+/// The tenant a request is charged to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub profile: String,
+    pub org: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    #[error("missing tenant header {0}")]
+    Missing(String),
+    #[error("invalid tenant header {header}: {reason}")]
+    Invalid { header: String, reason: String },
+}
+
+impl TenantError {
+    /// The `error.type` of the refusal body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TenantError::Missing(_) => "tenant_missing",
+            TenantError::Invalid { .. } => "tenant_invalid",
+        }
+    }
+}
+
+/// Checks an id: 1..=128 bytes of `[A-Za-z0-9._:@-]`.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("the id is empty".into());
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("the id is {} bytes long; at most {MAX_ID_LEN} are allowed", id.len()));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-'))) {
+        return Err(format!("the id contains {c:?}; only letters, digits and . _ : @ - are allowed"));
+    }
+    Ok(())
+}
+
+/// Reads the tenant from the request headers.
+pub fn identify(headers: &HeaderMap, cfg: &TenantConfig) -> Result<Tenant, TenantError> {
+    let read = |name: &str| -> Result<Option<String>, TenantError> {
+        let mut values = headers.get_all(name).iter();
+        let Some(v) = values.next() else { return Ok(None) };
+        let invalid = |reason: String| TenantError::Invalid {
+            header: name.to_string(),
+            reason,
+        };
+        if values.next().is_some() {
+            return Err(invalid("the header appears more than once".into()));
+        }
+        let s = v.to_str().map_err(|_| invalid("the value is not visible ASCII".into()))?.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        validate_id(s).map_err(invalid)?;
+        Ok(Some(s.to_string()))
+    };
+    let profile = match read(&cfg.profile_header)? {
+        Some(p) => p,
+        None => match &cfg.missing {
+            Missing::Profile(p) => p.clone(),
+            Missing::Reject => return Err(TenantError::Missing(cfg.profile_header.clone())),
+        },
+    };
+    let org = match &cfg.org_header {
+        Some(h) => read(h)?,
+        None => None,
+    };
+    Ok(Tenant { profile, org })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn reads_profile_and_org() {
+        let cfg = TenantConfig::default();
+        let t = identify(&headers(&[("x-profile-id", "p-123"), ("X-Org-Id", "acme")]), &cfg).unwrap();
+        assert_eq!(t.profile, "p-123");
+        assert_eq!(t.org.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn missing_and_invalid() {
+        let cfg = TenantConfig::default();
+        assert_eq!(identify(&headers(&[]), &cfg).unwrap_err().kind(), "tenant_missing");
+        assert_eq!(identify(&headers(&[("x-profile-id", "a b")]), &cfg).unwrap_err().kind(), "tenant_invalid");
+        let long = "a".repeat(129);
+        assert_eq!(identify(&headers(&[("x-profile-id", &long)]), &cfg).unwrap_err().kind(), "tenant_invalid");
+        assert!(identify(&headers(&[("x-profile-id", &"a".repeat(128))]), &cfg).is_ok());
+        assert_eq!(identify(&headers(&[("x-profile-id", "a"), ("x-profile-id", "b")]), &cfg).unwrap_err().kind(), "tenant_invalid");
+        assert_eq!(identify(&headers(&[("x-profile-id", "ok"), ("x-org-id", "{x}")]), &cfg).unwrap_err().kind(), "tenant_invalid");
+    }
+
+    #[test]
+    fn default_profile_when_configured() {
+        let cfg = TenantConfig {
+            missing: Missing::Profile("anon".into()),
+            ..TenantConfig::default()
+        };
+        assert_eq!(identify(&headers(&[]), &cfg).unwrap().profile, "anon");
+    }
+}

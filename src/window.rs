@@ -1,0 +1,217 @@
+//! Calendar windows (day and month) in the configured time zone, and the clock they read.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+/// The length of a limit's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Window {
+    Daily,
+    Monthly,
+}
+
+impl Window {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Daily => "daily",
+            Window::Monthly => "monthly",
+        }
+    }
+
+    /// "Daily" / "Monthly", for messages.
+    pub fn title(self) -> &'static str {
+        match self {
+            Window::Daily => "Daily",
+            Window::Monthly => "Monthly",
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One concrete window: a calendar day or month in the configured zone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Bucket {
+    pub window: Window,
+    /// `2026-11-22` for a day, `2026-11` for a month.
+    pub id: String,
+    /// The instant the window ends (and the next one starts).
+    pub resets_at: DateTime<Utc>,
+}
+
+/// Source of the current time. Tests inject a fixed clock; production reads the system.
+#[derive(Clone, Default)]
+pub struct Clock {
+    fixed_millis: Option<Arc<AtomicI64>>,
+}
+
+impl Clock {
+    pub fn system() -> Self {
+        Self { fixed_millis: None }
+    }
+
+    /// A clock that stays at `at` until moved with [`Clock::set`].
+    pub fn fixed(at: DateTime<Utc>) -> Self {
+        Self {
+            fixed_millis: Some(Arc::new(AtomicI64::new(at.timestamp_millis()))),
+        }
+    }
+
+    /// Moves a fixed clock; no effect on the system clock.
+    pub fn set(&self, at: DateTime<Utc>) {
+        if let Some(m) = &self.fixed_millis {
+            m.store(at.timestamp_millis(), Ordering::SeqCst);
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        match &self.fixed_millis {
+            Some(m) => DateTime::from_timestamp_millis(m.load(Ordering::SeqCst)).unwrap_or_else(Utc::now),
+            None => Utc::now(),
+        }
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.fixed_millis {
+            Some(_) => write!(f, "Clock::fixed({})", self.now()),
+            None => f.write_str("Clock::system"),
+        }
+    }
+}
+
+/// The calendar of the configured zone.
+#[derive(Debug, Clone, Copy)]
+pub struct Calendar {
+    pub tz: Tz,
+}
+
+impl Calendar {
+    pub fn new(tz: Tz) -> Self {
+        Self { tz }
+    }
+
+    /// The local date of `at` in this zone.
+    pub fn local_date(&self, at: DateTime<Utc>) -> NaiveDate {
+        at.with_timezone(&self.tz).date_naive()
+    }
+
+    /// The window of kind `window` that contains `at`.
+    pub fn bucket(&self, window: Window, at: DateTime<Utc>) -> Bucket {
+        let date = self.local_date(at);
+        match window {
+            Window::Daily => Bucket {
+                window,
+                id: date.format("%Y-%m-%d").to_string(),
+                resets_at: self.start_of(date + Duration::days(1)),
+            },
+            Window::Monthly => {
+                let next = first_of_next_month(date);
+                Bucket {
+                    window,
+                    id: date.format("%Y-%m").to_string(),
+                    resets_at: self.start_of(next),
+                }
+            }
+        }
+    }
+
+    /// The ids of the daily buckets of the last `days` days, newest first, ending at `at`.
+    pub fn recent_days(&self, at: DateTime<Utc>, days: u32) -> Vec<String> {
+        let today = self.local_date(at);
+        (0..days)
+            .map(|i| (today - Duration::days(i64::from(i))).format("%Y-%m-%d").to_string())
+            .collect()
+    }
+
+    /// The first instant of `date` in this zone. Where midnight does not exist (a DST gap at
+    /// 00:00), the day starts at the first instant that does.
+    pub fn start_of(&self, date: NaiveDate) -> DateTime<Utc> {
+        let midnight = date.and_hms_opt(0, 0, 0).expect("midnight is a valid time");
+        let mut probe = midnight;
+        // DST gaps are at most a few hours; walk forward in minutes until the local time exists.
+        for _ in 0..(24 * 60) {
+            if let Some(t) = self.tz.from_local_datetime(&probe).earliest() {
+                return t.with_timezone(&Utc);
+            }
+            probe += Duration::minutes(1);
+        }
+        Utc.from_utc_datetime(&midnight)
+    }
+}
+
+fn first_of_next_month(date: NaiveDate) -> NaiveDate {
+    let (y, m) = if date.month() == 12 {
+        (date.year() + 1, 1)
+    } else {
+        (date.year(), date.month() + 1)
+    };
+    NaiveDate::from_ymd_opt(y, m, 1).expect("first of a month is a valid date")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn utc_day_and_month() {
+        let cal = Calendar::new(chrono_tz::UTC);
+        let b = cal.bucket(Window::Daily, utc("2026-11-22T23:59:59Z"));
+        assert_eq!(b.id, "2026-11-22");
+        assert_eq!(b.resets_at, utc("2026-11-23T00:00:00Z"));
+        let m = cal.bucket(Window::Monthly, utc("2026-12-31T10:00:00Z"));
+        assert_eq!(m.id, "2026-12");
+        assert_eq!(m.resets_at, utc("2027-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn zone_rolls_at_its_own_midnight() {
+        let cal = Calendar::new(chrono_tz::America::New_York);
+        // 03:00 UTC on the 1st is still the 30th in New York (UTC-5).
+        let d = cal.bucket(Window::Daily, utc("2026-12-01T03:00:00Z"));
+        assert_eq!(d.id, "2026-11-30");
+        assert_eq!(d.resets_at, utc("2026-12-01T05:00:00Z"));
+        let m = cal.bucket(Window::Monthly, utc("2026-12-01T03:00:00Z"));
+        assert_eq!(m.id, "2026-11");
+        assert_eq!(m.resets_at, utc("2026-12-01T05:00:00Z"));
+    }
+
+    #[test]
+    fn dst_day_is_short() {
+        let cal = Calendar::new(chrono_tz::Europe::Berlin);
+        // 2026-03-29: clocks go forward at 02:00, so the day is 23 hours long.
+        let d = cal.bucket(Window::Daily, utc("2026-03-28T23:30:00Z"));
+        assert_eq!(d.id, "2026-03-29");
+        assert_eq!(d.resets_at, utc("2026-03-29T22:00:00Z"));
+    }
+
+    #[test]
+    fn midnight_in_a_gap_starts_at_first_valid_instant() {
+        // Santiago skips 00:00-01:00 when DST starts (2026-09-06).
+        let cal = Calendar::new(chrono_tz::America::Santiago);
+        let start = cal.start_of(NaiveDate::from_ymd_opt(2026, 9, 6).unwrap());
+        assert_eq!(start.with_timezone(&cal.tz).format("%H:%M").to_string(), "01:00");
+    }
+
+    #[test]
+    fn fixed_clock_moves() {
+        let c = Clock::fixed(utc("2026-01-01T00:00:00Z"));
+        c.set(utc("2026-02-01T00:00:00Z"));
+        assert_eq!(c.now(), utc("2026-02-01T00:00:00Z"));
+    }
+}
