@@ -17,7 +17,12 @@ pub fn summary(config: &Config) -> Result<String, String> {
     let _ = writeln!(out, "admin       {}", c.admin.listen);
     let _ = writeln!(out, "timezone    {}", c.timezone.0);
     let _ = writeln!(out, "store       {:?} (on_error: {:?})", c.store.backend, c.store.on_error);
-    let _ = writeln!(out, "tenant      profile header {}, org header {}", c.tenant.profile_header, c.tenant.org_header.as_deref().unwrap_or("(none)"));
+    let _ = writeln!(
+        out,
+        "tenant      profile header {}, org header {}",
+        c.tenant.profile_header,
+        c.tenant.org_header.as_deref().unwrap_or("(none)")
+    );
     let _ = writeln!(out, "unpriced    {:?}", c.unpriced);
     let _ = writeln!(out, "\nroutes:");
     for (name, p) in &c.providers {
@@ -41,7 +46,13 @@ pub fn summary(config: &Config) -> Result<String, String> {
                 (true, crate::quota::limit::Mode::Shadow) => " (shadow)",
                 _ => "",
             };
-            let _ = writeln!(out, "  {who:<24} {:<8} {:<11} max {}{filter}{state}", l.window.as_str(), l.metric.as_str(), l.max.0);
+            let _ = writeln!(
+                out,
+                "  {who:<24} {:<8} {:<11} max {}{filter}{state}",
+                l.window.as_str(),
+                l.metric.as_str(),
+                l.max.0
+            );
         }
     };
     print_list("default profile", &c.limits.default_profile);

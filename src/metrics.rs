@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use parking_lot::Mutex;
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use prometheus::{CounterVec, GaugeVec};
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::config::MetricsConfig;
 
@@ -79,27 +79,80 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("metric registered once");
             c
         };
-        let requests = counter("requests_total", "Requests forwarded upstream, by upstream status (or the proxy's own answer).", &["provider", "model", "status"]);
+        let requests = counter(
+            "requests_total",
+            "Requests forwarded upstream, by upstream status (or the proxy's own answer).",
+            &["provider", "model", "status"],
+        );
         let tokens = counter("tokens_total", "Tokens billed, by kind.", &["tenant", "provider", "model", "kind"]);
         let characters = counter("characters_total", "Characters billed.", &["tenant", "provider", "model"]);
-        let quota_rejections = counter("quota_rejections_total", "Requests refused with 402 because a limit was used up.", &["tenant", "scope", "metric", "window"]);
-        let shadow_refusals = counter("shadow_refusals_total", "Requests a shadow-mode limit would have refused.", &["tenant", "scope", "metric", "window"]);
+        let quota_rejections = counter(
+            "quota_rejections_total",
+            "Requests refused with 402 because a limit was used up.",
+            &["tenant", "scope", "metric", "window"],
+        );
+        let shadow_refusals = counter(
+            "shadow_refusals_total",
+            "Requests a shadow-mode limit would have refused.",
+            &["tenant", "scope", "metric", "window"],
+        );
         let store_errors = counter("store_errors_total", "Store calls that failed or timed out.", &["op"]);
         let config_reloads = counter("config_reloads_total", "Configuration reloads.", &["result"]);
-        let unpriced = counter("unpriced_total", "Responses for models without a price (the unpriced policy applied).", &["provider", "model"]);
-        let usage_estimated = counter("usage_estimated_total", "Responses whose usage could not be read and were charged the estimate.", &["provider", "reason"]);
-        let upstream_failures = counter("upstream_failures_total", "Upstream connections or bodies that failed.", &["provider", "reason"]);
-        let cost_usd = CounterVec::new(Opts::new("spendgate_cost_usd_total", "Cost charged, in US dollars."), &["tenant", "org", "provider", "model"]).expect("valid metric");
+        let unpriced = counter(
+            "unpriced_total",
+            "Responses for models without a price (the unpriced policy applied).",
+            &["provider", "model"],
+        );
+        let usage_estimated = counter(
+            "usage_estimated_total",
+            "Responses whose usage could not be read and were charged the estimate.",
+            &["provider", "reason"],
+        );
+        let upstream_failures = counter(
+            "upstream_failures_total",
+            "Upstream connections or bodies that failed.",
+            &["provider", "reason"],
+        );
+        let cost_usd = CounterVec::new(
+            Opts::new("spendgate_cost_usd_total", "Cost charged, in US dollars."),
+            &["tenant", "org", "provider", "model"],
+        )
+        .expect("valid metric");
         registry.register(Box::new(cost_usd.clone())).expect("metric registered once");
-        let quota_usage_ratio = GaugeVec::new(Opts::new("spendgate_quota_usage_ratio", "Current value of a limit divided by its max."), &["tenant", "scope", "metric", "window"]).expect("valid metric");
+        let quota_usage_ratio = GaugeVec::new(
+            Opts::new("spendgate_quota_usage_ratio", "Current value of a limit divided by its max."),
+            &["tenant", "scope", "metric", "window"],
+        )
+        .expect("valid metric");
         registry.register(Box::new(quota_usage_ratio.clone())).expect("metric registered once");
         let latency_buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
-        let upstream_duration = HistogramVec::new(HistogramOpts::new("spendgate_upstream_duration_seconds", "Time from forwarding a request to the end of the upstream response.").buckets(latency_buckets), &["provider"]).expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "spendgate_upstream_duration_seconds",
+                "Time from forwarding a request to the end of the upstream response.",
+            )
+            .buckets(latency_buckets),
+            &["provider"],
+        )
+        .expect("valid metric");
         registry.register(Box::new(upstream_duration.clone())).expect("metric registered once");
-        let fine = vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
-        let overhead = Histogram::with_opts(HistogramOpts::new("spendgate_overhead_seconds", "Time the proxy itself adds to a request (identification, quota, forwarding setup), excluding upstream time.").buckets(fine.clone())).expect("valid metric");
+        let fine = vec![
+            0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+        ];
+        let overhead = Histogram::with_opts(
+            HistogramOpts::new(
+                "spendgate_overhead_seconds",
+                "Time the proxy itself adds to a request (identification, quota, forwarding setup), excluding upstream time.",
+            )
+            .buckets(fine.clone()),
+        )
+        .expect("valid metric");
         registry.register(Box::new(overhead.clone())).expect("metric registered once");
-        let store_duration = HistogramVec::new(HistogramOpts::new("spendgate_store_duration_seconds", "Store call latency.").buckets(fine), &["op"]).expect("valid metric");
+        let store_duration = HistogramVec::new(
+            HistogramOpts::new("spendgate_store_duration_seconds", "Store call latency.").buckets(fine),
+            &["op"],
+        )
+        .expect("valid metric");
         registry.register(Box::new(store_duration.clone())).expect("metric registered once");
         Self {
             registry,

@@ -63,14 +63,19 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
         if let Some(l) = cfg.providers.get(&route.name).and_then(|p| p.listen) {
             let listener = bind(l.0, &format!("providers.{}.listen", route.name)).await?;
             provider_addrs.insert(route.name.clone(), listener.local_addr()?);
-            listeners.push(DataListener { listener, route: Some(route.clone()) });
+            listeners.push(DataListener {
+                listener,
+                route: Some(route.clone()),
+            });
         }
     }
     for l in listeners {
         tasks.spawn(proxy::serve_data(app.clone(), l, rx.clone()));
     }
     let admin_app = app.clone();
-    tasks.spawn(proxy::serve(admin, rx.clone(), Duration::from_secs(5), move |req| crate::admin::handle(admin_app.clone(), req)));
+    tasks.spawn(proxy::serve(admin, rx.clone(), Duration::from_secs(5), move |req| {
+        crate::admin::handle(admin_app.clone(), req)
+    }));
 
     // Periodic store flush (the memory snapshot; a no-op elsewhere).
     let flush_app = app.clone();

@@ -107,8 +107,14 @@ mod tests {
         let long = "a".repeat(129);
         assert_eq!(identify(&headers(&[("x-profile-id", &long)]), &cfg).unwrap_err().kind(), "tenant_invalid");
         assert!(identify(&headers(&[("x-profile-id", &"a".repeat(128))]), &cfg).is_ok());
-        assert_eq!(identify(&headers(&[("x-profile-id", "a"), ("x-profile-id", "b")]), &cfg).unwrap_err().kind(), "tenant_invalid");
-        assert_eq!(identify(&headers(&[("x-profile-id", "ok"), ("x-org-id", "{x}")]), &cfg).unwrap_err().kind(), "tenant_invalid");
+        assert_eq!(
+            identify(&headers(&[("x-profile-id", "a"), ("x-profile-id", "b")]), &cfg).unwrap_err().kind(),
+            "tenant_invalid"
+        );
+        assert_eq!(
+            identify(&headers(&[("x-profile-id", "ok"), ("x-org-id", "{x}")]), &cfg).unwrap_err().kind(),
+            "tenant_invalid"
+        );
     }
 
     #[test]

@@ -31,8 +31,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<AdminBody
         (&Method::GET, "/healthz") => json(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => match app.store.ping().await {
             Ok(()) => json(StatusCode::OK, &json!({"status": "ready", "store": app.store.name()})),
-            Err(e) => json(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable", "store": app.store.name(), "error": e.to_string()})),
+            Err(e) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "unavailable", "store": app.store.name(), "error": e.to_string()}),
+            ),
         },
-        _ => json(StatusCode::NOT_FOUND, &json!({"error": {"type": "not_found", "message": format!("no admin endpoint at {path}")}})),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": {"type": "not_found", "message": format!("no admin endpoint at {path}")}}),
+        ),
     }
 }

@@ -98,7 +98,10 @@ impl Config {
     fn validate(&self) -> Result<(), (String, String)> {
         let header_ok = |h: &str| http::HeaderName::from_bytes(h.as_bytes()).is_ok();
         if !header_ok(&self.tenant.profile_header) {
-            return Err(("tenant.profile_header".into(), format!("`{}` is not a valid header name", self.tenant.profile_header)));
+            return Err((
+                "tenant.profile_header".into(),
+                format!("`{}` is not a valid header name", self.tenant.profile_header),
+            ));
         }
         if let Some(h) = &self.tenant.org_header {
             if !header_ok(h) {
@@ -125,7 +128,10 @@ impl Config {
             match &p.prefix {
                 Some(prefix) => {
                     if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
-                        return Err((format!("{key}.prefix"), format!("`{prefix}` must start with `/`, not end with `/`, and not be `/` alone")));
+                        return Err((
+                            format!("{key}.prefix"),
+                            format!("`{prefix}` must start with `/`, not end with `/`, and not be `/` alone"),
+                        ));
                     }
                     if prefix.contains(['?', '#', ' ']) {
                         return Err((format!("{key}.prefix"), format!("`{prefix}` must be a plain path")));
@@ -133,7 +139,10 @@ impl Config {
                     for (other, other_prefix) in &prefixes {
                         if overlaps(prefix, other_prefix) {
                             let what = if prefix == other_prefix { "duplicates" } else { "overlaps" };
-                            return Err((format!("{key}.prefix"), format!("`{prefix}` {what} the prefix `{other_prefix}` of provider `{other}`")));
+                            return Err((
+                                format!("{key}.prefix"),
+                                format!("`{prefix}` {what} the prefix `{other_prefix}` of provider `{other}`"),
+                            ));
                         }
                     }
                     prefixes.push((name.clone(), prefix.clone()));
@@ -150,7 +159,7 @@ impl Config {
             }
         }
         for (i, (k, a)) in listens.iter().enumerate() {
-            if let Some((k2, _)) = listens[..i].iter().find(|(_, b)| b == a) {
+            if let Some((k2, _)) = listens[..i].iter().find(|(_, b)| b == a && a.port() != 0) {
                 return Err((k.clone(), format!("{a} is already used by {k2}")));
             }
         }
@@ -158,17 +167,23 @@ impl Config {
         let known_provider = |s: &str| self.providers.contains_key(s) || self.providers.values().any(|p| p.kind.as_str() == s);
         for (provider, models) in &self.pricing {
             if !known_provider(provider) {
-                return Err((format!("pricing.{provider}"), format!("no provider named or of kind `{provider}` is configured")));
+                return Err((
+                    format!("pricing.{provider}"),
+                    format!("no provider named or of kind `{provider}` is configured"),
+                ));
             }
             for model in models.keys() {
                 super::Pattern::new(model).map_err(|m| (format!("pricing.{provider}.{model}"), m))?;
             }
         }
 
-        let lists = [("limits.default_profile".to_string(), &self.limits.default_profile), ("limits.default_org".to_string(), &self.limits.default_org)]
-            .into_iter()
-            .chain(self.limits.profiles.iter().map(|(id, l)| (format!("limits.profiles.{id}"), l)))
-            .chain(self.limits.orgs.iter().map(|(id, l)| (format!("limits.orgs.{id}"), l)));
+        let lists = [
+            ("limits.default_profile".to_string(), &self.limits.default_profile),
+            ("limits.default_org".to_string(), &self.limits.default_org),
+        ]
+        .into_iter()
+        .chain(self.limits.profiles.iter().map(|(id, l)| (format!("limits.profiles.{id}"), l)))
+        .chain(self.limits.orgs.iter().map(|(id, l)| (format!("limits.orgs.{id}"), l)));
         for (key, list) in lists {
             if let Some(id) = key.strip_prefix("limits.profiles.").or_else(|| key.strip_prefix("limits.orgs.")) {
                 crate::tenant::validate_id(id).map_err(|e| (key.clone(), e.to_string()))?;
@@ -178,13 +193,19 @@ impl Config {
                 if let Some(m) = &limit.matcher {
                     if let Some(p) = &m.provider {
                         if !known_provider(p) {
-                            return Err((format!("{key}[{i}].match.provider"), format!("no provider named or of kind `{p}` is configured")));
+                            return Err((
+                                format!("{key}[{i}].match.provider"),
+                                format!("no provider named or of kind `{p}` is configured"),
+                            ));
                         }
                     }
                 }
                 let identity = (limit.metric, limit.window, format!("{:?}", limit.matcher));
                 if !seen.insert(identity) {
-                    return Err((format!("{key}[{i}]"), format!("a second {} {} limit with the same match; merge them", limit.window, limit.metric)));
+                    return Err((
+                        format!("{key}[{i}]"),
+                        format!("a second {} {} limit with the same match; merge them", limit.window, limit.metric),
+                    ));
                 }
             }
         }
@@ -306,7 +327,10 @@ mod tests {
     #[test]
     fn zero_and_negative_max() {
         for v in ["0", "-3"] {
-            let e = parse(&format!("limits:\n  profiles:\n    p-1:\n      - {{metric: requests, window: daily, max: {v}}}\n")).unwrap_err();
+            let e = parse(&format!(
+                "limits:\n  profiles:\n    p-1:\n      - {{metric: requests, window: daily, max: {v}}}\n"
+            ))
+            .unwrap_err();
             assert_eq!(e.key.as_deref(), Some("limits.profiles.p-1[0].max"), "{e}");
             assert!(e.message.contains("greater than 0"), "{e}");
         }

@@ -172,7 +172,6 @@ impl<'de> Deserialize<'de> for Pattern {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

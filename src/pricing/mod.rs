@@ -110,7 +110,22 @@ impl Rates {
     fn max_with(&mut self, o: &Rates) {
         let o_top = o.long_context.as_ref().map_or(o, |(_, l)| &**l);
         macro_rules! m { ($($f:ident),*) => { $( self.$f = self.$f.max(o.$f).max(o_top.$f); )* }; }
-        m!(input, cached_input, cache_write, cache_write_1h, output, audio_input, audio_output, image_output, character, image, video_second, audio_hour, request, web_search);
+        m!(
+            input,
+            cached_input,
+            cache_write,
+            cache_write_1h,
+            output,
+            audio_input,
+            audio_output,
+            image_output,
+            character,
+            image,
+            video_second,
+            audio_hour,
+            request,
+            web_search
+        );
     }
 }
 
@@ -199,7 +214,11 @@ impl PriceTable {
         for kind in ["elevenlabs", "gemini", "openai", "anthropic"] {
             let mut top = Rates::default();
             let own = tables.get(kind).into_iter();
-            let named = config.providers.iter().filter(|(_, p)| price_kind(p.kind) == kind).filter_map(|(n, _)| tables.get(&format!("name:{n}")));
+            let named = config
+                .providers
+                .iter()
+                .filter(|(_, p)| price_kind(p.kind) == kind)
+                .filter_map(|(n, _)| tables.get(&format!("name:{n}")));
             for t in own.chain(named) {
                 for e in &t.0 {
                     top.max_with(&e.rates);
@@ -246,7 +265,10 @@ impl PriceTable {
                     Unpriced::Zero => 0,
                     // `reject` refuses before forwarding when the request names the model;
                     // a model first seen in the response is charged like `default`.
-                    Unpriced::Default | Unpriced::Reject => self.most_expensive.get(price_kind(kind)).map_or(0, |r| picos_to_nanos_ceil(r.cost_picos(usage))),
+                    Unpriced::Default | Unpriced::Reject => self
+                        .most_expensive
+                        .get(price_kind(kind))
+                        .map_or(0, |r| picos_to_nanos_ceil(r.cost_picos(usage))),
                 };
                 Priced { nanos, unpriced: true }
             }

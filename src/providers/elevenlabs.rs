@@ -99,7 +99,11 @@ impl Provider for ElevenLabs {
             "sound_generation" => 0,
             _ => parsed.text.as_deref().map_or(0, |t| t.chars().count() as u64),
         };
-        let default_model = if call.endpoint == "sound_generation" { DEFAULT_SOUND_MODEL } else { DEFAULT_TTS_MODEL };
+        let default_model = if call.endpoint == "sound_generation" {
+            DEFAULT_SOUND_MODEL
+        } else {
+            DEFAULT_TTS_MODEL
+        };
         call.model = Some(parsed.model_id.filter(|m| !m.is_empty()).unwrap_or_else(|| default_model.to_string()));
         Estimate {
             usage: Usage {
@@ -209,10 +213,20 @@ mod tests {
     fn characters_are_unicode_scalars_and_model_defaults() {
         let h = HeaderMap::new();
         let mut call = ElevenLabs.classify(&info("/v1/text-to-speech/v", &h));
-        let est = ElevenLabs.estimate(&mut call, &info("/v1/text-to-speech/v", &h), "{\"text\":\"héllo ✓\"}".as_bytes(), &ReserveConfig::default());
+        let est = ElevenLabs.estimate(
+            &mut call,
+            &info("/v1/text-to-speech/v", &h),
+            "{\"text\":\"héllo ✓\"}".as_bytes(),
+            &ReserveConfig::default(),
+        );
         assert_eq!(est.usage.characters, 7);
         assert_eq!(call.model.as_deref(), Some(DEFAULT_TTS_MODEL));
-        let est = ElevenLabs.estimate(&mut call, &info("/v1/text-to-speech/v", &h), br#"{"text":"ab","model_id":"eleven_flash_v2_5"}"#, &ReserveConfig::default());
+        let est = ElevenLabs.estimate(
+            &mut call,
+            &info("/v1/text-to-speech/v", &h),
+            br#"{"text":"ab","model_id":"eleven_flash_v2_5"}"#,
+            &ReserveConfig::default(),
+        );
         assert_eq!(est.usage.characters, 2);
         assert_eq!(call.model.as_deref(), Some("eleven_flash_v2_5"));
     }

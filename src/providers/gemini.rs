@@ -96,7 +96,10 @@ impl Provider for Gemini {
         let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let usage = match call.endpoint {
             "predict" => {
-                let samples = json.pointer("/parameters/sampleCount").and_then(Value::as_u64).unwrap_or(IMAGEN_DEFAULT_SAMPLES);
+                let samples = json
+                    .pointer("/parameters/sampleCount")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(IMAGEN_DEFAULT_SAMPLES);
                 let instances = json.get("instances").and_then(Value::as_array).map_or(1, |a| a.len().max(1) as u64);
                 Usage {
                     images: samples * instances,
@@ -105,7 +108,10 @@ impl Provider for Gemini {
             }
             "predictLongRunning" => {
                 let params = json.get("parameters");
-                let seconds = params.and_then(|p| p.get("durationSeconds")).and_then(as_u64_lenient).unwrap_or(VEO_DEFAULT_SECONDS);
+                let seconds = params
+                    .and_then(|p| p.get("durationSeconds"))
+                    .and_then(as_u64_lenient)
+                    .unwrap_or(VEO_DEFAULT_SECONDS);
                 let samples = params.and_then(|p| p.get("sampleCount")).and_then(as_u64_lenient).unwrap_or(1).max(1);
                 Usage {
                     video_seconds: seconds * samples,
@@ -150,7 +156,9 @@ impl Provider for Gemini {
 }
 
 fn as_u64_lenient(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f.ceil() as u64)).or_else(|| v.as_str()?.trim().parse().ok())
+    v.as_u64()
+        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f.ceil() as u64))
+        .or_else(|| v.as_str()?.trim().parse().ok())
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -355,7 +363,11 @@ impl UsageExtractor for UsageMetadataExtractor {
         match &self.seen.usage {
             Some(u) => Settled {
                 usage: u.to_usage(),
-                source: if end == BodyEnd::Complete && !self.seen.error { Source::Reported } else { Source::Partial },
+                source: if end == BodyEnd::Complete && !self.seen.error {
+                    Source::Reported
+                } else {
+                    Source::Partial
+                },
                 response_model: self.seen.model.clone(),
                 anomaly: None,
             },
@@ -392,10 +404,7 @@ impl UsageExtractor for ImagenImages {
     fn finish(&mut self, end: BodyEnd) -> Settled {
         match self.images {
             Some(n) => Settled {
-                usage: Usage {
-                    images: n,
-                    ..Usage::default()
-                },
+                usage: Usage { images: n, ..Usage::default() },
                 source: Source::Reported,
                 response_model: None,
                 anomaly: None,
@@ -432,7 +441,11 @@ mod tests {
         assert!(!classify(&g, Method::GET, "/v1beta/models/veo-3.1/operations/abc").metered);
         assert!(!classify(&g, Method::GET, "/v1beta/models").metered);
         let v = Gemini::vertex();
-        let c = classify(&v, Method::POST, "/v1beta1/projects/p/locations/us-central1/publishers/google/models/imagen-4.0-generate-001:predict");
+        let c = classify(
+            &v,
+            Method::POST,
+            "/v1beta1/projects/p/locations/us-central1/publishers/google/models/imagen-4.0-generate-001:predict",
+        );
         assert_eq!(c.endpoint, "predict");
         assert_eq!(c.model.as_deref(), Some("imagen-4.0-generate-001"));
         let c = classify(&v, Method::POST, "/v1beta1/publishers/google/models/gemini-2.5-flash:streamGenerateContent");
@@ -453,7 +466,10 @@ mod tests {
 
     #[test]
     fn estimate_counts_text_not_media() {
-        let body = format!(r#"{{"contents":[{{"parts":[{{"text":"abcdefgh"}},{{"inlineData":{{"mimeType":"image/png","data":"{}"}}}}]}}],"generationConfig":{{"maxOutputTokens":100}}}}"#, "A".repeat(100_000));
+        let body = format!(
+            r#"{{"contents":[{{"parts":[{{"text":"abcdefgh"}},{{"inlineData":{{"mimeType":"image/png","data":"{}"}}}}]}}],"generationConfig":{{"maxOutputTokens":100}}}}"#,
+            "A".repeat(100_000)
+        );
         let g = Gemini::developer_api();
         let mut call = classify(&g, Method::POST, "/v1/models/m:generateContent");
         let h = HeaderMap::new();

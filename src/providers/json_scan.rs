@@ -16,7 +16,9 @@ const MAX_DEPTH: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Frame {
     /// In an object; `true` while the next string is a key.
-    Object { expect_key: bool },
+    Object {
+        expect_key: bool,
+    },
     Array,
 }
 
@@ -168,7 +170,11 @@ impl JsonScanner {
                 }
             }
             b'}' | b']' => {
-                let expected = if b == b'}' { matches!(self.stack.last(), Some(Frame::Object { .. })) } else { matches!(self.stack.last(), Some(Frame::Array)) };
+                let expected = if b == b'}' {
+                    matches!(self.stack.last(), Some(Frame::Object { .. }))
+                } else {
+                    matches!(self.stack.last(), Some(Frame::Array))
+                };
                 if !expected {
                     self.malformed = true;
                     return;

@@ -56,11 +56,20 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
     if call.metered {
         let mut buffered = Bytes::new();
         if call.needs_body {
-            let Either::Left(incoming) = body else { unreachable!("the body is still the client's") };
+            let Either::Left(incoming) = body else {
+                unreachable!("the body is still the client's")
+            };
             match Limited::new(incoming, runtime.config.server.max_request_body).collect().await {
                 Ok(collected) => buffered = collected.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return reply::error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", &format!("the request body exceeds server.max_request_body ({} bytes)", runtime.config.server.max_request_body));
+                    return reply::error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request_too_large",
+                        &format!(
+                            "the request body exceeds server.max_request_body ({} bytes)",
+                            runtime.config.server.max_request_body
+                        ),
+                    );
                 }
                 Err(e) => return reply::error(StatusCode::BAD_REQUEST, "request_body_error", &format!("could not read the request body: {e}")),
             }
@@ -87,7 +96,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
     let cost_estimate = if call.metered {
         if runtime.prices.policy() == Unpriced::Reject && !runtime.prices.is_priced(&route.name, route.kind, call.model.as_deref()) {
             let model = call.model.as_deref().unwrap_or("unknown");
-            return reply::error(StatusCode::PAYMENT_REQUIRED, "model_unpriced", &format!("model {model} of provider {} has no price and `unpriced: reject` is set", route.name));
+            return reply::error(
+                StatusCode::PAYMENT_REQUIRED,
+                "model_unpriced",
+                &format!("model {model} of provider {} has no price and `unpriced: reject` is set", route.name),
+            );
         }
         runtime.prices.price(&route.name, route.kind, &[call.model.as_deref()], &estimate.usage).nanos
     } else {
@@ -99,16 +112,26 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
 
     let store_started = Instant::now();
     let outcome = app.store.reserve(&plan.reserve_request()).await;
-    app.metrics.store_duration.with_label_values(&["reserve"]).observe(store_started.elapsed().as_secs_f64());
+    app.metrics
+        .store_duration
+        .with_label_values(&["reserve"])
+        .observe(store_started.elapsed().as_secs_f64());
     let before = match outcome {
         Ok(ReserveOutcome::Admitted { before }) => Some(before),
         Ok(ReserveOutcome::Refused { index, current }) => {
             let refusal = plan.refusal(index, current);
             let m = &app.metrics;
             m.quota_rejections
-                .with_label_values(&[&m.tenant(&refusal.tenant), refusal.scope.as_str(), refusal.limit.metric.as_str(), refusal.limit.window.as_str()])
+                .with_label_values(&[
+                    &m.tenant(&refusal.tenant),
+                    refusal.scope.as_str(),
+                    refusal.limit.metric.as_str(),
+                    refusal.limit.window.as_str(),
+                ])
                 .inc();
-            m.requests.with_label_values(&[&route.name, &m.model(call.model.as_deref().unwrap_or("unknown")), "402"]).inc();
+            m.requests
+                .with_label_values(&[&route.name, &m.model(call.model.as_deref().unwrap_or("unknown")), "402"])
+                .inc();
             tracing::info!(tenant = %refusal.tenant, scope = %refusal.scope, metric = %refusal.limit.metric, window = %refusal.limit.window, "refused: {}", refusal.message());
             let mut r = reply::json_response(StatusCode::PAYMENT_REQUIRED, &refusal.body());
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after(now)));
@@ -120,7 +143,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
             match runtime.config.store.on_error {
                 OnError::Closed => {
                     tracing::error!(error = %e, "quota store unavailable; refusing (on_error: closed)");
-                    let mut r = reply::error(StatusCode::SERVICE_UNAVAILABLE, "quota_store_unavailable", &format!("the quota store is unavailable: {e}"));
+                    let mut r = reply::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "quota_store_unavailable",
+                        &format!("the quota store is unavailable: {e}"),
+                    );
                     r.headers_mut().insert("x-should-retry", HeaderValue::from_static("false"));
                     return r;
                 }
@@ -172,13 +199,21 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
             settler.note_upstream_failure("connect");
             settler.status = 502;
             settle_now(settler, Settled::upstream_error());
-            return reply::error(StatusCode::BAD_GATEWAY, "upstream_unavailable", &format!("provider {} could not be reached", route.name));
+            return reply::error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                &format!("provider {} could not be reached", route.name),
+            );
         }
         Err(_) => {
             settler.note_upstream_failure("timeout");
             settler.status = 504;
             settle_now(settler, Settled::upstream_error());
-            return reply::error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &format!("provider {} did not answer within {:?}", route.name, route.read_idle));
+            return reply::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                &format!("provider {} did not answer within {:?}", route.name, route.read_idle),
+            );
         }
     };
 
@@ -186,7 +221,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
     settler.status = parts.status.as_u16();
     remove_hop_by_hop(&mut parts.headers);
     if let Some((metric, rem, resets_at)) = remaining {
-        let amount = if metric == crate::quota::limit::Metric::CostUsd { format!("{:.6}", crate::money::nanos_to_usd(rem.max(0))) } else { rem.max(0).to_string() };
+        let amount = if metric == crate::quota::limit::Metric::CostUsd {
+            format!("{:.6}", crate::money::nanos_to_usd(rem.max(0)))
+        } else {
+            rem.max(0).to_string()
+        };
         if let Ok(v) = HeaderValue::from_str(&format!("{amount} {}", metric.unit())) {
             parts.headers.insert("x-spendgate-remaining", v);
         }

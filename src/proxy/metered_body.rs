@@ -141,14 +141,14 @@ impl Body for MeteredBody {
                     this.idle.as_mut().reset(Instant::now() + *this.idle_timeout);
                 }
                 match this.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    if let Some(m) = this.meter.take() {
-                        m.settler.note_upstream_failure("idle_timeout");
-                        m.finish(BodyEnd::Cut);
+                    Poll::Ready(()) => {
+                        if let Some(m) = this.meter.take() {
+                            m.settler.note_upstream_failure("idle_timeout");
+                            m.finish(BodyEnd::Cut);
+                        }
+                        Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle_timeout)))))
                     }
-                    Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle_timeout)))))
-                }
-                Poll::Pending => Poll::Pending,
+                    Poll::Pending => Poll::Pending,
                 }
             }
         }

@@ -66,7 +66,11 @@ impl Route {
             Some(q) => format!("{}{path}?{q}", self.base_path),
             None => format!("{}{path}", self.base_path),
         };
-        Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone()).path_and_query(PathAndQuery::try_from(pq)?).build()
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(pq)?)
+            .build()
     }
 
     pub fn authority(&self) -> &Authority {

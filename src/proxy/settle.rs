@@ -51,12 +51,19 @@ impl Settler {
         let model = self.call.model.clone().unwrap_or_else(|| "unknown".into());
         let model_label = m.model(&model);
         let provider = self.route.name.as_str();
-        m.upstream_duration.with_label_values(&[provider]).observe(self.upstream_started.elapsed().as_secs_f64());
+        m.upstream_duration
+            .with_label_values(&[provider])
+            .observe(self.upstream_started.elapsed().as_secs_f64());
 
         let (usage, cost) = match settled.source {
             Source::Free | Source::UpstreamError => (Usage::default(), 0),
             _ => {
-                let priced = self.runtime.prices.price(provider, self.route.kind, &[settled.response_model.as_deref(), self.call.model.as_deref()], &settled.usage);
+                let priced = self.runtime.prices.price(
+                    provider,
+                    self.route.kind,
+                    &[settled.response_model.as_deref(), self.call.model.as_deref()],
+                    &settled.usage,
+                );
                 if priced.unpriced {
                     m.unpriced.with_label_values(&[provider, &model_label]).inc();
                 }
@@ -73,15 +80,23 @@ impl Settler {
         let org_label = self.tenant.org.as_deref().map(|o| m.tenant(o)).unwrap_or_default();
         m.requests.with_label_values(&[provider, &model_label, &self.status.to_string()]).inc();
         if cost > 0 {
-            m.cost_usd.with_label_values(&[&tenant_label, &org_label, provider, &model_label]).inc_by(crate::money::nanos_to_usd(cost));
+            m.cost_usd
+                .with_label_values(&[&tenant_label, &org_label, provider, &model_label])
+                .inc_by(crate::money::nanos_to_usd(cost));
         }
-        for (kind, n) in [("input", usage.input_total() - usage.cached_input_tokens), ("output", usage.output_total()), ("cached", usage.cached_input_tokens)] {
+        for (kind, n) in [
+            ("input", usage.input_total() - usage.cached_input_tokens),
+            ("output", usage.output_total()),
+            ("cached", usage.cached_input_tokens),
+        ] {
             if n > 0 {
                 m.tokens.with_label_values(&[&tenant_label, provider, &model_label, kind]).inc_by(n);
             }
         }
         if usage.characters > 0 {
-            m.characters.with_label_values(&[&tenant_label, provider, &model_label]).inc_by(usage.characters);
+            m.characters
+                .with_label_values(&[&tenant_label, provider, &model_label])
+                .inc_by(usage.characters);
         }
 
         // Without a reservation (store unreachable when admitted) the whole amount is added.

@@ -200,7 +200,8 @@ impl Matcher {
 
 /// 64-bit FNV-1a: a tiny stable hash (the same in every build), for counter field names.
 fn fnv1a64(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    data.iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// One compiled limit.
@@ -315,7 +316,10 @@ mod tests {
             mode: Mode::Enforce,
             matcher: None,
         };
-        assert_eq!(l.refusal_message(Scope::Profile, "p-123", 10_020_000_000), "Monthly cost limit reached for profile p-123: used $10.02 of $10.00");
+        assert_eq!(
+            l.refusal_message(Scope::Profile, "p-123", 10_020_000_000),
+            "Monthly cost limit reached for profile p-123: used $10.02 of $10.00"
+        );
     }
 
     #[test]
@@ -335,6 +339,9 @@ mod tests {
         };
         assert!(a.matches(&call));
         assert!(!a.matches(&CallKey { model: None, ..call }));
-        assert!(!a.matches(&CallKey { model: Some("gemini-2.5-flash"), ..call }));
+        assert!(!a.matches(&CallKey {
+            model: Some("gemini-2.5-flash"),
+            ..call
+        }));
     }
 }

@@ -81,7 +81,15 @@ impl Plan {
     /// Plans the counters of a request at `now`. Every tenant always gets its base counters
     /// (cost, tokens, requests, characters per day and month), so a limit added later sees
     /// what was already spent in its window; limits with a `match` get their own counter.
-    pub fn new(limits: &LimitSet, calendar: &Calendar, retention: Retention, tenant: &Tenant, call: &CallKey<'_>, amounts: &Amounts, now: DateTime<Utc>) -> Plan {
+    pub fn new(
+        limits: &LimitSet,
+        calendar: &Calendar,
+        retention: Retention,
+        tenant: &Tenant,
+        call: &CallKey<'_>,
+        amounts: &Amounts,
+        now: DateTime<Utc>,
+    ) -> Plan {
         let daily = calendar.bucket(Window::Daily, now);
         let monthly = calendar.bucket(Window::Monthly, now);
         let expire_daily = daily.resets_at + Duration::days(i64::from(retention.daily_days));
@@ -179,7 +187,11 @@ impl Plan {
 
     /// Each check's value after this request's reservation, given the values before it.
     pub fn values_after(&self, before: &[i64]) -> Vec<(usize, i64)> {
-        self.checks.iter().enumerate().map(|(i, c)| (i, before.get(c.op).copied().unwrap_or(0) + self.ops[c.op].amount)).collect()
+        self.checks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, before.get(c.op).copied().unwrap_or(0) + self.ops[c.op].amount))
+            .collect()
     }
 
     /// The tightest enabled limit after admission: `(check index, remaining)`, by the

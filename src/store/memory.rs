@@ -69,7 +69,12 @@ impl MemoryStore {
             let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| StoreError::Other(format!("snapshot {} is corrupt: {e}", path.display())))?;
             let now = Utc::now().timestamp();
             let st = store.state.get_mut();
-            st.counters = file.counters.into_iter().filter(|(_, _, exp)| *exp > now).map(|(k, v, e)| (k, (v, e))).collect();
+            st.counters = file
+                .counters
+                .into_iter()
+                .filter(|(_, _, exp)| *exp > now)
+                .map(|(k, v, e)| (k, (v, e)))
+                .collect();
             st.tenants = file.tenants.into_iter().map(|(s, id, h)| ((s, id), h)).collect();
         }
         store.snapshot = Some(path);

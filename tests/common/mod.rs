@@ -1,0 +1,374 @@
+//! Shared test harness: a hyper mock upstream on 127.0.0.1 serving fixtures, the proxy
+//! started in-process on ephemeral ports, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use spendgate::config::Config;
+use spendgate::server::{self, Handle, Options};
+use spendgate::window::Clock;
+
+/// Path of a fixture file under tests/fixtures.
+pub fn fixture_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+pub fn fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(fixture_path(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
+}
+
+/// Parses a `*_headers.txt` fixture (raw HTTP/1.1 head) into status and headers, dropping
+/// framing headers (the mock frames its own body).
+pub fn fixture_head(rel: &str) -> (StatusCode, Vec<(String, String)>) {
+    let text = String::from_utf8(fixture(rel)).unwrap();
+    let mut lines = text.lines();
+    let status_line = lines.next().unwrap();
+    let code: u16 = status_line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    for l in lines {
+        if l.trim().is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        let k = k.trim().to_ascii_lowercase();
+        if matches!(k.as_str(), "transfer-encoding" | "content-length" | "connection") {
+            continue;
+        }
+        headers.push((k, v.trim().to_string()));
+    }
+    (StatusCode::from_u16(code).unwrap(), headers)
+}
+
+/// What the mock received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// How the mock answers one request.
+#[derive(Clone, Default)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// Body pieces, each sent as its own chunk after `delay`.
+    pub chunks: Vec<Bytes>,
+    pub delay: Duration,
+    /// After the chunks, abort the connection instead of ending the body cleanly.
+    pub cut: bool,
+    /// Hold the body open (send nothing more) for this long after the chunks.
+    pub stall: Option<Duration>,
+}
+
+impl Reply {
+    pub fn new(status: u16) -> Self {
+        Self { status, ..Default::default() }
+    }
+    pub fn json(body: impl Into<Bytes>) -> Self {
+        Self::new(200).header("content-type", "application/json").body(body)
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.to_ascii_lowercase(), v.to_string()));
+        self
+    }
+    pub fn headers(mut self, h: Vec<(String, String)>) -> Self {
+        self.headers.extend(h);
+        self
+    }
+    pub fn body(mut self, b: impl Into<Bytes>) -> Self {
+        self.chunks = vec![b.into()];
+        self
+    }
+    /// The body split into pieces of `size` bytes, `delay` apart.
+    pub fn pieces(mut self, b: &[u8], size: usize, delay: Duration) -> Self {
+        self.chunks = b.chunks(size.max(1)).map(Bytes::copy_from_slice).collect();
+        self.delay = delay;
+        self
+    }
+    pub fn cut(mut self) -> Self {
+        self.cut = true;
+        self
+    }
+    pub fn stall(mut self, d: Duration) -> Self {
+        self.stall = Some(d);
+        self
+    }
+}
+
+type Responder = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+/// A hyper mock upstream.
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    responder: Arc<Mutex<Responder>>,
+}
+
+impl Mock {
+    pub async fn start(responder: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let responder: Arc<Mutex<Responder>> = Arc::new(Mutex::new(Arc::new(responder)));
+        let (seen2, resp2) = (seen.clone(), responder.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (seen, resp) = (seen2.clone(), resp2.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (seen, resp) = (seen.clone(), resp.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let s = Seen {
+                                method: parts.method,
+                                path: parts.uri.path().to_string(),
+                                query: parts.uri.query().map(str::to_string),
+                                headers: parts.headers,
+                                body,
+                            };
+                            let reply = (resp.lock().clone())(&s);
+                            seen.lock().push(s);
+                            Ok::<_, Infallible>(build_response(reply))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Mock { addr, seen, responder }
+    }
+
+    pub fn set(&self, responder: impl Fn(&Seen) -> Reply + Send + Sync + 'static) {
+        *self.responder.lock() = Arc::new(responder);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().last().cloned().expect("the mock received a request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().len()
+    }
+}
+
+type MockBody = StreamBody<tokio_stream_shim::Receiver>;
+
+fn build_response(reply: Reply) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+    let Reply {
+        status,
+        headers,
+        chunks,
+        delay,
+        cut,
+        stall,
+    } = reply;
+    tokio::spawn(async move {
+        for c in chunks {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if tx.send(Ok(Frame::data(c))).await.is_err() {
+                return;
+            }
+        }
+        if let Some(d) = stall {
+            tokio::time::sleep(d).await;
+        }
+        if cut {
+            let _ = tx.send(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut by the mock"))).await;
+        }
+    });
+    let mut r = Response::new(StreamBody::new(tokio_stream_shim::Receiver(rx)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    for (k, v) in headers {
+        r.headers_mut().append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    r
+}
+
+/// A minimal `Stream` over an mpsc receiver (avoids a tokio-stream dependency).
+pub mod tokio_stream_shim {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use hyper::body::Frame;
+
+    pub struct Receiver(pub tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>);
+
+    impl futures_util::Stream for Receiver {
+        type Item = Result<Frame<Bytes>, std::io::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}
+
+/// The proxy running in this process.
+pub struct Proxy {
+    pub handle: Handle,
+    pub client: TestClient,
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.handle.data_addr)
+    }
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.handle.admin_addr)
+    }
+    pub async fn metrics(&self) -> String {
+        let r = self.client.get(&self.admin_url("/metrics"), &[]).await;
+        String::from_utf8(r.body.to_vec()).unwrap()
+    }
+}
+
+/// Starts the proxy on ephemeral ports with a YAML config. `{upstream}` in the YAML is
+/// replaced by the mock's URL; `listen` and `admin.listen` default to port 0.
+pub async fn start_proxy(yaml: &str, upstream: &str) -> Proxy {
+    start_proxy_with_clock(yaml, upstream, Clock::system()).await
+}
+
+pub async fn start_proxy_with_clock(yaml: &str, upstream: &str, clock: Clock) -> Proxy {
+    let mut text = yaml.replace("{upstream}", upstream);
+    if !text.contains("\nlisten:") && !text.starts_with("listen:") {
+        text = format!("listen: \"127.0.0.1:0\"\n{text}");
+    }
+    if !text.contains("\nadmin:") {
+        text.push_str("\nadmin:\n  listen: \"127.0.0.1:0\"\n");
+    }
+    let config = Config::from_yaml(&text, "test.yaml").unwrap_or_else(|e| panic!("test config: {e}"));
+    let handle = server::start(config, Options { config_path: None, clock }).await.expect("proxy starts");
+    Proxy {
+        handle,
+        client: TestClient::new(),
+    }
+}
+
+/// The four providers mounted on one mock upstream.
+pub fn providers_yaml() -> &'static str {
+    "providers:\n  elevenlabs: {kind: elevenlabs, prefix: /elevenlabs, upstream: \"{upstream}\"}\n  gemini: {kind: gemini, prefix: /gemini, upstream: \"{upstream}\"}\n  openai: {kind: openai, prefix: /openai, upstream: \"{upstream}\"}\n  anthropic: {kind: anthropic, prefix: /anthropic, upstream: \"{upstream}\"}\n  vertex: {kind: vertex, prefix: /vertex, upstream: \"{upstream}\"}\n"
+}
+
+pub mod python;
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+#[derive(Clone)]
+pub struct TestClient {
+    inner: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Default for TestClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestClient {
+    pub fn new() -> Self {
+        Self {
+            inner: Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http(),
+        }
+    }
+
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response<Incoming> {
+        let mut b = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.inner
+            .request(b.body(Full::new(body.into())).unwrap())
+            .await
+            .expect("request reaches the proxy")
+    }
+
+    pub async fn request(&self, method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Got {
+        let r = self.send(method, url, headers, body).await;
+        let (parts, body) = r.into_parts();
+        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Got {
+        self.request(Method::POST, url, headers, body).await
+    }
+
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Got {
+        self.request(Method::GET, url, headers, Bytes::new()).await
+    }
+}
+
+/// Reads a counter from the store: `(scope, tenant, window, field)` in the current bucket.
+pub async fn counter(p: &Proxy, scope: spendgate::quota::limit::Scope, tenant: &str, window: spendgate::window::Window, field: &str) -> i64 {
+    p.handle.settled().await;
+    let rt = p.handle.app.runtime();
+    let bucket = rt.calendar.bucket(window, p.handle.app.clock.now());
+    let key = spendgate::store::CounterKey {
+        scope,
+        tenant: tenant.to_string(),
+        window,
+        bucket: bucket.id,
+        field: field.to_string(),
+    };
+    p.handle.app.store.read(&[key]).await.unwrap()[0]
+}
+
+/// The profile's monthly cost in nano-dollars.
+pub async fn monthly_cost(p: &Proxy, profile: &str) -> i64 {
+    counter(p, spendgate::quota::limit::Scope::Profile, profile, spendgate::window::Window::Monthly, "cost").await
+}
+
+/// Dollars as nano-dollars, from a decimal string (exact).
+pub fn usd(s: &str) -> i64 {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let mut frac = frac.to_string();
+    assert!(frac.len() <= 9, "finer than a nano-dollar: {s}");
+    while frac.len() < 9 {
+        frac.push('0');
+    }
+    int.parse::<i64>().unwrap() * 1_000_000_000 + frac.parse::<i64>().unwrap()
+}
