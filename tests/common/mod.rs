@@ -76,6 +76,8 @@ pub struct Reply {
     pub cut: bool,
     /// Hold the body open (send nothing more) for this long after the chunks.
     pub stall: Option<Duration>,
+    /// After the first chunk, wait for this to be notified before sending the rest.
+    pub gate: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Reply {
@@ -105,6 +107,10 @@ impl Reply {
     }
     pub fn cut(mut self) -> Self {
         self.cut = true;
+        self
+    }
+    pub fn gate(mut self, g: Arc<tokio::sync::Notify>) -> Self {
+        self.gate = Some(g);
         self
     }
     pub fn stall(mut self, d: Duration) -> Self {
@@ -188,9 +194,15 @@ fn build_response(reply: Reply) -> Response<MockBody> {
         delay,
         cut,
         stall,
+        gate,
     } = reply;
     tokio::spawn(async move {
-        for c in chunks {
+        for (i, c) in chunks.into_iter().enumerate() {
+            if i == 1 {
+                if let Some(g) = &gate {
+                    g.notified().await;
+                }
+            }
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }

@@ -1,0 +1,387 @@
+//! The data plane's behaviour: refusals, streaming without buffering, header hygiene,
+//! compression, bad upstream bodies, tenant errors, upstream failures.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::Method;
+use http_body_util::BodyExt;
+
+const TTS: &str = "/elevenlabs/v1/text-to-speech/voice1";
+const GEN: &str = "/gemini/v1beta/models/gemini-2.5-flash:generateContent";
+const GEN_BODY: &str = r#"{"contents":[{"role":"user","parts":[{"text":"Write a haiku about tides."}]}],"generationConfig":{"maxOutputTokens":1024}}"#;
+
+fn tts_reply() -> Reply {
+    let (status, headers) = fixture_head("elevenlabs/tts_headers.txt");
+    Reply::new(status.as_u16()).headers(headers).body(vec![0u8; 512])
+}
+
+fn yaml(limits: &str) -> String {
+    format!("{}limits:\n{limits}", providers_yaml())
+}
+
+/// The estimate the proxy reserves for GEN_BODY on gemini-2.5-flash: input from the text
+/// at 4 bytes per token, output the request's maxOutputTokens (1024).
+fn gen_estimate_nanos() -> i64 {
+    let json: serde_json::Value = serde_json::from_str(GEN_BODY).unwrap();
+    let input = (spendgate::providers::gemini::text_bytes(&json) as i64 + 3) / 4;
+    // $0.30/M input, $2.50/M output, in pico-dollars per token, rounded up to nanos.
+    (input * 300_000 + 1024 * 2_500_000 + 999) / 1000
+}
+
+#[tokio::test]
+async fn refuses_with_402_and_the_documented_body_once_the_limit_is_used_up() {
+    let mock = Mock::start(|_| tts_reply()).await;
+    let p = start_proxy(
+        &yaml("  profiles:\n    p-123:\n      - {metric: cost_usd, window: daily, max: 0.02}\n"),
+        &mock.url(),
+    )
+    .await;
+    let h = [("x-profile-id", "p-123"), ("content-type", "application/json")];
+    let req = fixture("elevenlabs/tts_request.json");
+    let first = p.client.post(&p.url(TTS), &h, req.clone()).await;
+    assert_eq!(first.status, 200);
+    let remaining = first.headers.get("x-spendgate-remaining").unwrap().to_str().unwrap();
+    assert_eq!(remaining, "0.008900 usd", "$0.02 - $0.0111");
+    assert!(first.headers.get("x-spendgate-reset").unwrap().to_str().unwrap().ends_with("T00:00:00Z"));
+    assert_eq!(p.client.post(&p.url(TTS), &h, req.clone()).await.status, 200, "0.0111 < 0.02: still admitted");
+    let refused = p.client.post(&p.url(TTS), &h, req).await;
+    assert_eq!(refused.status, 402);
+    assert_eq!(mock.count(), 2, "the refused request never reached the upstream");
+    assert_eq!(refused.headers["content-type"], "application/json");
+    let retry: i64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    let b = refused.json();
+    let msg = "Daily cost limit reached for profile p-123: used $0.02 of $0.02";
+    assert_eq!(b["type"], "error");
+    assert_eq!(b["error"]["type"], "quota_exceeded");
+    assert_eq!(b["error"]["code"], "quota_exceeded");
+    assert_eq!(b["error"]["status"], "QUOTA_EXCEEDED");
+    assert_eq!(b["error"]["message"], msg);
+    assert_eq!(b["error"]["tenant"], "p-123");
+    assert_eq!(b["error"]["scope"], "profile");
+    assert_eq!(b["error"]["limit"], serde_json::json!({"metric": "cost_usd", "window": "daily", "max": 0.02}));
+    assert_eq!(b["error"]["current"], 0.0222);
+    let resets = b["error"]["resets_at"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(resets).is_ok() && resets.ends_with("T00:00:00Z"),
+        "{resets}"
+    );
+    assert_eq!(b["detail"]["error"], "quota_exceeded");
+    assert_eq!(b["detail"]["status"], "quota_exceeded");
+    assert_eq!(b["detail"]["message"], msg);
+    assert_eq!(b["detail"]["current_costs"], 0.0222);
+    assert_eq!(b["detail"]["monthly_quota"], 0.02);
+    assert_eq!(monthly_cost(&p, "p-123").await, usd("0.0222"), "a refusal costs nothing");
+    let m = p.metrics().await;
+    assert!(
+        m.contains(r#"spendgate_quota_rejections_total{metric="cost_usd",scope="profile",tenant="p-123",window="daily"} 1"#),
+        "{m}"
+    );
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn org_limits_refuse_every_profile_of_the_org() {
+    let mock = Mock::start(|_| tts_reply()).await;
+    let p = start_proxy(&yaml("  orgs:\n    acme:\n      - {metric: requests, window: daily, max: 2}\n"), &mock.url()).await;
+    let req = fixture("elevenlabs/tts_request.json");
+    for (profile, want) in [("a", 200), ("b", 200), ("c", 402)] {
+        let got = p
+            .client
+            .post(&p.url(TTS), &[("x-profile-id", profile), ("x-org-id", "acme")], req.clone())
+            .await;
+        assert_eq!(got.status, want, "{profile}");
+        if want == 402 {
+            assert_eq!(got.json()["error"]["scope"], "org");
+            assert_eq!(got.json()["error"]["tenant"], "acme");
+        }
+    }
+    assert_eq!(
+        p.client.post(&p.url(TTS), &[("x-profile-id", "c")], req).await.status,
+        200,
+        "without the org header only the profile counts"
+    );
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn first_chunk_reaches_the_client_while_the_upstream_is_still_sending() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let body = fixture("gemini/stream_generate_content.sse");
+    let mock = Mock::start(move |_| {
+        Reply::new(200)
+            .header("content-type", "text/event-stream")
+            .pieces(&body, 200, Duration::ZERO)
+            .gate(g.clone())
+    })
+    .await;
+    let p = start_proxy(&yaml(""), &mock.url()).await;
+    let resp = p
+        .client
+        .send(
+            Method::POST,
+            &p.url("/gemini/v1/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
+            &[("x-profile-id", "p-s")],
+            GEN_BODY,
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // The mock holds every chunk after the first until the gate opens; the first chunk must
+    // arrive before that, or the test hangs (bounded by the timeout below).
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("first chunk arrives while the upstream is held")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap().len(), 200);
+    gate.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(200 + rest.len(), fixture("gemini/stream_generate_content.sse").len());
+    assert_eq!(monthly_cost(&p, "p-s").await, usd("0.0008277"));
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn forwards_path_query_headers_and_body_but_not_tenant_or_hop_by_hop_headers() {
+    let mock = Mock::start(|_| {
+        tts_reply()
+            .header("connection", "x-upstream-hop")
+            .header("x-upstream-hop", "1")
+            .header("x-upstream-keep", "2")
+    })
+    .await;
+    let p = start_proxy(&yaml(""), &mock.url()).await;
+    let req = fixture("elevenlabs/tts_request.json");
+    let got = p
+        .client
+        .post(
+            &p.url("/elevenlabs/v1/text-to-speech/voice1?output_format=mp3_44100_128&enable_logging=false"),
+            &[
+                ("X-Profile-Id", "p-h"),
+                ("X-Org-Id", "acme"),
+                ("xi-api-key", "client-key"),
+                ("x-app", "yes"),
+                ("connection", "x-secret-hop"),
+                ("x-secret-hop", "1"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ],
+            req.clone(),
+        )
+        .await;
+    assert_eq!(got.status, 200);
+    let seen = mock.last();
+    assert_eq!(seen.method, Method::POST);
+    assert_eq!(seen.path, "/v1/text-to-speech/voice1");
+    assert_eq!(seen.query.as_deref(), Some("output_format=mp3_44100_128&enable_logging=false"));
+    assert_eq!(seen.body.to_vec(), req);
+    for gone in ["x-profile-id", "x-org-id", "x-secret-hop", "keep-alive", "proxy-authorization"] {
+        assert!(!seen.headers.contains_key(gone), "{gone} was forwarded");
+    }
+    assert_eq!(seen.headers["xi-api-key"], "client-key");
+    assert_eq!(seen.headers["x-app"], "yes");
+    assert_eq!(seen.headers["host"], mock.addr.to_string());
+    assert_eq!(got.headers["character-cost"], "111");
+    assert_eq!(got.headers["x-upstream-keep"], "2");
+    assert!(!got.headers.contains_key("x-upstream-hop"));
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn gzip_responses_are_priced_and_passed_through_untouched() {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&fixture("gemini/generate_content.json")).unwrap();
+    let gz = enc.finish().unwrap();
+    let gz2 = gz.clone();
+    let mock = Mock::start(move |_| {
+        Reply::new(200)
+            .header("content-type", "application/json; charset=UTF-8")
+            .header("content-encoding", "gzip")
+            .header("vary", "Accept-Encoding")
+            .pieces(&gz2, 50, Duration::ZERO)
+    })
+    .await;
+    let p = start_proxy(&yaml(""), &mock.url()).await;
+    let got = p
+        .client
+        .post(&p.url(GEN), &[("x-profile-id", "p-gz"), ("accept-encoding", "gzip, deflate")], GEN_BODY)
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.headers["content-encoding"], "gzip");
+    assert_eq!(got.headers["vary"], "Accept-Encoding");
+    assert_eq!(got.body.to_vec(), gz, "the client gets the compressed bytes as sent");
+    assert_eq!(mock.last().headers["accept-encoding"], "gzip, deflate", "Accept-Encoding is not stripped");
+    assert_eq!(monthly_cost(&p, "p-gz").await, usd("0.0020097"));
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_upstream_body_passes_through_and_is_charged_the_estimate() {
+    let mock = Mock::start(|_| {
+        Reply::new(200)
+            .header("content-type", "application/json")
+            .body("<html>upstream proxy error</html>")
+    })
+    .await;
+    let p = start_proxy(&yaml(""), &mock.url()).await;
+    let got = p.client.post(&p.url(GEN), &[("x-profile-id", "p-bad")], GEN_BODY).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(&got.body[..], b"<html>upstream proxy error</html>");
+    assert_eq!(monthly_cost(&p, "p-bad").await, gen_estimate_nanos());
+    assert!(p
+        .metrics()
+        .await
+        .contains(r#"spendgate_usage_estimated_total{provider="gemini",reason="malformed"} 1"#));
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn cut_sse_stream_passes_through_and_is_charged_the_estimate() {
+    let partial = b"data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"Low ti".to_vec();
+    let part2 = partial.clone();
+    let mock = Mock::start(move |_| {
+        Reply::new(200)
+            .header("content-type", "text/event-stream")
+            .body(part2.clone())
+            .stall(Duration::from_millis(200))
+            .cut()
+    })
+    .await;
+    let p = start_proxy(&yaml(""), &mock.url()).await;
+    let resp = p
+        .client
+        .send(
+            Method::POST,
+            &p.url("/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
+            &[("x-profile-id", "p-cut")],
+            GEN_BODY,
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut received = Vec::new();
+    let mut failed = false;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => received.extend_from_slice(f.data_ref().map(|b| &b[..]).unwrap_or_default()),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert_eq!(received, partial, "what the upstream sent reaches the client");
+    assert!(failed, "the client sees the stream fail, not end cleanly");
+    assert_eq!(monthly_cost(&p, "p-cut").await, gen_estimate_nanos());
+    let m = p.metrics().await;
+    assert!(m.contains(r#"spendgate_usage_estimated_total{provider="gemini",reason="cut"} 1"#), "{m}");
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn huge_upstream_bodies_stream_through_with_bounded_extraction() {
+    // 24 MiB of one JSON string before the usage: the scanner holds none of it.
+    let mut body = b"{\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"".to_vec();
+    body.extend(std::iter::repeat_n(b'a', 24 << 20));
+    body.extend_from_slice(b"\"}]}}], \"usageMetadata\": {\"promptTokenCount\": 24, \"candidatesTokenCount\": 801}}");
+    let b2 = body.clone();
+    let mock = Mock::start(move |_| Reply::json(b2.clone())).await;
+    let p = start_proxy(&yaml(""), &mock.url()).await;
+    let got = p.client.post(&p.url(GEN), &[("x-profile-id", "p-huge")], GEN_BODY).await;
+    assert_eq!(got.body.len(), body.len());
+    assert_eq!(monthly_cost(&p, "p-huge").await, usd("0.0020097"));
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn tenant_errors() {
+    let mock = Mock::start(|_| tts_reply()).await;
+    let p = start_proxy(&yaml(""), &mock.url()).await;
+    let req = fixture("elevenlabs/tts_request.json");
+    let missing = p.client.post(&p.url(TTS), &[], req.clone()).await;
+    assert_eq!(missing.status, 400);
+    assert_eq!(missing.json()["error"]["type"], "tenant_missing");
+    assert_eq!(missing.json()["detail"]["error"], "tenant_missing");
+    let long = "x".repeat(129);
+    for bad in [long.as_str(), "has space", "semi;colon", "{tag}"] {
+        let got = p.client.post(&p.url(TTS), &[("x-profile-id", bad)], req.clone()).await;
+        assert_eq!(got.status, 400, "{bad}");
+        assert_eq!(got.json()["error"]["type"], "tenant_invalid", "{bad}");
+    }
+    let bad_org = p.client.post(&p.url(TTS), &[("x-profile-id", "ok"), ("x-org-id", "a/b")], req.clone()).await;
+    assert_eq!(bad_org.json()["error"]["type"], "tenant_invalid");
+    assert_eq!(mock.count(), 0);
+    let unknown = p.client.post(&p.url("/nowhere/v1/x"), &[("x-profile-id", "ok")], req).await;
+    assert_eq!(unknown.status, 404);
+    p.handle.shutdown().await;
+
+    let p = start_proxy(&format!("{}tenant:\n  missing: anonymous\n", providers_yaml()), &mock.url()).await;
+    assert_eq!(p.client.post(&p.url(TTS), &[], fixture("elevenlabs/tts_request.json")).await.status, 200);
+    assert_eq!(monthly_cost(&p, "anonymous").await, usd("0.0111"));
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_upstream_answers_502_and_costs_nothing() {
+    // A port that was just free: nothing listens there.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let p = start_proxy(&yaml(""), &format!("http://{dead}")).await;
+    let got = p
+        .client
+        .post(&p.url(TTS), &[("x-profile-id", "p-502")], fixture("elevenlabs/tts_request.json"))
+        .await;
+    assert_eq!(got.status, 502);
+    assert_eq!(got.json()["error"]["type"], "upstream_unavailable");
+    assert_eq!(monthly_cost(&p, "p-502").await, 0);
+    assert_eq!(
+        counter(
+            &p,
+            spendgate::quota::limit::Scope::Profile,
+            "p-502",
+            spendgate::window::Window::Daily,
+            "requests"
+        )
+        .await,
+        1
+    );
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_upstream_hits_the_idle_timeout_and_is_charged_what_was_seen() {
+    let mock = Mock::start(|_| {
+        Reply::new(200)
+            .header("content-type", "text/event-stream")
+            .body(&b"data: {\"usageMetadata\": {\"promptTokenCount\": 9, \"candidatesTokenCount\": 5, \"thoughtsTokenCount\": 301}}\r\n\r\n"[..])
+            .stall(Duration::from_secs(30))
+    })
+    .await;
+    let y = providers_yaml().replace(
+        "gemini, prefix: /gemini, upstream: \"{upstream}\"",
+        "gemini, prefix: /gemini, upstream: \"{upstream}\", timeouts: {read_idle: 0.5}",
+    );
+    let p = start_proxy(&y, &mock.url()).await;
+    let resp = p
+        .client
+        .send(
+            Method::POST,
+            &p.url("/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
+            &[("x-profile-id", "p-idle")],
+            GEN_BODY,
+        )
+        .await;
+    let collected = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the idle timeout ends the body");
+    assert!(collected.is_err(), "the stream ends with an error");
+    // 9 input + 306 output at flash prices = 0.0000027 + 0.000765.
+    assert_eq!(monthly_cost(&p, "p-idle").await, usd("0.0007677"));
+    p.handle.shutdown().await;
+}
