@@ -345,6 +345,12 @@ impl TestClient {
         }
     }
 
+    /// GET that tolerates a refused connection (for polling a starting process).
+    pub async fn get_opt(self, url: &str) -> Option<u16> {
+        let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+        self.inner.request(req).await.ok().map(|r| r.status().as_u16())
+    }
+
     pub async fn post(&self, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Got {
         self.request(Method::POST, url, headers, body).await
     }
