@@ -385,3 +385,25 @@ async fn a_silent_upstream_hits_the_idle_timeout_and_is_charged_what_was_seen() 
     assert_eq!(monthly_cost(&p, "p-idle").await, usd("0.0007677"));
     p.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let mock = Mock::start(|_| tts_reply()).await;
+    let p = start_proxy(&yaml(""), &mock.url()).await;
+    for _ in 0..20 {
+        assert_eq!(
+            p.client
+                .post(&p.url(TTS), &[("x-profile-id", "p-pool")], fixture("elevenlabs/tts_request.json"))
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(mock.count(), 20);
+    assert_eq!(
+        mock.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one pooled connection serves sequential requests"
+    );
+    p.handle.shutdown().await;
+}

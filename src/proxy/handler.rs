@@ -74,6 +74,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
                 Err(e) => return reply::error(StatusCode::BAD_REQUEST, "request_body_error", &format!("could not read the request body: {e}")),
             }
             body = Either::Right(Full::new(buffered.clone()));
+            // The body is already read: the upstream gets it whole, with no handshake.
+            parts.headers.remove(header::EXPECT);
         }
         let info = RequestInfo {
             method: &parts.method,

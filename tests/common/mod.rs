@@ -125,6 +125,8 @@ type Responder = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 pub struct Mock {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     responder: Arc<Mutex<Responder>>,
 }
 
@@ -135,9 +137,12 @@ impl Mock {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let responder: Arc<Mutex<Responder>> = Arc::new(Mutex::new(Arc::new(responder)));
         let (seen2, resp2) = (seen.clone(), responder.clone());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let conns = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (seen, resp) = (seen2.clone(), resp2.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -163,7 +168,12 @@ impl Mock {
                 });
             }
         });
-        Mock { addr, seen, responder }
+        Mock {
+            addr,
+            seen,
+            connections,
+            responder,
+        }
     }
 
     pub fn set(&self, responder: impl Fn(&Seen) -> Reply + Send + Sync + 'static) {
