@@ -42,7 +42,7 @@ async fn elevenlabs_sdk() {
     // 0.0111 + 0.0046 + 0.0014 + 0.0020
     assert_eq!(monthly_cost(&p, "p-sdk").await, usd("0.0191"));
     assert_eq!(monthly_cost(&p, "p-broke").await, usd("0.0111"));
-    for s in mock.seen.lock().iter() {
+    for s in mock.seen.lock().clone().iter() {
         assert!(!s.headers.contains_key("x-profile-id"));
         assert_eq!(s.headers["xi-api-key"], "sk-test");
     }
