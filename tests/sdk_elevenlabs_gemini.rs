@@ -68,12 +68,11 @@ async fn google_genai_sdk() {
     run_ok("genai_sdk.py", vec![("BASE_URL", p.url("/gemini"))]).await;
     assert_eq!(monthly_cost(&p, "p-sdk").await, usd("0.0020097") + usd("0.0008277"));
     assert_eq!(monthly_cost(&p, "p-broke").await, usd("0.0020097"));
-    let seen = mock.seen.lock();
+    let seen = mock.seen.lock().clone();
     assert!(
         seen.iter().all(|s| s.path.starts_with("/v1/models/")),
         "the SDK's default API version (v1) is routed"
     );
     assert!(seen.iter().all(|s| s.headers["x-goog-api-key"] == "test-key"));
-    drop(seen);
     p.handle.shutdown().await;
 }
