@@ -407,3 +407,81 @@ async fn upstream_connections_are_reused() {
     );
     p.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn unpriced_models_follow_the_policy_and_are_counted() {
+    // The response names the model too (a priced `modelVersion` would win over the request's).
+    let body = String::from_utf8(fixture("gemini/generate_content.json"))
+        .unwrap()
+        .replace("\"gemini-2.5-flash\"", "\"gemini-9-experimental\"");
+    assert!(body.contains("gemini-9-experimental"));
+    let mock = Mock::start(move |_| Reply::json(body.clone())).await;
+    let path = "/gemini/v1beta/models/gemini-9-experimental:generateContent";
+    // default: the provider's most expensive listed rates (Gemini: 3.1 Pro long-context,
+    // $4.00/M input, $18.00/M output): 24 * 4.00/M + 801 * 18.00/M = 0.000096 + 0.014418.
+    let p = start_proxy(&yaml(""), &mock.url()).await;
+    assert_eq!(p.client.post(&p.url(path), &[("x-profile-id", "p-u")], GEN_BODY).await.status, 200);
+    assert_eq!(monthly_cost(&p, "p-u").await, usd("0.014514"));
+    assert!(p
+        .metrics()
+        .await
+        .contains(r#"spendgate_unpriced_total{model="gemini-9-experimental",provider="gemini"} 1"#));
+    p.handle.shutdown().await;
+
+    let p = start_proxy(&format!("{}unpriced: reject\n", providers_yaml()), &mock.url()).await;
+    let got = p.client.post(&p.url(path), &[("x-profile-id", "p-u")], GEN_BODY).await;
+    assert_eq!(got.status, 402);
+    assert_eq!(got.json()["error"]["type"], "model_unpriced");
+    assert_eq!(
+        p.client.post(&p.url(GEN), &[("x-profile-id", "p-u")], GEN_BODY).await.status,
+        200,
+        "priced models pass"
+    );
+    p.handle.shutdown().await;
+
+    let p = start_proxy(&format!("{}unpriced: zero\n", providers_yaml()), &mock.url()).await;
+    assert_eq!(p.client.post(&p.url(path), &[("x-profile-id", "p-u")], GEN_BODY).await.status, 200);
+    assert_eq!(monthly_cost(&p, "p-u").await, 0);
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_probes_and_metric_names() {
+    let mock = Mock::start(|seen| {
+        if seen.path.starts_with("/v1/text-to-speech") {
+            tts_reply()
+        } else {
+            Reply::json(fixture("gemini/generate_content_cached_tools.json"))
+        }
+    })
+    .await;
+    let p = start_proxy(&yaml(""), &mock.url()).await;
+    assert_eq!(p.client.get(&p.admin_url("/healthz"), &[]).await.status, 200);
+    let ready = p.client.get(&p.admin_url("/readyz"), &[]).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["store"], "memory");
+    p.client
+        .post(
+            &p.url(TTS),
+            &[("x-profile-id", "p-m"), ("x-org-id", "o-m")],
+            fixture("elevenlabs/tts_request.json"),
+        )
+        .await;
+    p.client
+        .post(&p.url("/gemini/v1/models/gemini-2.5-pro:generateContent"), &[("x-profile-id", "p-m")], GEN_BODY)
+        .await;
+    p.handle.settled().await;
+    let m = p.metrics().await;
+    for line in [
+        r#"spendgate_requests_total{model="eleven_multilingual_v2",provider="elevenlabs",status="200"} 1"#,
+        r#"spendgate_cost_usd_total{model="eleven_multilingual_v2",org="o-m",provider="elevenlabs",tenant="p-m"} 0.0111"#,
+        r#"spendgate_characters_total{model="eleven_multilingual_v2",provider="elevenlabs",tenant="p-m"} 111"#,
+        r#"spendgate_tokens_total{kind="input",model="gemini-2.5-pro",provider="gemini",tenant="p-m"} 3268"#,
+        r#"spendgate_tokens_total{kind="cached",model="gemini-2.5-pro",provider="gemini",tenant="p-m"} 16384"#,
+        r#"spendgate_tokens_total{kind="output",model="gemini-2.5-pro",provider="gemini",tenant="p-m"} 1628"#,
+        "spendgate_overhead_seconds_count 2",
+    ] {
+        assert!(m.contains(line), "missing `{line}` in\n{m}");
+    }
+    p.handle.shutdown().await;
+}
