@@ -88,7 +88,7 @@ impl Provider for ElevenLabs {
                     audio_millis: bytes * 1000 / STT_BYTES_PER_SECOND,
                     ..Usage::default()
                 },
-                body: None,
+                ..Estimate::default()
             };
         }
         // A body that is not JSON is forwarded anyway (the upstream will refuse it); it
@@ -110,7 +110,7 @@ impl Provider for ElevenLabs {
                 characters,
                 ..Usage::default()
             },
-            body: None,
+            ..Estimate::default()
         }
     }
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::json_scan::{JsonScanner, Record};
 use super::sse::SseParser;
-use super::{estimate_tokens, reserve_output, Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, RequestInfo, Settled, Source, Usage, UsageExtractor};
+use super::{estimate_tokens, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, RequestInfo, Settled, Source, Usage, UsageExtractor};
 use crate::config::{ProviderKind, ReserveConfig};
 
 /// Images Imagen returns when the request does not say (`sampleCount` default).
@@ -133,7 +133,7 @@ impl Provider for Gemini {
                 }
             }
         };
-        Estimate { usage, body: None }
+        Estimate { usage, ..Estimate::default() }
     }
 
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
@@ -166,21 +166,6 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/json"))
-}
-
-/// Bytes of text in a request: every string value, with long base64-looking strings (inline
-/// media) counted as a fixed allowance instead of their size.
-pub fn text_bytes(v: &Value) -> usize {
-    /// Media parts are billed by their pixels or seconds, not by their base64 size; a 1024px
-    /// image is 258 to 1290 tokens. The allowance, in bytes of text at 4 bytes per token.
-    const MEDIA_ALLOWANCE_BYTES: usize = 1290 * 4;
-    match v {
-        Value::String(s) if s.len() > 4096 && !s.contains(char::is_whitespace) => MEDIA_ALLOWANCE_BYTES,
-        Value::String(s) => s.len(),
-        Value::Array(a) => a.iter().map(text_bytes).sum(),
-        Value::Object(o) => o.values().map(text_bytes).sum(),
-        _ => 0,
-    }
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy)]
