@@ -85,7 +85,10 @@ impl Provider for Gemini {
             "streamGenerateContent" => metered("streamGenerateContent", true),
             "embedContent" => metered("embedContent", false),
             "batchEmbedContents" => metered("batchEmbedContents", false),
-            "predict" => metered("predict", false),
+            // Imagen renders images; other models served by `predict` (Vertex text
+            // embeddings) are billed by their input.
+            "predict" if model.as_deref().is_some_and(|m| m.starts_with("imagen")) => metered("predict", false),
+            "predict" => metered("predictEmbeddings", false),
             "predictLongRunning" => metered("predictLongRunning", false),
             "countTokens" => Call::free("countTokens", model),
             _ => Call::free("other", model),
@@ -118,7 +121,7 @@ impl Provider for Gemini {
                     ..Usage::default()
                 }
             }
-            "embedContent" | "batchEmbedContents" => Usage {
+            "embedContent" | "batchEmbedContents" | "predictEmbeddings" => Usage {
                 input_tokens: estimate_tokens(text_bytes(&json), reserve),
                 ..Usage::default()
             },
@@ -139,7 +142,7 @@ impl Provider for Gemini {
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
         match call.endpoint {
             // Embedding responses carry no usage; the request-size estimate is the bill.
-            "embedContent" | "batchEmbedContents" => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
+            "embedContent" | "batchEmbedContents" | "predictEmbeddings" => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
             // Veo is priced at submission: seconds requested.
             "predictLongRunning" => Box::new(FixedCost::new(estimate.clone(), Source::Reported)),
             "predict" => Box::new(ImagenImages {
@@ -436,6 +439,8 @@ mod tests {
         let c = classify(&v, Method::POST, "/v1beta1/publishers/google/models/gemini-2.5-flash:streamGenerateContent");
         assert!(c.streaming && c.metered);
         assert!(!classify(&v, Method::POST, "/v1beta1/publishers/google/models/veo-3.1-generate-001:fetchPredictOperation").metered);
+        let c = classify(&v, Method::POST, "/v1/projects/p/locations/l/publishers/google/models/text-embedding-005:predict");
+        assert_eq!((c.endpoint, c.metered), ("predictEmbeddings", true));
     }
 
     #[test]
