@@ -103,7 +103,11 @@ fn write_unpriced(out: &mut String, runtime: &Runtime) -> Result<(), String> {
         Unpriced::Reject => "refused with 402",
         Unpriced::Zero => "free",
     };
-    let _ = writeln!(out, "\nprices and unpriced models by route (unpriced: {}, so an unpriced model is {policy}):", unpriced_name(c.unpriced));
+    let _ = writeln!(
+        out,
+        "\nprices and unpriced models by route (unpriced: {}, so an unpriced model is {policy}):",
+        unpriced_name(c.unpriced)
+    );
     for (name, p) in &c.providers {
         let table = pricing::price_kind(p.kind);
         // Overrides apply by provider name and by kind (the same key when they are equal).
@@ -195,7 +199,11 @@ fn describe_price(spec: &PriceSpec) -> String {
     add("web search", spec.per_web_search, " each");
     if let Some(lc) = &spec.long_context {
         let mut long = Vec::new();
-        for (label, v) in [("input", lc.input_per_mtok), ("cached input", lc.cached_input_per_mtok), ("output", lc.output_per_mtok)] {
+        for (label, v) in [
+            ("input", lc.input_per_mtok),
+            ("cached input", lc.cached_input_per_mtok),
+            ("output", lc.output_per_mtok),
+        ] {
             if let Some(v) = v {
                 long.push(format!("{label} ${}/Mtok", v.0));
             }

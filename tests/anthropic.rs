@@ -13,7 +13,11 @@ async fn post(p: &Proxy, path: &str, profile: &str, body: &str) -> Got {
     p.client
         .post(
             &p.url(path),
-            &[("x-profile-id", profile), ("content-type", "application/json"), ("anthropic-version", "2023-06-01")],
+            &[
+                ("x-profile-id", profile),
+                ("content-type", "application/json"),
+                ("anthropic-version", "2023-06-01"),
+            ],
             body.to_string(),
         )
         .await
@@ -58,7 +62,13 @@ async fn count_tokens_and_errors_are_free() {
     let p = start_proxy(&format!("{}{YAML_LIMITS}", providers_yaml()), &mock.url()).await;
     let count = fixture("anthropic/count_tokens.json");
     mock.set(move |_| Reply::json(count.clone()));
-    let got = post(&p, "/anthropic/v1/messages/count_tokens", "p-free", r#"{"model":"claude-sonnet-4-5","messages":[]}"#).await;
+    let got = post(
+        &p,
+        "/anthropic/v1/messages/count_tokens",
+        "p-free",
+        r#"{"model":"claude-sonnet-4-5","messages":[]}"#,
+    )
+    .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.json()["input_tokens"], 2095);
     for (status, name) in [(529, "anthropic/error_overloaded_529.json"), (429, "anthropic/error_rate_limit_429.json")] {
@@ -79,7 +89,7 @@ async fn a_cut_stream_charges_its_input_and_output_seen() {
     let full = String::from_utf8(fixture("anthropic/messages_stream.sse")).unwrap();
     let upto = full.find(" are walkable").unwrap();
     let end = full[..upto].rfind("\n\n").unwrap() + 2;
-    let cut = full[..end].as_bytes().to_vec();
+    let cut = full.as_bytes()[..end].to_vec();
     let mock = Mock::start(move |_| {
         Reply::new(200)
             .header("content-type", "text/event-stream")

@@ -41,10 +41,14 @@ async fn imagen_is_priced_per_image_returned_on_both_apis() {
     }
 
     // A filtered prediction carries no image bytes and is not billed; Fast is $0.02 an image.
-    mock.set(|_| {
-        Reply::json(r#"{"predictions": [{"raiFilteredReason": "filtered"}, {"mimeType": "image/png", "bytesBase64Encoded": "iVBORw0KGgo="}]}"#)
-    });
-    let got = post(&p, &format!("{VERTEX}/imagen-4.0-fast-generate-001:predict"), "p-img-rai", fixture("gemini/imagen_predict_request.json")).await;
+    mock.set(|_| Reply::json(r#"{"predictions": [{"raiFilteredReason": "filtered"}, {"mimeType": "image/png", "bytesBase64Encoded": "iVBORw0KGgo="}]}"#));
+    let got = post(
+        &p,
+        &format!("{VERTEX}/imagen-4.0-fast-generate-001:predict"),
+        "p-img-rai",
+        fixture("gemini/imagen_predict_request.json"),
+    )
+    .await;
     assert_eq!(got.status, 200);
     assert_eq!(monthly_cost(&p, "p-img-rai").await, usd("0.02"));
     p.handle.shutdown().await;
@@ -57,12 +61,24 @@ async fn veo_is_priced_per_second_requested_and_polling_is_free() {
     let request = String::from_utf8(fixture("gemini/veo_predict_long_running_request.json")).unwrap();
     let cases = [
         // 8 s x 1 sample at $0.40/s (Veo 3.1 Standard).
-        ("/gemini/v1beta/models/veo-3.1-generate-preview:predictLongRunning".to_string(), request.clone(), "3.20"),
+        (
+            "/gemini/v1beta/models/veo-3.1-generate-preview:predictLongRunning".to_string(),
+            request.clone(),
+            "3.20",
+        ),
         (format!("{VERTEX}/veo-3.1-generate-001:predictLongRunning"), request.clone(), "3.20"),
         // What the SDK sends in express mode: only the duration.
-        (format!("{VERTEX_EXPRESS}/veo-3.1-generate-001:predictLongRunning"), r#"{"instances": [{"prompt": "a bay"}], "parameters": {"durationSeconds": 6}}"#.into(), "2.40"),
+        (
+            format!("{VERTEX_EXPRESS}/veo-3.1-generate-001:predictLongRunning"),
+            r#"{"instances": [{"prompt": "a bay"}], "parameters": {"durationSeconds": 6}}"#.into(),
+            "2.40",
+        ),
         // No duration: Veo 3.x renders 8 s. Two samples of 4 s at the Fast rate ($0.15/s).
-        (format!("{VERTEX}/veo-3.1-generate-001:predictLongRunning"), r#"{"instances": [{"prompt": "a bay"}]}"#.into(), "3.20"),
+        (
+            format!("{VERTEX}/veo-3.1-generate-001:predictLongRunning"),
+            r#"{"instances": [{"prompt": "a bay"}]}"#.into(),
+            "3.20",
+        ),
         (
             format!("{VERTEX}/veo-3.1-fast-generate-001:predictLongRunning"),
             r#"{"instances": [{"prompt": "a bay"}], "parameters": {"durationSeconds": "4", "sampleCount": 2}}"#.into(),
@@ -84,7 +100,10 @@ async fn veo_is_priced_per_second_requested_and_polling_is_free() {
         mock.set(move |_| Reply::json(body.clone()));
         let got = p
             .client
-            .get(&p.url("/gemini/v1beta/models/veo-3.1-generate-preview/operations/lw2bkoxq7g4k"), &[("x-profile-id", "p-poll")])
+            .get(
+                &p.url("/gemini/v1beta/models/veo-3.1-generate-preview/operations/lw2bkoxq7g4k"),
+                &[("x-profile-id", "p-poll")],
+            )
             .await;
         assert_eq!(got.status, 200);
         let got = post(
@@ -98,7 +117,17 @@ async fn veo_is_priced_per_second_requested_and_polling_is_free() {
         polls += 2;
     }
     assert_eq!(monthly_cost(&p, "p-poll").await, 0);
-    assert_eq!(counter(&p, spendgate::quota::limit::Scope::Profile, "p-poll", spendgate::window::Window::Daily, "requests").await, polls);
+    assert_eq!(
+        counter(
+            &p,
+            spendgate::quota::limit::Scope::Profile,
+            "p-poll",
+            spendgate::window::Window::Daily,
+            "requests"
+        )
+        .await,
+        polls
+    );
     p.handle.shutdown().await;
 }
 
@@ -108,10 +137,30 @@ async fn vertex_text_generation_uses_gemini_usage_and_prices() {
     let p = proxy(&mock).await;
     let body = r#"{"contents": [{"role": "user", "parts": [{"text": "When is low tide?"}]}]}"#;
     let cases = [
-        (format!("{VERTEX}/gemini-2.5-flash:generateContent"), "gemini/generate_content.json", "application/json", "0.0020097"),
-        (format!("{VERTEX}/gemini-2.5-flash:streamGenerateContent?alt=sse"), "gemini/stream_generate_content.sse", "text/event-stream", "0.0008277"),
-        (format!("{VERTEX_EXPRESS}/gemini-2.5-flash:streamGenerateContent"), "gemini/stream_generate_content.jsonarray", "application/json", "0.0008277"),
-        (format!("{VERTEX}/gemini-2.5-pro:generateContent"), "gemini/generate_content_cached_tools.json", "application/json", "0.022413"),
+        (
+            format!("{VERTEX}/gemini-2.5-flash:generateContent"),
+            "gemini/generate_content.json",
+            "application/json",
+            "0.0020097",
+        ),
+        (
+            format!("{VERTEX}/gemini-2.5-flash:streamGenerateContent?alt=sse"),
+            "gemini/stream_generate_content.sse",
+            "text/event-stream",
+            "0.0008277",
+        ),
+        (
+            format!("{VERTEX_EXPRESS}/gemini-2.5-flash:streamGenerateContent"),
+            "gemini/stream_generate_content.jsonarray",
+            "application/json",
+            "0.0008277",
+        ),
+        (
+            format!("{VERTEX}/gemini-2.5-pro:generateContent"),
+            "gemini/generate_content_cached_tools.json",
+            "application/json",
+            "0.022413",
+        ),
     ];
     for (i, (path, name, content_type, expected)) in cases.iter().enumerate() {
         let response = fixture(name);

@@ -28,7 +28,13 @@ fn set_keys() {
 
 fn yaml() -> String {
     let mut y = String::from("providers:\n");
-    for (name, kind) in [("openai", "openai"), ("anthropic", "anthropic"), ("elevenlabs", "elevenlabs"), ("gemini", "gemini"), ("vertex", "vertex")] {
+    for (name, kind) in [
+        ("openai", "openai"),
+        ("anthropic", "anthropic"),
+        ("elevenlabs", "elevenlabs"),
+        ("gemini", "gemini"),
+        ("vertex", "vertex"),
+    ] {
         y.push_str(&format!(
             "  {name}: {{kind: {kind}, prefix: /{name}, upstream: \"{{upstream}}\", api_key_env: SPENDGATE_TEST_KEY_{}}}\n",
             name.to_uppercase()
@@ -91,7 +97,10 @@ async fn every_client_credential_is_replaced_by_the_configured_key() {
         ("/anthropic/v1/messages", None),
         ("/elevenlabs/v1/text-to-speech/voice1", None),
         ("/gemini/v1beta/models/gemini-2.5-flash:countTokens", Some("key=client-fake&alt=sse")),
-        ("/vertex/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:countTokens", Some("key=client-fake")),
+        (
+            "/vertex/v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:countTokens",
+            Some("key=client-fake"),
+        ),
     ];
     for (path, query) in cases {
         let url = match query {
@@ -116,7 +125,11 @@ async fn without_api_key_env_the_client_credentials_pass_unchanged() {
     let p = start_proxy(providers_yaml(), &mock.url()).await;
     let got = p
         .client
-        .post(&p.url("/gemini/v1beta/models/gemini-2.5-flash:countTokens?key=client-key"), &CLIENT_CREDENTIALS, "{}")
+        .post(
+            &p.url("/gemini/v1beta/models/gemini-2.5-flash:countTokens?key=client-key"),
+            &CLIENT_CREDENTIALS,
+            "{}",
+        )
         .await;
     assert_eq!(got.status, 200);
     let seen = mock.last();
@@ -133,7 +146,10 @@ async fn an_unset_variable_fails_check_and_start_without_revealing_keys() {
     let unset = "providers:\n  openai: {kind: openai, prefix: /openai, upstream: \"http://127.0.0.1:1\", api_key_env: SPENDGATE_TEST_KEY_NEVER_SET}\n";
     let config = spendgate::config::Config::from_yaml(unset, "t.yaml").unwrap();
     let err = spendgate::check::summary(&config).unwrap_err();
-    assert!(err.contains("providers.openai") && err.contains("SPENDGATE_TEST_KEY_NEVER_SET") && err.contains("not set"), "{err}");
+    assert!(
+        err.contains("providers.openai") && err.contains("SPENDGATE_TEST_KEY_NEVER_SET") && err.contains("not set"),
+        "{err}"
+    );
     let started = spendgate::server::start(
         config,
         spendgate::server::Options {

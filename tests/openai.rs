@@ -44,12 +44,37 @@ async fn plain_endpoints_cost_what_the_fixtures_report() {
     let mock = Mock::start(|_| Reply::new(500)).await;
     let p = proxy(&mock).await;
     let cases: [(&str, &str, &str, &str); 5] = [
-        (CHAT, r#"{"model":"gpt-5-mini","messages":[{"role":"user","content":"When is low tide?"}]}"#, "openai/chat_completions.json", "0.0023695"),
-        ("/openai/v1/responses", r#"{"model":"gpt-5","input":"When does the ferry leave?"}"#, "openai/responses.json", "0.01195375"),
-        ("/openai/v1/embeddings", r#"{"model":"text-embedding-3-small","input":["a","b"],"encoding_format":"float"}"#, "openai/embeddings.json", "0.0000003"),
-        ("/openai/v1/embeddings", r#"{"model":"text-embedding-3-small","input":"a","encoding_format":"base64"}"#, "openai/embeddings_base64.json", "0.00000016"),
+        (
+            CHAT,
+            r#"{"model":"gpt-5-mini","messages":[{"role":"user","content":"When is low tide?"}]}"#,
+            "openai/chat_completions.json",
+            "0.0023695",
+        ),
+        (
+            "/openai/v1/responses",
+            r#"{"model":"gpt-5","input":"When does the ferry leave?"}"#,
+            "openai/responses.json",
+            "0.01195375",
+        ),
+        (
+            "/openai/v1/embeddings",
+            r#"{"model":"text-embedding-3-small","input":["a","b"],"encoding_format":"float"}"#,
+            "openai/embeddings.json",
+            "0.0000003",
+        ),
+        (
+            "/openai/v1/embeddings",
+            r#"{"model":"text-embedding-3-small","input":"a","encoding_format":"base64"}"#,
+            "openai/embeddings_base64.json",
+            "0.00000016",
+        ),
         // Without a version in the path (an upstream URL that carries /v1 itself).
-        ("/openai/chat/completions", r#"{"model":"gpt-5-mini","messages":[]}"#, "openai/chat_completions.json", "0.0023695"),
+        (
+            "/openai/chat/completions",
+            r#"{"model":"gpt-5-mini","messages":[]}"#,
+            "openai/chat_completions.json",
+            "0.0023695",
+        ),
     ];
     for (i, (path, body, fixture_name, expected)) in cases.into_iter().enumerate() {
         let response = fixture(fixture_name);
@@ -59,7 +84,11 @@ async fn plain_endpoints_cost_what_the_fixtures_report() {
         let got = post(&p, path, &profile, body, &[]).await;
         assert_eq!(got.status, 200, "{fixture_name}");
         assert_eq!(got.body.to_vec(), response, "{fixture_name}: the client gets the upstream's bytes");
-        assert_eq!(mock.last().body.as_ref(), body.as_bytes(), "{fixture_name}: the request body is forwarded untouched");
+        assert_eq!(
+            mock.last().body.as_ref(),
+            body.as_bytes(),
+            "{fixture_name}: the request body is forwarded untouched"
+        );
         assert_eq!(monthly_cost(&p, &profile).await, usd(expected), "{fixture_name}");
     }
     p.handle.shutdown().await;
@@ -76,7 +105,12 @@ async fn streams_that_asked_for_usage_pass_untouched() {
             "openai/chat_completions_stream_include_usage.sse",
             "0.00001095",
         ),
-        ("/openai/v1/responses", r#"{"model":"gpt-4.1-mini","stream":true,"input":"Ferry?"}"#, "openai/responses_stream.sse", "0.000308"),
+        (
+            "/openai/v1/responses",
+            r#"{"model":"gpt-4.1-mini","stream":true,"input":"Ferry?"}"#,
+            "openai/responses_stream.sse",
+            "0.000308",
+        ),
     ];
     for (i, (path, body, fixture_name, expected)) in cases.into_iter().enumerate() {
         let stream = fixture(fixture_name);
@@ -119,7 +153,11 @@ async fn a_stream_without_usage_is_priced_exactly_and_delivered_as_asked() {
     let sent: serde_json::Value = serde_json::from_slice(&mock.last().body).unwrap();
     assert_eq!(sent["stream_options"]["include_usage"], true, "usage was asked for upstream");
     assert_eq!(sent["messages"][0]["content"], "Low tide?");
-    assert_eq!(monthly_cost(&p, "p-nousage").await, usd("0.00001095"), "priced from the usage the upstream reported");
+    assert_eq!(
+        monthly_cost(&p, "p-nousage").await,
+        usd("0.00001095"),
+        "priced from the usage the upstream reported"
+    );
     p.handle.shutdown().await;
 }
 
@@ -189,7 +227,12 @@ async fn a_cut_stream_charges_estimated_input_and_text_seen() {
     let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"When is low tide?"}]}"#;
     let response = p
         .client
-        .send(http::Method::POST, &p.url(CHAT), &[("x-profile-id", "p-cut"), ("content-type", "application/json")], body)
+        .send(
+            http::Method::POST,
+            &p.url(CHAT),
+            &[("x-profile-id", "p-cut"), ("content-type", "application/json")],
+            body,
+        )
         .await;
     assert_eq!(response.status(), 200);
     let (got, failed) = read_until_error(response.into_body()).await;
@@ -213,14 +256,32 @@ async fn speech_is_priced_per_character_or_from_the_sse_usage() {
     let audio = vec![0xffu8; 8192];
     let a2 = audio.clone();
     mock.set(move |_| Reply::new(status.as_u16()).headers(headers.clone()).pieces(&a2, 1000, Duration::ZERO));
-    let got = post(&p, "/openai/v1/audio/speech", "p-tts1", fixture("openai/audio_speech_request.json"), &[("accept", "application/octet-stream")]).await;
+    let got = post(
+        &p,
+        "/openai/v1/audio/speech",
+        "p-tts1",
+        fixture("openai/audio_speech_request.json"),
+        &[("accept", "application/octet-stream")],
+    )
+    .await;
     assert_eq!(got.body.to_vec(), audio);
     assert_eq!(monthly_cost(&p, "p-tts1").await, usd("0.001275"), "85 characters at $15/M");
 
     mock.set(|_| sse(&fixture("openai/audio_speech_stream.sse")));
-    let got = post(&p, "/openai/v1/audio/speech", "p-tts-sse", fixture("openai/audio_speech_stream_request.json"), &[]).await;
+    let got = post(
+        &p,
+        "/openai/v1/audio/speech",
+        "p-tts-sse",
+        fixture("openai/audio_speech_stream_request.json"),
+        &[],
+    )
+    .await;
     assert_eq!(got.body.to_vec(), fixture("openai/audio_speech_stream.sse"));
-    assert_eq!(monthly_cost(&p, "p-tts-sse").await, usd("0.0018822"), "17 text tokens at $0.60/M + 156 audio tokens at $12/M");
+    assert_eq!(
+        monthly_cost(&p, "p-tts-sse").await,
+        usd("0.0018822"),
+        "17 text tokens at $0.60/M + 156 audio tokens at $12/M"
+    );
     p.handle.shutdown().await;
 }
 
@@ -228,7 +289,10 @@ async fn speech_is_priced_per_character_or_from_the_sse_usage() {
 async fn upstream_errors_and_free_calls_cost_nothing() {
     let mock = Mock::start(|_| Reply::new(500)).await;
     let p = proxy(&mock).await;
-    for (status, name) in [(429, "openai/error_insufficient_quota_429.json"), (401, "openai/error_invalid_api_key_401.json")] {
+    for (status, name) in [
+        (429, "openai/error_insufficient_quota_429.json"),
+        (401, "openai/error_invalid_api_key_401.json"),
+    ] {
         let body = fixture(name);
         let b2 = body.clone();
         mock.set(move |_| Reply::new(status).header("content-type", "application/json").body(b2.clone()));

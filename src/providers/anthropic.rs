@@ -392,7 +392,10 @@ mod tests {
         )
         .unwrap();
         let u = u.to_usage();
-        assert_eq!((u.cache_write_tokens, u.cache_write_1h_tokens, u.cached_input_tokens, u.prompt_tokens), (100, 200, 50, 360));
+        assert_eq!(
+            (u.cache_write_tokens, u.cache_write_1h_tokens, u.cached_input_tokens, u.prompt_tokens),
+            (100, 200, 50, 360)
+        );
         let u: WireUsage = serde_json::from_str(r#"{"input_tokens":1,"cache_creation_input_tokens":30,"output_tokens":0}"#).unwrap();
         assert_eq!((u.to_usage().cache_write_tokens, u.to_usage().cache_write_1h_tokens), (30, 0));
     }
@@ -407,7 +410,10 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             let mut x = StreamExtractor::new(&Usage::default());
             let s = run(&mut x, body, piece, BodyEnd::Complete);
             assert_eq!(s.source, Source::Reported);
-            assert_eq!((s.usage.input_tokens, s.usage.cached_input_tokens, s.usage.output_tokens, s.usage.web_searches), (472, 8, 87, 1));
+            assert_eq!(
+                (s.usage.input_tokens, s.usage.cached_input_tokens, s.usage.output_tokens, s.usage.web_searches),
+                (472, 8, 87, 1)
+            );
             assert_eq!(s.response_model.as_deref(), Some("claude-x"));
         }
     }
@@ -433,7 +439,12 @@ event: content_block_delta\ndata: {\"type\":\"content_bl";
         assert_eq!((s.source, s.usage.output_tokens), (Source::Estimated, 99));
         // An error before anything: free.
         let mut x = StreamExtractor::new(&estimate);
-        let s = run(&mut x, b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n", 5, BodyEnd::Complete);
+        let s = run(
+            &mut x,
+            b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n",
+            5,
+            BodyEnd::Complete,
+        );
         assert_eq!(s.source, Source::UpstreamError);
     }
 
@@ -443,7 +454,12 @@ event: content_block_delta\ndata: {\"type\":\"content_bl";
             input_tokens: 3,
             ..Usage::default()
         });
-        let s = run(&mut x, br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#, 7, BodyEnd::Complete);
+        let s = run(
+            &mut x,
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            7,
+            BodyEnd::Complete,
+        );
         assert_eq!(s.source, Source::UpstreamError);
     }
 }

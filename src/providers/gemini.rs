@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use super::json_scan::{JsonScanner, Record};
 use super::sse::SseParser;
-use super::{estimate_tokens, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, RequestInfo, Settled, Source, Usage, UsageExtractor};
+use super::{
+    estimate_tokens, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, RequestInfo, Settled, Source, Usage, UsageExtractor,
+};
 use crate::config::{ProviderKind, ReserveConfig};
 
 /// Images Imagen returns when the request does not say (`sampleCount` default).
@@ -280,7 +282,7 @@ impl Seen {
     }
 
     fn record(&mut self, r: Record) {
-        let parse = |k: &str| r.get(k).map(|v| serde_json::from_slice::<Value>(v));
+        let parse = |k: &str| r.get(k).map(serde_json::from_slice::<Value>);
         let chunk = Chunk {
             usage_metadata: match r.get("usageMetadata").map(serde_json::from_slice::<UsageMetadata>) {
                 Some(Ok(u)) => Some(u),
@@ -439,7 +441,11 @@ mod tests {
         let c = classify(&v, Method::POST, "/v1beta1/publishers/google/models/gemini-2.5-flash:streamGenerateContent");
         assert!(c.streaming && c.metered);
         assert!(!classify(&v, Method::POST, "/v1beta1/publishers/google/models/veo-3.1-generate-001:fetchPredictOperation").metered);
-        let c = classify(&v, Method::POST, "/v1/projects/p/locations/l/publishers/google/models/text-embedding-005:predict");
+        let c = classify(
+            &v,
+            Method::POST,
+            "/v1/projects/p/locations/l/publishers/google/models/text-embedding-005:predict",
+        );
         assert_eq!((c.endpoint, c.metered), ("predictEmbeddings", true));
     }
 

@@ -28,8 +28,8 @@ use serde_json::Value;
 use super::json_scan::{JsonScanner, Record};
 use super::sse::{Event, SseParser};
 use super::{
-    estimate_tokens, is_event_stream, output_tokens_from_text, reserve_output, text_bytes, Anomaly, BodyEnd, BodyFilter, Call, Estimate, FixedCost,
-    Provider, RequestInfo, Settled, Source, Usage, UsageExtractor,
+    estimate_tokens, is_event_stream, output_tokens_from_text, reserve_output, text_bytes, Anomaly, BodyEnd, BodyFilter, Call, Estimate, FixedCost, Provider,
+    RequestInfo, Settled, Source, Usage, UsageExtractor,
 };
 use crate::config::{ProviderKind, ReserveConfig};
 
@@ -152,7 +152,8 @@ impl Provider for OpenAi {
     }
 
     fn body_filter(&self, call: &Call, headers: &HeaderMap) -> Option<Box<dyn BodyFilter>> {
-        (matches!(call.endpoint, "chat" | "completions") && call.streaming && is_event_stream(headers)).then(|| Box::new(UsageFilter::default()) as Box<dyn BodyFilter>)
+        (matches!(call.endpoint, "chat" | "completions") && call.streaming && is_event_stream(headers))
+            .then(|| Box::new(UsageFilter::default()) as Box<dyn BodyFilter>)
     }
 }
 
@@ -655,13 +656,21 @@ mod tests {
     #[test]
     fn chat_estimate_caps_output_and_multiplies_choices() {
         let h = HeaderMap::new();
-        let (call, e) = estimate_for("/v1/chat/completions", r#"{"model":"gpt-4o","messages":[{"role":"user","content":"abcdefgh"}],"max_tokens":100,"n":2}"#, &h);
+        let (call, e) = estimate_for(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"abcdefgh"}],"max_tokens":100,"n":2}"#,
+            &h,
+        );
         assert_eq!(call.model.as_deref(), Some("gpt-4o"));
         assert_eq!(e.usage.output_tokens, 200);
         // "gpt-4o" + "user" + "abcdefgh" = 18 bytes -> 5 tokens
         assert_eq!(e.usage.input_tokens, 5);
         assert!(e.body.is_none() && !e.filter_response);
-        let (_, e) = estimate_for("/v1/chat/completions", r#"{"model":"o4-mini","messages":[],"max_completion_tokens":1000000}"#, &h);
+        let (_, e) = estimate_for(
+            "/v1/chat/completions",
+            r#"{"model":"o4-mini","messages":[],"max_completion_tokens":1000000}"#,
+            &h,
+        );
         assert_eq!(e.usage.output_tokens, ReserveConfig::default().max_output_tokens);
     }
 
@@ -685,7 +694,10 @@ mod tests {
         assert_eq!(sent["model"], "m");
 
         // Already asked for, or not a stream: untouched.
-        for body in [r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#, r#"{"model":"m","stream":false}"#] {
+        for body in [
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+            r#"{"model":"m","stream":false}"#,
+        ] {
             let (_, e) = estimate_for("/v1/chat/completions", body, &h);
             assert!(e.body.is_none() && !e.filter_response, "{body}");
         }
@@ -715,7 +727,11 @@ mod tests {
     #[test]
     fn embeddings_count_strings_and_token_arrays() {
         let h = HeaderMap::new();
-        let (_, e) = estimate_for("/v1/embeddings", r#"{"model":"text-embedding-3-small","input":["abcd","abcdefgh",[1,2,3]]}"#, &h);
+        let (_, e) = estimate_for(
+            "/v1/embeddings",
+            r#"{"model":"text-embedding-3-small","input":["abcd","abcdefgh",[1,2,3]]}"#,
+            &h,
+        );
         assert_eq!(e.usage.input_tokens, 1 + 2 + 3);
         assert_eq!(e.usage.output_tokens, 0);
     }
@@ -734,9 +750,15 @@ mod tests {
         )
         .unwrap();
         let u = u.to_usage();
-        assert_eq!((u.input_tokens, u.cached_input_tokens, u.output_tokens, u.prompt_tokens), (86, 1920, 1150, 2006));
+        assert_eq!(
+            (u.input_tokens, u.cached_input_tokens, u.output_tokens, u.prompt_tokens),
+            (86, 1920, 1150, 2006)
+        );
         // Details larger than the totals never underflow.
-        let u: WireUsage = serde_json::from_str(r#"{"input_tokens":5,"input_tokens_details":{"cached_tokens":9},"output_tokens":1,"output_tokens_details":{"audio_tokens":3}}"#).unwrap();
+        let u: WireUsage = serde_json::from_str(
+            r#"{"input_tokens":5,"input_tokens_details":{"cached_tokens":9},"output_tokens":1,"output_tokens_details":{"audio_tokens":3}}"#,
+        )
+        .unwrap();
         let u = u.to_usage();
         assert_eq!((u.input_tokens, u.cached_input_tokens, u.output_tokens, u.audio_output_tokens), (0, 5, 0, 1));
     }

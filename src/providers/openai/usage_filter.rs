@@ -78,7 +78,10 @@ impl BodyFilter for UsageFilter {
         self.pos -= from;
         self.line_start -= from;
         if self.held.len() > MAX_EVENT {
-            tracing::warn!(bytes = self.held.len(), "an SSE event too large to filter; the rest of the stream passes unfiltered");
+            tracing::warn!(
+                bytes = self.held.len(),
+                "an SSE event too large to filter; the rest of the stream passes unfiltered"
+            );
             self.passthrough = true;
             out.append(&mut self.held);
         }
@@ -263,7 +266,10 @@ fn value_end(s: &[u8], i: usize) -> Option<usize> {
             None
         }
         _ => {
-            let end = s[i..].iter().position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')).map_or(s.len(), |p| i + p);
+            let end = s[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n'))
+                .map_or(s.len(), |p| i + p);
             (end > i).then_some(end)
         }
     }
@@ -292,7 +298,11 @@ mod tests {
         let with = fixture("chat_completions_stream_include_usage.sse");
         let without = fixture("chat_completions_stream_no_usage.sse");
         for piece in [1, 2, 3, 5, 17, 64, 333, with.len()] {
-            assert_eq!(String::from_utf8(run(&with, piece)).unwrap(), String::from_utf8(without.clone()).unwrap(), "piece {piece}");
+            assert_eq!(
+                String::from_utf8(run(&with, piece)).unwrap(),
+                String::from_utf8(without.clone()).unwrap(),
+                "piece {piece}"
+            );
         }
     }
 
@@ -317,11 +327,23 @@ mod tests {
     fn member_positions_and_spacing() {
         let cases: [(&[u8], &[u8]); 6] = [
             (b"data: {\"usage\": null}\n\n", b"data: {}\n\n"),
-            (b"data:{\"usage\" : null , \"x\":[1,{\"usage\":null}]}\n\n", b"data:{\"x\":[1,{\"usage\":null}]}\n\n"),
-            (b"data: {\"x\":\"a\\\"}\", \"usage\":null, \"y\":2}\n\n", b"data: {\"x\":\"a\\\"}\", \"y\":2}\n\n"),
-            (b"event: chunk\ndata: {\"x\":1,\"usage\":null}\nid: 7\n\n", b"event: chunk\ndata: {\"x\":1}\nid: 7\n\n"),
+            (
+                b"data:{\"usage\" : null , \"x\":[1,{\"usage\":null}]}\n\n",
+                b"data:{\"x\":[1,{\"usage\":null}]}\n\n",
+            ),
+            (
+                b"data: {\"x\":\"a\\\"}\", \"usage\":null, \"y\":2}\n\n",
+                b"data: {\"x\":\"a\\\"}\", \"y\":2}\n\n",
+            ),
+            (
+                b"event: chunk\ndata: {\"x\":1,\"usage\":null}\nid: 7\n\n",
+                b"event: chunk\ndata: {\"x\":1}\nid: 7\n\n",
+            ),
             // A usage object with choices left is not the injected chunk.
-            (b"data: {\"choices\":[{}],\"usage\":{\"prompt_tokens\":1}}\n\n", b"data: {\"choices\":[{}],\"usage\":{\"prompt_tokens\":1}}\n\n"),
+            (
+                b"data: {\"choices\":[{}],\"usage\":{\"prompt_tokens\":1}}\n\n",
+                b"data: {\"choices\":[{}],\"usage\":{\"prompt_tokens\":1}}\n\n",
+            ),
             (b"data: {\"choices\":[ ],\"usage\":{\"prompt_tokens\":1}}\n\n", b""),
         ];
         for (input, expected) in cases {
