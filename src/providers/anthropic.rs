@@ -125,7 +125,7 @@ impl WireUsage {
         let split_1h = split.ephemeral_1h_input_tokens.unwrap_or(0);
         let written = self
             .cache_creation_input_tokens
-            .unwrap_or_else(|| split.ephemeral_5m_input_tokens.unwrap_or(0) + split_1h);
+            .unwrap_or_else(|| split.ephemeral_5m_input_tokens.unwrap_or(0).saturating_add(split_1h));
         let written_1h = split_1h.min(written);
         let input = self.input_tokens.unwrap_or(0);
         let read = self.cache_read_input_tokens.unwrap_or(0);
@@ -136,7 +136,7 @@ impl WireUsage {
             cache_write_1h_tokens: written_1h,
             output_tokens: self.output_tokens.unwrap_or(0),
             web_searches: self.server_tool_use.as_ref().and_then(|s| s.web_search_requests).unwrap_or(0),
-            prompt_tokens: input + read + written,
+            prompt_tokens: input.saturating_add(read).saturating_add(written),
             ..Usage::default()
         }
     }

@@ -85,7 +85,7 @@ impl Provider for ElevenLabs {
                 .unwrap_or(0);
             return Estimate {
                 usage: Usage {
-                    audio_millis: bytes * 1000 / STT_BYTES_PER_SECOND,
+                    audio_millis: bytes.saturating_mul(1000) / STT_BYTES_PER_SECOND,
                     ..Usage::default()
                 },
                 ..Estimate::default()

@@ -107,7 +107,7 @@ impl Provider for Gemini {
                     .unwrap_or(IMAGEN_DEFAULT_SAMPLES);
                 let instances = json.get("instances").and_then(Value::as_array).map_or(1, |a| a.len().max(1) as u64);
                 Usage {
-                    images: samples * instances,
+                    images: samples.saturating_mul(instances),
                     ..Usage::default()
                 }
             }
@@ -119,7 +119,7 @@ impl Provider for Gemini {
                     .unwrap_or(VEO_DEFAULT_SECONDS);
                 let samples = params.and_then(|p| p.get("sampleCount")).and_then(as_u64_lenient).unwrap_or(1).max(1);
                 Usage {
-                    video_seconds: seconds * samples,
+                    video_seconds: seconds.saturating_mul(samples),
                     ..Usage::default()
                 }
             }
@@ -236,10 +236,10 @@ impl UsageMetadata {
         let image_out = modality(&self.candidates_tokens_details, Modality::Image).min(candidates);
         let audio_out = modality(&self.candidates_tokens_details, Modality::Audio).min(candidates - image_out);
         Usage {
-            input_tokens: uncached - audio_in + tool,
+            input_tokens: (uncached - audio_in).saturating_add(tool),
             cached_input_tokens: cached,
             audio_input_tokens: audio_in,
-            output_tokens: candidates - image_out - audio_out + self.thoughts_token_count.unwrap_or(0),
+            output_tokens: (candidates - image_out - audio_out).saturating_add(self.thoughts_token_count.unwrap_or(0)),
             image_output_tokens: image_out,
             audio_output_tokens: audio_out,
             prompt_tokens: prompt,
