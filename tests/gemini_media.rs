@@ -178,3 +178,47 @@ async fn vertex_text_generation_uses_gemini_usage_and_prices() {
     assert_eq!(monthly_cost(&p, "p-vx-free").await, 0);
     p.handle.shutdown().await;
 }
+
+/// Answers like Vertex AI for the calls the google-genai SDK makes in Vertex mode.
+fn vertex_like(s: &Seen) -> Reply {
+    const OP: &str = "projects/p/locations/us-central1/publishers/google/models/veo-3.1-generate-001/operations/op1";
+    let method = s.path.rsplit(':').next().unwrap_or("");
+    match method {
+        "predict" => Reply::json(fixture("gemini/imagen_predict.json")),
+        "predictLongRunning" => Reply::json(format!(r#"{{"name": "{OP}"}}"#)),
+        "fetchPredictOperation" => Reply::json(format!(
+            r#"{{"name": "{OP}", "done": true, "response": {{"@type": "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse", "videos": [{{"gcsUri": "gs://bucket/v.mp4", "mimeType": "video/mp4"}}]}}}}"#
+        )),
+        "generateContent" => Reply::json(fixture("gemini/generate_content.json")),
+        "streamGenerateContent" => {
+            Reply::new(200)
+                .header("content-type", "text/event-stream")
+                .pieces(&fixture("gemini/stream_generate_content.sse"), 64, Duration::from_millis(1))
+        }
+        _ => Reply::new(404),
+    }
+}
+
+#[tokio::test]
+async fn google_genai_sdk_in_vertex_mode() {
+    let mock = Mock::start(vertex_like).await;
+    let p = proxy(&mock).await;
+    let out = python::run_ok("genai_vertex_sdk.py", vec![("VERTEX_BASE_URL", p.url("/vertex"))]).await;
+    assert!(out.contains("sdk: ok"), "{out}");
+    let paths: Vec<String> = mock.seen.lock().iter().map(|s| s.path.clone()).collect();
+    assert!(
+        paths.contains(&"/v1beta1/publishers/google/models/imagen-4.0-generate-001:predict".to_string()),
+        "{paths:?}"
+    );
+    for (profile, expected) in [
+        // 2 images at $0.04; 6 s at $0.40; polling free; Gemini text at the Gemini prices.
+        ("p-gx-img", "0.08"),
+        ("p-gx-veo", "2.40"),
+        ("p-gx-poll", "0"),
+        ("p-gx-text", "0.0020097"),
+        ("p-gx-stream", "0.0008277"),
+    ] {
+        assert_eq!(monthly_cost(&p, profile).await, usd(expected), "{profile}");
+    }
+    p.handle.shutdown().await;
+}

@@ -48,14 +48,21 @@ pub struct Usage {
 impl Usage {
     /// All input-side tokens (saturating: counts come from upstream bodies).
     pub fn input_total(&self) -> u64 {
-        [self.cached_input_tokens, self.cache_write_tokens, self.cache_write_1h_tokens, self.audio_input_tokens]
-            .into_iter()
-            .fold(self.input_tokens, u64::saturating_add)
+        [
+            self.cached_input_tokens,
+            self.cache_write_tokens,
+            self.cache_write_1h_tokens,
+            self.audio_input_tokens,
+        ]
+        .into_iter()
+        .fold(self.input_tokens, u64::saturating_add)
     }
 
     /// All output-side tokens (saturating).
     pub fn output_total(&self) -> u64 {
-        [self.audio_output_tokens, self.image_output_tokens].into_iter().fold(self.output_tokens, u64::saturating_add)
+        [self.audio_output_tokens, self.image_output_tokens]
+            .into_iter()
+            .fold(self.output_tokens, u64::saturating_add)
     }
 
     /// Every token, the `tokens` limit metric.
