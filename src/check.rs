@@ -5,7 +5,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::app::{open_store, Runtime};
-use crate::config::Config;
+use crate::config::{Config, LimitSpec, MatchSpec, NonNegative, PriceSpec, Unpriced};
+use crate::pricing;
 use crate::quota::limit::Scope;
 
 /// Renders the summary of a valid config.
@@ -23,7 +24,7 @@ pub fn summary(config: &Config) -> Result<String, String> {
         c.tenant.profile_header,
         c.tenant.org_header.as_deref().unwrap_or("(none)")
     );
-    let _ = writeln!(out, "unpriced    {:?}", c.unpriced);
+    let _ = writeln!(out, "unpriced    {}", unpriced_name(c.unpriced));
     let _ = writeln!(out, "\nroutes:");
     for (name, p) in &c.providers {
         let mount = match (&p.prefix, &p.listen) {
@@ -37,10 +38,10 @@ pub fn summary(config: &Config) -> Result<String, String> {
     }
     let _ = writeln!(out, "\nlimits:");
     let mut any = false;
-    let mut print_list = |who: &str, list: &[crate::config::LimitSpec]| {
+    let mut print_list = |who: &str, list: &[LimitSpec]| {
         for l in list {
             any = true;
-            let filter = l.matcher.as_ref().map(|m| format!(" match {m:?}")).unwrap_or_default();
+            let filter = l.matcher.as_ref().map(|m| format!(" match {}", describe_match(m))).unwrap_or_default();
             let state = match (l.enabled, l.mode) {
                 (false, _) => " (disabled)",
                 (true, crate::quota::limit::Mode::Shadow) => " (shadow)",
@@ -75,14 +76,145 @@ pub fn summary(config: &Config) -> Result<String, String> {
             let _ = writeln!(out, "  {provider:<12} {model:<32} {}", describe_price(spec));
         }
     }
+    write_unpriced(&mut out, &runtime)?;
     let named = runtime.limits.named(Scope::Profile).count() + runtime.limits.named(Scope::Org).count();
     let _ = writeln!(out, "\n{} routes, {named} named tenants", c.providers.len());
     Ok(out)
 }
 
-fn describe_price(spec: &crate::config::PriceSpec) -> String {
-    let v = serde_json::to_value(format!("{spec:?}")).unwrap_or_default();
-    v.as_str().unwrap_or_default().replace("Some(NonNegative(", "").replace("))", "")
+/// Every limit list with the key it lives under.
+fn limit_lists(c: &Config) -> Vec<(String, &[LimitSpec])> {
+    let mut lists = vec![
+        ("limits.default_profile".to_string(), c.limits.default_profile.as_slice()),
+        ("limits.default_org".to_string(), c.limits.default_org.as_slice()),
+    ];
+    lists.extend(c.limits.profiles.iter().map(|(id, l)| (format!("limits.profiles.{id}"), l.as_slice())));
+    lists.extend(c.limits.orgs.iter().map(|(id, l)| (format!("limits.orgs.{id}"), l.as_slice())));
+    lists
+}
+
+/// Per route: its price table, and the models the config names for it (in limit matches and
+/// price overrides) that have no price.
+fn write_unpriced(out: &mut String, runtime: &Runtime) -> Result<(), String> {
+    let c = &runtime.config;
+    let builtin = pricing::builtin()?;
+    let policy = match c.unpriced {
+        Unpriced::Default => "charged the provider's highest listed rates",
+        Unpriced::Reject => "refused with 402",
+        Unpriced::Zero => "free",
+    };
+    let _ = writeln!(
+        out,
+        "\nprices and unpriced models by route (unpriced: {}, so an unpriced model is {policy}):",
+        unpriced_name(c.unpriced)
+    );
+    for (name, p) in &c.providers {
+        let table = pricing::price_kind(p.kind);
+        // Overrides apply by provider name and by kind (the same key when they are equal).
+        let mut keys = vec![name.as_str(), p.kind.as_str()];
+        keys.dedup();
+        let overrides: usize = keys.iter().filter_map(|k| c.pricing.get(*k)).map(|m| m.len()).sum();
+        let builtin_models = builtin.get(table).map_or(0, |m| m.len());
+        let table_text = if builtin_models == 0 {
+            "no built-in prices".to_string()
+        } else {
+            format!("built-in {table} prices ({builtin_models} models)")
+        };
+        let _ = writeln!(out, "  {name:<12} {table_text}, {overrides} overrides");
+
+        let mut unpriced: Vec<String> = Vec::new();
+        for (key, list) in limit_lists(c) {
+            for (i, l) in list.iter().enumerate() {
+                let Some(m) = &l.matcher else { continue };
+                let Some(model) = &m.model else { continue };
+                let applies = m.provider.as_deref().is_none_or(|pr| pr == name || pr == p.kind.as_str());
+                if applies && !runtime.prices.model_glob_is_priced(name, p.kind, model) {
+                    unpriced.push(format!("\"{}\" ({key}[{i}].match.model)", model.as_str()));
+                }
+            }
+        }
+        for key in keys {
+            for (model, spec) in c.pricing.get(key).into_iter().flatten() {
+                if *spec == PriceSpec::default() {
+                    unpriced.push(format!("\"{model}\" (pricing.{key}: no rates set, so free)"));
+                }
+            }
+        }
+        unpriced.dedup();
+        if unpriced.is_empty() {
+            let _ = writeln!(out, "  {:<12} every model named in the config is priced", "");
+        }
+        for u in unpriced {
+            let _ = writeln!(out, "  {:<12} unpriced: {u}", "");
+        }
+    }
+    Ok(())
+}
+
+fn unpriced_name(u: Unpriced) -> &'static str {
+    match u {
+        Unpriced::Default => "default",
+        Unpriced::Reject => "reject",
+        Unpriced::Zero => "zero",
+    }
+}
+
+/// A limit's `match`, as it would be written in the config.
+fn describe_match(m: &MatchSpec) -> String {
+    let mut parts = Vec::new();
+    if let Some(p) = &m.provider {
+        parts.push(format!("provider: {p}"));
+    }
+    if let Some(model) = &m.model {
+        parts.push(format!("model: \"{}\"", model.as_str()));
+    }
+    if let Some(path) = &m.path {
+        parts.push(format!("path: \"{}\"", path.as_str()));
+    }
+    format!("{{{}}}", parts.join(", "))
+}
+
+/// The rates a price entry sets, in USD with their units.
+fn describe_price(spec: &PriceSpec) -> String {
+    let mut parts = Vec::new();
+    let mut add = |label: &str, value: Option<NonNegative>, unit: &str| {
+        if let Some(v) = value {
+            parts.push(format!("{label} ${}{unit}", v.0));
+        }
+    };
+    add("input", spec.input_per_mtok, "/Mtok");
+    add("cached input", spec.cached_input_per_mtok, "/Mtok");
+    add("cache write", spec.cache_write_per_mtok, "/Mtok");
+    add("cache write 1h", spec.cache_write_1h_per_mtok, "/Mtok");
+    add("output", spec.output_per_mtok, "/Mtok");
+    add("audio input", spec.audio_input_per_mtok, "/Mtok");
+    add("audio output", spec.audio_output_per_mtok, "/Mtok");
+    add("image output", spec.image_output_per_mtok, "/Mtok");
+    add("characters", spec.per_1k_chars, "/1K");
+    add("characters", spec.per_1m_chars, "/1M");
+    add("image", spec.per_image, " each");
+    add("video", spec.per_video_second, "/s");
+    add("audio", spec.per_audio_hour, "/h");
+    add("request", spec.per_request, " each");
+    add("web search", spec.per_web_search, " each");
+    if let Some(lc) = &spec.long_context {
+        let mut long = Vec::new();
+        for (label, v) in [
+            ("input", lc.input_per_mtok),
+            ("cached input", lc.cached_input_per_mtok),
+            ("output", lc.output_per_mtok),
+        ] {
+            if let Some(v) = v {
+                long.push(format!("{label} ${}/Mtok", v.0));
+            }
+        }
+        parts.push(format!("above {} prompt tokens: {}", lc.above_tokens, long.join(", ")));
+    }
+    if parts.is_empty() {
+        "no rates (free)".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// Runs the command; prints the summary or the error.
@@ -120,4 +252,50 @@ pub async fn run(path: Option<&Path>, skip_store: bool) -> ExitCode {
     }
     println!("valid");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_unpriced_models_per_route_and_prints_prices() {
+        let yaml = r#"
+providers:
+  openai: {kind: openai, prefix: /openai, upstream: "http://127.0.0.1:1"}
+  gemini: {kind: gemini, prefix: /gemini, upstream: "http://127.0.0.1:1"}
+pricing:
+  gemini:
+    "gemini-2.5-flash": {input_per_mtok: 0.30, output_per_mtok: 2.50, long_context: {above_tokens: 200000, input_per_mtok: 0.6}}
+    "free-model": {}
+limits:
+  orgs:
+    acme:
+      - {metric: requests, window: daily, max: 50, match: {provider: gemini, model: "imagen-*"}}
+      - {metric: requests, window: daily, max: 5, match: {model: "dall-e-*", path: "/v1/images/*"}}
+"#;
+        let config = Config::from_yaml(yaml, "t.yaml").unwrap();
+        let out = summary(&config).unwrap();
+        assert!(
+            out.contains("gemini-2.5-flash                 input $0.3/Mtok, output $2.5/Mtok, above 200000 prompt tokens: input $0.6/Mtok"),
+            "{out}"
+        );
+        assert!(out.contains("match {model: \"dall-e-*\", path: \"/v1/images/*\"}"), "{out}");
+        // A route's lines: its header and the indented lines under it.
+        let route = |name: &str| {
+            let header = format!("  {name:<12} built-in");
+            let mut lines = out.lines().skip_while(|l| !l.starts_with(&header));
+            let first = lines.next().unwrap_or_else(|| panic!("no {name} route in {out}"));
+            let rest: Vec<&str> = lines.take_while(|l| l.starts_with(&" ".repeat(15))).collect();
+            format!("{first}\n{}", rest.join("\n"))
+        };
+        let openai = route("openai");
+        assert!(openai.contains("unpriced: \"dall-e-*\" (limits.orgs.acme[1].match.model)"), "{openai}");
+        assert!(!openai.contains("imagen"), "{openai}");
+        let gemini = route("gemini");
+        assert!(gemini.contains("unpriced: \"dall-e-*\""), "{gemini}");
+        assert!(gemini.contains("unpriced: \"free-model\" (pricing.gemini: no rates set, so free)"), "{gemini}");
+        assert!(!gemini.contains("imagen"), "{gemini}");
+        assert!(gemini.contains("2 overrides"), "{gemini}");
+    }
 }

@@ -180,16 +180,27 @@ pub struct PriceTable {
 }
 
 /// The table a kind's prices live under (Vertex shares Gemini's).
-fn price_kind(kind: ProviderKind) -> &'static str {
+pub fn price_kind(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::Vertex => "gemini",
         k => k.as_str(),
     }
 }
 
+/// The built-in list prices: price kind -> model glob -> prices.
+pub fn builtin() -> Result<BTreeMap<String, BTreeMap<String, PriceSpec>>, String> {
+    serde_norway::from_str(BUILTIN).map_err(|e| format!("built-in price table: {e}"))
+}
+
+/// The text of a glob before its first metacharacter: a model name it certainly covers
+/// the start of.
+fn literal_stem(glob: &str) -> &str {
+    glob.find(['*', '?', '[', '{', '\\']).map_or(glob, |i| &glob[..i])
+}
+
 impl PriceTable {
     pub fn new(config: &Config) -> Result<PriceTable, String> {
-        let builtin: BTreeMap<String, BTreeMap<String, PriceSpec>> = serde_norway::from_str(BUILTIN).map_err(|e| format!("built-in price table: {e}"))?;
+        let builtin = builtin()?;
         let mut tables: BTreeMap<String, ModelTable> = BTreeMap::new();
         for (kind, models) in &builtin {
             let t = tables.entry(kind.clone()).or_default();
@@ -250,6 +261,22 @@ impl PriceTable {
 
     pub fn policy(&self) -> Unpriced {
         self.policy
+    }
+
+    /// Whether a model named (or globbed) in the config can be priced on a provider. A name
+    /// is looked up; a glob counts as priced when it overlaps a price entry: it matches the
+    /// entry's literal stem, or the entry matches the glob's. A glob that overlaps nothing
+    /// has no priced model at all.
+    pub fn model_glob_is_priced(&self, provider_name: &str, kind: ProviderKind, glob: &Pattern) -> bool {
+        if glob.is_literal() {
+            return self.rates(provider_name, kind, glob.as_str()).is_some();
+        }
+        let stem = literal_stem(glob.as_str());
+        [self.tables.get(&format!("name:{provider_name}")), self.tables.get(price_kind(kind))]
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t.0.iter())
+            .any(|e| glob.is_match(literal_stem(e.pattern.as_str())) || e.pattern.is_match(stem))
     }
 
     /// Prices a usage. `models` are tried in order (the response's model, then the request's).
@@ -350,6 +377,47 @@ mod tests {
         assert_eq!(p.nanos, 100_000_000, "most expensive ElevenLabs rate is $0.10/1K chars");
         let t = table("unpriced: zero\n");
         assert_eq!(price(&t, ProviderKind::Elevenlabs, "eleven_v9_unknown", u).nanos, 0);
+    }
+
+    #[test]
+    fn model_globs_are_priced_when_they_overlap_an_entry() {
+        let t = table("");
+        let priced = |kind: ProviderKind, g: &str| t.model_glob_is_priced(kind.as_str(), kind, &Pattern::new(g).unwrap());
+        assert!(priced(ProviderKind::Gemini, "imagen-*"));
+        assert!(priced(ProviderKind::Vertex, "gemini-2.5-flash-preview-*"));
+        assert!(priced(ProviderKind::Openai, "gpt-4o-mini"));
+        assert!(priced(ProviderKind::Anthropic, "claude-*"));
+        assert!(!priced(ProviderKind::Openai, "dall-e-*"));
+        assert!(!priced(ProviderKind::Openai, "gpt-4o-audio-preview"));
+        assert!(!priced(ProviderKind::Anthropic, "gpt-*"));
+    }
+
+    #[test]
+    fn builtin_covers_every_fixture_model() {
+        let t = table("");
+        for (kind, model) in [
+            (ProviderKind::Openai, "gpt-5-mini-2025-08-07"),
+            (ProviderKind::Openai, "gpt-4o-mini-2024-07-18"),
+            (ProviderKind::Openai, "gpt-5-2025-08-07"),
+            (ProviderKind::Openai, "gpt-4.1-mini-2025-04-14"),
+            (ProviderKind::Openai, "text-embedding-3-small"),
+            (ProviderKind::Openai, "tts-1"),
+            (ProviderKind::Openai, "gpt-4o-mini-tts"),
+            (ProviderKind::Anthropic, "claude-sonnet-4-5-20250929"),
+            (ProviderKind::Anthropic, "claude-haiku-4-5-20251001"),
+            (ProviderKind::Gemini, "imagen-4.0-generate-001"),
+            (ProviderKind::Vertex, "veo-3.1-generate-preview"),
+            (ProviderKind::Vertex, "gemini-2.5-flash"),
+        ] {
+            assert!(t.is_priced(kind.as_str(), kind, Some(model)), "{model}");
+        }
+        // The most specific glob wins: Sonnet 5.5 has its own cache-read rate.
+        let u = Usage {
+            cached_input_tokens: 1_000_000,
+            ..Usage::default()
+        };
+        assert_eq!(price(&t, ProviderKind::Anthropic, "claude-sonnet-5-5-20261001", u.clone()).nanos, 100_000_000);
+        assert_eq!(price(&t, ProviderKind::Anthropic, "claude-sonnet-5-20260601", u).nanos, 200_000_000);
     }
 
     #[test]

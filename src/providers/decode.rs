@@ -31,6 +31,30 @@ enum Codec {
     Zstd(Box<zstd::stream::write::Decoder<'static, Sink>>),
 }
 
+/// The content codings a [`Decoder`] reads.
+const DECODABLE: [&str; 6] = ["identity", "gzip", "x-gzip", "deflate", "br", "zstd"];
+
+/// True when every content coding a request's `Accept-Encoding` allows is one the proxy can
+/// decode, so that whatever the upstream picks can be read (and rewritten). A wildcard allows
+/// anything, so it is not.
+pub fn decodes_every_accepted(request_headers: &HeaderMap) -> bool {
+    request_headers.get_all(http::header::ACCEPT_ENCODING).iter().all(|v| {
+        let Ok(v) = v.to_str() else { return false };
+        v.split(',').all(|item| {
+            let mut params = item.split(';');
+            let coding = params.next().unwrap_or("").trim().to_ascii_lowercase();
+            let refused = params.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=")
+                    .or_else(|| p.strip_prefix("Q="))
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            coding.is_empty() || refused || DECODABLE.contains(&coding.as_str())
+        })
+    })
+}
+
 /// The decoder for one response body.
 pub struct Decoder {
     codec: Codec,
@@ -208,6 +232,21 @@ mod tests {
             let mut d = Decoder::for_headers(&headers("br"), 1 << 20).unwrap();
             assert_eq!(decode_all(&mut d, &br, piece).unwrap(), body);
         }
+    }
+
+    #[test]
+    fn accepted_codings() {
+        let accept = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::ACCEPT_ENCODING, v.parse().unwrap());
+            decodes_every_accepted(&h)
+        };
+        assert!(decodes_every_accepted(&HeaderMap::new()));
+        assert!(accept("gzip, deflate"));
+        assert!(accept("gzip, deflate, br, zstd"));
+        assert!(accept("identity;q=1, compress;q=0"));
+        assert!(!accept("gzip, compress"));
+        assert!(!accept("*"));
     }
 
     #[test]

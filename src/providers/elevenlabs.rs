@@ -85,10 +85,10 @@ impl Provider for ElevenLabs {
                 .unwrap_or(0);
             return Estimate {
                 usage: Usage {
-                    audio_millis: bytes * 1000 / STT_BYTES_PER_SECOND,
+                    audio_millis: bytes.saturating_mul(1000) / STT_BYTES_PER_SECOND,
                     ..Usage::default()
                 },
-                body: None,
+                ..Estimate::default()
             };
         }
         // A body that is not JSON is forwarded anyway (the upstream will refuse it); it
@@ -110,7 +110,7 @@ impl Provider for ElevenLabs {
                 characters,
                 ..Usage::default()
             },
-            body: None,
+            ..Estimate::default()
         }
     }
 

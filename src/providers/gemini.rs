@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use super::json_scan::{JsonScanner, Record};
 use super::sse::SseParser;
-use super::{estimate_tokens, reserve_output, Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, RequestInfo, Settled, Source, Usage, UsageExtractor};
+use super::{
+    estimate_tokens, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, RequestInfo, Settled, Source, Usage, UsageExtractor,
+};
 use crate::config::{ProviderKind, ReserveConfig};
 
 /// Images Imagen returns when the request does not say (`sampleCount` default).
@@ -85,7 +87,10 @@ impl Provider for Gemini {
             "streamGenerateContent" => metered("streamGenerateContent", true),
             "embedContent" => metered("embedContent", false),
             "batchEmbedContents" => metered("batchEmbedContents", false),
-            "predict" => metered("predict", false),
+            // Imagen renders images; other models served by `predict` (Vertex text
+            // embeddings) are billed by their input.
+            "predict" if model.as_deref().is_some_and(|m| m.starts_with("imagen")) => metered("predict", false),
+            "predict" => metered("predictEmbeddings", false),
             "predictLongRunning" => metered("predictLongRunning", false),
             "countTokens" => Call::free("countTokens", model),
             _ => Call::free("other", model),
@@ -102,7 +107,7 @@ impl Provider for Gemini {
                     .unwrap_or(IMAGEN_DEFAULT_SAMPLES);
                 let instances = json.get("instances").and_then(Value::as_array).map_or(1, |a| a.len().max(1) as u64);
                 Usage {
-                    images: samples * instances,
+                    images: samples.saturating_mul(instances),
                     ..Usage::default()
                 }
             }
@@ -114,11 +119,11 @@ impl Provider for Gemini {
                     .unwrap_or(VEO_DEFAULT_SECONDS);
                 let samples = params.and_then(|p| p.get("sampleCount")).and_then(as_u64_lenient).unwrap_or(1).max(1);
                 Usage {
-                    video_seconds: seconds * samples,
+                    video_seconds: seconds.saturating_mul(samples),
                     ..Usage::default()
                 }
             }
-            "embedContent" | "batchEmbedContents" => Usage {
+            "embedContent" | "batchEmbedContents" | "predictEmbeddings" => Usage {
                 input_tokens: estimate_tokens(text_bytes(&json), reserve),
                 ..Usage::default()
             },
@@ -133,13 +138,13 @@ impl Provider for Gemini {
                 }
             }
         };
-        Estimate { usage, body: None }
+        Estimate { usage, ..Estimate::default() }
     }
 
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
         match call.endpoint {
             // Embedding responses carry no usage; the request-size estimate is the bill.
-            "embedContent" | "batchEmbedContents" => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
+            "embedContent" | "batchEmbedContents" | "predictEmbeddings" => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
             // Veo is priced at submission: seconds requested.
             "predictLongRunning" => Box::new(FixedCost::new(estimate.clone(), Source::Reported)),
             "predict" => Box::new(ImagenImages {
@@ -166,21 +171,6 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/json"))
-}
-
-/// Bytes of text in a request: every string value, with long base64-looking strings (inline
-/// media) counted as a fixed allowance instead of their size.
-pub fn text_bytes(v: &Value) -> usize {
-    /// Media parts are billed by their pixels or seconds, not by their base64 size; a 1024px
-    /// image is 258 to 1290 tokens. The allowance, in bytes of text at 4 bytes per token.
-    const MEDIA_ALLOWANCE_BYTES: usize = 1290 * 4;
-    match v {
-        Value::String(s) if s.len() > 4096 && !s.contains(char::is_whitespace) => MEDIA_ALLOWANCE_BYTES,
-        Value::String(s) => s.len(),
-        Value::Array(a) => a.iter().map(text_bytes).sum(),
-        Value::Object(o) => o.values().map(text_bytes).sum(),
-        _ => 0,
-    }
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy)]
@@ -246,10 +236,10 @@ impl UsageMetadata {
         let image_out = modality(&self.candidates_tokens_details, Modality::Image).min(candidates);
         let audio_out = modality(&self.candidates_tokens_details, Modality::Audio).min(candidates - image_out);
         Usage {
-            input_tokens: uncached - audio_in + tool,
+            input_tokens: (uncached - audio_in).saturating_add(tool),
             cached_input_tokens: cached,
             audio_input_tokens: audio_in,
-            output_tokens: candidates - image_out - audio_out + self.thoughts_token_count.unwrap_or(0),
+            output_tokens: (candidates - image_out - audio_out).saturating_add(self.thoughts_token_count.unwrap_or(0)),
             image_output_tokens: image_out,
             audio_output_tokens: audio_out,
             prompt_tokens: prompt,
@@ -451,6 +441,12 @@ mod tests {
         let c = classify(&v, Method::POST, "/v1beta1/publishers/google/models/gemini-2.5-flash:streamGenerateContent");
         assert!(c.streaming && c.metered);
         assert!(!classify(&v, Method::POST, "/v1beta1/publishers/google/models/veo-3.1-generate-001:fetchPredictOperation").metered);
+        let c = classify(
+            &v,
+            Method::POST,
+            "/v1/projects/p/locations/l/publishers/google/models/text-embedding-005:predict",
+        );
+        assert_eq!((c.endpoint, c.metered), ("predictEmbeddings", true));
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! The shared pieces are here: the [`Usage`] a call is billed for, the [`Provider`] trait,
 //! and the incremental parsers ([`sse`], [`json_scan`]) and response decoding ([`decode`]).
 
+pub mod anthropic;
 pub mod decode;
 pub mod elevenlabs;
 pub mod gemini;
 pub mod json_scan;
+pub mod openai;
 pub mod sse;
 
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::config::{ProviderKind, ReserveConfig};
 
@@ -43,19 +46,42 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// All input-side tokens.
+    /// All input-side tokens (saturating: counts come from upstream bodies).
     pub fn input_total(&self) -> u64 {
-        self.input_tokens + self.cached_input_tokens + self.cache_write_tokens + self.cache_write_1h_tokens + self.audio_input_tokens
+        [
+            self.cached_input_tokens,
+            self.cache_write_tokens,
+            self.cache_write_1h_tokens,
+            self.audio_input_tokens,
+        ]
+        .into_iter()
+        .fold(self.input_tokens, u64::saturating_add)
     }
 
-    /// All output-side tokens.
+    /// All output-side tokens (saturating).
     pub fn output_total(&self) -> u64 {
-        self.output_tokens + self.audio_output_tokens + self.image_output_tokens
+        [self.audio_output_tokens, self.image_output_tokens]
+            .into_iter()
+            .fold(self.output_tokens, u64::saturating_add)
     }
 
     /// Every token, the `tokens` limit metric.
     pub fn tokens(&self) -> u64 {
-        self.input_total() + self.output_total()
+        self.input_total().saturating_add(self.output_total())
+    }
+
+    /// Only the input side (with the prompt size): what a call whose output is unknown costs
+    /// at least.
+    pub fn input_side(&self) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens,
+            cached_input_tokens: self.cached_input_tokens,
+            cache_write_tokens: self.cache_write_tokens,
+            cache_write_1h_tokens: self.cache_write_1h_tokens,
+            audio_input_tokens: self.audio_input_tokens,
+            prompt_tokens: self.prompt_tokens,
+            ..Usage::default()
+        }
     }
 }
 
@@ -103,6 +129,10 @@ pub struct Estimate {
     pub usage: Usage,
     /// A replacement request body (for example to ask the upstream for usage).
     pub body: Option<Bytes>,
+    /// The replacement body asks for something the client did not (usage in a stream), so
+    /// the response must be given back as the client would have had it: the provider's
+    /// [`Provider::body_filter`] removes what was added.
+    pub filter_response: bool,
 }
 
 /// How the response body ended.
@@ -190,6 +220,16 @@ impl Settled {
     }
 }
 
+/// Rewrites a response body on its way to the client: decoded bytes in, the bytes the client
+/// gets out. It may hold back an incomplete piece (an SSE event not yet terminated) but never
+/// a complete one, so a stream is never delayed beyond the upstream's own pace.
+pub trait BodyFilter: Send {
+    /// The bytes to pass on for this chunk (possibly empty).
+    fn filter(&mut self, chunk: &[u8]) -> Bytes;
+    /// The body ended (complete or cut): whatever is still held back.
+    fn finish(&mut self) -> Bytes;
+}
+
 /// Watches the (decoded) response body as it streams and tells the usage when it ends.
 /// `feed` must be cheap and must never block: it runs on the forwarding path.
 pub trait UsageExtractor: Send {
@@ -235,6 +275,12 @@ pub trait Provider: Send + Sync {
 
     /// The extractor for a successful (2xx) response of a metered call.
     fn extractor(&self, call: &Call, status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor>;
+
+    /// The filter that restores a successful response whose request was rewritten with
+    /// [`Estimate::filter_response`] set. Only called for such responses.
+    fn body_filter(&self, _call: &Call, _headers: &HeaderMap) -> Option<Box<dyn BodyFilter>> {
+        None
+    }
 }
 
 /// The implementation for a configured kind.
@@ -243,40 +289,8 @@ pub fn for_kind(kind: ProviderKind) -> Arc<dyn Provider> {
         ProviderKind::Elevenlabs => Arc::new(elevenlabs::ElevenLabs),
         ProviderKind::Gemini => Arc::new(gemini::Gemini::developer_api()),
         ProviderKind::Vertex => Arc::new(gemini::Gemini::vertex()),
-        // Until their own modules land, these kinds are forwarded with a request-size
-        // estimate and no extraction.
-        ProviderKind::Openai | ProviderKind::Anthropic => Arc::new(Unmetered(kind)),
-    }
-}
-
-/// A provider whose responses are not read: every call is charged its estimate.
-struct Unmetered(ProviderKind);
-
-impl Provider for Unmetered {
-    fn kind(&self) -> ProviderKind {
-        self.0
-    }
-    fn classify(&self, req: &RequestInfo<'_>) -> Call {
-        Call {
-            endpoint: "call",
-            model: None,
-            metered: *req.method == Method::POST,
-            needs_body: *req.method == Method::POST,
-            streaming: false,
-        }
-    }
-    fn estimate(&self, _call: &mut Call, _req: &RequestInfo<'_>, body: &[u8], reserve: &ReserveConfig) -> Estimate {
-        Estimate {
-            usage: Usage {
-                input_tokens: estimate_tokens(body.len(), reserve),
-                output_tokens: reserve.max_output_tokens,
-                ..Usage::default()
-            },
-            body: None,
-        }
-    }
-    fn extractor(&self, _call: &Call, _status: StatusCode, _headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
-        Box::new(FixedCost::new(estimate.clone(), Source::Estimated))
+        ProviderKind::Openai => Arc::new(openai::OpenAi),
+        ProviderKind::Anthropic => Arc::new(anthropic::Anthropic),
     }
 }
 
@@ -288,4 +302,34 @@ pub fn estimate_tokens(bytes: usize, reserve: &ReserveConfig) -> u64 {
 /// The output tokens to reserve: the request's own maximum capped by the configured one.
 pub fn reserve_output(requested: Option<u64>, reserve: &ReserveConfig) -> u64 {
     requested.map_or(reserve.max_output_tokens, |r| r.min(reserve.max_output_tokens))
+}
+
+/// True when a response is an SSE stream.
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+/// Output tokens estimated from the text of a response seen so far (a stream cut before the
+/// upstream reported usage): about 4 bytes of text per token, the providers' own rule of
+/// thumb for English prose, rounded up.
+pub fn output_tokens_from_text(bytes: u64) -> u64 {
+    bytes.div_ceil(4)
+}
+
+/// Bytes of text in a request: every string value, with long base64-looking strings (inline
+/// media) counted as a fixed allowance instead of their size.
+pub fn text_bytes(v: &Value) -> usize {
+    /// Media parts are billed by their pixels or seconds, not by their base64 size; a 1024px
+    /// image is 258 to 1290 tokens. The allowance, in bytes of text at 4 bytes per token.
+    const MEDIA_ALLOWANCE_BYTES: usize = 1290 * 4;
+    match v {
+        Value::String(s) if s.len() > 4096 && !s.contains(char::is_whitespace) => MEDIA_ALLOWANCE_BYTES,
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(text_bytes).sum(),
+        Value::Object(o) => o.values().map(text_bytes).sum(),
+        _ => 0,
+    }
 }

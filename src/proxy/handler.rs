@@ -162,7 +162,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
     };
 
     // Forward.
-    let uri = match route.upstream_uri(&upstream_path, query.as_deref()) {
+    let uri = match route.upstream_uri(&upstream_path, route.upstream_query(query.as_deref()).as_deref()) {
         Ok(u) => u,
         Err(e) => return reply::error(StatusCode::BAD_REQUEST, "bad_path", &format!("cannot build the upstream URL: {e}")),
     };
@@ -236,7 +236,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
         }
     }
     let extractor = extractor_for(&call, &route, parts.status, &parts.headers, &estimate.usage);
-    let meter = Meter::new(&parts.headers, extractor, settler);
+    // A request rewritten to ask for more than the client did gets its response restored.
+    let filter = if estimate.filter_response && parts.status.is_success() {
+        route.provider.body_filter(&call, &parts.headers)
+    } else {
+        None
+    };
+    let meter = Meter::new(&mut parts.headers, extractor, filter, settler);
     let body = MeteredBody::new(incoming, route.read_idle, meter);
     app.metrics.overhead.observe((overhead_before + after_upstream.elapsed()).as_secs_f64());
     Response::from_parts(parts, Either::Left(body))
@@ -254,8 +260,9 @@ fn extractor_for(call: &Call, route: &Route, status: StatusCode, headers: &http:
 }
 
 /// The client's headers as they go upstream: no hop-by-hop headers, no tenant headers (when
-/// configured), and no Host: the client sets the upstream's (HTTP/1.1) or `:authority` (HTTP/2).
-fn prepare_upstream_headers(headers: &mut http::HeaderMap, runtime: &Runtime, _route: &Route) {
+/// configured), the configured key instead of the client's (when `api_key_env` is set), and
+/// no Host: the client sets the upstream's (HTTP/1.1) or `:authority` (HTTP/2).
+fn prepare_upstream_headers(headers: &mut http::HeaderMap, runtime: &Runtime, route: &Route) {
     remove_hop_by_hop(headers);
     let tenant_cfg = &runtime.config.tenant;
     if tenant_cfg.strip {
@@ -265,4 +272,5 @@ fn prepare_upstream_headers(headers: &mut http::HeaderMap, runtime: &Runtime, _r
         }
     }
     headers.remove(header::HOST);
+    route.set_credentials(headers);
 }

@@ -2,6 +2,13 @@
 //! arrives (nothing is held back), while a decoded copy feeds the provider's usage extractor.
 //! When the body ends, fails, stalls past the idle timeout, or the client goes away (the body
 //! is dropped), the usage is settled exactly once.
+//!
+//! A response whose request the provider rewrote (see [`crate::providers::BodyFilter`]) goes
+//! through the provider's filter instead: the decoded body is filtered and passed on
+//! unencoded (without `Content-Encoding` and `Content-Length`, which no longer describe it).
+//! The filter holds back at most an incomplete event; what it holds when the body ends or
+//! fails is passed on before the end (or the error). When the body's coding cannot be
+//! decoded, the filter is skipped and the upstream's bytes pass unchanged.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,51 +16,98 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::settle::Settler;
 use crate::providers::decode::{Decoded, Decoder};
-use crate::providers::{Anomaly, BodyEnd, Settled, UsageExtractor};
+use crate::providers::{Anomaly, BodyEnd, BodyFilter, Settled, UsageExtractor};
 
 /// Most decoded bytes read for usage from one body (a bound against decompression bombs).
 const MAX_DECODED: u64 = 1 << 30;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A filtered body whose coding turned out to be corrupt (or past the decoding bound): the
+/// rest cannot be given to the client.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream body could not be decoded for filtering")]
+pub struct Undecodable;
+
 /// Watches the bytes and settles at the end.
 pub struct Meter {
     decoder: Option<Decoder>,
     extractor: Box<dyn UsageExtractor>,
+    filter: Option<Box<dyn BodyFilter>>,
     undecodable: bool,
     settler: Settler,
 }
 
 impl Meter {
-    pub fn new(headers: &http::HeaderMap, extractor: Box<dyn UsageExtractor>, settler: Settler) -> Self {
+    /// A meter for a response with these headers. With a filter, the headers are adjusted to
+    /// the filtered body (or the filter is dropped when the body cannot be decoded).
+    pub fn new(headers: &mut http::HeaderMap, extractor: Box<dyn UsageExtractor>, filter: Option<Box<dyn BodyFilter>>, settler: Settler) -> Self {
         let decoder = Decoder::for_headers(headers, MAX_DECODED);
+        let filter = match (filter, &decoder) {
+            (Some(f), Some(_)) => {
+                headers.remove(CONTENT_LENGTH);
+                headers.remove(CONTENT_ENCODING);
+                Some(f)
+            }
+            (Some(_), None) => {
+                tracing::warn!(provider = %settler.route.name, "the response uses a coding the proxy cannot decode; it passes unfiltered");
+                None
+            }
+            (None, _) => None,
+        };
         Self {
             undecodable: decoder.is_none(),
             decoder,
             extractor,
+            filter,
             settler,
         }
     }
 
-    fn feed(&mut self, data: &[u8]) {
-        let Some(d) = &mut self.decoder else { return };
+    fn filtering(&self) -> bool {
+        self.filter.is_some()
+    }
+
+    /// Feeds the decoded copy of a chunk to the extractor. Without a filter the chunk itself
+    /// goes to the client (`Ok(None)`); with one, the filtered bytes do.
+    fn pass(&mut self, data: &[u8]) -> Result<Option<Bytes>, Undecodable> {
+        let Meter {
+            decoder,
+            extractor,
+            filter,
+            undecodable,
+            ..
+        } = self;
+        let Some(d) = decoder else { return Ok(None) };
         match d.decode(data) {
             Decoded::Bytes(b) => {
                 if !b.is_empty() {
-                    self.extractor.feed(b);
+                    extractor.feed(b);
                 }
+                Ok(filter.as_mut().map(|f| f.filter(b)))
             }
             Decoded::Failed => {
-                self.undecodable = true;
-                self.decoder = None;
+                *undecodable = true;
+                *decoder = None;
+                if filter.is_some() {
+                    Err(Undecodable)
+                } else {
+                    Ok(None)
+                }
             }
         }
+    }
+
+    /// What the filter still holds (empty without a filter).
+    fn flush(&mut self) -> Bytes {
+        self.filter.as_mut().map(|f| f.finish()).unwrap_or_default()
     }
 
     fn finish(mut self, end: BodyEnd) {
@@ -75,6 +129,15 @@ pin_project_lite::pin_project! {
         // True while the last poll found the upstream silent (the idle clock is running).
         waiting: bool,
         meter: Option<Meter>,
+        // The body goes through a filter (its size is no longer the upstream's).
+        filtered: bool,
+        // Filtered bodies: bytes the filter held when the upstream ended or failed, passed on
+        // before `pending` and the end.
+        tail: Bytes,
+        // A frame or error to pass on after `tail`.
+        pending: Option<Result<Frame<Bytes>, BoxError>>,
+        // The upstream body ended (or failed): nothing more is read from it.
+        done: bool,
     }
 
     impl PinnedDrop for MeteredBody {
@@ -97,7 +160,11 @@ impl MeteredBody {
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             waiting: false,
+            filtered: meter.filtering(),
             meter: Some(meter),
+            tail: Bytes::new(),
+            pending: None,
+            done: false,
         }
     }
 }
@@ -112,54 +179,100 @@ impl Body for MeteredBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(meter)) = (frame.data_ref(), this.meter.as_mut()) {
-                    meter.feed(data);
-                }
-                *this.waiting = false;
-                Poll::Ready(Some(Ok(frame)))
+        let mut this = self.project();
+        loop {
+            if !this.tail.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(std::mem::take(this.tail)))));
             }
-            Poll::Ready(Some(Err(e))) => {
-                if let Some(m) = this.meter.take() {
-                    m.settler.note_upstream_failure("body");
-                    m.finish(BodyEnd::Cut);
-                }
-                Poll::Ready(Some(Err(Box::new(e))))
+            if let Some(p) = this.pending.take() {
+                return Poll::Ready(Some(p));
             }
-            Poll::Ready(None) => {
-                if let Some(m) = this.meter.take() {
-                    m.finish(BodyEnd::Complete);
-                }
-                Poll::Ready(None)
+            if *this.done {
+                return Poll::Ready(None);
             }
-            Poll::Pending => {
-                // The idle clock measures upstream silence only, not a slow client.
-                if !*this.waiting {
-                    *this.waiting = true;
-                    this.idle.as_mut().reset(Instant::now() + *this.idle_timeout);
-                }
-                match this.idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        if let Some(m) = this.meter.take() {
-                            m.settler.note_upstream_failure("idle_timeout");
-                            m.finish(BodyEnd::Cut);
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *this.waiting = false;
+                    let Some(meter) = this.meter.as_mut() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(trailers) => {
+                            // Trailers end the body: what the filter holds goes first.
+                            *this.tail = meter.flush();
+                            *this.pending = Some(Ok(trailers));
+                            continue;
                         }
-                        Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle_timeout)))))
+                    };
+                    match meter.pass(&data) {
+                        Ok(None) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        // The filter held everything back so far: read on.
+                        Ok(Some(out)) if out.is_empty() => continue,
+                        Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Err(e) => {
+                            if let Some(m) = this.meter.take() {
+                                m.settler.note_upstream_failure("decode");
+                                m.finish(BodyEnd::Cut);
+                            }
+                            *this.done = true;
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
                     }
-                    Poll::Pending => Poll::Pending,
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(mut m) = this.meter.take() {
+                        *this.tail = m.flush();
+                        m.settler.note_upstream_failure("body");
+                        m.finish(BodyEnd::Cut);
+                    }
+                    *this.pending = Some(Err(Box::new(e)));
+                    *this.done = true;
+                }
+                Poll::Ready(None) => {
+                    if let Some(mut m) = this.meter.take() {
+                        *this.tail = m.flush();
+                        m.finish(BodyEnd::Complete);
+                    }
+                    *this.done = true;
+                }
+                Poll::Pending => {
+                    // The idle clock measures upstream silence only, not a slow client.
+                    if !*this.waiting {
+                        *this.waiting = true;
+                        this.idle.as_mut().reset(Instant::now() + *this.idle_timeout);
+                    }
+                    match this.idle.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            if let Some(mut m) = this.meter.take() {
+                                *this.tail = m.flush();
+                                m.settler.note_upstream_failure("idle_timeout");
+                                m.finish(BodyEnd::Cut);
+                            }
+                            *this.pending = Some(Err(Box::new(IdleTimeout(*this.idle_timeout))));
+                            *this.done = true;
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        if self.filtered {
+            self.done && self.tail.is_empty() && self.pending.is_none()
+        } else {
+            self.inner.is_end_stream()
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.filtered {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
 

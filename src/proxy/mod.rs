@@ -2,6 +2,7 @@
 //! [`handler`].
 
 pub mod client;
+pub mod credentials;
 pub mod handler;
 pub mod headers;
 pub mod metered_body;

@@ -8,6 +8,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 
 use super::client::{self, UpstreamClient};
+use super::credentials::{self, ApiKey};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::providers::{self, Provider};
 
@@ -24,6 +25,8 @@ pub struct Route {
     pub client: UpstreamClient,
     /// The environment variable holding the key to inject, if any.
     pub api_key_env: Option<String>,
+    /// The key read from it when the configuration was loaded.
+    pub api_key: Option<ApiKey>,
 }
 
 impl Route {
@@ -33,6 +36,7 @@ impl Route {
         let scheme = parts.scheme.ok_or("upstream has no scheme")?;
         let authority = parts.authority.ok_or("upstream has no host")?;
         let base_path = parts.path_and_query.map(|p| p.path().trim_end_matches('/').to_string()).unwrap_or_default();
+        let api_key = cfg.api_key_env.as_deref().map(|var| ApiKey::from_env(cfg.kind, var)).transpose()?;
         Ok(Route {
             name: name.to_string(),
             kind: cfg.kind,
@@ -44,7 +48,27 @@ impl Route {
             read_idle: cfg.timeouts.read_idle.0,
             client: client::build(cfg.timeouts.connect.0),
             api_key_env: cfg.api_key_env.clone(),
+            api_key,
         })
+    }
+
+    /// The client's headers as they go upstream, credential-wise: with a configured key,
+    /// every client credential is replaced by it; otherwise they pass unchanged.
+    pub fn set_credentials(&self, headers: &mut http::HeaderMap) {
+        if let Some(key) = &self.api_key {
+            key.inject(headers);
+        }
+    }
+
+    /// The client's query string as it goes upstream: with a configured key, without the
+    /// client's `key=` parameter where the provider reads one there.
+    pub fn upstream_query<'q>(&self, query: Option<&'q str>) -> Option<std::borrow::Cow<'q, str>> {
+        let query = query?;
+        if self.api_key.is_some() && credentials::uses_query_key(self.kind) {
+            credentials::strip_query_key(query).map(std::borrow::Cow::Owned)
+        } else {
+            Some(std::borrow::Cow::Borrowed(query))
+        }
     }
 
     /// The upstream path for a request path, when this route's prefix mounts it.
