@@ -181,7 +181,7 @@ async fn gemini_embeddings_are_charged_their_estimate() {
     assert_eq!(got.status, 200);
     // No usage in the response: the text of the request at 4 bytes per token, at $0.15/M.
     let json: serde_json::Value = serde_json::from_slice(&req).unwrap();
-    let text_bytes = spendgate::providers::gemini::text_bytes(&json) as i64;
+    let text_bytes = spendgate::providers::text_bytes(&json) as i64;
     let tokens = (text_bytes + 3) / 4;
     assert!(tokens > 0);
     assert_eq!(cost, (tokens * 150_000 + 999) / 1000);

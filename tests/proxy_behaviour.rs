@@ -27,7 +27,7 @@ fn yaml(limits: &str) -> String {
 /// at 4 bytes per token, output the request's maxOutputTokens (1024).
 fn gen_estimate_nanos() -> i64 {
     let json: serde_json::Value = serde_json::from_str(GEN_BODY).unwrap();
-    let input = (spendgate::providers::gemini::text_bytes(&json) as i64 + 3) / 4;
+    let input = (spendgate::providers::text_bytes(&json) as i64 + 3) / 4;
     // $0.30/M input, $2.50/M output, in pico-dollars per token, rounded up to nanos.
     (input * 300_000 + 1024 * 2_500_000 + 999) / 1000
 }
