@@ -43,6 +43,7 @@ impl Meter {
 
     fn feed(&mut self, data: &[u8]) {
         let Some(d) = &mut self.decoder else { return };
+        let started = std::time::Instant::now();
         match d.decode(data) {
             Decoded::Bytes(b) => {
                 if !b.is_empty() {
@@ -54,6 +55,8 @@ impl Meter {
                 self.decoder = None;
             }
         }
+        // Reading usage is time the proxy adds to the body's way through.
+        self.settler.overhead += started.elapsed();
     }
 
     fn finish(mut self, end: BodyEnd) {
