@@ -45,8 +45,11 @@ pub fn watch(app: Arc<App>, path: PathBuf, shutdown: watch::Receiver<bool>) -> R
         Err(e) => tracing::warn!(error = %e, "config file watcher error"),
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    // What the file holds now, read at once (before any later change is seen): the proxy was
+    // configured from it moments ago.
+    let current = std::fs::read(&path).ok();
     tracing::info!(path = %path.display(), "watching the config file for changes");
-    Ok(run(app, path, watcher, changed, shutdown))
+    Ok(run(app, path, current, watcher, changed, shutdown))
 }
 
 async fn read(path: &Path) -> Option<Vec<u8>> {
@@ -60,10 +63,16 @@ async fn read(path: &Path) -> Option<Vec<u8>> {
     }
 }
 
-async fn run(app: Arc<App>, path: PathBuf, watcher: RecommendedWatcher, changed: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    app: Arc<App>,
+    path: PathBuf,
+    mut last: Option<Vec<u8>>,
+    watcher: RecommendedWatcher,
+    changed: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     // The watcher stops when dropped; it lives as long as this task.
     let _watcher = watcher;
-    let mut last = read(&path).await;
     loop {
         tokio::select! {
             _ = crate::proxy::stopped(&mut shutdown) => return,
