@@ -238,6 +238,31 @@ impl Metrics {
         m
     }
 
+    /// The name of every metric family this process exports.
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 17] = [
+            &self.requests,
+            &self.cost_usd,
+            &self.tokens,
+            &self.characters,
+            &self.quota_rejections,
+            &self.shadow_refusals,
+            &self.store_errors,
+            &self.config_reloads,
+            &self.unpriced,
+            &self.usage_estimated,
+            &self.upstream_failures,
+            &self.quota_usage_ratio,
+            &self.quota_alert_threshold,
+            &self.alerts,
+            &self.upstream_duration,
+            &self.overhead,
+            &self.store_duration,
+        ];
+        collectors.iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
+    }
+
     /// Remembers a tenant for the quota gauges, if it has a label of its own.
     pub fn note_quota_tenant(&self, scope: Scope, id: &str) {
         let i = usize::from(scope == Scope::Org);
