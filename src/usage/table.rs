@@ -5,9 +5,19 @@ use std::fmt::Write as _;
 use chrono::SecondsFormat;
 
 use super::{LimitStatus, Listing, Report};
-use crate::money::format_usd;
+use crate::money::nanos_to_usd;
 use crate::quota::limit::{Metric, Mode};
 use crate::store::Totals;
+
+/// Dollars with the precision small budgets need: `$12.34`, `$0.0151`, `$0.004019`.
+fn format_usd(nanos: i64) -> String {
+    let usd = nanos_to_usd(nanos);
+    match usd.abs() {
+        a if a == 0.0 || a >= 1.0 => format!("${usd:.2}"),
+        a if a >= 0.01 => format!("${usd:.4}"),
+        _ => format!("${usd:.6}"),
+    }
+}
 
 /// Left-aligned first column, right-aligned numbers, two spaces between columns.
 fn render(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -180,6 +190,14 @@ pub fn listing(l: &Listing) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dollars() {
+        assert_eq!(format_usd(0), "$0.00");
+        assert_eq!(format_usd(12_345_000_000), "$12.35");
+        assert_eq!(format_usd(15_119_400), "$0.0151");
+        assert_eq!(format_usd(4_019_400), "$0.004019");
+    }
 
     #[test]
     fn aligns_columns() {
