@@ -193,7 +193,7 @@ pub fn on_admitted(app: &App, cfg: &AlertsConfig, plan: &Plan, before: &[i64], n
             m.shadow_refusals
                 .with_label_values(&[&m.tenant(&check.tenant), check.scope.as_str(), limit.metric.as_str(), limit.window.as_str()])
                 .inc();
-            tracing::info!(tenant = %check.tenant, scope = %check.scope, "shadow limit would refuse: {}", limit.refusal_message(check.scope, &check.tenant, current));
+            tracing::debug!(tenant = %check.tenant, scope = %check.scope, "shadow limit would refuse: {}", limit.refusal_message(check.scope, &check.tenant, current));
         }
         let r = ratio(after, limit.max);
         if r >= limit.alert_at {

@@ -125,6 +125,9 @@ impl App {
     /// Installs a new configuration (tests and reload).
     pub fn replace_config(&self, config: Config) -> Result<(), ConfigError> {
         let runtime = Runtime::new(config)?;
+        for key in crate::reload::restart_only_changes(&self.runtime().config, &runtime.config) {
+            tracing::warn!(key, "changed in the configuration, but takes effect only after a restart");
+        }
         self.metrics.reconfigure(&runtime.config.metrics);
         self.runtime.store(Arc::new(runtime));
         Ok(())

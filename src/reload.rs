@@ -5,6 +5,10 @@
 //! seen too. Events are debounced; then the file is read and, only if its bytes differ from
 //! the last ones seen, [`App::reload`] runs. A broken file is logged and counted there, and
 //! the configuration in force stays until the file is fixed.
+//!
+//! Limits, prices, routes' upstreams, tenant headers, metrics and alert settings apply to the
+//! next request. Listen addresses and the store's identity apply after a restart; a reload that
+//! changes them says so in the log.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -16,6 +20,30 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{watch, Notify};
 
 use crate::app::App;
+use crate::config::Config;
+
+/// Keys whose new values a running proxy cannot apply (its sockets and store are open): the
+/// ones that differ between `old` and `new`.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let listens = |c: &Config| c.providers.iter().map(|(n, p)| (n.clone(), p.listen)).collect::<Vec<_>>();
+    let checks: [(&'static str, bool); 8] = [
+        ("listen", old.listen != new.listen),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        ("store.backend", old.store.backend != new.store.backend),
+        ("store.url", old.store.url != new.store.url),
+        ("store.cluster", old.store.cluster != new.store.cluster),
+        ("store.key_prefix", old.store.key_prefix != new.store.key_prefix),
+        ("store.snapshot", old.store.snapshot != new.store.snapshot),
+        ("providers.*.listen", listens(old) != listens(new)),
+    ];
+    for (key, changed) in checks {
+        if changed {
+            out.push(key);
+        }
+    }
+    out
+}
 
 /// Quiet time after the last event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -63,14 +91,7 @@ async fn read(path: &Path) -> Option<Vec<u8>> {
     }
 }
 
-async fn run(
-    app: Arc<App>,
-    path: PathBuf,
-    mut last: Option<Vec<u8>>,
-    watcher: RecommendedWatcher,
-    changed: Arc<Notify>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn run(app: Arc<App>, path: PathBuf, mut last: Option<Vec<u8>>, watcher: RecommendedWatcher, changed: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     // The watcher stops when dropped; it lives as long as this task.
     let _watcher = watcher;
     loop {
@@ -95,5 +116,27 @@ async fn run(
         let app = app.clone();
         // Errors are logged and counted by reload itself.
         let _ = tokio::task::spawn_blocking(move || app.reload()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_only_keys_are_named() {
+        let a = Config::from_yaml("limits:\n  default_profile:\n    - {metric: requests, window: daily, max: 1}\n", "a").unwrap();
+        let b = Config::from_yaml("limits:\n  default_profile:\n    - {metric: requests, window: daily, max: 2}\n", "b").unwrap();
+        assert!(restart_only_changes(&a, &b).is_empty());
+        let c = Config::from_yaml("listen: \"127.0.0.1:8181\"\nstore:\n  key_prefix: other\n", "c").unwrap();
+        assert_eq!(restart_only_changes(&a, &c), ["listen", "store.key_prefix"]);
+    }
+
+    #[test]
+    fn reads_are_not_changes() {
+        assert!(!relevant(&EventKind::Access(AccessKind::Open(notify::event::AccessMode::Any))));
+        assert!(!relevant(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(relevant(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(relevant(&EventKind::Modify(notify::event::ModifyKind::Any)));
     }
 }

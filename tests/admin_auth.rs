@@ -36,7 +36,11 @@ async fn token_guards_the_api_and_the_page_but_not_probes() {
         let r = admin_get(&p, path, Some("tok-3f9a7c1e-5b2e")).await;
         assert_eq!(r.status, 403, "{path} with a wrong token");
         assert_eq!(r.json()["error"]["type"], "forbidden");
-        assert_eq!(admin_get(&p, path, Some(&TOKEN[..TOKEN.len() - 1])).await.status, 403, "{path}: a prefix is wrong");
+        assert_eq!(
+            admin_get(&p, path, Some(&TOKEN[..TOKEN.len() - 1])).await.status,
+            403,
+            "{path}: a prefix is wrong"
+        );
         assert_eq!(admin_get(&p, path, Some(TOKEN)).await.status, 200, "{path} with the token");
     }
     // Another scheme, or a bare `Bearer`, is a wrong credential.

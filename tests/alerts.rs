@@ -135,10 +135,19 @@ async fn shadow_limits_alert_and_count_but_never_refuse() {
     let m = p.metrics().await;
     // Requests 3 and 4 found the counter at or past the max of 2.
     assert_eq!(
-        sample(&m, "spendgate_shadow_refusals_total{metric=\"requests\",scope=\"profile\",tenant=\"p-shadow\",window=\"daily\"} "),
+        sample(
+            &m,
+            "spendgate_shadow_refusals_total{metric=\"requests\",scope=\"profile\",tenant=\"p-shadow\",window=\"daily\"} "
+        ),
         2.0
     );
-    assert_eq!(sample(&m, "spendgate_quota_rejections_total{metric=\"requests\",scope=\"profile\",tenant=\"p-shadow\",window=\"daily\"} "), 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            "spendgate_quota_rejections_total{metric=\"requests\",scope=\"profile\",tenant=\"p-shadow\",window=\"daily\"} "
+        ),
+        0.0
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while hook.count() < 1 {
         assert!(Instant::now() < deadline, "shadow limits alert too");

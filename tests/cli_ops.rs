@@ -120,12 +120,32 @@ async fn sighup_reloads_and_usage_reads_the_snapshot() {
     assert!(dir.path().join("state.json").is_file());
 
     let cfg = config.clone();
-    let (ok, out, err) = tokio::task::spawn_blocking(move || usage(&cfg, &["--profile", "p-1", "--range", "7d"])).await.unwrap();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || usage(&cfg, &["--profile", "p-1", "--range", "7d"]))
+        .await
+        .unwrap();
     assert!(ok, "{err}");
     assert!(out.starts_with("profile p-1  (range 7d,"), "{out}");
-    let line = |prefix: &str| out.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` line:\n{out}")).to_string();
+    let line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line:\n{out}"))
+            .to_string()
+    };
     let words = |l: String| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-    assert_eq!(words(line("daily requests")), ["daily", "requests", "3", "3", "100.0%", "80%", "0", "EXCEEDED", &words(line("daily requests"))[8]]);
+    assert_eq!(
+        words(line("daily requests")),
+        [
+            "daily",
+            "requests",
+            "3",
+            "3",
+            "100.0%",
+            "80%",
+            "0",
+            "EXCEEDED",
+            &words(line("daily requests"))[8]
+        ]
+    );
     assert_eq!(&words(line("monthly cost_usd"))[2..8], ["$0.0151", "$1.00", "1.5%", "80%", "$0.9849", "ok"]);
     assert_eq!(words(line("today")), ["today", "3", "$0.0151", "48", "1602", "0", "111"]);
     assert_eq!(words(line("gemini ")), ["gemini", "2", "$0.004019", "48", "1602", "0", "0"]);
@@ -134,7 +154,11 @@ async fn sighup_reloads_and_usage_reads_the_snapshot() {
     let cfg = config.clone();
     let (ok, out, err) = tokio::task::spawn_blocking(move || usage(&cfg, &[])).await.unwrap();
     assert!(ok, "{err}");
-    assert!(out.lines().any(|l| l.starts_with("p-1 ") && l.contains("$0.0151") && l.contains("daily requests 100.0%")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("p-1 ") && l.contains("$0.0151") && l.contains("daily requests 100.0%")),
+        "{out}"
+    );
     assert!(out.lines().any(|l| l.starts_with("acme ")), "{out}");
 
     let cfg = config.clone();

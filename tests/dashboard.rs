@@ -13,9 +13,9 @@ use common::*;
 const TOKEN: &str = "dash-7c41e0b9";
 
 fn chromium() -> PathBuf {
-    let found = ["chromium", "chromium-browser"].iter().find_map(|name| {
-        std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
-    });
+    let found = ["chromium", "chromium-browser"]
+        .iter()
+        .find_map(|name| std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())));
     found.unwrap_or_else(|| panic!("chromium not found on PATH: install Debian's `chromium` package (apt-get install -y chromium)"))
 }
 
@@ -96,9 +96,18 @@ async fn dashboard_shows_tenants_limits_providers_and_recent_requests() {
 
     // p-1: requests used up (red), cost past alert_at (amber: 0.0151194 of 0.018), characters fine.
     let p1 = card(&dom, "profile", "p-1");
-    assert!(p1.contains("data-metric=\"requests\" data-window=\"daily\" data-state=\"over\" data-ratio=\"1.0000\""), "{p1}");
-    assert!(p1.contains("data-metric=\"cost_usd\" data-window=\"monthly\" data-state=\"warn\" data-ratio=\"0.8400\""), "{p1}");
-    assert!(p1.contains("data-metric=\"characters\" data-window=\"monthly\" data-state=\"ok\" data-ratio=\"0.1110\""), "{p1}");
+    assert!(
+        p1.contains("data-metric=\"requests\" data-window=\"daily\" data-state=\"over\" data-ratio=\"1.0000\""),
+        "{p1}"
+    );
+    assert!(
+        p1.contains("data-metric=\"cost_usd\" data-window=\"monthly\" data-state=\"warn\" data-ratio=\"0.8400\""),
+        "{p1}"
+    );
+    assert!(
+        p1.contains("data-metric=\"characters\" data-window=\"monthly\" data-state=\"ok\" data-ratio=\"0.1110\""),
+        "{p1}"
+    );
     assert!(p1.contains("$0.0151 / $0.0180 (84.0%)"), "{p1}");
     assert!(p1.contains("style=\"width: 100%;\""), "bars are capped at full width: {p1}");
     assert!(p1.contains("30 days by provider: elevenlabs $0.0111 · gemini $0.004019"), "{p1}");
@@ -109,9 +118,21 @@ async fn dashboard_shows_tenants_limits_providers_and_recent_requests() {
     assert!(acme.contains("month $0.0151 · 3 req"), "{acme}");
 
     // Cost by provider over the profiles: Gemini is p-1's two calls plus p-2's stream.
-    let gemini = dom.split("data-provider=\"gemini\"").nth(1).expect("a gemini row").split("</tr>").next().unwrap();
+    let gemini = dom
+        .split("data-provider=\"gemini\"")
+        .nth(1)
+        .expect("a gemini row")
+        .split("</tr>")
+        .next()
+        .unwrap();
     assert!(gemini.contains(">3<") && gemini.contains("$0.004847"), "{gemini}");
-    let eleven = dom.split("data-provider=\"elevenlabs\"").nth(1).expect("an elevenlabs row").split("</tr>").next().unwrap();
+    let eleven = dom
+        .split("data-provider=\"elevenlabs\"")
+        .nth(1)
+        .expect("an elevenlabs row")
+        .split("</tr>")
+        .next()
+        .unwrap();
     assert!(eleven.contains(">1<") && eleven.contains("$0.0111"), "{eleven}");
 
     // Recent requests, newest first.

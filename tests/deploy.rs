@@ -29,7 +29,12 @@ fn compose_config_is_valid_and_matches_the_compose_file() {
     assert_eq!(c.store.backend, Backend::Redis);
     assert_eq!(c.admin.listen.0.port(), 9090);
     let compose = &documents("docker-compose.yaml")[0];
-    let ports: Vec<&str> = compose["services"]["spendgate"]["ports"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let ports: Vec<&str> = compose["services"]["spendgate"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
     assert!(ports.contains(&format!("{0}:{0}", c.listen.0.port()).as_str()), "{ports:?}");
     assert!(ports.contains(&"9090:9090"), "{ports:?}");
     for service in ["spendgate", "redis", "prometheus", "grafana"] {
@@ -53,7 +58,12 @@ fn kubernetes_sidecar_config_probes_and_annotations_agree() {
     assert_eq!(ann["prometheus.io/scrape"], "true");
     assert_eq!(ann["prometheus.io/port"], admin_port.to_string());
     assert_eq!(ann["prometheus.io/path"], "/metrics");
-    let sidecar = pod["spec"]["initContainers"].as_array().unwrap().iter().find(|c| c["name"] == "spendgate").expect("the sidecar");
+    let sidecar = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "spendgate")
+        .expect("the sidecar");
     assert_eq!(sidecar["restartPolicy"], "Always");
     assert_eq!(sidecar["ports"][0]["containerPort"], admin_port);
     assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -71,7 +81,9 @@ fn kubernetes_sidecar_config_probes_and_annotations_agree() {
             assert!(env.contains(&k.as_str()), "the sidecar gets {k}");
         }
     }
-    assert!(documents("kubernetes/redis.yaml").iter().any(|d| d["kind"] == "Service" && d["metadata"]["name"] == "redis"));
+    assert!(documents("kubernetes/redis.yaml")
+        .iter()
+        .any(|d| d["kind"] == "Service" && d["metadata"]["name"] == "redis"));
     assert!(c.store.url.contains("//redis."), "{}", c.store.url);
 }
 
@@ -96,7 +108,11 @@ fn grafana_dashboard_is_well_formed() {
         if p["type"] != "row" {
             let targets = p["targets"].as_array().unwrap();
             assert!(!targets.is_empty(), "{}", p["title"]);
-            assert!(targets.iter().all(|t| t["expr"].as_str().is_some_and(|e| e.contains("spendgate_"))), "{}", p["title"]);
+            assert!(
+                targets.iter().all(|t| t["expr"].as_str().is_some_and(|e| e.contains("spendgate_"))),
+                "{}",
+                p["title"]
+            );
         }
     }
 }

@@ -64,7 +64,10 @@ async fn quota_gauges_read_the_store_at_scrape_time() {
 
     // A reloaded max applies at once; a removed limit's series goes away.
     let yaml2 = complete_yaml(
-        &format!("{}limits:\n  default_profile:\n    - {{metric: cost_usd, window: monthly, max: 0.5}}\n", providers_yaml()),
+        &format!(
+            "{}limits:\n  default_profile:\n    - {{metric: cost_usd, window: monthly, max: 0.5}}\n",
+            providers_yaml()
+        ),
         &mock.url(),
     );
     p.handle.app.replace_config(Config::from_yaml(&yaml2, "reloaded.yaml").unwrap()).unwrap();
@@ -83,7 +86,10 @@ async fn tenant_labels_can_be_switched_off() {
     p.handle.settled().await;
     let m = p.metrics().await;
     assert!(!m.contains("secret"), "no tenant id in any label:\n{m}");
-    assert!(m.contains("spendgate_cost_usd_total{model=\"gemini-2.5-flash\",org=\"\",provider=\"gemini\",tenant=\"\"} 0.0020097"), "{m}");
+    assert!(
+        m.contains("spendgate_cost_usd_total{model=\"gemini-2.5-flash\",org=\"\",provider=\"gemini\",tenant=\"\"} 0.0020097"),
+        "{m}"
+    );
     assert!(!m.contains("spendgate_quota_usage_ratio{"), "{m}");
     p.handle.shutdown().await;
 }
@@ -101,7 +107,12 @@ async fn tenant_labels_are_capped_with_the_rest_folded_into_other() {
     }
     p.handle.settled().await;
     let m = p.metrics().await;
-    let tokens = |t: &str| sample(&m, &format!("spendgate_tokens_total{{kind=\"input\",model=\"gemini-2.5-flash\",provider=\"gemini\",tenant=\"{t}\"}} "));
+    let tokens = |t: &str| {
+        sample(
+            &m,
+            &format!("spendgate_tokens_total{{kind=\"input\",model=\"gemini-2.5-flash\",provider=\"gemini\",tenant=\"{t}\"}} "),
+        )
+    };
     assert_eq!(tokens("p-a"), Some(48.0));
     assert_eq!(tokens("p-b"), Some(24.0));
     assert_eq!(tokens("other"), Some(48.0), "p-c and p-d share `other`");

@@ -13,8 +13,7 @@ use common::ops::*;
 use common::*;
 
 fn promtool() -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("promtool")).find(|p| p.is_file()));
+    let found = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("promtool")).find(|p| p.is_file()));
     found.unwrap_or_else(|| panic!("promtool not found on PATH: install Debian's `prometheus` package (apt-get install -y prometheus)"))
 }
 
@@ -62,7 +61,8 @@ fn set(labels: &[&str]) -> BTreeSet<String> {
     labels.iter().map(|s| s.to_string()).collect()
 }
 
-const YAML: &str = "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 0.03}\n  default_org:\n    - {metric: requests, window: daily, max: 100}\n";
+const YAML: &str =
+    "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 0.03}\n  default_org:\n    - {metric: requests, window: daily, max: 100}\n";
 
 #[tokio::test]
 async fn a_real_scrape_passes_promtool_and_has_every_documented_series() {
@@ -79,11 +79,19 @@ async fn a_real_scrape_passes_promtool_and_has_every_documented_series() {
     .await;
     let p = start_proxy(&format!("{}{YAML}", providers_yaml()), &mock.url()).await;
     // Tokens of all kinds, characters, a stream, an upstream error, an unpriced model...
-    assert_eq!(send(&p, "/gemini/v1beta/models/gemini-2.5-pro:generateContent", "p-1", Some("acme")).await.status, 200);
+    assert_eq!(
+        send(&p, "/gemini/v1beta/models/gemini-2.5-pro:generateContent", "p-1", Some("acme"))
+            .await
+            .status,
+        200
+    );
     assert_eq!(send(&p, ELEVENLABS_TTS, "p-1", Some("acme")).await.status, 200);
     assert_eq!(send(&p, GEMINI_STREAM, "p-2", None).await.status, 200);
     assert_eq!(send(&p, GEMINI_FAILING, "p-2", None).await.status, 500);
-    assert_eq!(send(&p, "/gemini/v1beta/models/gemini-9-unlisted:generateContent", "p-3", None).await.status, 200);
+    assert_eq!(
+        send(&p, "/gemini/v1beta/models/gemini-9-unlisted:generateContent", "p-3", None).await.status,
+        200
+    );
     // ...and a refusal: p-1 is past its $0.03 ($0.022413 + $0.0111).
     assert_eq!(send(&p, GEMINI_FLASH, "p-1", Some("acme")).await.status, 402);
     p.handle.settled().await;
@@ -112,7 +120,9 @@ async fn a_real_scrape_passes_promtool_and_has_every_documented_series() {
     }
     for kind in ["input", "output", "cached"] {
         assert!(
-            scrape.contains(&format!("spendgate_tokens_total{{kind=\"{kind}\",model=\"gemini-2.5-pro\",provider=\"gemini\",tenant=\"p-1\"}}")),
+            scrape.contains(&format!(
+                "spendgate_tokens_total{{kind=\"{kind}\",model=\"gemini-2.5-pro\",provider=\"gemini\",tenant=\"p-1\"}}"
+            )),
             "tokens of kind {kind}:\n{scrape}"
         );
     }

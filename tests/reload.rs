@@ -114,10 +114,7 @@ async fn a_broken_file_keeps_the_proxy_serving_under_the_old_config() {
     // Valid YAML that fails validation names the key.
     std::fs::write(
         &path,
-        complete_yaml(
-            "limits:\n  default_profile:\n    - {metric: requests, window: daily, max: 0}\n",
-            &mock.url(),
-        ),
+        complete_yaml("limits:\n  default_profile:\n    - {metric: requests, window: daily, max: 0}\n", &mock.url()),
     )
     .unwrap();
     wait_reloads(&p, "error", 2.0).await;
@@ -159,7 +156,11 @@ async fn in_flight_requests_finish_under_the_old_prices() {
     let url = p.url(GEMINI_STREAM);
     let in_flight = tokio::spawn(async move {
         client
-            .post(&url, &[("x-profile-id", "p-slow"), ("content-type", "application/json")], &b"{\"contents\": []}"[..])
+            .post(
+                &url,
+                &[("x-profile-id", "p-slow"), ("content-type", "application/json")],
+                &b"{\"contents\": []}"[..],
+            )
             .await
     });
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -177,5 +178,16 @@ async fn in_flight_requests_finish_under_the_old_prices() {
     assert_eq!(in_flight.await.unwrap().status, 200);
     assert_eq!(monthly_cost(&p, "p-slow").await, GEMINI_STREAM_NANOS, "admitted before the reload: old prices");
     assert_eq!(monthly_cost(&p, "p-fast").await, 10 * GEMINI_STREAM_NANOS, "admitted after: new prices");
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_without_a_file_is_a_conflict() {
+    let mock = Mock::start(fixture_upstream).await;
+    let p = start_proxy(&yaml(5, ""), &mock.url()).await;
+    let r = admin_post(&p, "/v1/reload", None).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"]["type"], "no_config_file");
+    assert_eq!(admin_get(&p, "/v1/reload", None).await.status, 405);
     p.handle.shutdown().await;
 }

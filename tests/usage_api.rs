@@ -28,7 +28,10 @@ fn at(s: &str) -> DateTime<Utc> {
 fn assert_cost(v: &Value, nanos: i64, what: &str) {
     assert_eq!(v["cost_nanos"].as_i64(), Some(nanos), "{what}: cost_nanos in {v}");
     let usd = v["cost_usd"].as_f64().unwrap_or_else(|| panic!("{what}: no cost_usd in {v}"));
-    assert!((usd * 1e6).round() == (nanos as f64 / 1e3).round(), "{what}: cost_usd {usd} is not {nanos} nano-dollars to the micro-dollar");
+    assert!(
+        (usd * 1e6).round() == (nanos as f64 / 1e3).round(),
+        "{what}: cost_usd {usd} is not {nanos} nano-dollars to the micro-dollar"
+    );
 }
 
 fn totals(v: &Value, requests: i64, nanos: i64, input: i64, output: i64, chars: i64, what: &str) {

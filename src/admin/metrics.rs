@@ -7,6 +7,7 @@
 //! config. Folding several tenants into `other` would make a ratio meaningless.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use http::{Response, StatusCode};
 
@@ -16,6 +17,9 @@ use crate::metrics::QuotaGauge;
 use crate::quota::limit::{Metric, Scope};
 use crate::usage::limit_statuses_many;
 use crate::window::Window;
+
+/// A scrape never waits longer than this for the store (the gauges keep their last values).
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub async fn render(app: &App) -> Response<AdminBody> {
     let gauges = quota_gauges(app).await;
@@ -39,10 +43,16 @@ async fn quota_gauges(app: &App) -> Option<Vec<QuotaGauge>> {
         }
     }
     let tenants = app.metrics.quota_tenants();
-    let statuses = match limit_statuses_many(app, &runtime, &tenants, app.clock.now()).await {
-        Ok(s) => s,
-        Err(e) => {
+    let read = limit_statuses_many(app, &runtime, &tenants, app.clock.now());
+    let statuses = match tokio::time::timeout(REFRESH_TIMEOUT, read).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "quota gauges not refreshed");
+            return None;
+        }
+        Err(_) => {
+            app.metrics.store_errors.with_label_values(&["read"]).inc();
+            tracing::debug!("quota gauges not refreshed: the store did not answer in time");
             return None;
         }
     };

@@ -114,12 +114,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<AdminBody
     let allowed = endpoint.method();
     let head = allowed == Method::GET && method == Method::HEAD;
     if *method != allowed && !head {
-        let mut r = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            &format!("{path} answers {allowed} only"),
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{path} answers {allowed} only"));
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static(if allowed == Method::POST { "POST" } else { "GET, HEAD" }),
         );
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(if allowed == Method::POST { "POST" } else { "GET, HEAD" }));
         return r;
     }
     if endpoint.guarded() {
@@ -176,15 +175,19 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(Endpoint::parse("/v1/profiles"), Some(Endpoint::Listing(Scope::Profile)));
-        assert_eq!(
-            Endpoint::parse("/v1/orgs/acme/usage"),
-            Some(Endpoint::Usage(Scope::Org, "acme".into()))
-        );
+        assert_eq!(Endpoint::parse("/v1/orgs/acme/usage"), Some(Endpoint::Usage(Scope::Org, "acme".into())));
         assert_eq!(
             Endpoint::parse("/v1/profiles/u%40x.com/usage"),
             Some(Endpoint::Usage(Scope::Profile, "u@x.com".into()))
         );
-        for bad in ["/v1/profiles//usage", "/v1/profiles/a/b/usage", "/v1/teams/a/usage", "/v1/profiles/a", "/v2/profiles", "/index.html"] {
+        for bad in [
+            "/v1/profiles//usage",
+            "/v1/profiles/a/b/usage",
+            "/v1/teams/a/usage",
+            "/v1/profiles/a",
+            "/v2/profiles",
+            "/index.html",
+        ] {
             assert_eq!(Endpoint::parse(bad), None, "{bad}");
         }
         assert!(!Endpoint::Metrics.guarded());

@@ -10,6 +10,13 @@ use super::AdminBody;
 use crate::app::App;
 
 pub async fn reload(app: &Arc<App>) -> Response<AdminBody> {
+    if app.config_path.is_none() {
+        return super::error(
+            StatusCode::CONFLICT,
+            "no_config_file",
+            "the proxy runs on a configuration given at start-up, not a file; there is nothing to reload",
+        );
+    }
     let app2 = app.clone();
     // Reading and compiling the file is blocking work.
     let result = match tokio::task::spawn_blocking(move || app2.reload()).await {

@@ -13,13 +13,10 @@ fn store_failed(e: &StoreError) -> Response<AdminBody> {
     error(StatusCode::SERVICE_UNAVAILABLE, "quota_store_unavailable", &e.to_string())
 }
 
-fn number(query: Option<&str>, name: &str) -> Result<Option<usize>, Response<AdminBody>> {
+fn number(query: Option<&str>, name: &str) -> Result<Option<usize>, String> {
     match query_param(query, name) {
         None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_request", &format!("`{name}` must be a whole number, got `{v}`"))),
+        Some(v) => v.parse().map(Some).map_err(|_| format!("`{name}` must be a whole number, got `{v}`")),
     }
 }
 
@@ -27,7 +24,7 @@ fn number(query: Option<&str>, name: &str) -> Result<Option<usize>, Response<Adm
 pub async fn listing(app: &App, scope: Scope, query: Option<&str>) -> Response<AdminBody> {
     let (offset, limit) = match (number(query, "offset"), number(query, "limit")) {
         (Ok(o), Ok(l)) => (o.unwrap_or(0), l),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(m), _) | (_, Err(m)) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
     };
     match usage::listing(app, scope, offset, limit).await {
         Ok(l) => json(StatusCode::OK, &usage::json::listing(&l)),

@@ -184,7 +184,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
     // Forward.
     let uri = match route.upstream_uri(&upstream_path, query.as_deref()) {
         Ok(u) => u,
-        Err(e) => return own(call.model.as_deref(), StatusCode::BAD_REQUEST, "bad_path", &format!("cannot build the upstream URL: {e}")),
+        Err(e) => {
+            return own(
+                call.model.as_deref(),
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                &format!("cannot build the upstream URL: {e}"),
+            )
+        }
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
@@ -193,7 +200,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
         let len = http_body::Body::size_hint(full).exact().unwrap_or(0);
         parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
-    let warning = before.as_ref().and_then(|b| crate::alerts::on_admitted(&app, &runtime.config.alerts, &plan, b, now));
+    let warning = before
+        .as_ref()
+        .and_then(|b| crate::alerts::on_admitted(&app, &runtime.config.alerts, &plan, b, now));
     let remaining = before.as_ref().and_then(|b| plan.tightest(b)).map(|(i, rem)| {
         let c = &plan.checks[i];
         (c.limit.metric, rem, c.resets_at)

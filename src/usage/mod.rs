@@ -36,10 +36,7 @@ pub struct Range {
 impl Range {
     /// The default range of the usage API.
     pub fn default_range() -> Range {
-        Range {
-            label: "30d".into(),
-            days: 30,
-        }
+        Range { label: "30d".into(), days: 30 }
     }
 
     /// Parses `<N>d` (1 up to the retained days) or `all` (every retained day).
@@ -179,7 +176,11 @@ pub async fn limit_statuses_many(app: &App, runtime: &Runtime, tenants: &[(Scope
         timed(app, "read", app.store.read(&keys)).await?
     };
     if values.len() != keys.len() {
-        return Err(StoreError::Other(format!("the store answered {} values for {} counters", values.len(), keys.len())));
+        return Err(StoreError::Other(format!(
+            "the store answered {} values for {} counters",
+            values.len(),
+            keys.len()
+        )));
     }
     let mut values = values.into_iter();
     Ok(tenants
