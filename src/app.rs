@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 
+use crate::alerts::Alerts;
 use crate::config::{Backend, Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::pricing::PriceTable;
@@ -67,6 +68,8 @@ pub struct App {
     runtime: ArcSwap<Runtime>,
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
+    /// Threshold alerts (dedupe state and the webhook queue).
+    pub alerts: Alerts,
     pub clock: Clock,
     /// Settlements still being written; shutdown waits for them.
     pub settlements: TaskTracker,
@@ -82,6 +85,7 @@ impl App {
             runtime: ArcSwap::from_pointee(runtime),
             store,
             metrics,
+            alerts: Alerts::new(),
             clock,
             settlements: TaskTracker::new(),
             config_path,
@@ -121,6 +125,9 @@ impl App {
     /// Installs a new configuration (tests and reload).
     pub fn replace_config(&self, config: Config) -> Result<(), ConfigError> {
         let runtime = Runtime::new(config)?;
+        for key in crate::reload::restart_only_changes(&self.runtime().config, &runtime.config) {
+            tracing::warn!(key, "changed in the configuration, but takes effect only after a restart");
+        }
         self.metrics.reconfigure(&runtime.config.metrics);
         self.runtime.store(Arc::new(runtime));
         Ok(())

@@ -8,6 +8,7 @@
 //! the [`store`] and the [`metrics`].
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod check;
 pub mod config;
@@ -17,7 +18,9 @@ pub mod pricing;
 pub mod providers;
 pub mod proxy;
 pub mod quota;
+pub mod reload;
 pub mod server;
 pub mod store;
 pub mod tenant;
+pub mod usage;
 pub mod window;

@@ -26,6 +26,21 @@ enum Command {
         #[arg(long)]
         skip_store: bool,
     },
+    /// Print usage against limits from the configured store, as a table (every tenant, or one).
+    Usage {
+        /// One profile in detail.
+        #[arg(long, visible_alias = "tenant", conflicts_with = "org")]
+        profile: Option<String>,
+        /// One org in detail.
+        #[arg(long)]
+        org: Option<String>,
+        /// Days covered by the totals: 7d, 30d, 90d, all (or <N>d).
+        #[arg(long, default_value = "30d")]
+        range: String,
+        /// Print the usage API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, String> {
@@ -60,6 +75,16 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(run(cli.config)),
         Command::Check { skip_store } => runtime.block_on(spendgate::check::run(cli.config.as_deref(), skip_store)),
+        Command::Usage { profile, org, range, json } => {
+            use spendgate::quota::limit::Scope;
+            use spendgate::usage::cli::{run, Target};
+            let target = match (profile, org) {
+                (Some(p), _) => Target::One(Scope::Profile, p),
+                (None, Some(o)) => Target::One(Scope::Org, o),
+                (None, None) => Target::All,
+            };
+            runtime.block_on(run(cli.config.as_deref(), target, &range, json))
+        }
     }
 }
 

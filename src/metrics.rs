@@ -1,13 +1,15 @@
 //! Prometheus metrics (prefix `spendgate_`), on a registry owned by the process state so
 //! that several proxies in one test process do not share series.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use parking_lot::Mutex;
 use prometheus::{CounterVec, GaugeVec};
 use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::config::MetricsConfig;
+use crate::quota::limit::{Metric, Scope};
+use crate::window::Window;
 
 /// Caps the distinct values of a label; past the cap values fold into `other`.
 pub struct LabelCap {
@@ -25,20 +27,29 @@ impl LabelCap {
         }
     }
 
-    /// The label value to use for `value`.
+    /// The label value to use for `value`: itself while under the cap, `other` past it, and
+    /// the empty string (no label) when switched off.
     pub fn label(&self, value: &str) -> String {
         if !self.enabled {
             return String::new();
         }
+        self.own(value).unwrap_or_else(|| "other".to_string())
+    }
+
+    /// `Some(value)` when `value` has (or now gets) a label of its own.
+    pub fn own(&self, value: &str) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
         let mut seen = self.seen.lock();
         if seen.contains(value) {
-            return value.to_string();
+            return Some(value.to_string());
         }
         if seen.len() < self.max {
             seen.insert(value.to_string());
-            return value.to_string();
+            return Some(value.to_string());
         }
-        "other".to_string()
+        None
     }
 
     pub fn reconfigure(&mut self, enabled: bool, max: usize) {
@@ -61,11 +72,30 @@ pub struct Metrics {
     pub usage_estimated: IntCounterVec,
     pub upstream_failures: IntCounterVec,
     pub quota_usage_ratio: GaugeVec,
+    pub quota_alert_threshold: GaugeVec,
+    pub alerts: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub overhead: Histogram,
     pub store_duration: HistogramVec,
     pub tenants: Mutex<LabelCap>,
     pub models: LabelCap,
+    /// Tenants with their own label whose limits the quota gauges report.
+    /// Per scope (profiles, orgs).
+    quota_tenants: Mutex<[BTreeSet<String>; 2]>,
+    /// Held while the quota gauges are replaced and the registry is encoded, so a scrape
+    /// never sees a half-replaced set.
+    render_lock: Mutex<()>,
+}
+
+/// One series of the quota gauges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaGauge {
+    pub tenant: String,
+    pub scope: Scope,
+    pub metric: Metric,
+    pub window: Window,
+    pub ratio: f64,
+    pub alert_at: f64,
 }
 
 /// Most distinct model names labelled; models come from requests, so they are capped.
@@ -108,6 +138,11 @@ impl Metrics {
             "Responses whose usage could not be read and were charged the estimate.",
             &["provider", "reason"],
         );
+        let alerts = counter(
+            "alerts_total",
+            "Quota alerts: fired (a limit crossed its alert_at, once per window), and webhook deliveries sent, failed or dropped.",
+            &["result"],
+        );
         let upstream_failures = counter(
             "upstream_failures_total",
             "Upstream connections or bodies that failed.",
@@ -120,11 +155,23 @@ impl Metrics {
         .expect("valid metric");
         registry.register(Box::new(cost_usd.clone())).expect("metric registered once");
         let quota_usage_ratio = GaugeVec::new(
-            Opts::new("spendgate_quota_usage_ratio", "Current value of a limit divided by its max."),
+            Opts::new(
+                "spendgate_quota_usage_ratio",
+                "Current value of a limit divided by its max (the highest such ratio among a tenant's enabled limits of that metric and window), read from the store at scrape time.",
+            ),
             &["tenant", "scope", "metric", "window"],
         )
         .expect("valid metric");
         registry.register(Box::new(quota_usage_ratio.clone())).expect("metric registered once");
+        let quota_alert_threshold = GaugeVec::new(
+            Opts::new(
+                "spendgate_quota_alert_threshold",
+                "The alert_at of the limit reported by spendgate_quota_usage_ratio for the same labels.",
+            ),
+            &["tenant", "scope", "metric", "window"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(quota_alert_threshold.clone())).expect("metric registered once");
         let latency_buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
         let upstream_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -154,7 +201,7 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(store_duration.clone())).expect("metric registered once");
-        Self {
+        let m = Self {
             registry,
             requests,
             cost_usd,
@@ -168,12 +215,70 @@ impl Metrics {
             usage_estimated,
             upstream_failures,
             quota_usage_ratio,
+            quota_alert_threshold,
+            alerts,
             upstream_duration,
             overhead,
             store_duration,
             tenants: Mutex::new(LabelCap::new(cfg.tenant_labels, cfg.max_tenants)),
             models: LabelCap::new(true, MAX_MODEL_LABELS),
+            quota_tenants: Mutex::new([BTreeSet::new(), BTreeSet::new()]),
+            render_lock: Mutex::new(()),
+        };
+        // Series that alert rules watch exist from the start, at zero.
+        for result in ["success", "error"] {
+            m.config_reloads.with_label_values(&[result]);
         }
+        for op in ["reserve", "settle", "flush", "read", "history"] {
+            m.store_errors.with_label_values(&[op]);
+        }
+        for result in ["fired", "sent", "failed", "dropped"] {
+            m.alerts.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// The name of every metric family this process exports.
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 17] = [
+            &self.requests,
+            &self.cost_usd,
+            &self.tokens,
+            &self.characters,
+            &self.quota_rejections,
+            &self.shadow_refusals,
+            &self.store_errors,
+            &self.config_reloads,
+            &self.unpriced,
+            &self.usage_estimated,
+            &self.upstream_failures,
+            &self.quota_usage_ratio,
+            &self.quota_alert_threshold,
+            &self.alerts,
+            &self.upstream_duration,
+            &self.overhead,
+            &self.store_duration,
+        ];
+        collectors.iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
+    }
+
+    /// Remembers a tenant for the quota gauges, if it has a label of its own.
+    pub fn note_quota_tenant(&self, scope: Scope, id: &str) {
+        let i = usize::from(scope == Scope::Org);
+        if self.quota_tenants.lock()[i].contains(id) {
+            return;
+        }
+        if self.tenants.lock().own(id).is_some() {
+            self.quota_tenants.lock()[i].insert(id.to_string());
+        }
+    }
+
+    /// The tenants the quota gauges report.
+    pub fn quota_tenants(&self) -> Vec<(Scope, String)> {
+        let sets = self.quota_tenants.lock();
+        let profiles = sets[0].iter().map(|t| (Scope::Profile, t.clone()));
+        profiles.chain(sets[1].iter().map(|t| (Scope::Org, t.clone()))).collect()
     }
 
     /// The label for a tenant id (capped or switched off per config).
@@ -189,6 +294,22 @@ impl Metrics {
     /// Applies a reloaded `metrics:` section.
     pub fn reconfigure(&self, cfg: &MetricsConfig) {
         self.tenants.lock().reconfigure(cfg.tenant_labels, cfg.max_tenants);
+    }
+
+    /// The text exposition format, with the quota gauges replaced by `quota` first (kept as
+    /// they were when `None`, e.g. when the store could not be read).
+    pub fn render_with_quota(&self, quota: Option<&[QuotaGauge]>) -> Vec<u8> {
+        let _guard = self.render_lock.lock();
+        if let Some(gauges) = quota {
+            self.quota_usage_ratio.reset();
+            self.quota_alert_threshold.reset();
+            for g in gauges {
+                let labels = [g.tenant.as_str(), g.scope.as_str(), g.metric.as_str(), g.window.as_str()];
+                self.quota_usage_ratio.with_label_values(&labels).set(g.ratio);
+                self.quota_alert_threshold.with_label_values(&labels).set(g.alert_at);
+            }
+        }
+        self.render()
     }
 
     /// The text exposition format.

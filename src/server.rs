@@ -77,6 +77,19 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
         crate::admin::handle(admin_app.clone(), req)
     }));
 
+    // Alert webhook deliveries.
+    tasks.spawn(crate::alerts::deliver(app.clone(), rx.clone()));
+
+    // Reload on file change (SIGHUP and POST /v1/reload also reload).
+    if let Some(path) = app.config_path.clone() {
+        match crate::reload::watch(app.clone(), path, rx.clone()) {
+            Ok(watcher) => {
+                tasks.spawn(watcher);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /v1/reload"),
+        }
+    }
+
     // Periodic store flush (the memory snapshot; a no-op elsewhere).
     let flush_app = app.clone();
     let interval = cfg.store.snapshot_interval.0;

@@ -18,7 +18,7 @@ use super::settle::Settler;
 use crate::app::{App, Runtime};
 use crate::config::{OnError, Unpriced};
 use crate::providers::{Call, Estimate, FixedCost, RequestInfo, Settled, Source, Usage};
-use crate::quota::limit::CallKey;
+use crate::quota::limit::{CallKey, Scope};
 use crate::quota::{Amounts, Plan};
 use crate::store::ReserveOutcome;
 use crate::tenant;
@@ -35,9 +35,17 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
             None => return reply::error(StatusCode::NOT_FOUND, "route_not_found", &format!("no provider is mounted at {path}")),
         },
     };
+    // The proxy's own answers are counted in requests_total like upstream ones.
+    let own = |model: Option<&str>, status: StatusCode, kind: &str, message: &str| {
+        let m = &app.metrics;
+        m.requests
+            .with_label_values(&[&route.name, &m.model(model.unwrap_or("unknown")), status.as_str()])
+            .inc();
+        reply::error(status, kind, message)
+    };
     let tenant = match tenant::identify(req.headers(), &runtime.config.tenant) {
         Ok(t) => t,
-        Err(e) => return reply::error(StatusCode::BAD_REQUEST, e.kind(), &e.to_string()),
+        Err(e) => return own(None, StatusCode::BAD_REQUEST, e.kind(), &e.to_string()),
     };
 
     let (mut parts, body) = req.into_parts();
@@ -62,7 +70,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
             match Limited::new(incoming, runtime.config.server.max_request_body).collect().await {
                 Ok(collected) => buffered = collected.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return reply::error(
+                    return own(
+                        call.model.as_deref(),
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "request_too_large",
                         &format!(
@@ -71,7 +80,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
                         ),
                     );
                 }
-                Err(e) => return reply::error(StatusCode::BAD_REQUEST, "request_body_error", &format!("could not read the request body: {e}")),
+                Err(e) => {
+                    return own(
+                        call.model.as_deref(),
+                        StatusCode::BAD_REQUEST,
+                        "request_body_error",
+                        &format!("could not read the request body: {e}"),
+                    )
+                }
             }
             body = Either::Right(Full::new(buffered.clone()));
             // The body is already read: the upstream gets it whole, with no handshake.
@@ -98,7 +114,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
     let cost_estimate = if call.metered {
         if runtime.prices.policy() == Unpriced::Reject && !runtime.prices.is_priced(&route.name, route.kind, call.model.as_deref()) {
             let model = call.model.as_deref().unwrap_or("unknown");
-            return reply::error(
+            return own(
+                call.model.as_deref(),
                 StatusCode::PAYMENT_REQUIRED,
                 "model_unpriced",
                 &format!("model {model} of provider {} has no price and `unpriced: reject` is set", route.name),
@@ -118,6 +135,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
         .store_duration
         .with_label_values(&["reserve"])
         .observe(store_started.elapsed().as_secs_f64());
+    app.metrics.note_quota_tenant(Scope::Profile, &tenant.profile);
+    if let Some(org) = &tenant.org {
+        app.metrics.note_quota_tenant(Scope::Org, org);
+    }
     let before = match outcome {
         Ok(ReserveOutcome::Admitted { before }) => Some(before),
         Ok(ReserveOutcome::Refused { index, current }) => {
@@ -145,7 +166,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
             match runtime.config.store.on_error {
                 OnError::Closed => {
                     tracing::error!(error = %e, "quota store unavailable; refusing (on_error: closed)");
-                    let mut r = reply::error(
+                    let mut r = own(
+                        call.model.as_deref(),
                         StatusCode::SERVICE_UNAVAILABLE,
                         "quota_store_unavailable",
                         &format!("the quota store is unavailable: {e}"),
@@ -164,7 +186,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
     // Forward.
     let uri = match route.upstream_uri(&upstream_path, route.upstream_query(query.as_deref()).as_deref()) {
         Ok(u) => u,
-        Err(e) => return reply::error(StatusCode::BAD_REQUEST, "bad_path", &format!("cannot build the upstream URL: {e}")),
+        Err(e) => {
+            return own(
+                call.model.as_deref(),
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                &format!("cannot build the upstream URL: {e}"),
+            )
+        }
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
@@ -173,6 +202,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
         let len = http_body::Body::size_hint(full).exact().unwrap_or(0);
         parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
+    let warning = before
+        .as_ref()
+        .and_then(|b| crate::alerts::on_admitted(&app, &runtime.config.alerts, &plan, b, now));
     let remaining = before.as_ref().and_then(|b| plan.tightest(b)).map(|(i, rem)| {
         let c = &plan.checks[i];
         (c.limit.metric, rem, c.resets_at)
@@ -189,8 +221,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
         before,
         estimate: estimate.usage.clone(),
         upstream_started: Instant::now(),
+        overhead: std::time::Duration::ZERO,
     };
-    let overhead_before = started.elapsed();
+    // Time spent here before forwarding; the time after the upstream's answer, the meter's
+    // work on the body and the settlement are added later (the upstream's time is not).
+    settler.overhead = started.elapsed();
     let upstream_req = Request::from_parts(parts, body);
     let response = tokio::time::timeout(route.read_idle, route.client.request(upstream_req)).await;
     let after_upstream = Instant::now();
@@ -235,6 +270,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
             parts.headers.insert("x-spendgate-reset", v);
         }
     }
+    if let Some(w) = warning {
+        parts.headers.insert("x-spendgate-warning", w);
+    }
     let extractor = extractor_for(&call, &route, parts.status, &parts.headers, &estimate.usage);
     // A request rewritten to ask for more than the client did gets its response restored.
     let filter = if estimate.filter_response && parts.status.is_success() {
@@ -242,9 +280,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
     } else {
         None
     };
+    settler.overhead += after_upstream.elapsed();
     let meter = Meter::new(&mut parts.headers, extractor, filter, settler);
     let body = MeteredBody::new(incoming, route.read_idle, meter);
-    app.metrics.overhead.observe((overhead_before + after_upstream.elapsed()).as_secs_f64());
     Response::from_parts(parts, Either::Left(body))
 }
 

@@ -78,6 +78,14 @@ impl Meter {
     /// Feeds the decoded copy of a chunk to the extractor. Without a filter the chunk itself
     /// goes to the client (`Ok(None)`); with one, the filtered bytes do.
     fn pass(&mut self, data: &[u8]) -> Result<Option<Bytes>, Undecodable> {
+        let started = std::time::Instant::now();
+        let result = self.read(data);
+        // Reading usage is time the proxy adds to the body's way through.
+        self.settler.overhead += started.elapsed();
+        result
+    }
+
+    fn read(&mut self, data: &[u8]) -> Result<Option<Bytes>, Undecodable> {
         let Meter {
             decoder,
             extractor,

@@ -2,7 +2,7 @@
 //! reservation with it in the store, and record it in the metrics.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
@@ -28,6 +28,8 @@ pub struct Settler {
     pub before: Option<Vec<i64>>,
     pub estimate: Usage,
     pub upstream_started: Instant,
+    /// Time the proxy itself has spent on this request so far (upstream time excluded).
+    pub overhead: Duration,
 }
 
 /// Process-unique settlement ids (with the process start time, unique across restarts).
@@ -46,6 +48,7 @@ impl Settler {
 
     /// Prices and records the outcome. Never blocks: the store write runs as a tracked task.
     pub fn settle(self, settled: Settled, end: BodyEnd) {
+        let started = Instant::now();
         let app = &self.app;
         let m = &app.metrics;
         let model = self.call.model.clone().unwrap_or_else(|| "unknown".into());
@@ -104,18 +107,10 @@ impl Settler {
         if self.before.is_none() {
             plan.ops.iter_mut().for_each(|op| op.amount = 0);
         }
-        if let Some(before) = &self.before {
-            for (i, after) in plan.values_after(before) {
-                let check = &plan.checks[i];
-                let op = &plan.ops[check.op];
-                let value = after - op.amount + actual.get(check.limit.metric);
-                let scope_label = m.tenant(&check.tenant);
-                m.quota_usage_ratio
-                    .with_label_values(&[&scope_label, check.scope.as_str(), check.limit.metric.as_str(), check.limit.window.as_str()])
-                    .set(value as f64 / check.limit.max as f64);
-            }
-        }
         let now = app.clock.now();
+        if let Some(before) = &self.before {
+            crate::alerts::on_settled(app, &self.runtime.config.alerts, &plan, before, &actual, now);
+        }
         let settlement = Settlement {
             deltas: plan.deltas(&actual),
             record: UsageRecord {
@@ -140,6 +135,7 @@ impl Settler {
             expire_daily: plan.expire_daily,
             expire_monthly: plan.expire_monthly,
         };
+        m.overhead.observe((self.overhead + started.elapsed()).as_secs_f64());
         let store = app.store.clone();
         let app2 = self.app.clone();
         app.settlements.spawn(async move {

@@ -1,0 +1,297 @@
+//! Threshold signals: when a limit's counter reaches its `alert_at`, log it once per window
+//! and, if `alerts.webhook_url` is set, POST a JSON event there; while it stays past, every
+//! admitted request carries an `X-Spendgate-Warning` header; and a `shadow` limit that would
+//! have refused a request is counted in `spendgate_shadow_refusals_total`.
+//!
+//! The counter compared is the one enforcement uses: at admission it includes this request's
+//! reservation (and those of requests in flight); at settlement, the real usage. "Once per
+//! window" is per process: each replica alerts once per (tenant, limit, window), and again
+//! after a restart or when the limit's max or alert_at is changed.
+//!
+//! The webhook is delivered by a background task fed through a bounded queue: a slow or
+//! failing webhook never delays a proxied request (events beyond the queue are dropped and
+//! counted). Each event is tried `1 + alerts.retries` times, each attempt bounded by
+//! `alerts.timeout`, with exponential backoff between attempts.
+//!
+//! The warning header names the limit and its ratio after this request's reservation:
+//! `X-Spendgate-Warning: <metric> <window> <scope> <tenant> at <ratio>`, e.g.
+//! `cost_usd monthly profile p-123 at 0.85`, with ` (<match>)` appended for a limit with a
+//! `match`, e.g. `requests daily org acme at 0.90 (provider gemini, model imagen-*)`. When
+//! several limits are past their threshold, the one with the highest ratio is named.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use http::{header, HeaderValue, Method, Request};
+use http_body_util::{Either, Full};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::app::App;
+use crate::config::AlertsConfig;
+use crate::metrics::Metrics;
+use crate::quota::limit::{Mode, Scope};
+use crate::quota::{Amounts, Check, Plan};
+use crate::window::Window;
+
+/// Events waiting for delivery; past this, new events are dropped (and counted).
+const QUEUE: usize = 1024;
+/// Webhook deliveries in progress at once.
+const PARALLEL_DELIVERIES: usize = 4;
+/// Windows remembered as alerted; a safety bound far above any real fleet's live windows.
+const MAX_REMEMBERED: usize = 100_000;
+/// First retry delay; doubled on each further attempt, capped at [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// One limit in one window of one tenant, as configured when it fired.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Fired {
+    scope: Scope,
+    tenant: String,
+    window: Window,
+    field: String,
+    resets_at: i64,
+    max: i64,
+    alert_at_bits: u64,
+}
+
+/// A webhook delivery.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub body: serde_json::Value,
+    url: String,
+    timeout: Duration,
+    retries: u32,
+}
+
+pub struct Alerts {
+    /// Window -> when it resets (entries are dropped after that).
+    fired: Mutex<HashMap<Fired, DateTime<Utc>>>,
+    tx: mpsc::Sender<Event>,
+    rx: Mutex<Option<mpsc::Receiver<Event>>>,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn ratio(value: i64, max: i64) -> f64 {
+    value as f64 / max as f64
+}
+
+impl Alerts {
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Self {
+            fired: Mutex::new(HashMap::new()),
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// True the first time this window of this limit is seen at or past its threshold.
+    fn first_time(&self, check: &Check, now: DateTime<Utc>) -> bool {
+        let key = Fired {
+            scope: check.scope,
+            tenant: check.tenant.clone(),
+            window: check.limit.window,
+            field: check.limit.field(),
+            resets_at: check.resets_at.timestamp(),
+            max: check.limit.max,
+            alert_at_bits: check.limit.alert_at.to_bits(),
+        };
+        let mut fired = self.fired.lock();
+        if fired.contains_key(&key) {
+            return false;
+        }
+        if fired.len() >= MAX_REMEMBERED {
+            fired.retain(|_, resets_at| *resets_at > now);
+            if fired.len() >= MAX_REMEMBERED {
+                tracing::warn!("too many alerted windows remembered; forgetting them (some alerts may repeat)");
+                fired.clear();
+            }
+        }
+        fired.insert(key, check.resets_at);
+        true
+    }
+
+    /// Fires the alert of `check` if `value` is at or past its threshold and it has not fired
+    /// in this window yet.
+    pub fn observe(&self, metrics: &Metrics, cfg: &AlertsConfig, check: &Check, value: i64, now: DateTime<Utc>) {
+        let limit = &check.limit;
+        if !limit.enabled || ratio(value, limit.max) < limit.alert_at || !self.first_time(check, now) {
+            return;
+        }
+        let r = ratio(value, limit.max);
+        metrics.alerts.with_label_values(&["fired"]).inc();
+        tracing::warn!(
+            scope = %check.scope, tenant = %check.tenant, metric = %limit.metric, window = %limit.window,
+            current = limit.metric.display(value), max = limit.metric.display(limit.max), ratio = r, alert_at = limit.alert_at,
+            "quota alert: a limit reached its alert threshold"
+        );
+        let Some(url) = &cfg.webhook_url else { return };
+        let mut limit_json = json!({
+            "metric": limit.metric.as_str(),
+            "window": limit.window.as_str(),
+            "max": limit.metric.display(limit.max),
+            "alert_at": limit.alert_at,
+            "mode": match limit.mode { Mode::Enforce => "enforce", Mode::Shadow => "shadow" },
+        });
+        if let Some(m) = &limit.matcher {
+            limit_json["match"] = json!(m.describe());
+        }
+        let event = Event {
+            body: json!({
+                "type": "quota_alert",
+                "tenant": check.tenant,
+                "scope": check.scope.as_str(),
+                "limit": limit_json,
+                "current": limit.metric.display(value),
+                "max": limit.metric.display(limit.max),
+                "ratio": r,
+                "alert_at": limit.alert_at,
+                "unit": limit.metric.unit(),
+                "resets_at": check.resets_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                "at": now.to_rfc3339_opts(SecondsFormat::Millis, true),
+            }),
+            url: url.clone(),
+            timeout: cfg.timeout.0,
+            retries: cfg.retries,
+        };
+        if self.tx.try_send(event).is_err() {
+            metrics.alerts.with_label_values(&["dropped"]).inc();
+            tracing::error!(tenant = %check.tenant, "alert webhook queue is full; event dropped");
+        }
+    }
+
+    fn take_receiver(&self) -> Option<mpsc::Receiver<Event>> {
+        self.rx.lock().take()
+    }
+}
+
+/// After a request is admitted (`before` = the counters before its reservation): fires the
+/// alerts of limits now past their threshold, counts shadow refusals, and returns the
+/// `X-Spendgate-Warning` value for the limit with the highest ratio past its threshold.
+pub fn on_admitted(app: &App, cfg: &AlertsConfig, plan: &Plan, before: &[i64], now: DateTime<Utc>) -> Option<HeaderValue> {
+    let m = &app.metrics;
+    let mut warn: Option<(f64, &Check)> = None;
+    for (i, after) in plan.values_after(before) {
+        let check = &plan.checks[i];
+        let limit = &check.limit;
+        if !limit.enabled {
+            continue;
+        }
+        let current = before.get(check.op).copied().unwrap_or(0);
+        if limit.mode == Mode::Shadow && plan.ops[check.op].amount > 0 && current >= limit.max {
+            m.shadow_refusals
+                .with_label_values(&[&m.tenant(&check.tenant), check.scope.as_str(), limit.metric.as_str(), limit.window.as_str()])
+                .inc();
+            tracing::debug!(tenant = %check.tenant, scope = %check.scope, "shadow limit would refuse: {}", limit.refusal_message(check.scope, &check.tenant, current));
+        }
+        let r = ratio(after, limit.max);
+        if r >= limit.alert_at {
+            app.alerts.observe(m, cfg, check, after, now);
+            if warn.is_none_or(|(best, _)| r > best) {
+                warn = Some((r, check));
+            }
+        }
+    }
+    let (r, check) = warn?;
+    let base = format!("{} {} {} {} at {r:.2}", check.limit.metric, check.limit.window, check.scope, check.tenant);
+    let with_match = check.limit.matcher.as_ref().map(|mt| format!("{base} ({})", mt.describe()));
+    with_match
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+        .or_else(|| HeaderValue::from_str(&base).ok())
+}
+
+/// After a request is settled: the real usage may push a limit past its threshold where the
+/// estimate did not.
+pub fn on_settled(app: &App, cfg: &AlertsConfig, plan: &Plan, before: &[i64], actual: &Amounts, now: DateTime<Utc>) {
+    for check in &plan.checks {
+        let value = before.get(check.op).copied().unwrap_or(0) + actual.get(check.limit.metric);
+        app.alerts.observe(&app.metrics, cfg, check, value, now);
+    }
+}
+
+/// Delivers webhook events until shutdown.
+pub async fn deliver(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let Some(mut rx) = app.alerts.take_receiver() else { return };
+    let client = crate::proxy::client::build(Duration::from_secs(10));
+    let slots = Arc::new(Semaphore::new(PARALLEL_DELIVERIES));
+    loop {
+        let event = tokio::select! {
+            _ = crate::proxy::stopped(&mut shutdown) => break,
+            e = rx.recv() => match e { Some(e) => e, None => break },
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let (client, app) = (client.clone(), app.clone());
+        tokio::spawn(async move {
+            let outcome = send(&client, &event).await;
+            let m = &app.metrics;
+            match outcome {
+                Ok(()) => m.alerts.with_label_values(&["sent"]).inc(),
+                Err(e) => {
+                    m.alerts.with_label_values(&["failed"]).inc();
+                    tracing::error!(error = %e, url = %event.url, "alert webhook delivery failed");
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    FIRST_BACKOFF.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(MAX_BACKOFF)
+}
+
+async fn send(client: &crate::proxy::client::UpstreamClient, event: &Event) -> Result<(), String> {
+    let body = Bytes::from(serde_json::to_vec(&event.body).map_err(|e| e.to_string())?);
+    let mut last = String::new();
+    for attempt in 0..=event.retries {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(&event.url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, concat!("spendgate/", env!("CARGO_PKG_VERSION")))
+            .body(Either::Right(Full::new(body.clone())))
+            .map_err(|e| format!("bad webhook request: {e}"))?;
+        match tokio::time::timeout(event.timeout, client.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
+            Ok(Ok(resp)) => {
+                let s = resp.status();
+                last = format!("the webhook answered {s}");
+                // Other client errors will not change on a retry.
+                if s.is_client_error() && s != http::StatusCode::REQUEST_TIMEOUT && s != http::StatusCode::TOO_MANY_REQUESTS {
+                    break;
+                }
+            }
+            Ok(Err(e)) => last = format!("cannot reach the webhook: {e}"),
+            Err(_) => last = format!("the webhook did not answer within {:?}", event.timeout),
+        }
+        tracing::debug!(attempt, error = %last, "alert webhook attempt failed");
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(2), Duration::from_millis(400));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+}

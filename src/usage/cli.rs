@@ -1,0 +1,93 @@
+//! `spendgate usage --config FILE [--profile ID | --org ID] [--range 30d] [--json]`: usage
+//! against limits, read from the configured store (Redis, or the memory store's snapshot
+//! file as last written by the proxy).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::app::{open_store, App};
+use crate::config::{Backend, Config};
+use crate::quota::limit::Scope;
+use crate::window::Clock;
+
+use super::{json, listing, report, table, Range};
+
+/// Which tenants to print.
+pub enum Target {
+    All,
+    One(Scope, String),
+}
+
+pub async fn run(path: Option<&Path>, target: Target, range: &str, as_json: bool) -> ExitCode {
+    let config = match path {
+        Some(p) => Config::from_file(p),
+        None => Ok(Config::embedded_default()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if config.store.backend == Backend::Memory && config.store.snapshot.is_none() {
+        eprintln!(
+            "note: the memory store without `store.snapshot` keeps its counters inside the running proxy only; \
+             read them from its admin API (GET /v1/profiles) instead"
+        );
+    }
+    let range = match Range::parse(range, config.store.retention.daily_days) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match open_store(&config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot open the store: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = match App::new(config, None, store, Clock::system()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match target {
+        Target::One(scope, id) => match report(&app, scope, &id, range).await {
+            Ok(Some(r)) => {
+                if as_json {
+                    println!("{:#}", json::report(&r));
+                } else {
+                    print!("{}", table::report(&r));
+                }
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                eprintln!("no {scope} `{id}` is named in the config or has usage on record");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Target::All => {
+            for scope in [Scope::Profile, Scope::Org] {
+                match listing(&app, scope, 0, None).await {
+                    Ok(l) if as_json => println!("{:#}", json::listing(&l)),
+                    Ok(l) => println!("{}", table::listing(&l)),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

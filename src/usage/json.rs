@@ -1,0 +1,116 @@
+//! The usage API's JSON (the shape is fixed by DESIGN.md; keys may be added, none renamed).
+//!
+//! Money is given twice: `cost_usd` in dollars (a float, for people and dashboards) and
+//! `cost_nanos` in integer nano-dollars (exact, for programs).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Map, Value};
+
+use super::{LimitStatus, Listing, Report, Summary};
+use crate::money::nanos_to_usd;
+use crate::quota::limit::Mode;
+use crate::store::{Totals, UsageRecord};
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+pub fn totals(t: &Totals) -> Value {
+    json!({
+        "requests": t.requests,
+        "cost_usd": nanos_to_usd(t.cost_nanos),
+        "cost_nanos": t.cost_nanos,
+        "input_tokens": t.input_tokens,
+        "output_tokens": t.output_tokens,
+        "cached_tokens": t.cached_tokens,
+        "characters": t.characters,
+    })
+}
+
+fn totals_map<'a>(m: impl IntoIterator<Item = (&'a String, &'a Totals)>) -> Value {
+    Value::Object(m.into_iter().map(|(k, t)| (k.clone(), totals(t))).collect::<Map<_, _>>())
+}
+
+pub fn limit(s: &LimitStatus) -> Value {
+    let m = s.limit.metric;
+    let mut v = json!({
+        "metric": m.as_str(),
+        "window": s.limit.window.as_str(),
+        "unit": m.unit(),
+        "max": m.display(s.limit.max),
+        "current": m.display(s.current),
+        "ratio": s.ratio(),
+        "remaining": m.display(s.remaining()),
+        "alert_at": s.limit.alert_at,
+        "enabled": s.limit.enabled,
+        "mode": match s.limit.mode { Mode::Enforce => "enforce", Mode::Shadow => "shadow" },
+        "window_id": s.window_id,
+        "resets_at": time(s.resets_at),
+    });
+    if let Some(matcher) = &s.limit.matcher {
+        v["match"] = json!(matcher.describe());
+    }
+    v
+}
+
+pub fn record(r: &UsageRecord) -> Value {
+    json!({
+        "at": r.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "profile": r.profile,
+        "org": r.org,
+        "provider": r.provider,
+        "model": r.model,
+        "path": r.path,
+        "status": r.status,
+        "cost_usd": nanos_to_usd(r.totals.cost_nanos),
+        "cost_nanos": r.totals.cost_nanos,
+        "input_tokens": r.totals.input_tokens,
+        "output_tokens": r.totals.output_tokens,
+        "cached_tokens": r.totals.cached_tokens,
+        "characters": r.totals.characters,
+    })
+}
+
+/// `GET /v1/{profiles,orgs}/{id}/usage`.
+pub fn report(r: &Report) -> Value {
+    json!({
+        "scope": r.scope.as_str(),
+        "id": r.id,
+        "range": r.range.label,
+        "days": r.range.days,
+        "timezone": r.timezone,
+        "generated_at": time(r.generated_at),
+        "totals": totals(&r.totals),
+        "by_provider": totals_map(&r.by_provider),
+        "by_model": totals_map(&r.by_model),
+        "today": totals(&r.today),
+        "month": totals(&r.month),
+        "limits": r.limits.iter().map(limit).collect::<Vec<_>>(),
+        "recent": r.recent.iter().map(record).collect::<Vec<_>>(),
+    })
+}
+
+fn summary(s: &Summary) -> Value {
+    json!({
+        "id": s.id,
+        "named": s.named,
+        "today": totals(&s.today),
+        "month": totals(&s.month),
+        "limits": s.limits.iter().map(limit).collect::<Vec<_>>(),
+    })
+}
+
+/// `GET /v1/profiles`, `GET /v1/orgs`.
+pub fn listing(l: &Listing) -> Value {
+    let key = match l.scope {
+        crate::quota::limit::Scope::Profile => "profiles",
+        crate::quota::limit::Scope::Org => "orgs",
+    };
+    json!({
+        "scope": l.scope.as_str(),
+        "timezone": l.timezone,
+        "generated_at": time(l.generated_at),
+        "total": l.total,
+        key: l.tenants.iter().map(summary).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,315 @@
+//! Usage reports: what a tenant spent over a range of days and where it stands against each
+//! of its limits, assembled from the store. The usage API renders a report as JSON
+//! ([`json`]) and `spendgate usage` as a table ([`table`]); both come from the functions here.
+
+pub mod cli;
+pub mod json;
+pub mod table;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Datelike, Utc};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+use crate::app::{App, Runtime};
+use crate::quota::limit::{Limit, Scope};
+use crate::store::{CounterKey, History, StoreError, Totals, UsageRecord};
+use crate::window::{Calendar, Window};
+
+/// Longest a report's store call may take; admin reads are off the request path, so this is
+/// generous, but an unreachable store must not hang the API.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reports assembled at once for a listing.
+const LIST_CONCURRENCY: usize = 8;
+
+/// The span of days a report covers: the last `days` local days, today included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    /// As asked for: `7d`, `30d`, `all`.
+    pub label: String,
+    pub days: u32,
+}
+
+impl Range {
+    /// The default range of the usage API.
+    pub fn default_range() -> Range {
+        Range { label: "30d".into(), days: 30 }
+    }
+
+    /// Parses `<N>d` (1 up to the retained days) or `all` (every retained day).
+    pub fn parse(s: &str, retention_days: u32) -> Result<Range, String> {
+        // Today plus `retention_days` days back are kept.
+        let retained = retention_days.saturating_add(1);
+        if s == "all" {
+            return Ok(Range {
+                label: "all".into(),
+                days: retained,
+            });
+        }
+        let days = s
+            .strip_suffix('d')
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|n| (1..=retained).contains(n))
+            .ok_or_else(|| format!("range `{s}` is not one of 7d, 30d, 90d, all (or <N>d with N from 1 to {retained})"))?;
+        Ok(Range { label: s.to_string(), days })
+    }
+}
+
+/// One limit of a tenant and the value of its counter in the current window.
+#[derive(Debug, Clone)]
+pub struct LimitStatus {
+    pub limit: Limit,
+    /// In the metric's integer unit (nano-dollars for cost).
+    pub current: i64,
+    /// The current window's id (`2026-11-22`, `2026-11`).
+    pub window_id: String,
+    pub resets_at: DateTime<Utc>,
+}
+
+impl LimitStatus {
+    pub fn ratio(&self) -> f64 {
+        self.current as f64 / self.limit.max as f64
+    }
+
+    pub fn remaining(&self) -> i64 {
+        (self.limit.max - self.current).max(0)
+    }
+}
+
+/// A tenant's usage over a range, its current windows, its limits and its recent requests.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub scope: Scope,
+    pub id: String,
+    pub range: Range,
+    pub generated_at: DateTime<Utc>,
+    pub timezone: String,
+    /// Over the range.
+    pub totals: Totals,
+    pub by_provider: BTreeMap<String, Totals>,
+    pub by_model: BTreeMap<String, Totals>,
+    /// The current local day and month.
+    pub today: Totals,
+    pub month: Totals,
+    pub limits: Vec<LimitStatus>,
+    /// Newest first.
+    pub recent: Vec<UsageRecord>,
+}
+
+/// A tenant in a listing: its current day and month, and its limits.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub id: String,
+    /// Named under `limits.profiles` / `limits.orgs` (else on the default list).
+    pub named: bool,
+    pub today: Totals,
+    pub month: Totals,
+    pub limits: Vec<LimitStatus>,
+}
+
+/// Every known tenant of a scope, summarised.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub scope: Scope,
+    pub generated_at: DateTime<Utc>,
+    pub timezone: String,
+    /// How many tenants are known in all (before `offset`/`limit`).
+    pub total: usize,
+    pub tenants: Vec<Summary>,
+}
+
+/// Runs a store call with a timeout, recording its latency and failures in the metrics.
+async fn timed<T>(app: &App, op: &'static str, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let result = match tokio::time::timeout(READ_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Timeout(READ_TIMEOUT)),
+    };
+    app.metrics.store_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        app.metrics.store_errors.with_label_values(&[op]).inc();
+    }
+    result
+}
+
+/// The day ids of the current local month up to today, newest first.
+fn month_days(calendar: &Calendar, now: DateTime<Utc>) -> Vec<String> {
+    calendar.recent_days(now, calendar.local_date(now).day())
+}
+
+fn sum_days<'a>(days: impl IntoIterator<Item = &'a Totals>) -> Totals {
+    let mut t = Totals::default();
+    for d in days {
+        t.add(d);
+    }
+    t
+}
+
+/// The current value of every limit of a tenant (its own list or the scope's default).
+pub async fn limit_statuses(app: &App, runtime: &Runtime, scope: Scope, id: &str, now: DateTime<Utc>) -> Result<Vec<LimitStatus>, StoreError> {
+    let mut all = limit_statuses_many(app, runtime, &[(scope, id.to_string())], now).await?;
+    Ok(all.pop().unwrap_or_default())
+}
+
+/// The limits of several tenants, read from the store in one call.
+pub async fn limit_statuses_many(app: &App, runtime: &Runtime, tenants: &[(Scope, String)], now: DateTime<Utc>) -> Result<Vec<Vec<LimitStatus>>, StoreError> {
+    let buckets = [Window::Daily, Window::Monthly].map(|w| runtime.calendar.bucket(w, now));
+    let bucket = |w: Window| &buckets[usize::from(w == Window::Monthly)];
+    let mut keys = Vec::new();
+    for (scope, id) in tenants {
+        for limit in runtime.limits.for_tenant(*scope, id).iter() {
+            keys.push(CounterKey {
+                scope: *scope,
+                tenant: id.clone(),
+                window: limit.window,
+                bucket: bucket(limit.window).id.clone(),
+                field: limit.field(),
+            });
+        }
+    }
+    let values = if keys.is_empty() {
+        Vec::new()
+    } else {
+        timed(app, "read", app.store.read(&keys)).await?
+    };
+    if values.len() != keys.len() {
+        return Err(StoreError::Other(format!(
+            "the store answered {} values for {} counters",
+            values.len(),
+            keys.len()
+        )));
+    }
+    let mut values = values.into_iter();
+    Ok(tenants
+        .iter()
+        .map(|(scope, id)| {
+            runtime
+                .limits
+                .for_tenant(*scope, id)
+                .iter()
+                .zip(values.by_ref())
+                .map(|(limit, current)| {
+                    let b = bucket(limit.window);
+                    LimitStatus {
+                        limit: limit.clone(),
+                        current,
+                        window_id: b.id.clone(),
+                        resets_at: b.resets_at,
+                    }
+                })
+                .collect()
+        })
+        .collect())
+}
+
+async fn history(app: &App, scope: Scope, id: &str, days: &[String], recent: usize) -> Result<History, StoreError> {
+    timed(app, "history", app.store.history(scope, id, days, recent)).await
+}
+
+/// True when the tenant is named in the config or has history in the store.
+async fn is_known(app: &App, runtime: &Runtime, scope: Scope, id: &str, range_history: &History) -> Result<bool, StoreError> {
+    if runtime.limits.named(scope).any(|n| n == id) || !range_history.days.is_empty() || !range_history.recent.is_empty() {
+        return Ok(true);
+    }
+    Ok(timed(app, "tenants", app.store.tenants(scope)).await?.iter().any(|t| t == id))
+}
+
+/// A tenant's report, or `None` when the tenant is unknown (not named in the config and
+/// without history).
+pub async fn report(app: &App, scope: Scope, id: &str, range: Range) -> Result<Option<Report>, StoreError> {
+    if crate::tenant::validate_id(id).is_err() {
+        return Ok(None);
+    }
+    let runtime = app.runtime();
+    let now = app.clock.now();
+    let calendar = &runtime.calendar;
+    let range_days = calendar.recent_days(now, range.days);
+    let month = month_days(calendar, now);
+    let recent = runtime.config.store.recent_max;
+    // The month needs its own read when the range does not cover it.
+    let month_in_range = month.len() <= range_days.len();
+    let (h, month_history, limits) = tokio::try_join!(
+        history(app, scope, id, &range_days, recent),
+        async {
+            if month_in_range {
+                Ok(None)
+            } else {
+                history(app, scope, id, &month, 0).await.map(Some)
+            }
+        },
+        limit_statuses(app, &runtime, scope, id, now),
+    )?;
+    if !is_known(app, &runtime, scope, id, &h).await? {
+        return Ok(None);
+    }
+    let month_source = month_history.as_ref().unwrap_or(&h);
+    let today_id = &range_days[0];
+    Ok(Some(Report {
+        scope,
+        id: id.to_string(),
+        range,
+        generated_at: now,
+        timezone: calendar.tz.name().to_string(),
+        totals: sum_days(h.days.values()),
+        today: h.days.get(today_id).cloned().unwrap_or_default(),
+        month: sum_days(month.iter().filter_map(|d| month_source.days.get(d))),
+        by_provider: h.by_provider,
+        by_model: h.by_model,
+        limits,
+        recent: h.recent,
+    }))
+}
+
+async fn summary(app: &App, runtime: &Runtime, scope: Scope, id: String, now: DateTime<Utc>) -> Result<Summary, StoreError> {
+    let month = month_days(&runtime.calendar, now);
+    let (h, limits) = tokio::try_join!(history(app, scope, &id, &month, 0), limit_statuses(app, runtime, scope, &id, now))?;
+    Ok(Summary {
+        named: runtime.limits.named(scope).any(|n| *n == id),
+        today: h.days.get(&month[0]).cloned().unwrap_or_default(),
+        month: sum_days(h.days.values()),
+        limits,
+        id,
+    })
+}
+
+/// Every tenant of a scope known to the store or named in the config, sorted by id, from
+/// `offset`, at most `limit` of them.
+pub async fn listing(app: &App, scope: Scope, offset: usize, limit: Option<usize>) -> Result<Listing, StoreError> {
+    let runtime = app.runtime();
+    let now = app.clock.now();
+    let mut ids: BTreeSet<String> = timed(app, "tenants", app.store.tenants(scope)).await?.into_iter().collect();
+    ids.extend(runtime.limits.named(scope).cloned());
+    let total = ids.len();
+    let page: Vec<String> = ids.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect();
+    let rt = &runtime;
+    let tenants = stream::iter(page)
+        .map(|id| summary(app, rt, scope, id, now))
+        .buffered(LIST_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(Listing {
+        scope,
+        generated_at: now,
+        timezone: runtime.calendar.tz.name().to_string(),
+        total,
+        tenants,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(Range::parse("7d", 400).unwrap().days, 7);
+        assert_eq!(Range::parse("90d", 400).unwrap().days, 90);
+        assert_eq!(Range::parse("all", 400).unwrap().days, 401);
+        for bad in ["", "0d", "7", "d", "-1d", "402d", "7D", "1w", " 7d"] {
+            assert!(Range::parse(bad, 400).is_err(), "{bad:?}");
+        }
+    }
+}

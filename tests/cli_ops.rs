@@ -1,0 +1,177 @@
+//! The `spendgate` binary: reload on SIGHUP, the snapshot written on SIGTERM, and
+//! `spendgate usage` reading it back as a table (and as JSON).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ops::*;
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_spendgate");
+
+fn yaml(dir: &Path, max_requests: u32) -> String {
+    format!(
+        "{}store:\n  backend: memory\n  snapshot: \"{}\"\nlimits:\n  default_profile:\n    - {{metric: requests, window: daily, max: {max_requests}}}\n    - {{metric: cost_usd, window: monthly, max: 1}}\n",
+        providers_yaml(),
+        dir.join("state.json").display()
+    )
+}
+
+/// Starts the binary; returns it with its data and admin addresses (read from its log).
+fn start(config: &Path) -> (Child, SocketAddr, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("SPENDGATE_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spendgate starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (data, admin) = loop {
+        let line = lines.next().expect("spendgate logged that it serves").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["fields"]["message"] == "spendgate is serving" {
+            let addr = |k: &str| v["fields"][k].as_str().unwrap().parse::<SocketAddr>().unwrap();
+            break (addr("data_addr"), addr("admin_addr"));
+        }
+    };
+    // Keep draining the log so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, data, admin)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+}
+
+fn usage(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).arg("usage").arg("--config").arg(config).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn post(client: &TestClient, data: SocketAddr, path: &str, profile: &str, org: Option<&str>) -> u16 {
+    let body = if path.starts_with("/elevenlabs") {
+        fixture("elevenlabs/tts_request.json")
+    } else {
+        b"{\"contents\": []}".to_vec()
+    };
+    let mut headers = vec![("x-profile-id", profile), ("content-type", "application/json")];
+    if let Some(o) = org {
+        headers.push(("x-org-id", o));
+    }
+    client.post(&format!("http://{data}{path}"), &headers, body).await.status.as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_usage_reads_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(fixture_upstream).await;
+    let config = write_config(dir.path(), &yaml(dir.path(), 100), &mock.url());
+    let (mut child, data, admin) = tokio::task::spawn_blocking({
+        let c = config.clone();
+        move || start(&c)
+    })
+    .await
+    .unwrap();
+    let client = TestClient::new();
+    for path in [GEMINI_FLASH, GEMINI_FLASH, ELEVENLABS_TTS] {
+        assert_eq!(post(&client, data, path, "p-1", Some("acme")).await, 200);
+    }
+
+    // SIGHUP reloads (the file is unchanged, so the watcher has nothing to do)...
+    let reloads = |n: u32| {
+        let client = client.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let m = client.get(&format!("http://{admin}/metrics"), &[]).await;
+                if String::from_utf8_lossy(&m.body).contains(&format!("spendgate_config_reloads_total{{result=\"success\"}} {n}")) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "reload {n} was not counted");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    signal(&child, "HUP");
+    reloads(1).await;
+    // ...and so does a change of the file; the new limit refuses the next request.
+    std::fs::write(&config, complete_yaml(&yaml(dir.path(), 3), &mock.url())).unwrap();
+    reloads(2).await;
+    assert_eq!(post(&client, data, GEMINI_FLASH, "p-1", None).await, 402);
+
+    // SIGTERM drains and writes the snapshot.
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(dir.path().join("state.json").is_file());
+
+    let cfg = config.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || usage(&cfg, &["--profile", "p-1", "--range", "7d"]))
+        .await
+        .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("profile p-1  (range 7d,"), "{out}");
+    let line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line:\n{out}"))
+            .to_string()
+    };
+    let words = |l: String| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        words(line("daily requests")),
+        [
+            "daily",
+            "requests",
+            "3",
+            "3",
+            "100.0%",
+            "80%",
+            "0",
+            "EXCEEDED",
+            &words(line("daily requests"))[8]
+        ]
+    );
+    assert_eq!(&words(line("monthly cost_usd"))[2..8], ["$0.0151", "$1.00", "1.5%", "80%", "$0.9849", "ok"]);
+    assert_eq!(words(line("today")), ["today", "3", "$0.0151", "48", "1602", "0", "111"]);
+    assert_eq!(words(line("gemini ")), ["gemini", "2", "$0.004019", "48", "1602", "0", "0"]);
+    assert!(out.contains("/v1/text-to-speech/v1d"), "{out}");
+
+    let cfg = config.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || usage(&cfg, &[])).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("p-1 ") && l.contains("$0.0151") && l.contains("daily requests 100.0%")),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l.starts_with("acme ")), "{out}");
+
+    let cfg = config.clone();
+    let (ok, out, _) = tokio::task::spawn_blocking(move || usage(&cfg, &["--org", "acme", "--json"])).await.unwrap();
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["totals"]["cost_nanos"], 2 * GEMINI_FLASH_NANOS + ELEVENLABS_TTS_NANOS);
+
+    let cfg = config.clone();
+    let (ok, _, err) = tokio::task::spawn_blocking(move || usage(&cfg, &["--profile", "nobody"])).await.unwrap();
+    assert!(!ok);
+    assert!(err.contains("nobody"), "{err}");
+    let (ok, _, err) = tokio::task::spawn_blocking(move || usage(&config, &["--range", "3w"])).await.unwrap();
+    assert!(!ok);
+    assert!(err.contains("range"), "{err}");
+}

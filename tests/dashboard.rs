@@ -1,0 +1,150 @@
+//! The dashboard page in headless Chromium (Debian's `chromium` package), after real traffic
+//! through the proxy, behind the admin token.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ops::*;
+use common::*;
+
+const TOKEN: &str = "dash-7c41e0b9";
+
+fn chromium() -> PathBuf {
+    let found = ["chromium", "chromium-browser"]
+        .iter()
+        .find_map(|name| std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())));
+    found.unwrap_or_else(|| panic!("chromium not found on PATH: install Debian's `chromium` package (apt-get install -y chromium)"))
+}
+
+/// The DOM of `url` after the page's scripts ran (virtual time lets its fetches finish).
+fn dump_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromium starts");
+    // A hang detector, not a speed check.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        dom.contains("</html>"),
+        "chromium printed no DOM (status {}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dom
+}
+
+/// The markup of one tenant's card.
+fn card<'a>(dom: &'a str, scope: &str, id: &str) -> &'a str {
+    let marker = format!("data-scope=\"{scope}\" data-id=\"{id}\"");
+    let start = dom.find(&marker).unwrap_or_else(|| panic!("no card for {scope} {id}:\n{dom}"));
+    let rest = &dom[start..];
+    let end = rest[marker.len()..].find("class=\"card tenant\"").map_or(rest.len(), |e| e + marker.len());
+    &rest[..end]
+}
+
+const LIMITS: &str = "limits:\n  default_profile:\n    - {metric: requests, window: daily, max: 3}\n    - {metric: cost_usd, window: monthly, max: 0.018, alert_at: 0.8}\n    - {metric: characters, window: monthly, max: 1000}\n  default_org:\n    - {metric: cost_usd, window: monthly, max: 50}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_tenants_limits_providers_and_recent_requests() {
+    std::env::set_var("SPENDGATE_TEST_ADMIN_TOKEN_DASH", TOKEN);
+    let mock = Mock::start(fixture_upstream).await;
+    let yaml = format!(
+        "{}{LIMITS}admin:\n  listen: \"127.0.0.1:0\"\n  token_env: SPENDGATE_TEST_ADMIN_TOKEN_DASH\n",
+        providers_yaml()
+    );
+    let p = start_proxy(&yaml, &mock.url()).await;
+    for path in [GEMINI_FLASH, GEMINI_FLASH, ELEVENLABS_TTS] {
+        assert_eq!(send(&p, path, "p-1", Some("acme")).await.status, 200);
+    }
+    assert_eq!(send(&p, GEMINI_STREAM, "p-2", None).await.status, 200);
+    p.handle.settled().await;
+
+    let url = p.admin_url(&format!("/?token={TOKEN}"));
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&url)).await.unwrap();
+    assert!(dom.contains("data-loaded=\"true\""), "the page did not finish loading:\n{dom}");
+
+    // p-1: requests used up (red), cost past alert_at (amber: 0.0151194 of 0.018), characters fine.
+    let p1 = card(&dom, "profile", "p-1");
+    assert!(
+        p1.contains("data-metric=\"requests\" data-window=\"daily\" data-state=\"over\" data-ratio=\"1.0000\""),
+        "{p1}"
+    );
+    assert!(
+        p1.contains("data-metric=\"cost_usd\" data-window=\"monthly\" data-state=\"warn\" data-ratio=\"0.8400\""),
+        "{p1}"
+    );
+    assert!(
+        p1.contains("data-metric=\"characters\" data-window=\"monthly\" data-state=\"ok\" data-ratio=\"0.1110\""),
+        "{p1}"
+    );
+    assert!(p1.contains("$0.0151 / $0.0180 (84.0%)"), "{p1}");
+    assert!(p1.contains("style=\"width: 100%;\""), "bars are capped at full width: {p1}");
+    assert!(p1.contains("30 days by provider: elevenlabs $0.0111 · gemini $0.004019"), "{p1}");
+    let p2 = card(&dom, "profile", "p-2");
+    assert!(p2.contains("data-metric=\"requests\" data-window=\"daily\" data-state=\"ok\""), "{p2}");
+    let acme = card(&dom, "org", "acme");
+    assert!(acme.contains("data-metric=\"cost_usd\" data-window=\"monthly\" data-state=\"ok\""), "{acme}");
+    assert!(acme.contains("month $0.0151 · 3 req"), "{acme}");
+
+    // Cost by provider over the profiles: Gemini is p-1's two calls plus p-2's stream.
+    let gemini = dom
+        .split("data-provider=\"gemini\"")
+        .nth(1)
+        .expect("a gemini row")
+        .split("</tr>")
+        .next()
+        .unwrap();
+    assert!(gemini.contains(">3<") && gemini.contains("$0.004847"), "{gemini}");
+    let eleven = dom
+        .split("data-provider=\"elevenlabs\"")
+        .nth(1)
+        .expect("an elevenlabs row")
+        .split("</tr>")
+        .next()
+        .unwrap();
+    assert!(eleven.contains(">1<") && eleven.contains("$0.0111"), "{eleven}");
+
+    // Recent requests, newest first.
+    let rows: Vec<&str> = dom.split("<tr class=\"request\">").skip(1).collect();
+    assert_eq!(rows.len(), 4, "{dom}");
+    assert!(rows[0].contains(">p-2<") && rows[0].contains("streamGenerateContent"), "{}", rows[0]);
+    assert!(rows[1].contains("/v1/text-to-speech/v1d") && rows[1].contains(">acme<"), "{}", rows[1]);
+
+    // Without the token the browser gets the sign-in form, and no data.
+    let url = p.admin_url("/");
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&url)).await.unwrap();
+    assert!(dom.contains("name=\"token\""), "{dom}");
+    assert!(!dom.contains("p-1"), "{dom}");
+    p.handle.shutdown().await;
+}

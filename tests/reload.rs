@@ -1,0 +1,193 @@
+//! Live reload: on file change (watcher), on `POST /v1/reload`, and what a broken file does.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ops::*;
+use common::*;
+use spendgate::window::Clock;
+
+fn yaml(max_requests: u32, extra: &str) -> String {
+    format!(
+        "{}{extra}limits:\n  default_profile:\n    - {{metric: requests, window: daily, max: {max_requests}}}\n",
+        providers_yaml()
+    )
+}
+
+/// The value of a sample line in the metrics text, 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+async fn reloads(p: &Proxy, result: &str) -> f64 {
+    sample(&p.metrics().await, &format!("spendgate_config_reloads_total{{result=\"{result}\"}} "))
+}
+
+/// Waits (bounded) until `reloads(result)` reaches `n`.
+async fn wait_reloads(p: &Proxy, result: &str, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads(p, result).await < n {
+        assert!(Instant::now() < deadline, "no {result} reload counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_limit_edited_in_the_file_refuses_the_next_request_within_two_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(fixture_upstream).await;
+    let path = write_config(dir.path(), &yaml(100, ""), &mock.url());
+    let p = start_proxy_file(&path, Clock::system()).await;
+    for _ in 0..3 {
+        assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
+    }
+
+    // Edited in place: the next request after the change is refused within 2 s.
+    std::fs::write(&path, complete_yaml(&yaml(3, ""), &mock.url())).unwrap();
+    let edited = Instant::now();
+    loop {
+        let r = send(&p, GEMINI_FLASH, "p-1", None).await;
+        if r.status == 402 {
+            assert_eq!(r.json()["error"]["limit"]["max"], 3.0);
+            break;
+        }
+        assert_eq!(r.status, 200);
+        assert!(edited.elapsed() < Duration::from_secs(2), "the edited limit was not in force within 2 s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(reloads(&p, "success").await, 1.0);
+
+    // Replaced the way editors and config managers do it: a new file renamed over the old.
+    let tmp = dir.path().join(".spendgate.yaml.swp");
+    std::fs::write(&tmp, complete_yaml(&yaml(1000, ""), &mock.url())).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let replaced = Instant::now();
+    loop {
+        let r = send(&p, GEMINI_FLASH, "p-1", None).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 402);
+        assert!(replaced.elapsed() < Duration::from_secs(2), "the replaced file was not in force within 2 s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    wait_reloads(&p, "success", 2.0).await;
+
+    // Other files in the directory (a snapshot, say) do not reload anything.
+    std::fs::write(dir.path().join("state.json"), b"{}").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(reloads(&p, "success").await, 2.0);
+    assert_eq!(reloads(&p, "error").await, 0.0);
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_broken_file_keeps_the_proxy_serving_under_the_old_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(fixture_upstream).await;
+    let path = write_config(dir.path(), &yaml(3, ""), &mock.url());
+    let p = start_proxy_file(&path, Clock::system()).await;
+    assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
+
+    // Not YAML: logged, counted, the old config stays.
+    std::fs::write(&path, "limits:\n  default_profile: [\n").unwrap();
+    wait_reloads(&p, "error", 1.0).await;
+    assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
+    assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
+    let r = send(&p, GEMINI_FLASH, "p-1", None).await;
+    assert_eq!(r.status, 402, "the old max of 3 still holds");
+    assert_eq!(admin_get(&p, "/readyz", None).await.status, 200);
+
+    // POST /v1/reload answers 400 with the parser's message.
+    let r = admin_post(&p, "/v1/reload", None).await;
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(v["error"]["type"], "config_invalid");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("spendgate.yaml"), "{message}");
+    assert!(v["error"]["line"].as_u64().is_some(), "{v}");
+
+    // Valid YAML that fails validation names the key.
+    std::fs::write(
+        &path,
+        complete_yaml("limits:\n  default_profile:\n    - {metric: requests, window: daily, max: 0}\n", &mock.url()),
+    )
+    .unwrap();
+    wait_reloads(&p, "error", 2.0).await;
+    let r = admin_post(&p, "/v1/reload", None).await;
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(v["error"]["key"], "limits.default_profile[0].max");
+    assert!(v["error"]["message"].as_str().unwrap().contains("greater than 0"), "{v}");
+    assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 402, "still the old config");
+
+    // Fixed: the new config is in force, and POST /v1/reload succeeds.
+    std::fs::write(&path, complete_yaml(&yaml(10, ""), &mock.url())).unwrap();
+    wait_reloads(&p, "success", 1.0).await;
+    assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
+    let r = admin_post(&p, "/v1/reload", None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "reloaded");
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_under_the_old_prices() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(fixture_upstream).await;
+    let price = |input: f64, output: f64| format!("pricing:\n  gemini:\n    \"gemini-2.5-flash\": {{input_per_mtok: {input}, output_per_mtok: {output}}}\n");
+    let path = write_config(dir.path(), &yaml(100, &price(0.30, 2.50)), &mock.url());
+    let p = start_proxy_file(&path, Clock::system()).await;
+
+    // A stream that the upstream holds open for a while after its last event.
+    mock.set(|s| {
+        let r = fixture_upstream(s);
+        if s.path.ends_with(":streamGenerateContent") {
+            r.stall(Duration::from_millis(800))
+        } else {
+            r
+        }
+    });
+    let client = p.client.clone();
+    let url = p.url(GEMINI_STREAM);
+    let in_flight = tokio::spawn(async move {
+        client
+            .post(
+                &url,
+                &[("x-profile-id", "p-slow"), ("content-type", "application/json")],
+                &b"{\"contents\": []}"[..],
+            )
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.count() == 0 {
+        assert!(Instant::now() < deadline, "the stream never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Prices ten times higher, in force for the next request.
+    std::fs::write(&path, complete_yaml(&yaml(100, &price(3.0, 25.0)), &mock.url())).unwrap();
+    assert_eq!(admin_post(&p, "/v1/reload", None).await.status, 200);
+    let r = send(&p, GEMINI_STREAM, "p-fast", None).await;
+    assert_eq!(r.status, 200);
+
+    assert_eq!(in_flight.await.unwrap().status, 200);
+    assert_eq!(monthly_cost(&p, "p-slow").await, GEMINI_STREAM_NANOS, "admitted before the reload: old prices");
+    assert_eq!(monthly_cost(&p, "p-fast").await, 10 * GEMINI_STREAM_NANOS, "admitted after: new prices");
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_without_a_file_is_a_conflict() {
+    let mock = Mock::start(fixture_upstream).await;
+    let p = start_proxy(&yaml(5, ""), &mock.url()).await;
+    let r = admin_post(&p, "/v1/reload", None).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"]["type"], "no_config_file");
+    assert_eq!(admin_get(&p, "/v1/reload", None).await.status, 405);
+    p.handle.shutdown().await;
+}
