@@ -212,8 +212,17 @@ impl Config {
 
         match self.store.backend {
             Backend::Redis => {
-                if !(self.store.url.starts_with("redis://") || self.store.url.starts_with("rediss://")) {
-                    return Err(("store.url".into(), format!("`{}` must start with redis:// or rediss://", self.store.url)));
+                // With `cluster`, several seed nodes may be given, comma-separated.
+                let urls: Vec<&str> = if self.store.cluster {
+                    self.store.url.split(',').map(str::trim).collect()
+                } else {
+                    vec![self.store.url.as_str()]
+                };
+                if let Some(bad) = urls.iter().find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://"))) {
+                    return Err(("store.url".into(), format!("`{bad}` must start with redis:// or rediss://")));
+                }
+                if self.store.journal_max_entries == 0 {
+                    return Err(("store.journal_max_entries".into(), "must be at least 1".into()));
                 }
                 if self.store.snapshot.is_some() {
                     return Err(("store.snapshot".into(), "only the memory backend uses a snapshot file".into()));
@@ -222,6 +231,9 @@ impl Config {
             Backend::Memory => {
                 if self.store.cluster {
                     return Err(("store.cluster".into(), "only the redis backend can use a cluster".into()));
+                }
+                if self.store.journal.is_some() {
+                    return Err(("store.journal".into(), "only the redis backend keeps an outage journal".into()));
                 }
             }
         }

@@ -109,8 +109,11 @@ pub struct StoreConfig {
     pub cluster: bool,
     pub key_prefix: String,
     pub on_error: OnError,
-    /// Longest a store call may take before `on_error` applies.
+    /// Longest a store call on the request path may take before `on_error` applies.
     pub timeout: Seconds,
+    /// Redis only: longest a read for the admin plane (usage, tenants, readiness) or a
+    /// journal replay may take.
+    pub read_timeout: Seconds,
     /// Redis only: file that journals what was counted while Redis was unreachable.
     pub journal: Option<PathBuf>,
     /// Most entries the outage journal keeps.
@@ -131,6 +134,7 @@ impl Default for StoreConfig {
             key_prefix: "spendgate".into(),
             on_error: OnError::Open,
             timeout: Seconds::from_millis(50),
+            read_timeout: Seconds::from_secs(2),
             journal: None,
             journal_max_entries: 100_000,
             retention: RetentionConfig::default(),

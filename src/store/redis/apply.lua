@@ -1,0 +1,61 @@
+-- Apply one settlement (or one journal entry replayed after an outage): counter deltas,
+-- the history of the day and month with per-provider and per-model fields, and the capped
+-- lists of recent requests. All keys share one hash slot.
+--
+-- ARGV[1]: id; when not empty, KEYS[1] is the set of applied ids and the entry is applied
+--          only if its id is not in it yet (replays are exactly once).
+-- ARGV[2]: seconds the set of applied ids is kept after its last addition.
+-- Then, in order (each count followed by its groups):
+--   counters: n, then n x {key index, field, delta}
+--   history:  n keys, then n x {key index}; m fields, then m x {field, value}
+--             (every field is added to every history key)
+--   recent:   n lists, then n x {key index}; the record; the cap
+--   expiry:   n, then n x {key index, expire-at (unix seconds)}
+--
+-- Returns 1 when applied, 0 when the id was already applied.
+
+local at = 1
+local function take()
+  at = at + 1
+  return ARGV[at - 1]
+end
+
+local id, ttl = take(), take()
+if id ~= '' then
+  if redis.call('SADD', KEYS[1], id) == 0 then
+    return 0
+  end
+  redis.call('EXPIRE', KEYS[1], ttl)
+end
+
+for _ = 1, tonumber(take()) do
+  local key, field, delta = KEYS[tonumber(take())], take(), take()
+  redis.call('HINCRBY', key, field, delta)
+end
+
+local hist = {}
+for i = 1, tonumber(take()) do
+  hist[i] = KEYS[tonumber(take())]
+end
+for _ = 1, tonumber(take()) do
+  local field, value = take(), take()
+  for _, key in ipairs(hist) do
+    redis.call('HINCRBY', key, field, value)
+  end
+end
+
+local lists = {}
+for i = 1, tonumber(take()) do
+  lists[i] = KEYS[tonumber(take())]
+end
+local record, cap = take(), tonumber(take())
+for _, key in ipairs(lists) do
+  redis.call('LPUSH', key, record)
+  redis.call('LTRIM', key, 0, cap - 1)
+end
+
+for _ = 1, tonumber(take()) do
+  local key, exp = KEYS[tonumber(take())], take()
+  redis.call('EXPIREAT', key, exp)
+end
+return 1
