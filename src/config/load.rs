@@ -221,6 +221,9 @@ impl Config {
                 if let Some(bad) = urls.iter().find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://"))) {
                     return Err(("store.url".into(), format!("`{bad}` must start with redis:// or rediss://")));
                 }
+                if self.store.tls_ca_file.is_some() && !urls.iter().all(|u| u.starts_with("rediss://")) {
+                    return Err(("store.tls_ca_file".into(), "is only used with rediss:// URLs".into()));
+                }
                 if self.store.journal_max_entries == 0 {
                     return Err(("store.journal_max_entries".into(), "must be at least 1".into()));
                 }

@@ -278,6 +278,7 @@ pub fn providers_yaml() -> &'static str {
 }
 
 pub mod python;
+pub mod redis;
 
 /// A response read whole.
 #[derive(Debug)]

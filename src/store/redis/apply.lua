@@ -1,10 +1,11 @@
 -- Apply one settlement (or one journal entry replayed after an outage): counter deltas,
 -- the history of the day and month with per-provider and per-model fields, and the capped
--- lists of recent requests. All keys share one hash slot.
+-- lists of recent requests. All keys share one hash slot. Applied at most once per id.
 --
--- ARGV[1]: id; when not empty, KEYS[1] is the set of applied ids and the entry is applied
---          only if its id is not in it yet (replays are exactly once).
--- ARGV[2]: seconds the set of applied ids is kept after its last addition.
+-- KEYS[1]: the hash of ids of recent calls (one per tag and hour); with a replay, KEYS[2]:
+--          the set of replayed ids (one per tag and day).
+-- ARGV[1]: id; ARGV[2]: seconds KEYS[1] is kept; ARGV[3]: seconds KEYS[2] is kept, or ""
+--          for a first call (not a replay).
 -- Then, in order (each count followed by its groups):
 --   counters: n, then n x {key index, field, delta}
 --   history:  n keys, then n x {key index}; m fields, then m x {field, value}
@@ -12,7 +13,8 @@
 --   recent:   n lists, then n x {key index}; the record; the cap
 --   expiry:   n, then n x {key index, expire-at (unix seconds)}
 --
--- Returns 1 when applied, 0 when the id was already applied.
+-- Returns 1 when applied, 0 when the id was already applied (by the first call or by an
+-- earlier, interrupted replay).
 
 local at = 1
 local function take()
@@ -20,12 +22,16 @@ local function take()
   return ARGV[at - 1]
 end
 
-local id, ttl = take(), take()
-if id ~= '' then
-  if redis.call('SADD', KEYS[1], id) == 0 then
+local id, ttl, replay_ttl = take(), take(), take()
+if redis.call('HSETNX', KEYS[1], id, 1) == 0 then
+  return 0
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+if replay_ttl ~= '' then
+  if redis.call('SADD', KEYS[2], id) == 0 then
     return 0
   end
-  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], replay_ttl)
 end
 
 for _ = 1, tonumber(take()) do

@@ -7,12 +7,13 @@
 //! without waiting for Redis, so the proxy starts, and applies `on_error`, while Redis is
 //! down.
 
+use std::path::Path;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
 
 use crate::store::StoreError;
 
@@ -30,22 +31,36 @@ pub enum Conn {
 }
 
 /// Opens a connection handle for `url` (one URL, or with `cluster` a comma-separated list
-/// of seed nodes). Nothing is sent until the first command.
-pub fn open(url: &str, cluster: bool) -> Result<Conn, StoreError> {
+/// of seed nodes), trusting the CA in `ca_file` for TLS when given. Nothing is sent until
+/// the first command.
+pub fn open(url: &str, cluster: bool, ca_file: Option<&Path>) -> Result<Conn, StoreError> {
     let bad = |e: redis::RedisError| StoreError::Other(format!("store.url {}: {e}", redact(url)));
+    let certs = match ca_file {
+        Some(path) => Some(TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(path).map_err(|e| StoreError::Other(format!("store.tls_ca_file {}: {e}", path.display())))?),
+        }),
+        None => None,
+    };
     if cluster {
         let seeds: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-        let client = ClusterClientBuilder::new(seeds)
+        let mut builder = ClusterClientBuilder::new(seeds)
             .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
-            .build()
-            .map_err(bad)?;
+            .response_timeout(RESPONSE_TIMEOUT);
+        if let Some(c) = certs {
+            builder = builder.certs(c);
+        }
+        let client = builder.build().map_err(bad)?;
         let config = ClusterConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(RESPONSE_TIMEOUT);
         Ok(Conn::Cluster(client.get_pending_async_connection_with_config(config)))
     } else {
-        let client = redis::Client::open(url).map_err(bad)?;
+        let client = match certs {
+            Some(c) => redis::Client::build_with_tls(url, c),
+            None => redis::Client::open(url),
+        }
+        .map_err(bad)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -104,8 +119,9 @@ mod tests {
 
     #[tokio::test]
     async fn opening_does_not_need_a_server() {
-        assert!(open("redis://127.0.0.1:1/0", false).is_ok());
-        assert!(open("redis://127.0.0.1:1", true).is_ok());
-        assert!(matches!(open("nonsense://x", false), Err(StoreError::Other(_))));
+        assert!(open("redis://127.0.0.1:1/0", false, None).is_ok());
+        assert!(open("redis://127.0.0.1:1", true, None).is_ok());
+        assert!(matches!(open("nonsense://x", false, None), Err(StoreError::Other(_))));
+        assert!(matches!(open("rediss://x", false, Some(Path::new("/nonexistent/ca.pem"))), Err(StoreError::Other(_))));
     }
 }

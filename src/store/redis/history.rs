@@ -36,8 +36,11 @@ impl Inner {
         (days + 1) * 86_400
     }
 
-    /// Notes (in the background) that `profile` (and `org`) have data under `tag`.
-    pub(super) fn register(self: &Arc<Self>, tag: &Tag, profile: &str, org: Option<&str>) {
+    /// Makes sure the usage API can find what is about to be written under `tag`: before the
+    /// first write of a profile under an org's tag (per process and day), the tag is added to
+    /// the profile's `homes` (awaited, bounded by `store.timeout`; on failure the next write
+    /// tries again); the tenant registries are then written in the background.
+    pub(super) async fn ensure_registered(self: &Arc<Self>, tag: &Tag, profile: &str, org: Option<&str>) {
         let today = Utc::now().date_naive();
         let pair = (profile.to_string(), tag.as_str().to_string());
         let new_day = {
@@ -47,33 +50,36 @@ impl Inner {
                 r.seen.clear();
                 r.day = Some(today);
             }
-            if !r.seen.insert(pair.clone()) {
+            if r.seen.contains(&pair) {
                 return;
             }
             new_day
         };
+        let now = Utc::now().timestamp();
+        let keep = self.registry_retention_secs();
+        if org.is_some() {
+            let mut c = self.conn.clone();
+            let homes = self.keys.homes(profile);
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZADD").arg(&homes).arg(now).arg(tag.as_str()).ignore();
+            pipe.cmd("EXPIRE").arg(&homes).arg(keep).ignore();
+            let started = std::time::Instant::now();
+            let written = tokio::time::timeout(self.timeout, pipe.exec_async(&mut c)).await;
+            self.metrics.observe("register", started);
+            if !matches!(written, Ok(Ok(()))) {
+                self.metrics.error("register");
+                return;
+            }
+        }
+        if !self.registered.lock().seen.insert(pair.clone()) {
+            return;
+        }
         let inner = self.clone();
         let org = org.map(str::to_string);
         tokio::spawn(async move {
-            let now = Utc::now().timestamp();
-            let keep = inner.registry_retention_secs();
             let mut c = inner.conn.clone();
-            let (profile, tag) = &pair;
             let write = async {
-                let homes = inner.keys.homes(profile);
-                redis::pipe()
-                    .cmd("ZADD")
-                    .arg(&homes)
-                    .arg(now)
-                    .arg(tag)
-                    .ignore()
-                    .cmd("EXPIRE")
-                    .arg(&homes)
-                    .arg(keep)
-                    .ignore()
-                    .exec_async(&mut c)
-                    .await?;
-                let mut tenants = vec![(Scope::Profile, profile.as_str())];
+                let mut tenants = vec![(Scope::Profile, pair.0.as_str())];
                 tenants.extend(org.as_deref().map(|o| (Scope::Org, o)));
                 for (scope, id) in tenants {
                     redis::cmd("ZADD").arg(inner.keys.registry(scope)).arg(now).arg(id).exec_async(&mut c).await?;

@@ -132,6 +132,13 @@ impl Journal {
         self.slots.len() >= self.max
     }
 
+    /// Whether a reservation may still be journaled. Reservations stop at three quarters of
+    /// the bound: the last quarter is kept for the settlements of requests already forwarded,
+    /// so that what was admitted can still be counted.
+    pub fn has_room_for_reservation(&self) -> bool {
+        self.slots.len() < self.max - self.max.div_ceil(4)
+    }
+
     /// Every entry, oldest first.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.slots.values().map(|s| &s.entry)
@@ -272,7 +279,9 @@ mod tests {
     #[test]
     fn bounded_and_ordered() {
         let mut j = Journal::open(None, 2).unwrap();
+        assert!(j.has_room_for_reservation());
         j.push(entry("a"), false).unwrap().unwrap();
+        assert!(!j.has_room_for_reservation(), "the last quarter is kept for settlements");
         j.push(entry("b"), true).unwrap().unwrap();
         assert!(j.push(entry("c"), false).is_err());
         assert_eq!(j.replayable(10).iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["a"], "in-flight entries wait");

@@ -112,8 +112,16 @@ impl Keys {
         format!("{}:{{{tag}}}:r:{}:{tenant}", self.prefix, scope.tag())
     }
 
-    /// The set of journal entry ids already applied, per UTC day the entries were made:
-    /// `<prefix>:{<tag>}:j:<day>`.
+    /// The hash of the ids of calls made in one UTC hour (`2026112214`) that were applied:
+    /// `<prefix>:{<tag>}:n:<hour>`. Kept two hours, so a call given up on and its journal
+    /// replay never both count.
+    pub fn calls(&self, tag: &Tag, hour: &str) -> String {
+        format!("{}:{{{tag}}}:n:{hour}", self.prefix)
+    }
+
+    /// The set of journal entry ids already replayed, per UTC day the entries were made:
+    /// `<prefix>:{<tag>}:j:<day>`. Kept a week, so an interrupted replay retried later
+    /// never counts twice.
     pub fn applied(&self, tag: &Tag, day: &str) -> String {
         format!("{}:{{{tag}}}:j:{day}", self.prefix)
     }
@@ -170,6 +178,7 @@ mod tests {
             k.history(&tag, Scope::Org, "acme", "2026-11"),
             k.recent(&tag, Scope::Profile, "p1"),
             k.applied(&tag, "2026-11-22"),
+            k.calls(&tag, "2026112214"),
         ];
         assert!(all.iter().all(|key| hashed(key) == "o:acme"), "{all:?}");
         assert_eq!(all[3], "sg:{o:acme}:h:o:acme:m:2026-11");

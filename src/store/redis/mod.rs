@@ -178,7 +178,7 @@ impl RedisStore {
     /// Opens the store (without waiting for Redis), reads the journal file if any, and
     /// starts the background task that loads the scripts and replays the journal.
     pub fn open(cfg: &StoreConfig, metrics: StoreMetrics) -> Result<RedisStore, StoreError> {
-        let conn = conn::open(&cfg.url, cfg.cluster)?;
+        let conn = conn::open(&cfg.url, cfg.cluster, cfg.tls_ca_file.as_deref())?;
         let journal = Journal::open(cfg.journal.as_deref(), cfg.journal_max_entries).map_err(|e| {
             let path = cfg.journal.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
             StoreError::Other(format!("cannot open the journal {path}: {e}"))
@@ -353,18 +353,11 @@ impl Inner {
     }
 
     /// An entry reached Redis (replayed, or its original call answered after all).
-    fn entry_applied(self: &Arc<Self>, entry: &Entry) {
+    fn entry_applied(&self, entry: &Entry) {
         let Some(tag) = Tag::parse(&entry.tag) else { return };
-        {
-            let mut fence = self.fence.lock();
-            for (key, delta) in &entry.counters {
-                fence.replayed(&self.cell(&tag, key), *delta);
-            }
-        }
-        if let Some(rec) = &entry.record {
-            self.register(&tag, &rec.profile, rec.org.as_deref());
-        } else if let Some((p, o)) = tenants_of(entry.counters.iter().map(|(k, _)| k)) {
-            self.register(&tag, &p, o.as_deref());
+        let mut fence = self.fence.lock();
+        for (key, delta) in &entry.counters {
+            fence.replayed(&self.cell(&tag, key), *delta);
         }
     }
 
@@ -414,10 +407,10 @@ impl Inner {
 
     /// A reservation call given up on, whose request was then not admitted on its strength
     /// (refused locally, or 503): if Redis did apply it after all, take it back.
-    fn compensate_if_applied(self: &Arc<Self>, handle: JoinHandle<RedisResult<ReserveOutcome>>, tag: Tag, req: ReserveRequest) {
+    fn compensate_if_applied(self: &Arc<Self>, handle: JoinHandle<RedisResult<Option<ReserveOutcome>>>, tag: Tag, req: ReserveRequest) {
         let inner = self.clone();
         tokio::spawn(async move {
-            if let Ok(Ok(ReserveOutcome::Admitted { .. })) = handle.await {
+            if let Ok(Ok(Some(ReserveOutcome::Admitted { .. }))) = handle.await {
                 inner.breaker.success();
                 let entry = Entry {
                     id: inner.next_id("c"),
@@ -436,12 +429,14 @@ impl Inner {
     }
 
     /// `reserve` when Redis did not answer: 503 in closed mode, the fence in open mode.
+    #[allow(clippy::too_many_arguments)]
     fn reserve_fallback(
         self: &Arc<Self>,
         req: &ReserveRequest,
         tag: Tag,
         cells: &[Cell],
-        call: Option<JoinHandle<RedisResult<ReserveOutcome>>>,
+        (id, created): (String, i64),
+        call: Option<JoinHandle<RedisResult<Option<ReserveOutcome>>>>,
         why: StoreError,
     ) -> Result<ReserveOutcome, StoreError> {
         if self.on_error == OnError::Closed {
@@ -452,9 +447,9 @@ impl Inner {
         }
         self.metrics.error("reserve");
         let entry = Entry {
-            id: self.next_id("r"),
+            id,
             tag: tag.as_str().to_string(),
-            created: Utc::now().timestamp(),
+            created,
             counters: req.ops.iter().filter(|op| op.amount != 0).map(|op| (op.key.clone(), op.amount)).collect(),
             expire_daily: req.expire_daily.timestamp(),
             expire_monthly: req.expire_monthly.timestamp(),
@@ -462,7 +457,7 @@ impl Inner {
         };
         let outcome = {
             let mut journal = self.journal.lock();
-            if journal.is_full() {
+            if !journal.has_room_for_reservation() {
                 drop(journal);
                 if let Some(h) = call {
                     self.compensate_if_applied(h, tag, req.clone());
@@ -501,7 +496,8 @@ impl Inner {
                 let inner = self.clone();
                 tokio::spawn(async move {
                     match h.await {
-                        Ok(Ok(ReserveOutcome::Admitted { .. })) => {
+                        // Admitted, or already applied by the replay of this very entry.
+                        Ok(Ok(Some(ReserveOutcome::Admitted { .. }) | None)) => {
                             inner.breaker.success();
                             let done = inner.journal.lock().complete(&entry.id);
                             if let Some((e, _)) = done {
@@ -579,10 +575,13 @@ impl Inner {
         }
     }
 
-    async fn replay_one(&self, entry: &Entry) -> RedisResult<()> {
+    async fn replay_one(self: &Arc<Self>, entry: &Entry) -> RedisResult<()> {
         let Some(tag) = Tag::parse(&entry.tag) else {
             return Err(RedisError::from((redis::ErrorKind::Client, "invalid tag in a journal entry")));
         };
+        if let Some((p, o)) = entry_tenants(entry) {
+            self.ensure_registered(&tag, &p, o.as_deref()).await;
+        }
         let inv = scripts::apply(&self.keys, &tag, entry, true, &self.apply);
         let mut c = self.conn.clone();
         let started = Instant::now();
@@ -594,6 +593,14 @@ impl Inner {
         }
         // 0: already applied by an earlier, interrupted replay; either way it is in Redis now.
         result.map(|_| ())
+    }
+}
+
+/// The profile and org an entry counts for.
+fn entry_tenants(entry: &Entry) -> Option<(String, Option<String>)> {
+    match &entry.record {
+        Some(rec) => Some((rec.profile.clone(), rec.org.clone())),
+        None => tenants_of(entry.counters.iter().map(|(k, _)| k)),
     }
 }
 
@@ -619,8 +626,9 @@ impl Store for RedisStore {
             return Ok(ReserveOutcome::Admitted { before: Vec::new() });
         };
         let cells: Vec<Cell> = req.ops.iter().map(|op| inner.cell(&tag, &op.key)).collect();
+        let call_id = (inner.next_id("r"), Utc::now().timestamp());
         if inner.breaker.is_open() {
-            return inner.reserve_fallback(req, tag, &cells, None, StoreError::Unavailable("Redis is unreachable".into()));
+            return inner.reserve_fallback(req, tag, &cells, call_id, None, StoreError::Unavailable("Redis is unreachable".into()));
         }
         let pending: Vec<i64> = {
             let fence = inner.fence.lock();
@@ -639,7 +647,10 @@ impl Store for RedisStore {
                 expire: Inner::expiry(req.expire_daily, req.expire_monthly, op.key.window),
             })
             .collect();
-        let inv = scripts::reserve(&ops);
+        if let Some((p, o)) = tenants_of(req.ops.iter().map(|op| &op.key)) {
+            inner.ensure_registered(&tag, &p, o.as_deref()).await;
+        }
+        let inv = scripts::reserve(scripts::calls_key(&inner.keys, &tag, call_id.1), &call_id.0, &ops);
         let call = {
             let inner = inner.clone();
             async move {
@@ -649,12 +660,10 @@ impl Store for RedisStore {
             }
         };
         match guarded(inner.timeout, call).await {
-            Guarded::Done(Ok(outcome)) => {
+            Guarded::Done(Ok(None)) => Err(StoreError::Other(format!("reservation id {} was already applied", call_id.0))),
+            Guarded::Done(Ok(Some(outcome))) => {
                 inner.breaker.success();
                 inner.observe(req, &cells, &outcome);
-                if let Some((p, o)) = tenants_of(req.ops.iter().map(|op| &op.key)) {
-                    inner.register(&tag, &p, o.as_deref());
-                }
                 // The caller sees this replica's view: Redis plus what it has not replayed yet.
                 Ok(match outcome {
                     ReserveOutcome::Admitted { before } => ReserveOutcome::Admitted {
@@ -669,11 +678,11 @@ impl Store for RedisStore {
             Guarded::Done(Err(e)) => {
                 inner.breaker.failure();
                 tracing::debug!(error = %e, "reserve failed");
-                inner.reserve_fallback(req, tag, &cells, None, StoreError::Unavailable(e.to_string()))
+                inner.reserve_fallback(req, tag, &cells, call_id, None, StoreError::Unavailable(e.to_string()))
             }
             Guarded::TimedOut(h) => {
                 inner.breaker.failure();
-                inner.reserve_fallback(req, tag, &cells, Some(h), StoreError::Timeout(inner.timeout))
+                inner.reserve_fallback(req, tag, &cells, call_id, Some(h), StoreError::Timeout(inner.timeout))
             }
         }
     }
@@ -700,6 +709,7 @@ impl Store for RedisStore {
         if inner.breaker.is_open() {
             return journal(None);
         }
+        inner.ensure_registered(&tag, &s.record.profile, s.record.org.as_deref()).await;
         let inv = scripts::apply(&inner.keys, &tag, &entry, false, &inner.apply);
         let call = {
             let inner = inner.clone();
@@ -717,7 +727,6 @@ impl Store for RedisStore {
                         fence.applied(&inner.cell(&tag, key), *delta);
                     }
                 }
-                inner.register(&tag, &s.record.profile, s.record.org.as_deref());
                 Ok(())
             }
             Guarded::Done(Err(e)) => {

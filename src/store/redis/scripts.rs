@@ -99,10 +99,21 @@ pub struct ReserveOp<'a> {
     pub expire: DateTime<Utc>,
 }
 
-/// The arguments of `reserve.lua`.
-pub fn reserve(ops: &[ReserveOp<'_>]) -> Invocation {
+/// Seconds the ids of first calls are kept (`Keys::calls`).
+pub const CALLS_TTL: i64 = 2 * 3600;
+
+/// The key of the ids of calls made in the UTC hour of `created`.
+pub fn calls_key(keys: &Keys, tag: &Tag, created: i64) -> String {
+    keys.calls(tag, &DateTime::from_timestamp(created, 0).unwrap_or_default().format("%Y%m%d%H").to_string())
+}
+
+/// The arguments of `reserve.lua` for the call `id` made at `created` (unix seconds).
+pub fn reserve(calls_key: String, id: &str, ops: &[ReserveOp<'_>]) -> Invocation {
     let mut inv = Invocation::default();
     let mut expiries: Vec<i64> = Vec::new();
+    inv.key(calls_key);
+    inv.arg(id);
+    inv.arg(CALLS_TTL);
     inv.arg(ops.len());
     for op in ops {
         let before = inv.keys.len();
@@ -124,19 +135,21 @@ pub fn reserve(ops: &[ReserveOp<'_>]) -> Invocation {
     inv
 }
 
-/// Decodes the reply of `reserve.lua`.
-pub fn reserve_reply(v: Value) -> RedisResult<ReserveOutcome> {
+/// Decodes the reply of `reserve.lua`; `None` when the call's id was already applied (by
+/// the journal replay of the same reservation).
+pub fn reserve_reply(v: Value) -> RedisResult<Option<ReserveOutcome>> {
     let items: Vec<Value> = FromRedisValue::from_redis_value(v)?;
     let int = |v: &Value| -> RedisResult<i64> { Ok(i64::from_redis_value_ref(v)?) };
     let bad = || redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "unexpected reply from reserve.lua"));
     match items.first().map(int).transpose()? {
-        Some(1) => Ok(ReserveOutcome::Admitted {
+        Some(1) => Ok(Some(ReserveOutcome::Admitted {
             before: items[1..].iter().map(int).collect::<RedisResult<_>>()?,
-        }),
-        Some(0) if items.len() == 3 => Ok(ReserveOutcome::Refused {
+        })),
+        Some(0) if items.len() == 3 => Ok(Some(ReserveOutcome::Refused {
             index: usize::try_from(int(&items[1])?).map_err(|_| bad())?,
             current: int(&items[2])?,
-        }),
+        })),
+        Some(2) => Ok(None),
         _ => Err(bad()),
     }
 }
@@ -177,9 +190,9 @@ pub struct ApplyParams {
     pub dedupe_ttl: i64,
 }
 
-/// The arguments of `apply.lua` for `entry`; with `dedupe`, the entry's id is recorded and
-/// the entry applied only once.
-pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, dedupe: bool, p: &ApplyParams) -> Invocation {
+/// The arguments of `apply.lua` for `entry`, as its first call or (`replay`) as a replay
+/// from the journal; either way it is applied once.
+pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, replay: bool, p: &ApplyParams) -> Invocation {
     let mut inv = Invocation::default();
     let mut expiries: Vec<(usize, i64)> = Vec::new();
     let mut expire = |inv: &mut Invocation, key: String, at: i64| {
@@ -190,14 +203,16 @@ pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, dedupe: bool, p: &ApplyParam
         }
         idx
     };
-    if dedupe {
+    inv.key(calls_key(keys, tag, entry.created));
+    inv.arg(&entry.id);
+    inv.arg(CALLS_TTL);
+    if replay {
         let day = DateTime::from_timestamp(entry.created, 0).unwrap_or_default().format("%Y-%m-%d").to_string();
         inv.key(keys.applied(tag, &day));
-        inv.arg(&entry.id);
+        inv.arg(p.dedupe_ttl);
     } else {
         inv.arg("");
     }
-    inv.arg(p.dedupe_ttl);
 
     let counters: Vec<_> = entry.counters.iter().filter(|(_, d)| *d != 0).collect();
     inv.arg(counters.len());
@@ -318,13 +333,15 @@ mod tests {
                 expire: far,
             },
         ];
-        let inv = reserve(&ops);
+        let inv = reserve("calls".into(), "id-1", &ops);
         let (keys, args) = inv.parts();
-        assert_eq!(keys, ["k1", "k2"]);
+        assert_eq!(keys, ["calls", "k1", "k2"]);
         let far_s = far.timestamp().to_string();
         assert_eq!(
             args,
-            ["3", "1", "cost", "5", "10", "1", "requests", "1", "", "2", "cost", "5", "", far_s.as_str(), far_s.as_str()]
+            [
+                "id-1", "7200", "3", "2", "cost", "5", "10", "2", "requests", "1", "", "3", "cost", "5", "", far_s.as_str(), far_s.as_str()
+            ]
         );
     }
 
@@ -365,26 +382,29 @@ mod tests {
         let inv = apply(&keys, &tag, &entry, true, &p);
         let (k, a) = inv.parts();
         assert!(k.iter().all(|k| k.contains("{o:acme}")), "{k:?}");
-        assert!(k[0].starts_with("sg:{o:acme}:j:"));
-        assert_eq!(&a[..3], ["id-1", "60", "1"], "zero deltas are skipped");
+        assert!(k[0].starts_with("sg:{o:acme}:n:"));
+        assert!(k[1].starts_with("sg:{o:acme}:j:"));
+        assert_eq!(&a[..4], ["id-1", "7200", "60", "1"], "zero deltas are skipped");
         assert!(a.contains(&"m:cost:m:x".to_string()));
         assert!(a.contains(&"p:requests:gemini".to_string()));
         assert!(!a.iter().any(|x| x.starts_with("t:chars")), "zero fields are skipped");
         let inv = apply(&keys, &tag, &entry, false, &p);
-        assert_eq!(inv.parts().1[0], "", "no id without dedupe");
+        assert_eq!(inv.parts().1[2], "", "a first call is not a replay");
+        assert!(!inv.parts().0[1].contains(":j:"));
     }
 
     #[test]
     fn decodes_reserve_replies() {
         let admitted = Value::Array(vec![Value::Int(1), Value::BulkString(b"12".to_vec()), Value::BulkString(b"-3".to_vec())]);
-        assert_eq!(reserve_reply(admitted).unwrap(), ReserveOutcome::Admitted { before: vec![12, -3] });
+        assert_eq!(reserve_reply(admitted).unwrap(), Some(ReserveOutcome::Admitted { before: vec![12, -3] }));
+        assert_eq!(reserve_reply(Value::Array(vec![Value::Int(2)])).unwrap(), None);
         let refused = Value::Array(vec![Value::Int(0), Value::Int(4), Value::BulkString(b"9223372036854775807".to_vec())]);
         assert_eq!(
             reserve_reply(refused).unwrap(),
-            ReserveOutcome::Refused {
+            Some(ReserveOutcome::Refused {
                 index: 4,
                 current: i64::MAX
-            }
+            })
         );
         assert!(reserve_reply(Value::Int(3)).is_err());
     }
