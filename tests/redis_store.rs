@@ -104,9 +104,19 @@ async fn reserve_checks_every_counter_exactly_and_applies_all_or_nothing() {
 
     // Beyond 2^53 doubles cannot tell 2^53 from 2^53 + 1; the script compares exactly.
     let big = ck(Scope::Profile, "p2", Window::Daily, day, "tokens");
-    let _: () = ::redis::cmd("HSET").arg("sg:{p:p2}:c:p:p2:d:2027-03-04").arg("tokens").arg(9_007_199_254_740_992i64).query(&mut c).unwrap();
+    let _: () = ::redis::cmd("HSET")
+        .arg("sg:{p:p2}:c:p:p2:d:2027-03-04")
+        .arg("tokens")
+        .arg(9_007_199_254_740_992i64)
+        .query(&mut c)
+        .unwrap();
     let r = reserve_req(vec![op(big.clone(), 1, Some(9_007_199_254_740_993))]);
-    assert_eq!(store.reserve(&r).await.unwrap(), ReserveOutcome::Admitted { before: vec![9_007_199_254_740_992] });
+    assert_eq!(
+        store.reserve(&r).await.unwrap(),
+        ReserveOutcome::Admitted {
+            before: vec![9_007_199_254_740_992]
+        }
+    );
     assert_eq!(
         store.reserve(&r).await.unwrap(),
         ReserveOutcome::Refused {
@@ -116,7 +126,12 @@ async fn reserve_checks_every_counter_exactly_and_applies_all_or_nothing() {
     );
     // Negative values (a settlement larger than the reservation it corrects) compare too.
     let neg = ck(Scope::Profile, "p3", Window::Daily, day, "cost");
-    let _: () = ::redis::cmd("HSET").arg("sg:{p:p3}:c:p:p3:d:2027-03-04").arg("cost").arg(-5).query(&mut c).unwrap();
+    let _: () = ::redis::cmd("HSET")
+        .arg("sg:{p:p3}:c:p:p3:d:2027-03-04")
+        .arg("cost")
+        .arg(-5)
+        .query(&mut c)
+        .unwrap();
     let r = reserve_req(vec![op(neg, 3, Some(-4))]);
     assert_eq!(store.reserve(&r).await.unwrap(), ReserveOutcome::Admitted { before: vec![-5] });
     assert_eq!(store.reserve(&r).await.unwrap(), ReserveOutcome::Refused { index: 0, current: -2 });
@@ -177,10 +192,22 @@ async fn settlements_build_history_with_breakdowns_recent_requests_and_tenants()
     let server = RedisServer::start();
     let store = open_store(&server.url(), "  recent_max: 2\n");
     let day = "2027-03-04";
-    store.settle(&settlement("a", "p1", Some("acme"), "gemini", "gemini-2.5-flash", 100, day)).await.unwrap();
-    store.settle(&settlement("b", "p1", Some("acme"), "elevenlabs", "eleven_v3", 50, day)).await.unwrap();
-    store.settle(&settlement("c", "p1", None, "gemini", "gemini-2.5-flash", 7, "2027-03-05")).await.unwrap();
-    store.settle(&settlement("d", "p2", Some("acme"), "gemini", "gemini-2.5-flash", 1, day)).await.unwrap();
+    store
+        .settle(&settlement("a", "p1", Some("acme"), "gemini", "gemini-2.5-flash", 100, day))
+        .await
+        .unwrap();
+    store
+        .settle(&settlement("b", "p1", Some("acme"), "elevenlabs", "eleven_v3", 50, day))
+        .await
+        .unwrap();
+    store
+        .settle(&settlement("c", "p1", None, "gemini", "gemini-2.5-flash", 7, "2027-03-05"))
+        .await
+        .unwrap();
+    store
+        .settle(&settlement("d", "p2", Some("acme"), "gemini", "gemini-2.5-flash", 1, day))
+        .await
+        .unwrap();
 
     // The profile's data lives under its org's tag and its own; the index finds both.
     let days = vec![day.to_string(), "2027-03-05".to_string()];
@@ -203,7 +230,10 @@ async fn settlements_build_history_with_breakdowns_recent_requests_and_tenants()
 
     assert_eq!(
         store
-            .read(&[ck(Scope::Profile, "p1", Window::Monthly, "2027-03", "cost"), ck(Scope::Org, "acme", Window::Daily, day, "cost")])
+            .read(&[
+                ck(Scope::Profile, "p1", Window::Monthly, "2027-03", "cost"),
+                ck(Scope::Org, "acme", Window::Daily, day, "cost")
+            ])
             .await
             .unwrap(),
         vec![157, 151],
@@ -239,7 +269,10 @@ async fn an_interrupted_replay_does_not_count_twice() {
     server.kill();
     let day = "2027-03-04";
     for i in 0..5 {
-        store.settle(&settlement(&format!("s{i}"), "p1", Some("acme"), "gemini", "m", 100, day)).await.unwrap();
+        store
+            .settle(&settlement(&format!("s{i}"), "p1", Some("acme"), "gemini", "m", 100, day))
+            .await
+            .unwrap();
     }
     assert_eq!(store.journal_len(), 5);
     store.flush().await.unwrap();
@@ -315,7 +348,11 @@ async fn outage_open_forwards_everything_and_replays_its_cost_once() {
 
     // During the outage: every request is forwarded.
     let during = futures_util::future::join_all((0..20).map(|_| tts(&p, "p-out"))).await;
-    assert!(during.iter().all(|g| g.status == 200), "{:?}", during.iter().map(|g| g.status).collect::<Vec<_>>());
+    assert!(
+        during.iter().all(|g| g.status == 200),
+        "{:?}",
+        during.iter().map(|g| g.status).collect::<Vec<_>>()
+    );
     assert_eq!(mock.count(), 23);
     p.handle.settled().await;
 
@@ -414,7 +451,10 @@ async fn a_full_journal_refuses_even_when_open() {
     let key = format!("sg:{{p:p-full}}:c:p:p-full:m:{}", this_month());
     let hist = format!("sg:{{p:p-full}}:h:p:p-full:m:{}", this_month());
     let mut c = server.conn();
-    eventually("the journal is replayed", || hget(&mut c, &key, "cost") == 3 * PRICE && hget(&mut c, &hist, "t:requests") == 3).await;
+    eventually("the journal is replayed", || {
+        hget(&mut c, &key, "cost") == 3 * PRICE && hget(&mut c, &hist, "t:requests") == 3
+    })
+    .await;
     p.handle.shutdown().await;
 }
 
@@ -439,7 +479,10 @@ async fn a_slow_redis_hits_the_timeout_and_a_late_success_counts_once() {
     // settlement are in Redis once, and their journal entries were withdrawn.
     let key = format!("sg:{{p:p-slow}}:c:p:p-slow:m:{}", this_month());
     let hist = format!("sg:{{p:p-slow}}:h:p:p-slow:m:{}", this_month());
-    eventually("the late calls land", || hget(&mut c, &key, "cost") == 2 * PRICE && hget(&mut c, &hist, "t:requests") == 2).await;
+    eventually("the late calls land", || {
+        hget(&mut c, &key, "cost") == 2 * PRICE && hget(&mut c, &hist, "t:requests") == 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(hget(&mut c, &key, "cost"), 2 * PRICE);
     assert_eq!(hget(&mut c, &hist, "t:requests"), 2);
@@ -511,4 +554,23 @@ async fn calendar_rolls_over_at_the_zones_midnight_and_old_buckets_stay() {
     assert_eq!(h.days["2027-02-01"].requests, 2);
     assert_eq!(h.days["2027-01"].cost_nanos, 2 * PRICE);
     p.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let files = common::redis::TlsFiles::generate();
+    let server = common::redis::RedisServer::start_tls(&files);
+    let url = format!("rediss://127.0.0.1:{}/0", server.port);
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 100}\n";
+    let extra = format!("  tls_ca_file: \"{}\"\n", files.ca.display());
+    let p = start_proxy(&proxy_yaml(&url, &extra, limits), &mock.url()).await;
+    assert_eq!(p.client.get(&p.admin_url("/readyz"), &[]).await.status, 200);
+    assert_eq!(tts(&p, "p-tls").await.status, 200);
+    assert_eq!(monthly_cost(&p, "p-tls").await, PRICE);
+    p.handle.shutdown().await;
+
+    // The public roots do not know this CA: the handshake fails and the store is unreachable.
+    let untrusted = open_store(&url, "");
+    assert!(untrusted.ping().await.is_err());
 }

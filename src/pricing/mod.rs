@@ -152,7 +152,7 @@ impl ModelTable {
             rates: Rates::from_spec(spec),
             specificity,
         });
-        self.0.sort_by(|a, b| b.specificity.cmp(&a.specificity));
+        self.0.sort_by_key(|b| std::cmp::Reverse(b.specificity));
         Ok(())
     }
 

@@ -292,7 +292,7 @@ impl Seen {
     }
 
     fn record(&mut self, r: Record) {
-        let parse = |k: &str| r.get(k).map(|v| serde_json::from_slice::<Value>(v));
+        let parse = |k: &str| r.get(k).map(serde_json::from_slice::<Value>);
         let chunk = Chunk {
             usage_metadata: match r.get("usageMetadata").map(serde_json::from_slice::<UsageMetadata>) {
                 Some(Ok(u)) => Some(u),

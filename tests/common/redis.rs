@@ -33,8 +33,14 @@ pub struct RedisServer {
 }
 
 fn spawn(port: u16, dir: &Path, extra: &[String]) -> Child {
-    Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    // With TLS the plain port is off and `port` is the TLS port.
+    let mut cmd = Command::new("redis-server");
+    if extra.iter().any(|a| a == "--tls-cert-file") {
+        cmd.args(["--port", "0", "--tls-port", &port.to_string()]);
+    } else {
+        cmd.args(["--port", &port.to_string()]);
+    }
+    cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
         .args(extra)
@@ -44,7 +50,15 @@ fn spawn(port: u16, dir: &Path, extra: &[String]) -> Child {
         .expect("redis-server is installed (Debian package redis-server)")
 }
 
-fn wait_ready(port: u16) {
+fn wait_ready(port: u16, tls: bool) {
+    if tls {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server (TLS) on port {port} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        return;
+    }
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -70,13 +84,35 @@ impl RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = spawn(port, dir.path(), &extra);
-        wait_ready(port);
+        wait_ready(port, extra.iter().any(|a| a == "--tls-cert-file"));
         RedisServer {
             port,
             extra,
             child: Some(child),
             dir,
         }
+    }
+
+    /// A server that speaks only TLS, with the certificate and key of [`TlsFiles`].
+    pub fn start_tls(files: &TlsFiles) -> RedisServer {
+        let (cert, key, ca) = (
+            files.cert.display().to_string(),
+            files.key.display().to_string(),
+            files.ca.display().to_string(),
+        );
+        Self::start_with(
+            free_port(),
+            &[
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+        )
     }
 
     pub fn url(&self) -> String {
@@ -114,7 +150,7 @@ impl RedisServer {
             }
             assert!(Instant::now() < deadline, "redis-server could not restart on port {}", self.port);
         }
-        wait_ready(self.port);
+        wait_ready(self.port, self.extra.iter().any(|a| a == "--tls-cert-file"));
     }
 }
 
@@ -135,7 +171,14 @@ impl RedisCluster {
             .map(|_| {
                 RedisServer::start_with(
                     free_cluster_port(),
-                    &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"],
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "5000",
+                    ],
                 )
             })
             .collect();
@@ -146,7 +189,11 @@ impl RedisCluster {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli is installed (Debian package redis-tools)");
-        assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         // Every node must agree that the cluster is up before clients use it.
         let deadline = Instant::now() + Duration::from_secs(20);
         for n in &nodes {
@@ -181,5 +228,83 @@ impl RedisCluster {
                 keys.iter().any(|k| redis::cmd("EXISTS").arg(k).query::<i64>(&mut c).is_ok_and(|e| e > 0))
             })
             .count()
+    }
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1 (made with the `openssl` CLI).
+pub struct TlsFiles {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl TlsFiles {
+    pub fn generate() -> TlsFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl is installed (Debian package openssl)");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=spendgate test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        TlsFiles {
+            ca: d.join("ca.pem"),
+            cert: d.join("server.pem"),
+            key: d.join("server.key"),
+            _dir: dir,
+        }
     }
 }

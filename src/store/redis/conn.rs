@@ -122,6 +122,9 @@ mod tests {
         assert!(open("redis://127.0.0.1:1/0", false, None).is_ok());
         assert!(open("redis://127.0.0.1:1", true, None).is_ok());
         assert!(matches!(open("nonsense://x", false, None), Err(StoreError::Other(_))));
-        assert!(matches!(open("rediss://x", false, Some(Path::new("/nonexistent/ca.pem"))), Err(StoreError::Other(_))));
+        assert!(matches!(
+            open("rediss://x", false, Some(Path::new("/nonexistent/ca.pem"))),
+            Err(StoreError::Other(_))
+        ));
     }
 }

@@ -170,7 +170,11 @@ mod tests {
         assert_eq!(f.reserve(&[op(30)]), ReserveOutcome::Admitted { before: vec![60] });
         assert_eq!(f.reserve(&[op(30)]), ReserveOutcome::Admitted { before: vec![90] });
         assert_eq!(f.reserve(&[op(30)]), ReserveOutcome::Refused { index: 0, current: 120 });
-        assert_eq!(f.reserve(&[op(0)]), ReserveOutcome::Admitted { before: vec![120] }, "a zero amount is never refused");
+        assert_eq!(
+            f.reserve(&[op(0)]),
+            ReserveOutcome::Admitted { before: vec![120] },
+            "a zero amount is never refused"
+        );
         assert_eq!(f.pending(&cost), 60);
         // The replay moves the local amounts into the read value.
         f.replayed(&cost, 60);

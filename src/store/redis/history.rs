@@ -190,7 +190,7 @@ impl Inner {
                 records.extend(items.iter().filter_map(|s| serde_json::from_str::<UsageRecord>(s).ok()));
             }
         }
-        records.sort_by(|a, b| b.at.cmp(&a.at));
+        records.sort_by_key(|r| std::cmp::Reverse(r.at));
         records.truncate(recent);
         out.recent = records;
         Ok(out)
@@ -203,7 +203,11 @@ impl Inner {
         let mut ids: Vec<String> = self
             .timed(
                 "tenants",
-                redis::cmd("ZRANGEBYSCORE").arg(self.keys.registry(scope)).arg(since).arg("+inf").query_async(&mut c),
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.keys.registry(scope))
+                    .arg(since)
+                    .arg("+inf")
+                    .query_async(&mut c),
             )
             .await?;
         ids.sort();

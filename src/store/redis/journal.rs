@@ -39,7 +39,7 @@ pub struct Entry {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Line {
-    Add(Entry),
+    Add(Box<Entry>),
     Done(String),
 }
 
@@ -85,7 +85,7 @@ impl Journal {
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             for (i, line) in lines.iter().enumerate() {
                 match serde_json::from_str::<Line>(line) {
-                    Ok(Line::Add(e)) => j.insert(e, false),
+                    Ok(Line::Add(e)) => j.insert(*e, false),
                     Ok(Line::Done(id)) => {
                         j.remove(&id);
                     }
@@ -104,14 +104,7 @@ impl Journal {
             return;
         }
         self.index.insert(entry.id.clone(), self.next);
-        self.slots.insert(
-            self.next,
-            Slot {
-                entry,
-                in_flight,
-                failures: 0,
-            },
-        );
+        self.slots.insert(self.next, Slot { entry, in_flight, failures: 0 });
         self.next += 1;
     }
 
@@ -151,7 +144,7 @@ impl Journal {
             return Err(Full);
         }
         let written = match &mut self.file {
-            Some(f) => f.append(&Line::Add(entry.clone())),
+            Some(f) => f.append(&Line::Add(Box::new(entry.clone()))),
             None => Ok(()),
         };
         self.insert(entry, in_flight);
@@ -212,7 +205,7 @@ impl JournalFile {
         let mut bytes = Vec::new();
         let mut lines = 0;
         for e in entries {
-            serde_json::to_writer(&mut bytes, &Line::Add(e.clone()))?;
+            serde_json::to_writer(&mut bytes, &Line::Add(Box::new(e.clone())))?;
             bytes.push(b'\n');
             lines += 1;
         }
@@ -284,7 +277,11 @@ mod tests {
         assert!(!j.has_room_for_reservation(), "the last quarter is kept for settlements");
         j.push(entry("b"), true).unwrap().unwrap();
         assert!(j.push(entry("c"), false).is_err());
-        assert_eq!(j.replayable(10).iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["a"], "in-flight entries wait");
+        assert_eq!(
+            j.replayable(10).iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["a"],
+            "in-flight entries wait"
+        );
         j.release("b");
         assert_eq!(j.replayable(10).len(), 2);
         assert!(j.complete("a").is_some());

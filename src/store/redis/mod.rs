@@ -138,7 +138,13 @@ fn is_connection_problem(e: &RedisError) -> bool {
         || matches!(
             e.kind(),
             ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain | ServerErrorKind::ClusterDown | ServerErrorKind::MasterDown | ServerErrorKind::ReadOnly)
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
         )
 }
 
@@ -193,7 +199,10 @@ impl RedisStore {
             }
         }
         if !journal.is_empty() {
-            tracing::info!(entries = journal.len(), "the journal holds entries from an earlier run; they will be replayed into Redis");
+            tracing::info!(
+                entries = journal.len(),
+                "the journal holds entries from an earlier run; they will be replayed into Redis"
+            );
         }
         let inner = Arc::new(Inner {
             conn,
@@ -429,7 +438,6 @@ impl Inner {
     }
 
     /// `reserve` when Redis did not answer: 503 in closed mode, the fence in open mode.
-    #[allow(clippy::too_many_arguments)]
     fn reserve_fallback(
         self: &Arc<Self>,
         req: &ReserveRequest,

@@ -340,7 +340,23 @@ mod tests {
         assert_eq!(
             args,
             [
-                "id-1", "7200", "3", "2", "cost", "5", "10", "2", "requests", "1", "", "3", "cost", "5", "", far_s.as_str(), far_s.as_str()
+                "id-1",
+                "7200",
+                "3",
+                "2",
+                "cost",
+                "5",
+                "10",
+                "2",
+                "requests",
+                "1",
+                "",
+                "3",
+                "cost",
+                "5",
+                "",
+                far_s.as_str(),
+                far_s.as_str()
             ]
         );
     }
@@ -354,7 +370,10 @@ mod tests {
             id: "id-1".into(),
             tag: tag.as_str().into(),
             created: Utc::now().timestamp(),
-            counters: vec![(ck(Scope::Profile, "p1", Window::Daily, "cost"), -3), (ck(Scope::Org, "acme", Window::Monthly, "cost"), 0)],
+            counters: vec![
+                (ck(Scope::Profile, "p1", Window::Daily, "cost"), -3),
+                (ck(Scope::Org, "acme", Window::Monthly, "cost"), 0),
+            ],
             expire_daily: far,
             expire_monthly: far,
             record: Some(UsageRecord {
@@ -399,13 +418,7 @@ mod tests {
         assert_eq!(reserve_reply(admitted).unwrap(), Some(ReserveOutcome::Admitted { before: vec![12, -3] }));
         assert_eq!(reserve_reply(Value::Array(vec![Value::Int(2)])).unwrap(), None);
         let refused = Value::Array(vec![Value::Int(0), Value::Int(4), Value::BulkString(b"9223372036854775807".to_vec())]);
-        assert_eq!(
-            reserve_reply(refused).unwrap(),
-            Some(ReserveOutcome::Refused {
-                index: 4,
-                current: i64::MAX
-            })
-        );
+        assert_eq!(reserve_reply(refused).unwrap(), Some(ReserveOutcome::Refused { index: 4, current: i64::MAX }));
         assert!(reserve_reply(Value::Int(3)).is_err());
     }
 }
