@@ -279,6 +279,15 @@ impl Inner {
         format!("{kind}-{}-{:x}", self.boot, self.seq.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// A call failed: count it towards the breaker; once it trips, wake the background task
+    /// so that it starts probing for Redis's return at once.
+    fn failed(&self) {
+        self.breaker.failure();
+        if self.breaker.is_open() {
+            self.wake.notify_one();
+        }
+    }
+
     fn cell(&self, tag: &Tag, key: &CounterKey) -> Cell {
         (self.keys.counter(tag, key), key.field.clone())
     }
@@ -573,7 +582,7 @@ impl Inner {
                 }
             }
             if let Some(e) = unreachable {
-                self.breaker.failure();
+                self.failed();
                 return Err(StoreError::Unavailable(e.to_string()));
             }
             if !progress {
@@ -668,7 +677,16 @@ impl Store for RedisStore {
             }
         };
         match guarded(inner.timeout, call).await {
-            Guarded::Done(Ok(None)) => Err(StoreError::Other(format!("reservation id {} was already applied", call_id.0))),
+            // The id is already recorded: an earlier attempt of this very call (a client retry
+            // after a dropped connection) was admitted and applied. Only `before` is unknown;
+            // this replica's view stands in for it.
+            Guarded::Done(Ok(None)) => {
+                inner.breaker.success();
+                let fence = inner.fence.lock();
+                Ok(ReserveOutcome::Admitted {
+                    before: cells.iter().map(|c| fence.value(c)).collect(),
+                })
+            }
             Guarded::Done(Ok(Some(outcome))) => {
                 inner.breaker.success();
                 inner.observe(req, &cells, &outcome);
@@ -684,12 +702,12 @@ impl Store for RedisStore {
                 })
             }
             Guarded::Done(Err(e)) => {
-                inner.breaker.failure();
+                inner.failed();
                 tracing::debug!(error = %e, "reserve failed");
                 inner.reserve_fallback(req, tag, &cells, call_id, None, StoreError::Unavailable(e.to_string()))
             }
             Guarded::TimedOut(h) => {
-                inner.breaker.failure();
+                inner.failed();
                 inner.reserve_fallback(req, tag, &cells, call_id, Some(h), StoreError::Timeout(inner.timeout))
             }
         }
@@ -738,12 +756,12 @@ impl Store for RedisStore {
                 Ok(())
             }
             Guarded::Done(Err(e)) => {
-                inner.breaker.failure();
+                inner.failed();
                 tracing::debug!(error = %e, "settle failed; journaled");
                 journal(None)
             }
             Guarded::TimedOut(h) => {
-                inner.breaker.failure();
+                inner.failed();
                 journal(Some(h))
             }
         }
