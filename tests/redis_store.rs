@@ -62,6 +62,12 @@ fn hget(c: &mut ::redis::Connection, key: &str, field: &str) -> i64 {
     ::redis::cmd("HGET").arg(key).arg(field).query::<Option<i64>>(c).unwrap().unwrap_or(0)
 }
 
+/// A metric's total in a history hash (fields are `<metric>|<provider>|<model>`).
+fn hist_total(c: &mut ::redis::Connection, key: &str, metric: &str) -> i64 {
+    let fields: Vec<(String, i64)> = ::redis::cmd("HGETALL").arg(key).query(c).unwrap();
+    fields.iter().filter(|(f, _)| f.split('|').next() == Some(metric)).map(|(_, v)| v).sum()
+}
+
 async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !ok() {
@@ -240,10 +246,14 @@ async fn settlements_build_history_with_breakdowns_recent_requests_and_tenants()
         "a profile's counters are summed over its tags"
     );
     let mut c = server.conn();
-    assert_eq!(hget(&mut c, "sg:{o:acme}:h:p:p1:d:2027-03-04", "t:cost"), 150);
-    assert_eq!(hget(&mut c, "sg:{o:acme}:h:o:acme:m:2027-03", "m:requests:gemini-2.5-flash"), 2);
+    assert_eq!(hist_total(&mut c, "sg:{o:acme}:h:p:p1:d:2027-03-04", "cost"), 150);
+    assert_eq!(hget(&mut c, "sg:{o:acme}:h:o:acme:m:2027-03", "requests|gemini|gemini-2.5-flash"), 2);
     let ttl: i64 = ::redis::cmd("TTL").arg("sg:{o:acme}:h:p:p1:d:2027-03-04").query(&mut c).unwrap();
     assert!(ttl > 390 * 86_400, "daily history is kept 400 days: {ttl}");
+    let ttl: i64 = ::redis::cmd("TTL").arg("sg:{o:acme}:c:p:p1:d:2027-03-04").query(&mut c).unwrap();
+    assert!(ttl > 50 * 86_400, "a counter hash made by a settlement gets its expiry too: {ttl}");
+    let ttl: i64 = ::redis::cmd("TTL").arg("sg:{o:acme}:r:p:p1").query(&mut c).unwrap();
+    assert!(ttl > 390 * 86_400, "{ttl}");
 
     // The registries are written in the background.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -287,7 +297,7 @@ async fn an_interrupted_replay_does_not_count_twice() {
     let cost_key = "sg:{o:acme}:c:p:p1:d:2027-03-04";
     let hist_key = "sg:{o:acme}:h:o:acme:d:2027-03-04";
     assert_eq!(hget(&mut c, cost_key, "cost"), 500);
-    assert_eq!(hget(&mut c, hist_key, "t:requests"), 5);
+    assert_eq!(hist_total(&mut c, hist_key, "requests"), 5);
     drop(store);
 
     std::fs::write(&journal, &before_replay).unwrap();
@@ -295,7 +305,7 @@ async fn an_interrupted_replay_does_not_count_twice() {
     assert_eq!(store.journal_len(), 5, "the entries are read back from the file");
     eventually("the journal is replayed again", || store.journal_len() == 0).await;
     assert_eq!(hget(&mut c, cost_key, "cost"), 500, "replayed entries are not applied twice");
-    assert_eq!(hget(&mut c, hist_key, "t:requests"), 5);
+    assert_eq!(hist_total(&mut c, hist_key, "requests"), 5);
     let recent: i64 = ::redis::cmd("LLEN").arg("sg:{o:acme}:r:o:acme").query(&mut c).unwrap();
     assert_eq!(recent, 5);
     assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0, "an empty journal leaves an empty file");
@@ -362,11 +372,11 @@ async fn outage_open_forwards_everything_and_replays_its_cost_once() {
     let mut c = server.conn();
     eventually("the outage's cost reaches Redis", || hget(&mut c, &key, "cost") == 20 * PRICE).await;
     let hist = format!("sg:{{p:p-out}}:h:p:p-out:m:{}", this_month());
-    eventually("the outage's history reaches Redis", || hget(&mut c, &hist, "t:requests") == 20).await;
+    eventually("the outage's history reaches Redis", || hist_total(&mut c, &hist, "requests") == 20).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hget(&mut c, &key, "cost"), 20 * PRICE, "exactly once");
     assert_eq!(hget(&mut c, &key, "requests"), 20);
-    assert_eq!(hget(&mut c, &hist, "t:cost"), 20 * PRICE);
+    assert_eq!(hist_total(&mut c, &hist, "cost"), 20 * PRICE);
 
     // And Redis is used again directly.
     assert_eq!(tts(&p, "p-out").await.status, 200);
@@ -452,7 +462,7 @@ async fn a_full_journal_refuses_even_when_open() {
     let hist = format!("sg:{{p:p-full}}:h:p:p-full:m:{}", this_month());
     let mut c = server.conn();
     eventually("the journal is replayed", || {
-        hget(&mut c, &key, "cost") == 3 * PRICE && hget(&mut c, &hist, "t:requests") == 3
+        hget(&mut c, &key, "cost") == 3 * PRICE && hist_total(&mut c, &hist, "requests") == 3
     })
     .await;
     p.handle.shutdown().await;
@@ -480,12 +490,12 @@ async fn a_slow_redis_hits_the_timeout_and_a_late_success_counts_once() {
     let key = format!("sg:{{p:p-slow}}:c:p:p-slow:m:{}", this_month());
     let hist = format!("sg:{{p:p-slow}}:h:p:p-slow:m:{}", this_month());
     eventually("the late calls land", || {
-        hget(&mut c, &key, "cost") == 2 * PRICE && hget(&mut c, &hist, "t:requests") == 2
+        hget(&mut c, &key, "cost") == 2 * PRICE && hist_total(&mut c, &hist, "requests") == 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(hget(&mut c, &key, "cost"), 2 * PRICE);
-    assert_eq!(hget(&mut c, &hist, "t:requests"), 2);
+    assert_eq!(hist_total(&mut c, &hist, "requests"), 2);
     p.handle.shutdown().await;
 }
 

@@ -13,7 +13,7 @@ use chrono::{NaiveDate, Utc};
 use redis::{FromRedisValue, Value};
 
 use super::keys::Tag;
-use super::scripts::set_metric;
+use super::scripts::add_metric;
 use super::Inner;
 use crate::quota::limit::Scope;
 use crate::store::{CounterKey, History, StoreError, Totals, UsageRecord};
@@ -215,14 +215,13 @@ impl Inner {
     }
 }
 
-/// Adds one history field (`t:<metric>`, `p:<metric>:<provider>`, `m:<metric>:<model>`).
+/// Adds one history field (`<metric>|<provider>|<model>`) to the totals and breakdowns.
 fn add_field(day: &mut Totals, by_provider: &mut BTreeMap<String, Totals>, by_model: &mut BTreeMap<String, Totals>, field: &str, v: i64) {
-    let mut parts = field.splitn(3, ':');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("t"), Some(metric), None) => set_metric(day, metric, v),
-        (Some("p"), Some(metric), Some(name)) => set_metric(by_provider.entry(name.to_string()).or_default(), metric, v),
-        (Some("m"), Some(metric), Some(name)) => set_metric(by_model.entry(name.to_string()).or_default(), metric, v),
-        _ => {}
+    let mut parts = field.splitn(3, '|');
+    if let (Some(metric), Some(provider), Some(model)) = (parts.next(), parts.next(), parts.next()) {
+        add_metric(day, metric, v);
+        add_metric(by_provider.entry(provider.to_string()).or_default(), metric, v);
+        add_metric(by_model.entry(model.to_string()).or_default(), metric, v);
     }
 }
 
@@ -231,15 +230,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_split_at_the_first_two_colons() {
+    fn fields_give_totals_and_both_breakdowns() {
         let mut day = Totals::default();
         let (mut p, mut m) = (BTreeMap::new(), BTreeMap::new());
-        add_field(&mut day, &mut p, &mut m, "t:cost", 5);
-        add_field(&mut day, &mut p, &mut m, "m:in:models/gemini:2.5", 7);
-        add_field(&mut day, &mut p, &mut m, "p:requests:gemini", 1);
-        add_field(&mut day, &mut p, &mut m, "x:junk", 1);
-        assert_eq!(day.cost_nanos, 5);
-        assert_eq!(m["models/gemini:2.5"].input_tokens, 7);
-        assert_eq!(p["gemini"].requests, 1);
+        add_field(&mut day, &mut p, &mut m, "cost|gemini|models/gemini:2.5|x", 5);
+        add_field(&mut day, &mut p, &mut m, "cost|vertex|imagen", 2);
+        add_field(&mut day, &mut p, &mut m, "in|gemini|models/gemini:2.5|x", 7);
+        add_field(&mut day, &mut p, &mut m, "junk", 1);
+        assert_eq!(day.cost_nanos, 7);
+        assert_eq!(day.input_tokens, 7);
+        assert_eq!(p["gemini"].cost_nanos, 5);
+        assert_eq!(m["models/gemini:2.5|x"].input_tokens, 7);
+        assert_eq!(m["imagen"].cost_nanos, 2);
     }
 }

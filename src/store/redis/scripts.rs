@@ -107,30 +107,35 @@ pub fn calls_key(keys: &Keys, tag: &Tag, created: i64) -> String {
     keys.calls(tag, &DateTime::from_timestamp(created, 0).unwrap_or_default().format("%Y%m%d%H").to_string())
 }
 
-/// The arguments of `reserve.lua` for the call `id` made at `created` (unix seconds).
+/// The arguments of `reserve.lua` for the call `id` (recorded in `calls_key`).
 pub fn reserve(calls_key: String, id: &str, ops: &[ReserveOp<'_>]) -> Invocation {
     let mut inv = Invocation::default();
-    let mut expiries: Vec<i64> = Vec::new();
     inv.key(calls_key);
-    inv.arg(id);
-    inv.arg(CALLS_TTL);
-    inv.arg(ops.len());
-    for op in ops {
-        let before = inv.keys.len();
-        let idx = inv.key(op.key.to_string());
-        if inv.keys.len() > before {
-            expiries.push(expire_at(op.expire));
-        }
-        inv.arg(idx);
-        inv.arg(op.field);
-        inv.arg(op.amount);
-        match op.max {
-            Some(m) => inv.arg(m),
-            None => inv.arg(""),
+    // One group per counter hash, in order of first appearance.
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        match groups.iter_mut().find(|(k, _)| *k == op.key) {
+            Some(g) => g.1.push(i),
+            None => groups.push((op.key, vec![i])),
         }
     }
-    for e in expiries {
-        inv.arg(e);
+    inv.arg(id);
+    inv.arg(CALLS_TTL);
+    inv.arg(groups.len());
+    for (key, members) in &groups {
+        inv.key(key.to_string());
+        inv.arg(expire_at(ops[members[0]].expire));
+        inv.arg(members.len());
+        for &i in members {
+            let op = &ops[i];
+            inv.arg(i);
+            inv.arg(op.field);
+            inv.arg(op.amount);
+            match op.max {
+                Some(m) => inv.arg(m),
+                None => inv.arg(""),
+            }
+        }
     }
     inv
 }
@@ -154,10 +159,10 @@ pub fn reserve_reply(v: Value) -> RedisResult<Option<ReserveOutcome>> {
     }
 }
 
-/// History fields: `t:<metric>` for the totals, `p:<metric>:<provider>` and
-/// `m:<metric>:<model>` for the breakdowns.
-pub const METRICS: [&str; 6] = ["requests", "cost", "in", "out", "cached", "chars"];
-
+/// The metrics of a history hash. Its fields are `<metric>|<provider>|<model>` (provider
+/// names cannot contain `|`; the model is the rest of the field): the totals and the
+/// per-provider and per-model breakdowns are sums over them, so one field per metric and
+/// request is written instead of three.
 pub fn totals_fields(t: &Totals) -> [(&'static str, i64); 6] {
     [
         ("requests", t.requests),
@@ -169,16 +174,17 @@ pub fn totals_fields(t: &Totals) -> [(&'static str, i64); 6] {
     ]
 }
 
-pub fn set_metric(t: &mut Totals, metric: &str, v: i64) {
-    match metric {
-        "requests" => t.requests += v,
-        "cost" => t.cost_nanos += v,
-        "in" => t.input_tokens += v,
-        "out" => t.output_tokens += v,
-        "cached" => t.cached_tokens += v,
-        "chars" => t.characters += v,
-        _ => {}
-    }
+pub fn add_metric(t: &mut Totals, metric: &str, v: i64) {
+    let slot = match metric {
+        "requests" => &mut t.requests,
+        "cost" => &mut t.cost_nanos,
+        "in" => &mut t.input_tokens,
+        "out" => &mut t.output_tokens,
+        "cached" => &mut t.cached_tokens,
+        "chars" => &mut t.characters,
+        _ => return,
+    };
+    *slot = slot.saturating_add(v);
 }
 
 /// What `apply.lua` needs beyond the entry.
@@ -194,15 +200,6 @@ pub struct ApplyParams {
 /// from the journal; either way it is applied once.
 pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, replay: bool, p: &ApplyParams) -> Invocation {
     let mut inv = Invocation::default();
-    let mut expiries: Vec<(usize, i64)> = Vec::new();
-    let mut expire = |inv: &mut Invocation, key: String, at: i64| {
-        let before = inv.keys.len();
-        let idx = inv.key(key);
-        if inv.keys.len() > before {
-            expiries.push((idx, at));
-        }
-        idx
-    };
     inv.key(calls_key(keys, tag, entry.created));
     inv.arg(&entry.id);
     inv.arg(CALLS_TTL);
@@ -221,20 +218,18 @@ pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, replay: bool, p: &ApplyParam
             Window::Daily => entry.expire_daily,
             Window::Monthly => entry.expire_monthly,
         };
-        let idx = expire(&mut inv, keys.counter(tag, key), expire_at(DateTime::from_timestamp(at, 0).unwrap_or_default()));
+        let idx = inv.key(keys.counter(tag, key));
         inv.arg(idx);
         inv.arg(&key.field);
         inv.arg(delta);
+        inv.arg(expire_at(DateTime::from_timestamp(at, 0).unwrap_or_default()));
     }
 
     let Some(rec) = &entry.record else {
-        for n in [0, 0] {
-            inv.arg(n);
+        // No history: no history keys, no fields, no lists, an empty record.
+        for a in ["0", "0", "0", "", "1"] {
+            inv.arg(a);
         }
-        inv.arg(0);
-        inv.arg("");
-        inv.arg(1);
-        push_expiries(&mut inv, expiries);
         return inv;
     };
     let day = NaiveDate::parse_from_str(&rec.day, "%Y-%m-%d").unwrap_or_else(|_| rec.at.date_naive());
@@ -243,44 +238,32 @@ pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, replay: bool, p: &ApplyParam
     let day_expiry = expire_at(utc_midnight(day) + Duration::days(2 + i64::from(p.daily_days)));
     let month_expiry = expire_at(utc_midnight(first_of_next_month(day)) + Duration::days(1 + 31 * i64::from(p.monthly_months)));
     let recent_expiry = expire_at(Utc::now() + Duration::days(i64::from(p.daily_days)));
-    let tenants = std::iter::once((Scope::Profile, rec.profile.as_str())).chain(rec.org.as_deref().map(|o| (Scope::Org, o)));
-    let mut hist = Vec::new();
-    let mut lists = Vec::new();
-    for (scope, id) in tenants {
-        hist.push(expire(&mut inv, keys.history(tag, scope, id, &day_id), day_expiry));
-        hist.push(expire(&mut inv, keys.history(tag, scope, id, &month_id), month_expiry));
-        lists.push(expire(&mut inv, keys.recent(tag, scope, id), recent_expiry));
-    }
-    inv.arg(hist.len());
-    for h in hist {
-        inv.arg(h);
+    let tenants: Vec<(Scope, &str)> = std::iter::once((Scope::Profile, rec.profile.as_str()))
+        .chain(rec.org.as_deref().map(|o| (Scope::Org, o)))
+        .collect();
+    inv.arg(tenants.len() * 2);
+    for (scope, id) in &tenants {
+        for (period, expiry) in [(&day_id, day_expiry), (&month_id, month_expiry)] {
+            let idx = inv.key(keys.history(tag, *scope, id, period));
+            inv.arg(idx);
+            inv.arg(expiry);
+        }
     }
     let fields: Vec<(&str, i64)> = totals_fields(&rec.totals).into_iter().filter(|(_, v)| *v != 0).collect();
-    inv.arg(fields.len() * 3);
+    inv.arg(fields.len());
     for (metric, v) in &fields {
-        inv.arg(format!("t:{metric}"));
-        inv.arg(v);
-        inv.arg(format!("p:{metric}:{}", rec.provider));
-        inv.arg(v);
-        inv.arg(format!("m:{metric}:{}", rec.model));
+        inv.arg(format!("{metric}|{}|{}", rec.provider, rec.model));
         inv.arg(v);
     }
-    inv.arg(lists.len());
-    for l in lists {
-        inv.arg(l);
+    inv.arg(tenants.len());
+    for (scope, id) in &tenants {
+        let idx = inv.key(keys.recent(tag, *scope, id));
+        inv.arg(idx);
+        inv.arg(recent_expiry);
     }
     inv.arg(serde_json::to_string(rec).unwrap_or_default());
     inv.arg(p.recent_max.max(1));
-    push_expiries(&mut inv, expiries);
     inv
-}
-
-fn push_expiries(inv: &mut Invocation, expiries: Vec<(usize, i64)>) {
-    inv.arg(expiries.len());
-    for (idx, at) in expiries {
-        inv.arg(idx);
-        inv.arg(at);
-    }
 }
 
 fn utc_midnight(d: NaiveDate) -> DateTime<Utc> {
@@ -337,27 +320,10 @@ mod tests {
         let (keys, args) = inv.parts();
         assert_eq!(keys, ["calls", "k1", "k2"]);
         let far_s = far.timestamp().to_string();
+        let far_s = far_s.as_str();
         assert_eq!(
             args,
-            [
-                "id-1",
-                "7200",
-                "3",
-                "2",
-                "cost",
-                "5",
-                "10",
-                "2",
-                "requests",
-                "1",
-                "",
-                "3",
-                "cost",
-                "5",
-                "",
-                far_s.as_str(),
-                far_s.as_str()
-            ]
+            ["id-1", "7200", "2", far_s, "2", "0", "cost", "5", "10", "1", "requests", "1", "", far_s, "1", "2", "cost", "5", ""]
         );
     }
 
@@ -404,9 +370,10 @@ mod tests {
         assert!(k[0].starts_with("sg:{o:acme}:n:"));
         assert!(k[1].starts_with("sg:{o:acme}:j:"));
         assert_eq!(&a[..4], ["id-1", "7200", "60", "1"], "zero deltas are skipped");
-        assert!(a.contains(&"m:cost:m:x".to_string()));
-        assert!(a.contains(&"p:requests:gemini".to_string()));
-        assert!(!a.iter().any(|x| x.starts_with("t:chars")), "zero fields are skipped");
+        assert!(a.contains(&"cost|gemini|m:x".to_string()));
+        assert!(a.contains(&"requests|gemini|m:x".to_string()));
+        assert!(!a.iter().any(|x| x.starts_with("chars|")), "zero fields are skipped");
+        assert_eq!(k.iter().filter(|k| k.contains(":h:")).count(), 4, "day and month of the profile and the org");
         let inv = apply(&keys, &tag, &entry, false, &p);
         assert_eq!(inv.parts().1[2], "", "a first call is not a replay");
         assert!(!inv.parts().0[1].contains(":j:"));
