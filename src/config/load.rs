@@ -401,6 +401,22 @@ mod tests {
     }
 
     #[test]
+    fn redis_store_keys() {
+        let c = parse("store:\n  backend: redis\n  cluster: true\n  url: \"redis://a:1, redis://b:2\"\n  read_timeout: 1.5\n").unwrap();
+        assert_eq!(c.store.read_timeout.0, std::time::Duration::from_millis(1500));
+        let e = parse("store:\n  backend: redis\n  cluster: true\n  url: \"redis://a:1,http://b:2\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.url"));
+        assert!(e.message.contains("http://b:2"), "{e}");
+        let e = parse("store:\n  backend: redis\n  url: \"redis://a:1\"\n  tls_ca_file: ca.pem\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.tls_ca_file"));
+        assert!(parse("store:\n  backend: redis\n  url: \"rediss://a:1\"\n  tls_ca_file: ca.pem\n").is_ok());
+        let e = parse("store:\n  journal: j.ndjson\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.journal"));
+        let e = parse("store:\n  backend: redis\n  journal_max_entries: 0\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.journal_max_entries"));
+    }
+
+    #[test]
     fn match_provider_must_exist() {
         let e = parse("limits:\n  default_profile:\n    - {metric: requests, window: daily, max: 5, match: {provider: nope}}\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("limits.default_profile[0].match.provider"));

@@ -38,9 +38,10 @@ impl Inner {
 
     /// Makes sure the usage API can find what is about to be written under `tag`: before the
     /// first write of a profile under an org's tag (per process and day), the tag is added to
-    /// the profile's `homes` (awaited, bounded by `store.timeout`; on failure the next write
-    /// tries again); the tenant registries are then written in the background.
-    pub(super) async fn ensure_registered(self: &Arc<Self>, tag: &Tag, profile: &str, org: Option<&str>) {
+    /// the profile's `homes` (awaited, bounded by `store.timeout`). `false` when that failed:
+    /// the write must not go ahead (the caller falls back as for any failed call). The tenant
+    /// registries are then written in the background.
+    pub(super) async fn ensure_registered(self: &Arc<Self>, tag: &Tag, profile: &str, org: Option<&str>) -> bool {
         let today = Utc::now().date_naive();
         let pair = (profile.to_string(), tag.as_str().to_string());
         let new_day = {
@@ -51,7 +52,7 @@ impl Inner {
                 r.day = Some(today);
             }
             if r.seen.contains(&pair) {
-                return;
+                return true;
             }
             new_day
         };
@@ -68,11 +69,11 @@ impl Inner {
             self.metrics.observe("register", started);
             if !matches!(written, Ok(Ok(()))) {
                 self.metrics.error("register");
-                return;
+                return false;
             }
         }
         if !self.registered.lock().seen.insert(pair.clone()) {
-            return;
+            return true;
         }
         let inner = self.clone();
         let org = org.map(str::to_string);
@@ -100,6 +101,7 @@ impl Inner {
                 inner.registered.lock().seen.remove(&pair);
             }
         });
+        true
     }
 
     /// The tags a tenant's data lives under: an org's own; a profile's own plus every org

@@ -295,7 +295,11 @@ impl Store for RedisStore {
             })
             .collect();
         if let Some((p, o)) = tenants_of(req.ops.iter().map(|op| &op.key)) {
-            inner.ensure_registered(&tag, &p, o.as_deref()).await;
+            if !inner.ensure_registered(&tag, &p, o.as_deref()).await {
+                inner.failed();
+                let why = StoreError::Unavailable("cannot write the profile's index".into());
+                return inner.reserve_fallback(req, tag, &cells, call_id, None, why);
+            }
         }
         let inv = scripts::reserve(scripts::calls_key(&inner.keys, &tag, call_id.1), &call_id.0, &ops);
         let call = {
@@ -365,7 +369,10 @@ impl Store for RedisStore {
         if inner.breaker.is_open() {
             return journal(None);
         }
-        inner.ensure_registered(&tag, &s.record.profile, s.record.org.as_deref()).await;
+        if !inner.ensure_registered(&tag, &s.record.profile, s.record.org.as_deref()).await {
+            inner.failed();
+            return journal(None);
+        }
         let inv = scripts::apply(&inner.keys, &tag, &entry, false, &inner.apply);
         let call = {
             let inner = inner.clone();

@@ -373,7 +373,13 @@ impl Inner {
             return Err(RedisError::from((redis::ErrorKind::Client, "invalid tag in a journal entry")));
         };
         if let Some((p, o)) = entry_tenants(entry) {
-            self.ensure_registered(&tag, &p, o.as_deref()).await;
+            if !self.ensure_registered(&tag, &p, o.as_deref()).await {
+                self.metrics.error("replay");
+                return Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "cannot write the profile's index",
+                )));
+            }
         }
         let inv = scripts::apply(&self.keys, &tag, entry, true, &self.apply);
         let mut c = self.conn.clone();
