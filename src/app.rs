@@ -15,6 +15,7 @@ use crate::proxy::route::Route;
 use crate::quota::limit::LimitSet;
 use crate::quota::Retention;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisStore, StoreMetrics};
 use crate::store::{Store, StoreError};
 use crate::window::{Calendar, Clock};
 
@@ -80,6 +81,11 @@ pub struct App {
 impl App {
     pub fn new(config: Config, config_path: Option<PathBuf>, store: Arc<dyn Store>, clock: Clock) -> Result<Arc<App>, ConfigError> {
         let metrics = Metrics::new(&config.metrics);
+        Self::with_metrics(config, config_path, store, clock, metrics)
+    }
+
+    /// [`App::new`] with metrics created beforehand (the store records into them too).
+    pub fn with_metrics(config: Config, config_path: Option<PathBuf>, store: Arc<dyn Store>, clock: Clock, metrics: Metrics) -> Result<Arc<App>, ConfigError> {
         let runtime = Runtime::new(config)?;
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(runtime),
@@ -134,14 +140,21 @@ impl App {
     }
 }
 
-/// Builds the configured store.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+/// Builds the configured store; it records its own calls into `metrics`
+/// (`store_errors_total`, `store_duration_seconds`).
+pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StoreError> {
     let s = &config.store;
     match s.backend {
         Backend::Memory => Ok(match &s.snapshot {
             Some(path) => Arc::new(MemoryStore::with_snapshot(path.clone(), s.recent_max, s.retention.daily_days)?),
             None => Arc::new(MemoryStore::new(s.recent_max, s.retention.daily_days)),
         }),
-        Backend::Redis => Err(StoreError::Other("the redis backend is not available in this build".into())),
+        Backend::Redis => {
+            let m = StoreMetrics {
+                errors: metrics.store_errors.clone(),
+                duration: metrics.store_duration.clone(),
+            };
+            Ok(Arc::new(RedisStore::open(s, m)?))
+        }
     }
 }

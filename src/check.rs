@@ -238,14 +238,23 @@ pub async fn run(path: Option<&Path>, skip_store: bool) -> ExitCode {
         }
     }
     if !skip_store {
-        let reachable = match open_store(&config).await {
+        let where_ = match config.store.backend {
+            crate::config::Backend::Memory => String::new(),
+            crate::config::Backend::Redis => format!(
+                " at {}{}",
+                crate::store::redis::conn::redact(&config.store.url),
+                if config.store.cluster { " (cluster)" } else { "" }
+            ),
+        };
+        let metrics = crate::metrics::Metrics::new(&config.metrics);
+        let reachable = match open_store(&config, &metrics).await {
             Ok(store) => store.ping().await.map(|()| store.name()),
             Err(e) => Err(e),
         };
         match reachable {
-            Ok(name) => println!("store       {name}: reachable"),
+            Ok(name) => println!("store       {name}{where_}: reachable"),
             Err(e) => {
-                eprintln!("store unreachable: {e}");
+                eprintln!("store unreachable{where_}: {e} (--skip-store checks the file only)");
                 return ExitCode::FAILURE;
             }
         }

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::app::{open_store, App};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::{self, DataListener};
 use crate::window::Clock;
 
@@ -45,8 +46,9 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 /// Binds every listener and starts serving.
 pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
-    let store = open_store(&config).await.context("cannot open the store")?;
-    let app = App::new(config, opts.config_path, store, opts.clock)?;
+    let metrics = Metrics::new(&config.metrics);
+    let store = open_store(&config, &metrics).await.context("cannot open the store")?;
+    let app = App::with_metrics(config, opts.config_path, store, opts.clock, metrics)?;
     let runtime = app.runtime();
     let cfg = &runtime.config;
 

@@ -51,6 +51,10 @@ async fn usage_api_equals_the_cost_of_real_traffic() {
     for (name, store) in STORES {
         usage_api_on(name, &store.replace("{unique}", &unique())).await;
     }
+    // The same traffic and the same numbers on a real redis-server.
+    let redis = common::redis::RedisServer::start();
+    let store = format!("store:\n  backend: redis\n  url: \"{}\"\n  key_prefix: \"{}\"\n", redis.url(), unique());
+    usage_api_on("redis", &store).await;
 }
 
 async fn usage_api_on(store_name: &str, store: &str) {

@@ -212,8 +212,20 @@ impl Config {
 
         match self.store.backend {
             Backend::Redis => {
-                if !(self.store.url.starts_with("redis://") || self.store.url.starts_with("rediss://")) {
-                    return Err(("store.url".into(), format!("`{}` must start with redis:// or rediss://", self.store.url)));
+                // With `cluster`, several seed nodes may be given, comma-separated.
+                let urls: Vec<&str> = if self.store.cluster {
+                    self.store.url.split(',').map(str::trim).collect()
+                } else {
+                    vec![self.store.url.as_str()]
+                };
+                if let Some(bad) = urls.iter().find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://"))) {
+                    return Err(("store.url".into(), format!("`{bad}` must start with redis:// or rediss://")));
+                }
+                if self.store.tls_ca_file.is_some() && !urls.iter().all(|u| u.starts_with("rediss://")) {
+                    return Err(("store.tls_ca_file".into(), "is only used with rediss:// URLs".into()));
+                }
+                if self.store.journal_max_entries == 0 {
+                    return Err(("store.journal_max_entries".into(), "must be at least 1".into()));
                 }
                 if self.store.snapshot.is_some() {
                     return Err(("store.snapshot".into(), "only the memory backend uses a snapshot file".into()));
@@ -222,6 +234,9 @@ impl Config {
             Backend::Memory => {
                 if self.store.cluster {
                     return Err(("store.cluster".into(), "only the redis backend can use a cluster".into()));
+                }
+                if self.store.journal.is_some() {
+                    return Err(("store.journal".into(), "only the redis backend keeps an outage journal".into()));
                 }
             }
         }
@@ -383,6 +398,22 @@ mod tests {
         let c = parse("tenant:\n  missing: anonymous\n").unwrap();
         assert_eq!(c.tenant.missing, super::super::Missing::Profile("anonymous".into()));
         assert!(parse("tenant:\n  missing: \"bad id!\"\n").is_err());
+    }
+
+    #[test]
+    fn redis_store_keys() {
+        let c = parse("store:\n  backend: redis\n  cluster: true\n  url: \"redis://a:1, redis://b:2\"\n  read_timeout: 1.5\n").unwrap();
+        assert_eq!(c.store.read_timeout.0, std::time::Duration::from_millis(1500));
+        let e = parse("store:\n  backend: redis\n  cluster: true\n  url: \"redis://a:1,http://b:2\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.url"));
+        assert!(e.message.contains("http://b:2"), "{e}");
+        let e = parse("store:\n  backend: redis\n  url: \"redis://a:1\"\n  tls_ca_file: ca.pem\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.tls_ca_file"));
+        assert!(parse("store:\n  backend: redis\n  url: \"rediss://a:1\"\n  tls_ca_file: ca.pem\n").is_ok());
+        let e = parse("store:\n  journal: j.ndjson\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.journal"));
+        let e = parse("store:\n  backend: redis\n  journal_max_entries: 0\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.journal_max_entries"));
     }
 
     #[test]

@@ -107,10 +107,16 @@ pub struct StoreConfig {
     pub url: String,
     /// Redis only: `url` is a seed node of a Redis Cluster.
     pub cluster: bool,
+    /// Redis only, with `rediss://`: PEM file of the CA(s) that signed the server's
+    /// certificate, instead of the public web roots.
+    pub tls_ca_file: Option<PathBuf>,
     pub key_prefix: String,
     pub on_error: OnError,
-    /// Longest a store call may take before `on_error` applies.
+    /// Longest a store call on the request path may take before `on_error` applies.
     pub timeout: Seconds,
+    /// Redis only: longest a read for the admin plane (usage, tenants, readiness) or a
+    /// journal replay may take.
+    pub read_timeout: Seconds,
     /// Redis only: file that journals what was counted while Redis was unreachable.
     pub journal: Option<PathBuf>,
     /// Most entries the outage journal keeps.
@@ -128,9 +134,11 @@ impl Default for StoreConfig {
             snapshot_interval: Seconds::from_secs(10),
             url: "redis://127.0.0.1:6379/0".into(),
             cluster: false,
+            tls_ca_file: None,
             key_prefix: "spendgate".into(),
             on_error: OnError::Open,
             timeout: Seconds::from_millis(50),
+            read_timeout: Seconds::from_secs(2),
             journal: None,
             journal_max_entries: 100_000,
             retention: RetentionConfig::default(),

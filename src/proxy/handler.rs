@@ -20,7 +20,7 @@ use crate::config::{OnError, Unpriced};
 use crate::providers::{Call, Estimate, FixedCost, RequestInfo, Settled, Source, Usage};
 use crate::quota::limit::{CallKey, Scope};
 use crate::quota::{Amounts, Plan};
-use crate::store::ReserveOutcome;
+use crate::store::{ReserveOutcome, StoreError};
 use crate::tenant;
 
 /// Handles one data-plane request. `fixed_route` is set on a provider's dedicated listener.
@@ -163,7 +163,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
         }
         Err(e) => {
             app.metrics.store_errors.with_label_values(&["reserve"]).inc();
-            match runtime.config.store.on_error {
+            // A saturated store cannot count what it would forward: refuse even when open.
+            let on_error = if matches!(e, StoreError::Saturated(_)) {
+                OnError::Closed
+            } else {
+                runtime.config.store.on_error
+            };
+            match on_error {
                 OnError::Closed => {
                     tracing::error!(error = %e, "quota store unavailable; refusing (on_error: closed)");
                     let mut r = own(

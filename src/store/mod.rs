@@ -4,6 +4,7 @@
 //! counters a request touches and which maxima apply; the store applies the plan atomically.
 
 pub mod memory;
+pub mod redis;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
@@ -128,6 +129,11 @@ pub enum StoreError {
     Timeout(std::time::Duration),
     #[error("store error: {0}")]
     Other(String),
+    /// The store can neither reach its backend nor count locally any more (the outage
+    /// journal is full): the request must be refused whatever `on_error` says, since
+    /// forwarding it would spend money that is never recorded.
+    #[error("store saturated: {0}")]
+    Saturated(String),
 }
 
 /// A ledger backend.
@@ -142,7 +148,9 @@ pub trait Store: Send + Sync {
     /// Current values of counters (0 when absent).
     async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError>;
 
-    /// A tenant's history over `days` (day ids), with at most `recent` recent records.
+    /// A tenant's history over `days` (day ids), with at most `recent` recent records. The
+    /// Redis store also accepts month ids (`2026-11`) and reads its monthly history for them,
+    /// which reaches further back than the daily history's retention.
     async fn history(&self, scope: Scope, tenant: &str, days: &[String], recent: usize) -> Result<History, StoreError>;
 
     /// Every tenant of a scope that has history.

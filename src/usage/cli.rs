@@ -43,7 +43,8 @@ pub async fn run(path: Option<&Path>, target: Target, range: &str, as_json: bool
             return ExitCode::FAILURE;
         }
     };
-    let store = match open_store(&config).await {
+    let metrics = crate::metrics::Metrics::new(&config.metrics);
+    let store = match open_store(&config, &metrics).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot open the store: {e}");

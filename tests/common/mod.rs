@@ -301,6 +301,7 @@ pub fn providers_yaml() -> &'static str {
 
 pub mod ops;
 pub mod python;
+pub mod redis;
 
 /// A response read whole.
 #[derive(Debug)]

@@ -1,0 +1,248 @@
+//! The read side of the Redis store (counters, history, tenants, for the usage API) and the
+//! registries that let it find a tenant's data: the per-scope tenant registries and each
+//! profile's `homes` (the tags its keys live under).
+//!
+//! Registries are written outside the request scripts, once per tenant (and tag) per day
+//! and process, in the background; they are an index, not money: a failed write is retried
+//! with the tenant's next request.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{NaiveDate, Utc};
+use redis::{FromRedisValue, Value};
+
+use super::keys::Tag;
+use super::scripts::add_metric;
+use super::Inner;
+use crate::quota::limit::Scope;
+use crate::store::{CounterKey, History, StoreError, Totals, UsageRecord};
+
+/// Most (profile, tag) pairs remembered as registered; past it the memory starts over.
+const MAX_REGISTERED: usize = 100_000;
+
+/// What this process has registered today.
+#[derive(Default)]
+pub struct Registered {
+    day: Option<NaiveDate>,
+    seen: HashSet<(String, String)>,
+}
+
+impl Inner {
+    /// Seconds a registry entry is kept after the tenant was last seen: as long as any of
+    /// its history.
+    fn registry_retention_secs(&self) -> i64 {
+        let days = i64::from(self.apply.daily_days).max(31 * i64::from(self.apply.monthly_months));
+        (days + 1) * 86_400
+    }
+
+    /// Makes sure the usage API can find what is about to be written under `tag`: before the
+    /// first write of a profile under an org's tag (per process and day), the tag is added to
+    /// the profile's `homes` (awaited, bounded by `store.timeout`). `false` when that failed:
+    /// the write must not go ahead (the caller falls back as for any failed call). The tenant
+    /// registries are then written in the background.
+    pub(super) async fn ensure_registered(self: &Arc<Self>, tag: &Tag, profile: &str, org: Option<&str>) -> bool {
+        let today = Utc::now().date_naive();
+        let pair = (profile.to_string(), tag.as_str().to_string());
+        let new_day = {
+            let mut r = self.registered.lock();
+            let new_day = r.day != Some(today);
+            if new_day || r.seen.len() >= MAX_REGISTERED {
+                r.seen.clear();
+                r.day = Some(today);
+            }
+            if r.seen.contains(&pair) {
+                return true;
+            }
+            new_day
+        };
+        let now = Utc::now().timestamp();
+        let keep = self.registry_retention_secs();
+        if org.is_some() {
+            let mut c = self.conn.clone();
+            let homes = self.keys.homes(profile);
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZADD").arg(&homes).arg(now).arg(tag.as_str()).ignore();
+            pipe.cmd("EXPIRE").arg(&homes).arg(keep).ignore();
+            let started = std::time::Instant::now();
+            let written = tokio::time::timeout(self.timeout, pipe.exec_async(&mut c)).await;
+            self.metrics.observe("register", started);
+            if !matches!(written, Ok(Ok(()))) {
+                self.metrics.error("register");
+                return false;
+            }
+        }
+        if !self.registered.lock().seen.insert(pair.clone()) {
+            return true;
+        }
+        let inner = self.clone();
+        let org = org.map(str::to_string);
+        tokio::spawn(async move {
+            let mut c = inner.conn.clone();
+            let write = async {
+                let mut tenants = vec![(Scope::Profile, pair.0.as_str())];
+                tenants.extend(org.as_deref().map(|o| (Scope::Org, o)));
+                for (scope, id) in tenants {
+                    redis::cmd("ZADD").arg(inner.keys.registry(scope)).arg(now).arg(id).exec_async(&mut c).await?;
+                }
+                if new_day {
+                    for scope in [Scope::Profile, Scope::Org] {
+                        redis::cmd("ZREMRANGEBYSCORE")
+                            .arg(inner.keys.registry(scope))
+                            .arg("-inf")
+                            .arg(now - keep)
+                            .exec_async(&mut c)
+                            .await?;
+                    }
+                }
+                Ok(())
+            };
+            if inner.timed("register", write).await.is_err() {
+                inner.registered.lock().seen.remove(&pair);
+            }
+        });
+        true
+    }
+
+    /// The tags a tenant's data lives under: an org's own; a profile's own plus every org
+    /// it was seen under.
+    async fn tags_of(&self, scope: Scope, tenant: &str) -> Result<Vec<Tag>, StoreError> {
+        let own = Tag::own(scope, tenant);
+        if scope == Scope::Org {
+            return Ok(vec![own]);
+        }
+        let mut c = self.conn.clone();
+        let homes: Vec<String> = self
+            .timed("read", redis::cmd("ZRANGE").arg(self.keys.homes(tenant)).arg(0).arg(-1).query_async(&mut c))
+            .await?;
+        let mut tags: Vec<Tag> = homes.iter().filter_map(|h| Tag::parse(h)).collect();
+        if !tags.contains(&own) {
+            tags.push(own);
+        }
+        Ok(tags)
+    }
+
+    /// Counter values: Redis, summed over the tenant's tags, plus what this replica counted
+    /// and has not replayed yet.
+    pub(super) async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
+        let mut tenants: BTreeMap<(Scope, &str), Vec<usize>> = BTreeMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            tenants.entry((k.scope, k.tenant.as_str())).or_default().push(i);
+        }
+        let mut by_tag: BTreeMap<Tag, Vec<(usize, String, String)>> = BTreeMap::new();
+        for ((scope, tenant), idx) in tenants {
+            for tag in self.tags_of(scope, tenant).await? {
+                let cells: Vec<_> = idx.iter().map(|&i| (i, self.keys.counter(&tag, &keys[i]), keys[i].field.clone())).collect();
+                by_tag.entry(tag).or_default().extend(cells);
+            }
+        }
+        let reads = by_tag.values().map(|cells| async move {
+            let mut pipe = redis::pipe();
+            for (_, key, field) in cells {
+                pipe.cmd("HGET").arg(key).arg(field);
+            }
+            let mut c = self.conn.clone();
+            self.timed("read", pipe.query_async::<Vec<Option<i64>>>(&mut c)).await
+        });
+        let results = futures_util::future::join_all(reads).await;
+        let mut out = vec![0i64; keys.len()];
+        let fence = self.fence.lock();
+        for (cells, values) in by_tag.values().zip(results) {
+            for ((i, key, field), v) in cells.iter().zip(values?) {
+                let pending = fence.pending(&(key.clone(), field.clone()));
+                out[*i] = out[*i].saturating_add(v.unwrap_or(0)).saturating_add(pending);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A tenant's settled usage over `periods` (day ids `2026-11-22` or month ids
+    /// `2026-11`), summed over its tags, with its newest `recent` requests.
+    pub(super) async fn history(&self, scope: Scope, tenant: &str, periods: &[String], recent: usize) -> Result<History, StoreError> {
+        let tags = self.tags_of(scope, tenant).await?;
+        let reads = tags.iter().map(|tag| async move {
+            let mut pipe = redis::pipe();
+            for p in periods {
+                pipe.cmd("HGETALL").arg(self.keys.history(tag, scope, tenant, p));
+            }
+            if recent > 0 {
+                pipe.cmd("LRANGE").arg(self.keys.recent(tag, scope, tenant)).arg(0).arg(recent - 1);
+            }
+            let mut c = self.conn.clone();
+            self.timed("history", pipe.query_async::<Vec<Value>>(&mut c)).await
+        });
+        let results = futures_util::future::join_all(reads).await;
+        let mut out = History::default();
+        let mut records: Vec<UsageRecord> = Vec::new();
+        let bad = |e: redis::ParsingError| StoreError::Other(format!("unexpected history value: {e}"));
+        for replies in results {
+            let mut replies = replies?.into_iter();
+            for p in periods {
+                let fields: Vec<(String, i64)> = FromRedisValue::from_redis_value(replies.next().unwrap_or(Value::Nil)).map_err(bad)?;
+                if fields.is_empty() {
+                    continue;
+                }
+                let day = out.days.entry(p.clone()).or_default();
+                for (field, v) in fields {
+                    add_field(day, &mut out.by_provider, &mut out.by_model, &field, v);
+                }
+            }
+            if recent > 0 {
+                let items: Vec<String> = FromRedisValue::from_redis_value(replies.next().unwrap_or(Value::Nil)).map_err(bad)?;
+                records.extend(items.iter().filter_map(|s| serde_json::from_str::<UsageRecord>(s).ok()));
+            }
+        }
+        records.sort_by_key(|r| std::cmp::Reverse(r.at));
+        records.truncate(recent);
+        out.recent = records;
+        Ok(out)
+    }
+
+    /// Every tenant of a scope seen within the retention, sorted.
+    pub(super) async fn tenants(&self, scope: Scope) -> Result<Vec<String>, StoreError> {
+        let since = Utc::now().timestamp() - self.registry_retention_secs();
+        let mut c = self.conn.clone();
+        let mut ids: Vec<String> = self
+            .timed(
+                "tenants",
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.keys.registry(scope))
+                    .arg(since)
+                    .arg("+inf")
+                    .query_async(&mut c),
+            )
+            .await?;
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+/// Adds one history field (`<metric>|<provider>|<model>`) to the totals and breakdowns.
+fn add_field(day: &mut Totals, by_provider: &mut BTreeMap<String, Totals>, by_model: &mut BTreeMap<String, Totals>, field: &str, v: i64) {
+    let mut parts = field.splitn(3, '|');
+    if let (Some(metric), Some(provider), Some(model)) = (parts.next(), parts.next(), parts.next()) {
+        add_metric(day, metric, v);
+        add_metric(by_provider.entry(provider.to_string()).or_default(), metric, v);
+        add_metric(by_model.entry(model.to_string()).or_default(), metric, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_give_totals_and_both_breakdowns() {
+        let mut day = Totals::default();
+        let (mut p, mut m) = (BTreeMap::new(), BTreeMap::new());
+        add_field(&mut day, &mut p, &mut m, "cost|gemini|models/gemini:2.5|x", 5);
+        add_field(&mut day, &mut p, &mut m, "cost|vertex|imagen", 2);
+        add_field(&mut day, &mut p, &mut m, "in|gemini|models/gemini:2.5|x", 7);
+        add_field(&mut day, &mut p, &mut m, "junk", 1);
+        assert_eq!(day.cost_nanos, 7);
+        assert_eq!(day.input_tokens, 7);
+        assert_eq!(p["gemini"].cost_nanos, 5);
+        assert_eq!(m["models/gemini:2.5|x"].input_tokens, 7);
+        assert_eq!(m["imagen"].cost_nanos, 2);
+    }
+}

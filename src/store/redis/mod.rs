@@ -1,0 +1,440 @@
+//! The Redis store: counters shared by every replica, standalone or Redis Cluster.
+//!
+//! - One round trip per request for the check-and-reserve (`reserve.lua`) and one for the
+//!   settlement (`apply.lua`), each covering every counter of the profile and of the org in
+//!   one hash slot (`keys`).
+//! - Every call is bounded by `store.timeout`. A call that fails or times out falls back to
+//!   `store.on_error`: `closed` refuses (the proxy answers 503); `open` decides locally with
+//!   the fence (`fence`: last values read plus what was counted since) and counts in the
+//!   journal (`journal`), which a background task replays into Redis, exactly once, as soon
+//!   as Redis answers again. A call given up on is still awaited in the background: if it
+//!   turns out to have been applied, its journal entry is withdrawn.
+//! - After three failures in a row the store stops calling Redis (no request waits for a
+//!   timeout during an outage) until a background ping succeeds.
+//!
+//! Files: `keys` (the key schema), `scripts` with `reserve.lua` and `apply.lua`, `conn`
+//! (standalone and cluster connections), `outage` (breaker, fallback, journal bookkeeping,
+//! replay), `fence`, `journal`, `history` (the read side and the registries); this file holds
+//! the store itself. `docs/redis.md` documents the keys, the scripts and the outage behaviour.
+
+pub mod conn;
+pub mod fence;
+mod history;
+pub mod journal;
+pub mod keys;
+mod outage;
+pub mod scripts;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use prometheus::{HistogramVec, IntCounterVec};
+use redis::{RedisResult, Value};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use self::conn::Conn;
+use self::fence::{Cell, Fence};
+use self::history::Registered;
+use self::journal::{Entry, Journal};
+use self::keys::{Keys, Tag};
+use self::outage::{background, guarded, Breaker, Guarded};
+use self::scripts::{ApplyParams, ReserveOp, Scripts};
+use super::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
+use crate::config::{OnError, StoreConfig};
+use crate::quota::limit::Scope;
+use crate::window::Window;
+
+/// How long the set of applied journal ids is kept after its last addition: a replay that is
+/// interrupted and retried within this time is not counted twice.
+const DEDUPE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest a flush (periodic and at shutdown) spends replaying the journal.
+const FLUSH_REPLAY_BUDGET: Duration = Duration::from_secs(5);
+/// Most counters whose last read value the fence remembers.
+const FENCE_MAX_CELLS: usize = 500_000;
+
+/// The two store metrics, shared with the process's registry.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub errors: IntCounterVec,
+    pub duration: HistogramVec,
+}
+
+impl StoreMetrics {
+    fn error(&self, op: &str) {
+        self.errors.with_label_values(&[op]).inc();
+    }
+
+    fn observe(&self, op: &str, started: Instant) {
+        self.duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+struct Inner {
+    conn: Conn,
+    keys: Keys,
+    scripts: Scripts,
+    on_error: OnError,
+    timeout: Duration,
+    read_timeout: Duration,
+    apply: ApplyParams,
+    fence: Mutex<Fence>,
+    journal: Mutex<Journal>,
+    breaker: Breaker,
+    metrics: StoreMetrics,
+    registered: Mutex<Registered>,
+    scripts_loaded: AtomicBool,
+    replaying: tokio::sync::Mutex<()>,
+    wake: Notify,
+    boot: String,
+    seq: AtomicU64,
+}
+
+/// The Redis backend of [`Store`].
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    background: JoinHandle<()>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.background.abort();
+    }
+}
+
+impl RedisStore {
+    /// Opens the store (without waiting for Redis), reads the journal file if any, and
+    /// starts the background task that loads the scripts and replays the journal.
+    pub fn open(cfg: &StoreConfig, metrics: StoreMetrics) -> Result<RedisStore, StoreError> {
+        let conn = conn::open(&cfg.url, cfg.cluster, cfg.tls_ca_file.as_deref())?;
+        let journal = Journal::open(cfg.journal.as_deref(), cfg.journal_max_entries).map_err(|e| {
+            let path = cfg.journal.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+            StoreError::Other(format!("cannot open the journal {path}: {e}"))
+        })?;
+        let keys = Keys::new(&cfg.key_prefix);
+        let mut fence = Fence::new(FENCE_MAX_CELLS);
+        for e in journal.entries() {
+            if let Some(tag) = Tag::parse(&e.tag) {
+                for (key, delta) in &e.counters {
+                    fence.count(&(keys.counter(&tag, key), key.field.clone()), *delta);
+                }
+            }
+        }
+        if !journal.is_empty() {
+            tracing::info!(
+                entries = journal.len(),
+                "the journal holds entries from an earlier run; they will be replayed into Redis"
+            );
+        }
+        let inner = Arc::new(Inner {
+            conn,
+            keys,
+            scripts: Scripts::default(),
+            on_error: cfg.on_error,
+            timeout: cfg.timeout.0,
+            read_timeout: cfg.read_timeout.0,
+            apply: ApplyParams {
+                recent_max: cfg.recent_max,
+                daily_days: cfg.retention.daily_days,
+                monthly_months: cfg.retention.monthly_months,
+                dedupe_ttl: DEDUPE_TTL.as_secs() as i64,
+            },
+            fence: Mutex::new(fence),
+            journal: Mutex::new(journal),
+            breaker: Breaker::default(),
+            metrics,
+            registered: Mutex::new(Registered::default()),
+            scripts_loaded: AtomicBool::new(false),
+            replaying: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            boot: format!("{:x}-{:x}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)),
+            seq: AtomicU64::new(0),
+        });
+        let background = tokio::spawn(background(inner.clone()));
+        Ok(RedisStore { inner, background })
+    }
+
+    /// Entries counted locally and not yet in Redis.
+    pub fn journal_len(&self) -> usize {
+        self.inner.journal.lock().len()
+    }
+
+    /// Replays the journal now (the background task does this by itself); returns the
+    /// number of entries applied.
+    pub async fn replay(&self) -> Result<usize, StoreError> {
+        self.inner.replay().await
+    }
+}
+
+impl Inner {
+    fn next_id(&self, kind: &str) -> String {
+        format!("{kind}-{}-{:x}", self.boot, self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn cell(&self, tag: &Tag, key: &CounterKey) -> Cell {
+        (self.keys.counter(tag, key), key.field.clone())
+    }
+
+    /// Runs a read-side call under `read_timeout`, timed and counted as `op`.
+    async fn timed<T>(&self, op: &str, fut: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.read_timeout, fut).await;
+        self.metrics.observe(op, started);
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.metrics.error(op);
+                Err(StoreError::Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                self.metrics.error(op);
+                Err(StoreError::Timeout(self.read_timeout))
+            }
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let pong: String = self.timed("ping", redis::cmd("PING").query_async(&mut c)).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Other(format!("unexpected answer to PING: {pong}")))
+        }
+    }
+
+    async fn ping_quietly(&self) -> bool {
+        self.ping().await.is_ok()
+    }
+
+    async fn load_scripts(&self) {
+        let mut c = self.conn.clone();
+        match self.timed("scripts", self.scripts.load(&mut c)).await {
+            Ok(()) => {
+                self.scripts_loaded.store(true, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot load the Lua scripts yet (they are loaded on first use)"),
+        }
+    }
+
+    fn expiry(req_daily: DateTime<Utc>, req_monthly: DateTime<Utc>, w: Window) -> DateTime<Utc> {
+        match w {
+            Window::Daily => req_daily,
+            Window::Monthly => req_monthly,
+        }
+    }
+
+    /// Records what Redis answered in the fence (values without this replica's pending).
+    fn observe(&self, req: &ReserveRequest, cells: &[Cell], outcome: &ReserveOutcome) {
+        let mut fence = self.fence.lock();
+        match outcome {
+            ReserveOutcome::Admitted { before } => {
+                for ((op, cell), b) in req.ops.iter().zip(cells).zip(before) {
+                    if op.max.is_some() {
+                        let exp = Self::expiry(req.expire_daily, req.expire_monthly, op.key.window).timestamp();
+                        fence.observe(cell, b.saturating_add(op.amount), exp);
+                    }
+                }
+            }
+            ReserveOutcome::Refused { index, current } => {
+                if let (Some(op), Some(cell)) = (req.ops.get(*index), cells.get(*index)) {
+                    let exp = Self::expiry(req.expire_daily, req.expire_monthly, op.key.window).timestamp();
+                    fence.observe(cell, *current, exp);
+                }
+            }
+        }
+    }
+}
+
+/// The profile and org of a request, from its counters.
+fn tenants_of<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> Option<(String, Option<String>)> {
+    let mut profile = None;
+    let mut org = None;
+    for k in keys {
+        match k.scope {
+            Scope::Profile if profile.is_none() => profile = Some(k.tenant.clone()),
+            Scope::Org if org.is_none() => org = Some(k.tenant.clone()),
+            _ => {}
+        }
+    }
+    profile.map(|p| (p, org))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        let inner = &self.inner;
+        let Some(tag) = Tag::of_counters(req.ops.iter().map(|op| &op.key)) else {
+            return Ok(ReserveOutcome::Admitted { before: Vec::new() });
+        };
+        let cells: Vec<Cell> = req.ops.iter().map(|op| inner.cell(&tag, &op.key)).collect();
+        let call_id = (inner.next_id("r"), Utc::now().timestamp());
+        if inner.breaker.is_open() {
+            return inner.reserve_fallback(req, tag, &cells, call_id, None, StoreError::Unavailable("Redis is unreachable".into()));
+        }
+        let pending: Vec<i64> = {
+            let fence = inner.fence.lock();
+            cells.iter().map(|c| fence.pending(c)).collect()
+        };
+        let ops: Vec<ReserveOp<'_>> = req
+            .ops
+            .iter()
+            .zip(&cells)
+            .zip(&pending)
+            .map(|((op, cell), p)| ReserveOp {
+                key: &cell.0,
+                field: &cell.1,
+                amount: op.amount,
+                max: op.max.map(|m| m.saturating_sub(*p)),
+                expire: Inner::expiry(req.expire_daily, req.expire_monthly, op.key.window),
+            })
+            .collect();
+        if let Some((p, o)) = tenants_of(req.ops.iter().map(|op| &op.key)) {
+            if !inner.ensure_registered(&tag, &p, o.as_deref()).await {
+                inner.failed();
+                let why = StoreError::Unavailable("cannot write the profile's index".into());
+                return inner.reserve_fallback(req, tag, &cells, call_id, None, why);
+            }
+        }
+        let inv = scripts::reserve(scripts::calls_key(&inner.keys, &tag, call_id.1), &call_id.0, &ops);
+        let call = {
+            let inner = inner.clone();
+            async move {
+                let mut c = inner.conn.clone();
+                let v: Value = inv.run(&inner.scripts.reserve, &mut c).await?;
+                scripts::reserve_reply(v)
+            }
+        };
+        match guarded(inner.timeout, call).await {
+            // The id is already recorded: an earlier attempt of this very call (a client retry
+            // after a dropped connection) was admitted and applied. Only `before` is unknown;
+            // this replica's view stands in for it.
+            Guarded::Done(Ok(None)) => {
+                inner.breaker.success();
+                let fence = inner.fence.lock();
+                Ok(ReserveOutcome::Admitted {
+                    before: cells.iter().map(|c| fence.value(c)).collect(),
+                })
+            }
+            Guarded::Done(Ok(Some(outcome))) => {
+                inner.breaker.success();
+                inner.observe(req, &cells, &outcome);
+                // The caller sees this replica's view: Redis plus what it has not replayed yet.
+                Ok(match outcome {
+                    ReserveOutcome::Admitted { before } => ReserveOutcome::Admitted {
+                        before: before.iter().zip(&pending).map(|(b, p)| b.saturating_add(*p)).collect(),
+                    },
+                    ReserveOutcome::Refused { index, current } => ReserveOutcome::Refused {
+                        index,
+                        current: current.saturating_add(pending.get(index).copied().unwrap_or(0)),
+                    },
+                })
+            }
+            Guarded::Done(Err(e)) => {
+                inner.failed();
+                tracing::debug!(error = %e, "reserve failed");
+                inner.reserve_fallback(req, tag, &cells, call_id, None, StoreError::Unavailable(e.to_string()))
+            }
+            Guarded::TimedOut(h) => {
+                inner.failed();
+                inner.reserve_fallback(req, tag, &cells, call_id, Some(h), StoreError::Timeout(inner.timeout))
+            }
+        }
+    }
+
+    async fn settle(&self, s: &Settlement) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let tag = Tag::for_request(&s.record.profile, s.record.org.as_deref());
+        let entry = Entry {
+            id: s.id.clone(),
+            tag: tag.as_str().to_string(),
+            created: Utc::now().timestamp(),
+            counters: s.deltas.clone(),
+            expire_daily: s.expire_daily.timestamp(),
+            expire_monthly: s.expire_monthly.timestamp(),
+            record: Some(s.record.clone()),
+        };
+        let journal = |in_flight| {
+            let r = inner.journal_push(entry.clone(), in_flight);
+            if r.is_ok() {
+                inner.metrics.error("settle");
+            }
+            r
+        };
+        if inner.breaker.is_open() {
+            return journal(None);
+        }
+        if !inner.ensure_registered(&tag, &s.record.profile, s.record.org.as_deref()).await {
+            inner.failed();
+            return journal(None);
+        }
+        let inv = scripts::apply(&inner.keys, &tag, &entry, false, &inner.apply);
+        let call = {
+            let inner = inner.clone();
+            async move {
+                let mut c = inner.conn.clone();
+                inv.run::<i64>(&inner.scripts.apply, &mut c).await.map(|_| ())
+            }
+        };
+        match guarded(inner.timeout, call).await {
+            Guarded::Done(Ok(())) => {
+                inner.breaker.success();
+                {
+                    let mut fence = inner.fence.lock();
+                    for (key, delta) in &s.deltas {
+                        fence.applied(&inner.cell(&tag, key), *delta);
+                    }
+                }
+                Ok(())
+            }
+            Guarded::Done(Err(e)) => {
+                inner.failed();
+                tracing::debug!(error = %e, "settle failed; journaled");
+                journal(None)
+            }
+            Guarded::TimedOut(h) => {
+                inner.failed();
+                journal(Some(h))
+            }
+        }
+    }
+
+    async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
+        self.inner.read(keys).await
+    }
+
+    async fn history(&self, scope: Scope, tenant: &str, days: &[String], recent: usize) -> Result<History, StoreError> {
+        self.inner.history(scope, tenant, days, recent).await
+    }
+
+    async fn tenants(&self, scope: Scope) -> Result<Vec<String>, StoreError> {
+        self.inner.tenants(scope).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    /// Syncs the journal file, and replays what waits if Redis answers (bounded, so that a
+    /// shutdown during an outage does not hang; with a journal file nothing is lost).
+    async fn flush(&self) -> Result<(), StoreError> {
+        let synced = self.inner.journal.lock().sync();
+        if !self.inner.journal.lock().is_empty() && !self.inner.breaker.is_open() {
+            let _ = tokio::time::timeout(FLUSH_REPLAY_BUDGET, self.inner.replay()).await;
+        }
+        let left = self.inner.journal.lock().len();
+        if left > 0 {
+            tracing::warn!(entries = left, "journal entries are still waiting for Redis");
+        }
+        synced.map_err(|e| StoreError::Other(format!("cannot sync the journal: {e}")))
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}

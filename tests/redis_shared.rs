@@ -1,0 +1,264 @@
+//! Several proxy processes (the real binary) sharing one Redis, standalone and Redis Cluster:
+//! concurrent requests over both never slip past a limit, and every admitted request is
+//! recorded once. Also `spendgate check` against Redis.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use common::redis::{free_port, RedisCluster, RedisServer};
+use common::*;
+use tempfile::TempDir;
+
+/// $0.0615: 615 characters of `eleven_multilingual_v2` at $0.10 per 1K.
+const PRICE: i64 = 61_500_000;
+
+fn tts_body() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"text": "x".repeat(615), "model_id": "eleven_multilingual_v2"})).unwrap()
+}
+
+fn tts_reply() -> Reply {
+    Reply::new(200)
+        .header("content-type", "audio/mpeg")
+        .header("character-cost", "615")
+        .body(vec![0u8; 256])
+}
+
+/// One `spendgate` process with its own config file, killed on drop.
+struct Spendgate {
+    child: Child,
+    data: u16,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Spendgate {
+    async fn start(body: &str) -> Spendgate {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, admin) = (free_port(), free_port());
+        let config = dir.path().join("spendgate.yaml");
+        std::fs::write(
+            &config,
+            format!("listen: \"127.0.0.1:{data}\"\nadmin:\n  listen: \"127.0.0.1:{admin}\"\n{body}"),
+        )
+        .unwrap();
+        let log = dir.path().join("spendgate.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_spendgate"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut p = Spendgate { child, data, log, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if status_of(&format!("http://127.0.0.1:{admin}/readyz")).await == Some(200) {
+                return p;
+            }
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("spendgate exited with {status}: {}", std::fs::read_to_string(&p.log).unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "spendgate did not become ready: {}", p.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.data)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Spendgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of a GET, `None` when nothing answers.
+async fn status_of(url: &str) -> Option<u16> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let req = http::Request::get(url).body(http_body_util::Empty::new()).ok()?;
+    let r = tokio::time::timeout(Duration::from_secs(1), client.request(req)).await.ok()?.ok()?;
+    Some(r.status().as_u16())
+}
+
+fn config_body(url: &str, cluster: bool, upstream: &str, limits: &str) -> String {
+    // A generous timeout: the exactness shown here holds while Redis answers within it (on a
+    // loaded two-core machine 50 ms is not always enough; past it the fence decides).
+    format!(
+        "providers:\n  elevenlabs: {{kind: elevenlabs, prefix: /elevenlabs, upstream: \"{upstream}\"}}\nstore:\n  backend: redis\n  url: \"{url}\"\n  cluster: {cluster}\n  key_prefix: sg\n  timeout: 2\nlimits:\n{limits}"
+    )
+}
+
+/// Sends `(process index, profile, org)` requests all at once; returns the statuses.
+async fn burst(procs: &[&Spendgate], requests: &[(usize, String, Option<String>)]) -> Vec<u16> {
+    let client = TestClient::new();
+    let body = tts_body();
+    let futures = requests.iter().map(|(i, profile, org)| {
+        let url = procs[*i].url("/elevenlabs/v1/text-to-speech/voice");
+        let (client, body) = (client.clone(), body.clone());
+        async move {
+            let mut headers = vec![("x-profile-id", profile.as_str()), ("content-type", "application/json")];
+            if let Some(o) = org {
+                headers.push(("x-org-id", o.as_str()));
+            }
+            client.post(&url, &headers, body).await.status.as_u16()
+        }
+    });
+    futures_util::future::join_all(futures).await
+}
+
+fn count(statuses: &[u16], s: u16) -> usize {
+    statuses.iter().filter(|x| **x == s).count()
+}
+
+fn day() -> String {
+    Utc::now().format("%Y-%m-%d").to_string()
+}
+
+fn month() -> String {
+    Utc::now().format("%Y-%m").to_string()
+}
+
+/// Reads a hash field through any connection (standalone or cluster).
+fn hget(c: &mut impl ::redis::ConnectionLike, key: &str, field: &str) -> i64 {
+    ::redis::cmd("HGET").arg(key).arg(field).query::<Option<i64>>(c).unwrap().unwrap_or(0)
+}
+
+/// A metric's total in a history hash (fields are `<metric>|<provider>|<model>`).
+fn hist_total(c: &mut impl ::redis::ConnectionLike, key: &str, metric: &str) -> i64 {
+    let fields: Vec<(String, i64)> = ::redis::cmd("HGETALL").arg(key).query(c).unwrap();
+    fields.iter().filter(|(f, _)| f.split('|').next() == Some(metric)).map(|(_, v)| v).sum()
+}
+
+async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_sharing_one_redis_admit_exactly_17() {
+    let server = RedisServer::start();
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 1}\n";
+    let body = config_body(&server.url(), false, &mock.url(), limits);
+    let (a, b) = (Spendgate::start(&body).await, Spendgate::start(&body).await);
+    let requests: Vec<_> = (0..300).map(|i| (i % 2, "p-shared".to_string(), None)).collect();
+    let statuses = burst(&[&a, &b], &requests).await;
+    assert_eq!(count(&statuses, 200), 17, "{statuses:?}\n{}\n{}", a.log(), b.log());
+    assert_eq!(count(&statuses, 402), 283);
+    assert_eq!(mock.count(), 17);
+
+    let mut c = server.conn();
+    let hist = format!("sg:{{p:p-shared}}:h:p:p-shared:d:{}", day());
+    eventually("every settlement is recorded", || hist_total(&mut c, &hist, "requests") == 17).await;
+    let counter = |w: &str, b: &str| format!("sg:{{p:p-shared}}:c:p:p-shared:{w}:{b}");
+    assert_eq!(hget(&mut c, &counter("m", &month()), "cost"), 17 * PRICE);
+    assert_eq!(hget(&mut c, &counter("d", &day()), "cost"), 17 * PRICE);
+    assert_eq!(hget(&mut c, &counter("m", &month()), "requests"), 17);
+    assert_eq!(hist_total(&mut c, &hist, "cost"), 17 * PRICE);
+    assert_eq!(hget(&mut c, &hist, "cost|elevenlabs|eleven_multilingual_v2"), 17 * PRICE);
+}
+
+/// Profile ids whose keys fall on each of the cluster's masters, `per_master` of each.
+fn profiles_on_every_master(cluster: &RedisCluster, per_master: usize) -> Vec<String> {
+    let mut c = cluster.nodes[0].conn();
+    let mut picked: Vec<Vec<String>> = vec![Vec::new(); 3];
+    for i in 0.. {
+        let id = format!("p-{i}");
+        let slot: i64 = ::redis::cmd("CLUSTER").arg("KEYSLOT").arg(format!("{{p:{id}}}")).query(&mut c).unwrap();
+        // `redis-cli --cluster create` splits the slots in three even ranges.
+        let master = (slot * 3 / 16384) as usize;
+        if picked[master].len() < per_master {
+            picked[master].push(id);
+        }
+        if picked.iter().all(|p| p.len() == per_master) {
+            break;
+        }
+    }
+    picked.concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_profiles_on_every_master_and_an_org_shared_by_three_profiles() {
+    let cluster = RedisCluster::start(3);
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 1}\n  orgs:\n    acme:\n      - {metric: requests, window: daily, max: 50}\n  profiles:\n    q-1: [{metric: requests, window: daily, max: 1000}]\n    q-2: [{metric: requests, window: daily, max: 1000}]\n    q-3: [{metric: requests, window: daily, max: 1000}]\n";
+    let body = config_body(&cluster.url(), true, &mock.url(), limits);
+    let (a, b) = (Spendgate::start(&body).await, Spendgate::start(&body).await);
+
+    // Six profiles, two on each master, 50 requests each, all at once over both processes.
+    let profiles = profiles_on_every_master(&cluster, 2);
+    let requests: Vec<_> = (0..300).map(|i| (i % 2, profiles[i % profiles.len()].clone(), None)).collect();
+    let statuses = burst(&[&a, &b], &requests).await;
+    assert_eq!(count(&statuses, 200), 17 * profiles.len(), "{}\n{}", a.log(), b.log());
+    let mut c = cluster.conn();
+    let month_keys: Vec<String> = profiles.iter().map(|p| format!("sg:{{p:{p}}}:c:p:{p}:m:{}", month())).collect();
+    for (p, key) in profiles.iter().zip(&month_keys) {
+        let hist = format!("sg:{{p:{p}}}:h:p:{p}:d:{}", day());
+        eventually("every settlement is recorded", || hist_total(&mut c, &hist, "requests") == 17).await;
+        assert_eq!(hget(&mut c, key, "cost"), 17 * PRICE, "{p}");
+        assert_eq!(hist_total(&mut c, &hist, "cost"), 17 * PRICE, "{p}");
+    }
+    assert_eq!(cluster.masters_holding(&month_keys), 3, "the profiles' keys are spread over every master");
+
+    // Three profiles of one org, 30 requests each: the org's daily request limit (50) holds
+    // across all of them and both processes.
+    let requests: Vec<_> = (0..90).map(|i| (i % 2, format!("q-{}", i % 3 + 1), Some("acme".to_string()))).collect();
+    let statuses = burst(&[&a, &b], &requests).await;
+    assert_eq!(count(&statuses, 200), 50, "{statuses:?}");
+    assert_eq!(count(&statuses, 402), 40);
+    let org_day = format!("sg:{{o:acme}}:c:o:acme:d:{}", day());
+    let org_hist = format!("sg:{{o:acme}}:h:o:acme:d:{}", day());
+    eventually("every settlement is recorded", || hist_total(&mut c, &org_hist, "requests") == 50).await;
+    assert_eq!(hget(&mut c, &org_day, "requests"), 50);
+    assert_eq!(hget(&mut c, &org_day, "cost"), 50 * PRICE);
+    let per_profile: i64 = (1..=3).map(|i| hget(&mut c, &format!("sg:{{o:acme}}:c:p:q-{i}:d:{}", day()), "requests")).sum();
+    assert_eq!(per_profile, 50, "the profiles' counters live in the org's slot and add up");
+    assert_eq!(hist_total(&mut c, &org_hist, "cost"), 50 * PRICE);
+    // The usage API finds each profile's data under the org through the profile's index.
+    let homes: Vec<String> = ::redis::cmd("ZRANGE").arg("sg:{p:q-1}:homes").arg(0).arg(-1).query(&mut c).unwrap();
+    assert_eq!(homes, ["o:acme"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_whether_redis_is_reachable() {
+    let mut server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, format!("store:\n  backend: redis\n  url: \"{}\"\n  read_timeout: 1\n", server.url())).unwrap();
+    let check = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_spendgate"))
+            .arg("check")
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let out = check(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("store       redis at {}: reachable", server.url())), "{stdout}");
+    server.kill();
+    let out = check(&[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("store unreachable at redis://127.0.0.1:"), "{stderr}");
+    let out = check(&["--skip-store"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,619 @@
+//! The Redis store against real `redis-server` processes: the scripts' semantics, history,
+//! outages (open and closed), the exactly-once replay, timeouts, and calendar roll-over.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::redis::RedisServer;
+use common::*;
+use spendgate::config::Config;
+use spendgate::metrics::Metrics;
+use spendgate::quota::limit::Scope;
+use spendgate::store::redis::{RedisStore, StoreMetrics};
+use spendgate::store::{CounterKey, CounterOp, ReserveOutcome, ReserveRequest, Settlement, Store, Totals, UsageRecord};
+use spendgate::window::{Clock, Window};
+
+/// $0.0615: 615 characters of `eleven_multilingual_v2` at $0.10 per 1K.
+const PRICE: i64 = 61_500_000;
+
+fn open_store(url: &str, extra: &str) -> RedisStore {
+    open_store_with_metrics(url, extra).0
+}
+
+fn open_store_with_metrics(url: &str, extra: &str) -> (RedisStore, Metrics) {
+    let yaml = format!("store:\n  backend: redis\n  url: \"{url}\"\n  key_prefix: sg\n{extra}");
+    let c = Config::from_yaml(&yaml, "t.yaml").unwrap();
+    let m = Metrics::new(&c.metrics);
+    let store = RedisStore::open(
+        &c.store,
+        StoreMetrics {
+            errors: m.store_errors.clone(),
+            duration: m.store_duration.clone(),
+        },
+    )
+    .unwrap();
+    (store, m)
+}
+
+fn ck(scope: Scope, tenant: &str, window: Window, bucket: &str, field: &str) -> CounterKey {
+    CounterKey {
+        scope,
+        tenant: tenant.into(),
+        window,
+        bucket: bucket.into(),
+        field: field.into(),
+    }
+}
+
+fn op(key: CounterKey, amount: i64, max: Option<i64>) -> CounterOp {
+    CounterOp { key, amount, max }
+}
+
+fn far() -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::days(60)
+}
+
+fn reserve_req(ops: Vec<CounterOp>) -> ReserveRequest {
+    ReserveRequest {
+        ops,
+        expire_daily: far(),
+        expire_monthly: far(),
+    }
+}
+
+fn hget(c: &mut ::redis::Connection, key: &str, field: &str) -> i64 {
+    ::redis::cmd("HGET").arg(key).arg(field).query::<Option<i64>>(c).unwrap().unwrap_or(0)
+}
+
+/// A metric's total in a history hash (fields are `<metric>|<provider>|<model>`).
+fn hist_total(c: &mut ::redis::Connection, key: &str, metric: &str) -> i64 {
+    let fields: Vec<(String, i64)> = ::redis::cmd("HGETALL").arg(key).query(c).unwrap();
+    fields.iter().filter(|(f, _)| f.split('|').next() == Some(metric)).map(|(_, v)| v).sum()
+}
+
+async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_checks_every_counter_exactly_and_applies_all_or_nothing() {
+    let server = RedisServer::start();
+    let store = open_store(&server.url(), "");
+    let day = "2027-03-04";
+    let p_cost = ck(Scope::Profile, "p1", Window::Daily, day, "cost");
+    let p_req = ck(Scope::Profile, "p1", Window::Daily, day, "requests");
+    let o_cost = ck(Scope::Org, "acme", Window::Monthly, "2027-03", "cost");
+    let req = |amount| {
+        reserve_req(vec![
+            op(p_cost.clone(), amount, Some(10)),
+            op(p_req.clone(), 1, None),
+            op(o_cost.clone(), amount, Some(100)),
+        ])
+    };
+    assert_eq!(store.reserve(&req(6)).await.unwrap(), ReserveOutcome::Admitted { before: vec![0, 0, 0] });
+    assert_eq!(store.reserve(&req(6)).await.unwrap(), ReserveOutcome::Admitted { before: vec![6, 1, 6] });
+    assert_eq!(store.reserve(&req(6)).await.unwrap(), ReserveOutcome::Refused { index: 0, current: 12 });
+    assert_eq!(
+        store.reserve(&req(0)).await.unwrap(),
+        ReserveOutcome::Admitted { before: vec![12, 2, 12] },
+        "a zero amount is never refused"
+    );
+    assert_eq!(store.read(&[p_cost.clone(), p_req.clone(), o_cost.clone()]).await.unwrap(), vec![12, 3, 12]);
+
+    // The documented keys: the profile's counters live in its org's slot.
+    let mut c = server.conn();
+    assert_eq!(hget(&mut c, "sg:{o:acme}:c:p:p1:d:2027-03-04", "cost"), 12);
+    assert_eq!(hget(&mut c, "sg:{o:acme}:c:o:acme:m:2027-03", "cost"), 12);
+    let ttl: i64 = ::redis::cmd("TTL").arg("sg:{o:acme}:c:p:p1:d:2027-03-04").query(&mut c).unwrap();
+    assert!(ttl > 50 * 86_400, "counters expire with their window plus retention: {ttl}");
+
+    // Beyond 2^53 doubles cannot tell 2^53 from 2^53 + 1; the script compares exactly.
+    let big = ck(Scope::Profile, "p2", Window::Daily, day, "tokens");
+    let _: () = ::redis::cmd("HSET")
+        .arg("sg:{p:p2}:c:p:p2:d:2027-03-04")
+        .arg("tokens")
+        .arg(9_007_199_254_740_992i64)
+        .query(&mut c)
+        .unwrap();
+    let r = reserve_req(vec![op(big.clone(), 1, Some(9_007_199_254_740_993))]);
+    assert_eq!(
+        store.reserve(&r).await.unwrap(),
+        ReserveOutcome::Admitted {
+            before: vec![9_007_199_254_740_992]
+        }
+    );
+    assert_eq!(
+        store.reserve(&r).await.unwrap(),
+        ReserveOutcome::Refused {
+            index: 0,
+            current: 9_007_199_254_740_993
+        }
+    );
+    // Negative values (a settlement larger than the reservation it corrects) compare too.
+    let neg = ck(Scope::Profile, "p3", Window::Daily, day, "cost");
+    let _: () = ::redis::cmd("HSET")
+        .arg("sg:{p:p3}:c:p:p3:d:2027-03-04")
+        .arg("cost")
+        .arg(-5)
+        .query(&mut c)
+        .unwrap();
+    let r = reserve_req(vec![op(neg, 3, Some(-4))]);
+    assert_eq!(store.reserve(&r).await.unwrap(), ReserveOutcome::Admitted { before: vec![-5] });
+    assert_eq!(store.reserve(&r).await.unwrap(), ReserveOutcome::Refused { index: 0, current: -2 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_loaded_again_after_a_script_flush() {
+    let server = RedisServer::start();
+    let store = open_store(&server.url(), "");
+    let k = ck(Scope::Profile, "p1", Window::Daily, "2027-03-04", "cost");
+    store.reserve(&reserve_req(vec![op(k.clone(), 1, Some(10))])).await.unwrap();
+    let mut c = server.conn();
+    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query(&mut c).unwrap();
+    assert_eq!(
+        store.reserve(&reserve_req(vec![op(k.clone(), 1, Some(10))])).await.unwrap(),
+        ReserveOutcome::Admitted { before: vec![1] },
+        "NOSCRIPT is answered by loading the script and calling it again"
+    );
+}
+
+fn settlement(id: &str, profile: &str, org: Option<&str>, provider: &str, model: &str, cost: i64, day: &str) -> Settlement {
+    let month = &day[..7];
+    let mut deltas = vec![
+        (ck(Scope::Profile, profile, Window::Daily, day, "cost"), cost),
+        (ck(Scope::Profile, profile, Window::Monthly, month, "cost"), cost),
+    ];
+    if let Some(o) = org {
+        deltas.push((ck(Scope::Org, o, Window::Daily, day, "cost"), cost));
+        deltas.push((ck(Scope::Org, o, Window::Monthly, month, "cost"), cost));
+    }
+    Settlement {
+        deltas,
+        record: UsageRecord {
+            at: Utc::now(),
+            day: day.into(),
+            profile: profile.into(),
+            org: org.map(Into::into),
+            provider: provider.into(),
+            model: model.into(),
+            path: "/v1/x".into(),
+            status: 200,
+            totals: Totals {
+                requests: 1,
+                cost_nanos: cost,
+                input_tokens: 10,
+                output_tokens: 4,
+                ..Totals::default()
+            },
+        },
+        id: id.into(),
+        expire_daily: far(),
+        expire_monthly: far(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_build_history_with_breakdowns_recent_requests_and_tenants() {
+    let server = RedisServer::start();
+    let store = open_store(&server.url(), "  recent_max: 2\n");
+    let day = "2027-03-04";
+    store
+        .settle(&settlement("a", "p1", Some("acme"), "gemini", "gemini-2.5-flash", 100, day))
+        .await
+        .unwrap();
+    store
+        .settle(&settlement("b", "p1", Some("acme"), "elevenlabs", "eleven_v3", 50, day))
+        .await
+        .unwrap();
+    store
+        .settle(&settlement("c", "p1", None, "gemini", "gemini-2.5-flash", 7, "2027-03-05"))
+        .await
+        .unwrap();
+    store
+        .settle(&settlement("d", "p2", Some("acme"), "gemini", "gemini-2.5-flash", 1, day))
+        .await
+        .unwrap();
+
+    // The profile's data lives under its org's tag and its own; the index finds both.
+    let days = vec![day.to_string(), "2027-03-05".to_string()];
+    let h = store.history(Scope::Profile, "p1", &days, 10).await.unwrap();
+    assert_eq!(h.days[day].requests, 2);
+    assert_eq!(h.days[day].cost_nanos, 150);
+    assert_eq!(h.days["2027-03-05"].cost_nanos, 7);
+    assert_eq!(h.by_provider["gemini"].cost_nanos, 107);
+    assert_eq!(h.by_model["eleven_v3"].requests, 1);
+    assert_eq!(h.by_model["gemini-2.5-flash"].input_tokens, 20);
+    // Two tags with two recent requests each, newest first, capped to what was asked.
+    assert_eq!(h.recent.len(), 3);
+    assert!(h.recent.windows(2).all(|w| w[0].at >= w[1].at));
+    let month = store.history(Scope::Profile, "p1", &["2027-03".to_string()], 0).await.unwrap();
+    assert_eq!(month.days["2027-03"].cost_nanos, 157, "monthly history");
+    let org = store.history(Scope::Org, "acme", &days, 5).await.unwrap();
+    assert_eq!(org.days[day].requests, 3);
+    assert_eq!(org.days[day].cost_nanos, 151);
+    assert_eq!(org.recent.len(), 2, "the recent list is capped at recent_max");
+
+    assert_eq!(
+        store
+            .read(&[
+                ck(Scope::Profile, "p1", Window::Monthly, "2027-03", "cost"),
+                ck(Scope::Org, "acme", Window::Daily, day, "cost")
+            ])
+            .await
+            .unwrap(),
+        vec![157, 151],
+        "a profile's counters are summed over its tags"
+    );
+    let mut c = server.conn();
+    assert_eq!(hist_total(&mut c, "sg:{o:acme}:h:p:p1:d:2027-03-04", "cost"), 150);
+    assert_eq!(hget(&mut c, "sg:{o:acme}:h:o:acme:m:2027-03", "requests|gemini|gemini-2.5-flash"), 2);
+    let ttl: i64 = ::redis::cmd("TTL").arg("sg:{o:acme}:h:p:p1:d:2027-03-04").query(&mut c).unwrap();
+    assert!(ttl > 390 * 86_400, "daily history is kept 400 days: {ttl}");
+    let ttl: i64 = ::redis::cmd("TTL").arg("sg:{o:acme}:c:p:p1:d:2027-03-04").query(&mut c).unwrap();
+    assert!(ttl > 50 * 86_400, "a counter hash made by a settlement gets its expiry too: {ttl}");
+    let ttl: i64 = ::redis::cmd("TTL").arg("sg:{o:acme}:r:p:p1").query(&mut c).unwrap();
+    assert!(ttl > 390 * 86_400, "{ttl}");
+
+    // The registries are written in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let profiles = store.tenants(Scope::Profile).await.unwrap();
+        let orgs = store.tenants(Scope::Org).await.unwrap();
+        if profiles == ["p1", "p2"] && orgs == ["acme"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tenants: {profiles:?} {orgs:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_replay_does_not_count_twice() {
+    let mut server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.ndjson");
+    let extra = format!("  journal: \"{}\"\n", journal.display());
+    let store = open_store(&server.url(), &extra);
+    store.ping().await.unwrap();
+    server.kill();
+    let day = "2027-03-04";
+    for i in 0..5 {
+        store
+            .settle(&settlement(&format!("s{i}"), "p1", Some("acme"), "gemini", "m", 100, day))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.journal_len(), 5);
+    store.flush().await.unwrap();
+    // What the file holds before the replay: as if the process died right after Redis applied
+    // the entries and before it wrote that down.
+    let before_replay = std::fs::read(&journal).unwrap();
+    assert_eq!(String::from_utf8_lossy(&before_replay).lines().count(), 5);
+
+    server.restart_empty();
+    eventually("the journal is replayed", || store.journal_len() == 0).await;
+    let mut c = server.conn();
+    let cost_key = "sg:{o:acme}:c:p:p1:d:2027-03-04";
+    let hist_key = "sg:{o:acme}:h:o:acme:d:2027-03-04";
+    assert_eq!(hget(&mut c, cost_key, "cost"), 500);
+    assert_eq!(hist_total(&mut c, hist_key, "requests"), 5);
+    drop(store);
+
+    std::fs::write(&journal, &before_replay).unwrap();
+    let (store, metrics) = open_store_with_metrics(&server.url(), &extra);
+    eventually("the journal is replayed again", || store.journal_len() == 0).await;
+    let replays = metrics.store_duration.with_label_values(&["replay"]).get_sample_count();
+    assert!(replays >= 5, "the five entries were read back from the file and replayed ({replays} replays)");
+    assert_eq!(hget(&mut c, cost_key, "cost"), 500, "replayed entries are not applied twice");
+    assert_eq!(hist_total(&mut c, hist_key, "requests"), 5);
+    let recent: i64 = ::redis::cmd("LLEN").arg("sg:{o:acme}:r:o:acme").query(&mut c).unwrap();
+    assert_eq!(recent, 5);
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0, "an empty journal leaves an empty file");
+}
+
+// ---- Through the proxy ----
+
+fn tts_body() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"text": "x".repeat(615), "model_id": "eleven_multilingual_v2"})).unwrap()
+}
+
+fn tts_reply() -> Reply {
+    Reply::new(200)
+        .header("content-type", "audio/mpeg")
+        .header("character-cost", "615")
+        .body(vec![0u8; 256])
+}
+
+fn proxy_yaml(url: &str, store_extra: &str, limits: &str) -> String {
+    format!(
+        "providers:\n  elevenlabs: {{kind: elevenlabs, prefix: /elevenlabs, upstream: \"{{upstream}}\"}}\nstore:\n  backend: redis\n  url: \"{url}\"\n  key_prefix: sg\n{store_extra}limits:\n{limits}"
+    )
+}
+
+async fn tts(p: &Proxy, profile: &str) -> Got {
+    p.client
+        .post(
+            &p.url("/elevenlabs/v1/text-to-speech/voice"),
+            &[("x-profile-id", profile), ("content-type", "application/json")],
+            tts_body(),
+        )
+        .await
+}
+
+/// The value of one series in the Prometheus text format (0 when absent).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn this_month() -> String {
+    Utc::now().format("%Y-%m").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_open_forwards_everything_and_replays_its_cost_once() {
+    let mut server = RedisServer::start();
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 100}\n";
+    let p = start_proxy(&proxy_yaml(&server.url(), "", limits), &mock.url()).await;
+    for _ in 0..3 {
+        assert_eq!(tts(&p, "p-out").await.status, 200);
+    }
+    p.handle.settled().await;
+
+    // Redis is killed during traffic: ten requests reserved in Redis are still streaming
+    // their responses, so they settle while Redis is gone.
+    mock.set(|_| tts_reply().pieces(&[0u8; 256], 256, Duration::from_millis(400)));
+    let (client, url) = (p.client.clone(), p.url("/elevenlabs/v1/text-to-speech/voice"));
+    let in_flight = tokio::spawn(async move {
+        let headers = [("x-profile-id", "p-out"), ("content-type", "application/json")];
+        futures_util::future::join_all((0..10).map(|_| client.post(&url, &headers, tts_body()))).await
+    });
+    eventually("the ten requests reach the upstream", || mock.count() == 13).await;
+    server.kill();
+    mock.set(|_| tts_reply());
+
+    // During the outage: every request is forwarded.
+    let during = futures_util::future::join_all((0..20).map(|_| tts(&p, "p-out"))).await;
+    let in_flight = in_flight.await.unwrap();
+    assert!(
+        during.iter().chain(&in_flight).all(|g| g.status == 200),
+        "{:?}",
+        during.iter().chain(&in_flight).map(|g| g.status).collect::<Vec<_>>()
+    );
+    assert_eq!(mock.count(), 33);
+    p.handle.settled().await;
+
+    // Redis comes back empty: what was counted during the outage is replayed, once. The
+    // reservations of the ten in flight went down with the old Redis; their settlements
+    // (the estimate was exact, so their counter corrections are zero) bring their history.
+    server.restart_empty();
+    let key = format!("sg:{{p:p-out}}:c:p:p-out:m:{}", this_month());
+    let hist = format!("sg:{{p:p-out}}:h:p:p-out:m:{}", this_month());
+    let mut c = server.conn();
+    eventually("the outage reaches Redis", || {
+        hget(&mut c, &key, "cost") == 20 * PRICE && hist_total(&mut c, &hist, "requests") == 30
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hget(&mut c, &key, "cost"), 20 * PRICE, "exactly once");
+    assert_eq!(hget(&mut c, &key, "requests"), 20);
+    assert_eq!(hist_total(&mut c, &hist, "requests"), 30);
+    assert_eq!(hist_total(&mut c, &hist, "cost"), 30 * PRICE);
+
+    // And Redis is used again directly.
+    assert_eq!(tts(&p, "p-out").await.status, 200);
+    p.handle.settled().await;
+    assert_eq!(hget(&mut c, &key, "cost"), 21 * PRICE);
+    let metrics = p.metrics().await;
+    assert!(metric(&metrics, "spendgate_store_errors_total{op=\"reserve\"}") >= 1.0, "{metrics}");
+    assert!(metric(&metrics, "spendgate_store_errors_total{op=\"settle\"}") >= 10.0, "{metrics}");
+    assert!(metric(&metrics, "spendgate_store_duration_seconds_count{op=\"replay\"}") >= 30.0, "{metrics}");
+    p.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_open_still_enforces_last_read_plus_counted_since() {
+    let mut server = RedisServer::start();
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 1}\n";
+    // A timeout no request reaches while Redis is up: this test is about the fence's values,
+    // not about timeouts.
+    let p = start_proxy(&proxy_yaml(&server.url(), "  timeout: 0.25\n", limits), &mock.url()).await;
+    for _ in 0..10 {
+        assert_eq!(tts(&p, "p-fence").await.status, 200);
+    }
+    p.handle.settled().await;
+    server.kill();
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(tts(&p, "p-fence").await.status.as_u16());
+    }
+    // $0.615 read before the outage; seven more reach $1.0455; the rest are refused.
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 7, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 13, "{statuses:?}");
+    assert_eq!(mock.count(), 17);
+    p.handle.settled().await;
+    server.restart_empty();
+    let key = format!("sg:{{p:p-fence}}:c:p:p-fence:m:{}", this_month());
+    let mut c = server.conn();
+    eventually("the outage's cost reaches Redis", || hget(&mut c, &key, "cost") == 7 * PRICE).await;
+    p.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_closed_answers_503_and_recovers_by_itself() {
+    let mut server = RedisServer::start();
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 100}\n";
+    let p = start_proxy(&proxy_yaml(&server.url(), "  on_error: closed\n", limits), &mock.url()).await;
+    assert_eq!(tts(&p, "p-closed").await.status, 200);
+    p.handle.settled().await;
+    server.kill();
+    for _ in 0..5 {
+        let g = tts(&p, "p-closed").await;
+        assert_eq!(g.status, 503);
+        assert_eq!(g.json()["error"]["type"], "quota_store_unavailable");
+    }
+    assert_eq!(mock.count(), 1, "nothing is forwarded");
+    server.restart_empty();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tts(&p, "p-closed").await.status != 200 {
+        assert!(Instant::now() < deadline, "the store did not reconnect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_refuses_even_when_open() {
+    let mut server = RedisServer::start();
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 100}\n";
+    let p = start_proxy(&proxy_yaml(&server.url(), "  journal_max_entries: 8\n", limits), &mock.url()).await;
+    p.client.get(&p.admin_url("/readyz"), &[]).await;
+    server.kill();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let g = tts(&p, "p-full").await;
+        p.handle.settled().await;
+        statuses.push(g.status.as_u16());
+    }
+    // Each request journals its reservation and its settlement; reservations stop at 6 of 8
+    // entries so that the settlements of forwarded requests still fit.
+    assert_eq!(statuses, [200, 200, 200, 503, 503]);
+    assert_eq!(mock.count(), 3);
+    server.restart_empty();
+    let key = format!("sg:{{p:p-full}}:c:p:p-full:m:{}", this_month());
+    let hist = format!("sg:{{p:p-full}}:h:p:p-full:m:{}", this_month());
+    let mut c = server.conn();
+    eventually("the journal is replayed", || {
+        hget(&mut c, &key, "cost") == 3 * PRICE && hist_total(&mut c, &hist, "requests") == 3
+    })
+    .await;
+    p.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_hits_the_timeout_and_a_late_success_counts_once() {
+    let server = RedisServer::start();
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 100}\n";
+    let p = start_proxy(&proxy_yaml(&server.url(), "  timeout: 0.05\n", limits), &mock.url()).await;
+    assert_eq!(tts(&p, "p-slow").await.status, 200);
+    p.handle.settled().await;
+    // Redis stops answering everyone else for a while; the request does not wait for it.
+    let mut c = server.conn();
+    let _: () = ::redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query(&mut c).unwrap();
+    let paused_at = Instant::now();
+    assert_eq!(tts(&p, "p-slow").await.status, 200);
+    assert!(paused_at.elapsed() < Duration::from_millis(1500), "answered while Redis was still paused");
+    p.handle.settled().await;
+    let metrics = p.metrics().await;
+    assert!(metric(&metrics, "spendgate_store_errors_total{op=\"reserve\"}") >= 1.0, "{metrics}");
+    // Once Redis answers, the calls that were given up on complete: the reservation and the
+    // settlement are in Redis once, and their journal entries were withdrawn.
+    let key = format!("sg:{{p:p-slow}}:c:p:p-slow:m:{}", this_month());
+    let hist = format!("sg:{{p:p-slow}}:h:p:p-slow:m:{}", this_month());
+    eventually("the late calls land", || {
+        hget(&mut c, &key, "cost") == 2 * PRICE && hist_total(&mut c, &hist, "requests") == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(hget(&mut c, &key, "cost"), 2 * PRICE);
+    assert_eq!(hist_total(&mut c, &hist, "requests"), 2);
+    p.handle.shutdown().await;
+}
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calendar_rolls_over_at_the_zones_midnight_and_old_buckets_stay() {
+    let server = RedisServer::start();
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: requests, window: daily, max: 2}\n    - {metric: requests, window: monthly, max: 3}\n";
+    let yaml = format!("timezone: America/New_York\n{}", proxy_yaml(&server.url(), "", limits));
+    // 15:00 on January 31 in New York.
+    let clock = Clock::fixed(utc("2027-01-31T20:00:00Z"));
+    let p = start_proxy_with_clock(&yaml, &mock.url(), clock.clone()).await;
+    let statuses = |v: Vec<Got>| v.iter().map(|g| g.status.as_u16()).collect::<Vec<_>>();
+    let mut day1 = Vec::new();
+    for _ in 0..3 {
+        day1.push(tts(&p, "p-cal").await);
+    }
+    assert_eq!(statuses(day1), [200, 200, 402]);
+    // 22:00 in New York, already February 1 in UTC: still the same day there.
+    clock.set(utc("2027-02-01T03:00:00Z"));
+    assert_eq!(tts(&p, "p-cal").await.status, 402);
+    // 00:30 on February 1 in New York: a new day and a new month, both from zero.
+    clock.set(utc("2027-02-01T05:30:00Z"));
+    let mut day2 = Vec::new();
+    for _ in 0..3 {
+        day2.push(tts(&p, "p-cal").await);
+    }
+    assert_eq!(statuses(day2), [200, 200, 402]);
+    // February 2: the day starts over, the month does not (its max is 3).
+    clock.set(utc("2027-02-02T05:30:00Z"));
+    let mut day3 = Vec::new();
+    for _ in 0..2 {
+        day3.push(tts(&p, "p-cal").await);
+    }
+    let day3 = statuses(day3);
+    assert_eq!(day3, [200, 402]);
+    p.handle.settled().await;
+
+    let read = |w, b: &str| ck(Scope::Profile, "p-cal", w, b, "requests");
+    let values = p
+        .handle
+        .app
+        .store
+        .read(&[
+            read(Window::Daily, "2027-01-31"),
+            read(Window::Monthly, "2027-01"),
+            read(Window::Daily, "2027-02-01"),
+            read(Window::Daily, "2027-02-02"),
+            read(Window::Monthly, "2027-02"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(values, vec![2, 2, 2, 1, 3], "old buckets stay readable");
+    let h = p
+        .handle
+        .app
+        .store
+        .history(Scope::Profile, "p-cal", &["2027-01-31".into(), "2027-02-01".into(), "2027-01".into()], 10)
+        .await
+        .unwrap();
+    assert_eq!(h.days["2027-01-31"].requests, 2);
+    assert_eq!(h.days["2027-02-01"].requests, 2);
+    assert_eq!(h.days["2027-01"].cost_nanos, 2 * PRICE);
+    p.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let files = common::redis::TlsFiles::generate();
+    let server = common::redis::RedisServer::start_tls(&files);
+    let url = format!("rediss://127.0.0.1:{}/0", server.port);
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 100}\n";
+    let extra = format!("  tls_ca_file: \"{}\"\n", files.ca.display());
+    let p = start_proxy(&proxy_yaml(&url, &extra, limits), &mock.url()).await;
+    assert_eq!(p.client.get(&p.admin_url("/readyz"), &[]).await.status, 200);
+    assert_eq!(tts(&p, "p-tls").await.status, 200);
+    assert_eq!(monthly_cost(&p, "p-tls").await, PRICE);
+    p.handle.shutdown().await;
+
+    // The public roots do not know this CA: the handshake fails and the store is unreachable.
+    let untrusted = open_store(&url, "");
+    assert!(untrusted.ping().await.is_err());
+}
