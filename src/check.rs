@@ -219,11 +219,7 @@ fn describe_price(spec: &PriceSpec) -> String {
 
 /// Runs the command; prints the summary or the error.
 pub async fn run(path: Option<&Path>, skip_store: bool) -> ExitCode {
-    let config = match path {
-        Some(p) => Config::from_file(p),
-        None => Ok(Config::embedded_default()),
-    };
-    let config = match config {
+    let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("invalid: {e}");

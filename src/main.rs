@@ -43,13 +43,6 @@ enum Command {
     },
 }
 
-fn load(path: Option<&PathBuf>) -> Result<Config, String> {
-    match path {
-        Some(p) => Config::from_file(p).map_err(|e| e.to_string()),
-        None => Ok(Config::embedded_default()),
-    }
-}
-
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -89,7 +82,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(path: Option<PathBuf>) -> ExitCode {
-    let config = match load(path.as_ref()) {
+    let config = match Config::load(path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -49,6 +49,14 @@ impl Config {
         Config::from_yaml(&text, &path.display().to_string())
     }
 
+    /// The named file, or the embedded default when none is named.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => Config::from_file(p),
+            None => Ok(Config::embedded_default()),
+        }
+    }
+
     /// The embedded default configuration.
     pub fn embedded_default() -> Config {
         Config::from_yaml(EMBEDDED_DEFAULT, "<embedded config.example.yaml>").expect("the embedded example config is valid")

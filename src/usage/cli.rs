@@ -19,11 +19,7 @@ pub enum Target {
 }
 
 pub async fn run(path: Option<&Path>, target: Target, range: &str, as_json: bool) -> ExitCode {
-    let config = match path {
-        Some(p) => Config::from_file(p),
-        None => Ok(Config::embedded_default()),
-    };
-    let config = match config {
+    let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("invalid: {e}");
