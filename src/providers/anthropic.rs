@@ -15,7 +15,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::json_scan::{JsonScanner, Record};
+use super::json_body::{ErrorMark, JsonUsageBody, ToUsage};
 use super::sse::{Event, SseParser};
 use super::{
     estimate_tokens, is_event_stream, output_tokens_from_text, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, Provider, RequestInfo, Settled,
@@ -74,7 +74,7 @@ impl Provider for Anthropic {
         if call.streaming && is_event_stream(headers) {
             Box::new(StreamExtractor::new(estimate))
         } else {
-            Box::new(JsonExtractor::new(estimate))
+            Box::new(JsonUsageBody::<WireUsage>::new(estimate, ErrorMark::TypeIsError))
         }
     }
 }
@@ -103,6 +103,12 @@ struct CacheCreation {
 #[serde(default)]
 struct ServerToolUse {
     web_search_requests: Option<u64>,
+}
+
+impl ToUsage for WireUsage {
+    fn to_usage(&self) -> Usage {
+        WireUsage::to_usage(self)
+    }
 }
 
 impl WireUsage {
@@ -138,69 +144,6 @@ impl WireUsage {
             web_searches: self.server_tool_use.as_ref().and_then(|s| s.web_search_requests).unwrap_or(0),
             prompt_tokens: input.saturating_add(read).saturating_add(written),
             ..Usage::default()
-        }
-    }
-}
-
-/// A plain message (or error) body.
-struct JsonExtractor {
-    scanner: JsonScanner,
-    usage: Option<Usage>,
-    model: Option<String>,
-    error: bool,
-    bad: bool,
-    estimate: Usage,
-}
-
-impl JsonExtractor {
-    fn new(estimate: &Usage) -> Self {
-        Self {
-            scanner: JsonScanner::new(1, &["usage", "model", "type"], &[]),
-            usage: None,
-            model: None,
-            error: false,
-            bad: false,
-            estimate: estimate.clone(),
-        }
-    }
-
-    fn record(&mut self, r: &Record) {
-        match r.get("usage").map(serde_json::from_slice::<Option<WireUsage>>) {
-            Some(Ok(Some(u))) => self.usage = Some(u.to_usage()),
-            Some(Ok(None)) | None => {}
-            Some(Err(_)) => self.bad = true,
-        }
-        self.model = r.get("model").and_then(|m| serde_json::from_slice(m).ok());
-        self.error = r.get("type").is_some_and(|t| t == br#""error""#);
-    }
-}
-
-impl UsageExtractor for JsonExtractor {
-    fn feed(&mut self, chunk: &[u8]) {
-        let mut records = Vec::new();
-        self.scanner.feed(chunk, &mut |r| records.push(r));
-        for r in &records {
-            self.record(r);
-        }
-    }
-
-    fn finish(&mut self, end: BodyEnd) -> Settled {
-        match self.usage.take() {
-            Some(usage) => Settled {
-                usage,
-                source: Source::Reported,
-                response_model: self.model.take(),
-                anomaly: None,
-            },
-            None if self.error && end == BodyEnd::Complete => Settled::upstream_error(),
-            None => Settled::estimated(
-                &self.estimate,
-                match end {
-                    BodyEnd::Cut => Anomaly::Cut,
-                    BodyEnd::Complete if self.bad || self.scanner.malformed() || self.scanner.records() == 0 => Anomaly::Malformed,
-                    BodyEnd::Complete => Anomaly::Missing,
-                },
-            ),
         }
     }
 }
@@ -450,10 +393,13 @@ event: content_block_delta\ndata: {\"type\":\"content_bl";
 
     #[test]
     fn error_body_is_free() {
-        let mut x = JsonExtractor::new(&Usage {
-            input_tokens: 3,
-            ..Usage::default()
-        });
+        let mut x = JsonUsageBody::<WireUsage>::new(
+            &Usage {
+                input_tokens: 3,
+                ..Usage::default()
+            },
+            ErrorMark::TypeIsError,
+        );
         let s = run(
             &mut x,
             br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,

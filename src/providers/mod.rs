@@ -8,6 +8,7 @@ pub mod anthropic;
 pub mod decode;
 pub mod elevenlabs;
 pub mod gemini;
+pub mod json_body;
 pub mod json_scan;
 pub mod openai;
 pub mod sse;

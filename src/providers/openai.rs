@@ -25,7 +25,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::json_scan::{JsonScanner, Record};
+use super::json_body::{ErrorMark, JsonUsageBody, ToUsage};
 use super::sse::{Event, SseParser};
 use super::{
     estimate_tokens, is_event_stream, output_tokens_from_text, reserve_output, text_bytes, Anomaly, BodyEnd, BodyFilter, Call, Estimate, FixedCost, Provider,
@@ -147,7 +147,7 @@ impl Provider for OpenAi {
                 let source = if estimate.characters > 0 { Source::Reported } else { Source::Estimated };
                 Box::new(FixedCost::new(estimate.clone(), source))
             }
-            _ => Box::new(JsonExtractor::new(estimate)),
+            _ => Box::new(JsonUsageBody::<WireUsage>::new(estimate, ErrorMark::ErrorMember)),
         }
     }
 
@@ -273,6 +273,12 @@ struct OutputDetails {
     audio_tokens: Option<u64>,
 }
 
+impl ToUsage for WireUsage {
+    fn to_usage(&self) -> Usage {
+        WireUsage::to_usage(self)
+    }
+}
+
 impl WireUsage {
     /// The disjoint kinds: cached, audio and cache-write tokens are parts of the input count,
     /// audio tokens part of the output count (reasoning stays in output).
@@ -309,69 +315,6 @@ impl WireUsage {
             input_tokens: self.input_tokens.or(self.prompt_tokens).unwrap_or(0),
             audio_output_tokens: self.output_tokens.or(self.completion_tokens).unwrap_or(0),
             ..Usage::default()
-        }
-    }
-}
-
-/// A plain JSON body with a top-level `usage` (chat, completions, responses, embeddings).
-struct JsonExtractor {
-    scanner: JsonScanner,
-    usage: Option<Usage>,
-    model: Option<String>,
-    error: bool,
-    bad: bool,
-    estimate: Usage,
-}
-
-impl JsonExtractor {
-    fn new(estimate: &Usage) -> Self {
-        Self {
-            scanner: JsonScanner::new(1, &["usage", "model", "error"], &[]),
-            usage: None,
-            model: None,
-            error: false,
-            bad: false,
-            estimate: estimate.clone(),
-        }
-    }
-
-    fn record(&mut self, r: &Record) {
-        match r.get("usage").map(serde_json::from_slice::<Option<WireUsage>>) {
-            Some(Ok(Some(u))) => self.usage = Some(u.to_usage()),
-            Some(Ok(None)) | None => {}
-            Some(Err(_)) => self.bad = true,
-        }
-        self.model = r.get("model").and_then(|m| serde_json::from_slice(m).ok());
-        self.error = r.get("error").is_some_and(|e| e != b"null");
-    }
-}
-
-impl UsageExtractor for JsonExtractor {
-    fn feed(&mut self, chunk: &[u8]) {
-        let mut records = Vec::new();
-        self.scanner.feed(chunk, &mut |r| records.push(r));
-        for r in &records {
-            self.record(r);
-        }
-    }
-
-    fn finish(&mut self, end: BodyEnd) -> Settled {
-        match self.usage.take() {
-            Some(usage) => Settled {
-                usage,
-                source: Source::Reported,
-                response_model: self.model.take(),
-                anomaly: None,
-            },
-            None if self.error && end == BodyEnd::Complete => Settled::upstream_error(),
-            None => Settled::estimated(
-                &self.estimate,
-                match end {
-                    BodyEnd::Cut => Anomaly::Cut,
-                    BodyEnd::Complete if self.bad || self.scanner.malformed() || self.scanner.records() == 0 => Anomaly::Malformed,
-                    BodyEnd::Complete => Anomaly::Missing,
-                },
-            ),
         }
     }
 }
@@ -804,16 +747,22 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
 
     #[test]
     fn json_body_errors_and_garbage() {
-        let mut x = JsonExtractor::new(&Usage {
-            input_tokens: 7,
-            ..Usage::default()
-        });
+        let mut x = JsonUsageBody::<WireUsage>::new(
+            &Usage {
+                input_tokens: 7,
+                ..Usage::default()
+            },
+            ErrorMark::ErrorMember,
+        );
         let s = run(&mut x, br#"{"error":{"message":"x"}}"#, 4, BodyEnd::Complete);
         assert_eq!(s.source, Source::UpstreamError);
-        let mut x = JsonExtractor::new(&Usage {
-            input_tokens: 7,
-            ..Usage::default()
-        });
+        let mut x = JsonUsageBody::<WireUsage>::new(
+            &Usage {
+                input_tokens: 7,
+                ..Usage::default()
+            },
+            ErrorMark::ErrorMember,
+        );
         let s = run(&mut x, b"<html>", 4, BodyEnd::Complete);
         assert_eq!((s.source, s.anomaly, s.usage.input_tokens), (Source::Estimated, Some(Anomaly::Malformed), 7));
     }
