@@ -197,6 +197,8 @@ fn describe_price(spec: &PriceSpec) -> String {
     add("audio", spec.per_audio_hour, "/h");
     add("request", spec.per_request, " each");
     add("web search", spec.per_web_search, " each");
+    add("file search", spec.per_file_search, " each");
+    add("code container", spec.per_code_session, " each");
     if let Some(lc) = &spec.long_context {
         let mut long = Vec::new();
         for (label, v) in [

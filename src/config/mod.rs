@@ -321,6 +321,10 @@ pub struct PriceSpec {
     pub per_audio_hour: Option<NonNegative>,
     pub per_request: Option<NonNegative>,
     pub per_web_search: Option<NonNegative>,
+    /// Per file search tool call (OpenAI Responses).
+    pub per_file_search: Option<NonNegative>,
+    /// Per code interpreter container (OpenAI Responses).
+    pub per_code_session: Option<NonNegative>,
     /// A higher rate for the whole request when the prompt exceeds a token threshold.
     pub long_context: Option<LongContextSpec>,
 }

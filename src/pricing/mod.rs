@@ -27,6 +27,8 @@ pub struct Rates {
     pub audio_hour: i128,
     pub request: i128,
     pub web_search: i128,
+    pub file_search: i128,
+    pub code_session: i128,
     /// Above this many prompt tokens, `long` replaces the token rates for the whole request.
     pub long_context: Option<(u64, Box<Rates>)>,
 }
@@ -57,6 +59,8 @@ impl Rates {
             audio_hour: rate(s.per_audio_hour, 1.0).unwrap_or(0),
             request: rate(s.per_request, 1.0).unwrap_or(0),
             web_search: rate(s.per_web_search, 1.0).unwrap_or(0),
+            file_search: rate(s.per_file_search, 1.0).unwrap_or(0),
+            code_session: rate(s.per_code_session, 1.0).unwrap_or(0),
             long_context: None,
         };
         if let Some(lc) = &s.long_context {
@@ -86,8 +90,16 @@ impl Rates {
         }
     }
 
-    /// Exact cost in pico-dollars.
+    /// Exact cost in pico-dollars, with the usage's premium (rounded up).
     pub fn cost_picos(&self, usage: &Usage) -> i128 {
+        let list = self.list_cost_picos(usage);
+        match usage.premium_permille {
+            0 => list,
+            p => (list * (1000 + i128::from(p)) + 999) / 1000,
+        }
+    }
+
+    fn list_cost_picos(&self, usage: &Usage) -> i128 {
         let r = self.tier(usage);
         let n = |x: u64| i128::from(x);
         n(usage.input_tokens) * r.input
@@ -103,6 +115,8 @@ impl Rates {
             + n(usage.video_seconds) * r.video_second
             + (n(usage.audio_millis) * r.audio_hour + 3_599_999) / 3_600_000
             + n(usage.web_searches) * r.web_search
+            + n(usage.file_searches) * r.file_search
+            + n(usage.code_sessions) * r.code_session
             + r.request
     }
 
@@ -124,7 +138,9 @@ impl Rates {
             video_second,
             audio_hour,
             request,
-            web_search
+            web_search,
+            file_search,
+            code_session
         );
     }
 }

@@ -13,13 +13,13 @@
 
 use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::json_body::{ErrorMark, JsonUsageBody, ToUsage};
 use super::sse::{Event, SseParser};
+use super::strict_json::{opt_bool, opt_str, opt_u64};
 use super::{
-    estimate_tokens, is_event_stream, output_tokens_from_text, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, Provider, RequestInfo, Settled,
-    Source, Usage, UsageExtractor,
+    estimate_tokens, is_event_stream, output_tokens_from_text, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, Provider, Refusal, RequestBody,
+    RequestInfo, Settled, Source, Usage, UsageExtractor,
 };
 use crate::config::{ProviderKind, ReserveConfig};
 
@@ -37,37 +37,27 @@ impl Provider for Anthropic {
         let path = req.path.trim_end_matches('/');
         let path = path.strip_prefix("/v1").filter(|r| r.starts_with('/')).unwrap_or(path);
         match path {
-            "/messages" => Call {
-                endpoint: "messages",
-                model: None,
-                metered: true,
-                needs_body: true,
-                streaming: false,
-            },
+            "/messages" => Call::metered("messages"),
             "/messages/count_tokens" => Call::free("count_tokens", None),
             // Batches are billed when their results are produced, out of sight of the proxy.
             _ => Call::free("other", None),
         }
     }
 
-    fn estimate(&self, call: &mut Call, _req: &RequestInfo<'_>, body: &[u8], reserve: &ReserveConfig) -> Estimate {
-        let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        call.model = json.get("model").and_then(Value::as_str).filter(|m| !m.is_empty()).map(str::to_string);
-        call.streaming = json.get("stream").and_then(Value::as_bool) == Some(true);
-        let input = if json.is_null() {
-            estimate_tokens(body.len(), reserve)
-        } else {
-            estimate_tokens(text_bytes(&json), reserve)
-        };
-        Estimate {
+    fn estimate(&self, call: &mut Call, _req: &RequestInfo<'_>, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
+        let json = body.object()?;
+        call.model = opt_str(json, "model")?.filter(|m| !m.is_empty()).map(str::to_string);
+        call.streaming = opt_bool(json, "stream")? == Some(true);
+        let input = estimate_tokens(text_bytes(json), reserve);
+        Ok(Estimate {
             usage: Usage {
                 input_tokens: input,
-                output_tokens: reserve_output(json.get("max_tokens").and_then(Value::as_u64), reserve),
+                output_tokens: reserve_output(opt_u64(json, "max_tokens")?, reserve),
                 prompt_tokens: input,
                 ..Usage::default()
             },
             ..Estimate::default()
-        }
+        })
     }
 
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
@@ -320,7 +310,12 @@ mod tests {
         assert!(!Anthropic.classify(&info("/v1/messages/batches")).metered);
         let mut call = Anthropic.classify(&info("/v1/messages"));
         let body = br#"{"model":"claude-haiku-4-5","max_tokens":64000,"stream":true,"messages":[{"role":"user","content":"abcdefgh"}]}"#;
-        let e = Anthropic.estimate(&mut call, &info("/v1/messages"), body, &ReserveConfig::default());
+        let json = super::super::strict_json::parse(body).unwrap();
+        let b = RequestBody {
+            bytes: body,
+            json: Some(&json),
+        };
+        let e = Anthropic.estimate(&mut call, &info("/v1/messages"), &b, &ReserveConfig::default()).unwrap();
         assert!(call.streaming);
         assert_eq!(call.model.as_deref(), Some("claude-haiku-4-5"));
         assert_eq!(e.usage.output_tokens, 4096);

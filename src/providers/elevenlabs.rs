@@ -8,7 +8,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 
 use super::json_scan::JsonScanner;
-use super::{BodyEnd, Call, Estimate, FixedCost, Provider, RequestInfo, Settled, Source, Usage, UsageExtractor};
+use super::{BodyEnd, Call, Estimate, FixedCost, Provider, Refusal, RequestBody, RequestInfo, Settled, Source, Usage, UsageExtractor};
 use crate::config::{ProviderKind, ReserveConfig};
 
 /// The model ElevenLabs uses when the request names none (its documented default).
@@ -49,13 +49,7 @@ impl Provider for ElevenLabs {
             return Call::free("other", None);
         }
         let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-        let metered = |endpoint, streaming| Call {
-            endpoint,
-            model: None,
-            metered: true,
-            needs_body: true,
-            streaming,
-        };
+        let metered = |endpoint, streaming| Call::metered(endpoint).streaming(streaming);
         match segs.as_slice() {
             ["v1", "text-to-speech", _voice] => metered("tts", false),
             ["v1", "text-to-speech", _voice, "stream"] => metered("tts_stream", true),
@@ -66,15 +60,12 @@ impl Provider for ElevenLabs {
             ["v1", "text-to-dialogue", "with-timestamps"] => metered("dialogue_timestamps", false),
             ["v1", "text-to-dialogue", "stream", "with-timestamps"] => metered("dialogue_stream_timestamps", true),
             ["v1", "sound-generation"] => metered("sound_generation", false),
-            ["v1", "speech-to-text"] => Call {
-                needs_body: false,
-                ..metered("speech_to_text", false)
-            },
+            ["v1", "speech-to-text"] => metered("speech_to_text", false).head_only(),
             _ => Call::free("other", None),
         }
     }
 
-    fn estimate(&self, call: &mut Call, req: &RequestInfo<'_>, body: &[u8], _reserve: &ReserveConfig) -> Estimate {
+    fn estimate(&self, call: &mut Call, req: &RequestInfo<'_>, body: &RequestBody<'_>, _reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
         if call.endpoint == "speech_to_text" {
             call.model = Some(DEFAULT_STT_MODEL.into());
             let bytes = req
@@ -83,17 +74,15 @@ impl Provider for ElevenLabs {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
-            return Estimate {
+            return Ok(Estimate {
                 usage: Usage {
                     audio_millis: bytes.saturating_mul(1000) / STT_BYTES_PER_SECOND,
                     ..Usage::default()
                 },
                 ..Estimate::default()
-            };
+            });
         }
-        // A body that is not JSON is forwarded anyway (the upstream will refuse it); it
-        // reserves nothing but the request.
-        let parsed: TtsBody = serde_json::from_slice(body).unwrap_or_default();
+        let parsed = TtsBody::deserialize(body.object()?).map_err(|e| Refusal::InvalidBody(format!("the request body cannot be read: {e}")))?;
         let characters = match call.endpoint {
             e if e.starts_with("dialogue") => parsed.inputs.iter().map(|i| i.text.chars().count() as u64).sum(),
             "sound_generation" => 0,
@@ -105,13 +94,13 @@ impl Provider for ElevenLabs {
             DEFAULT_TTS_MODEL
         };
         call.model = Some(parsed.model_id.filter(|m| !m.is_empty()).unwrap_or_else(|| default_model.to_string()));
-        Estimate {
+        Ok(Estimate {
             usage: Usage {
                 characters,
                 ..Usage::default()
             },
             ..Estimate::default()
-        }
+        })
     }
 
     fn extractor(&self, call: &Call, _status: StatusCode, _headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
@@ -213,20 +202,24 @@ mod tests {
     fn characters_are_unicode_scalars_and_model_defaults() {
         let h = HeaderMap::new();
         let mut call = ElevenLabs.classify(&info("/v1/text-to-speech/v", &h));
-        let est = ElevenLabs.estimate(
+        let est = super::super::estimate_call(
+            &ElevenLabs,
             &mut call,
             &info("/v1/text-to-speech/v", &h),
             "{\"text\":\"héllo ✓\"}".as_bytes(),
             &ReserveConfig::default(),
-        );
+        )
+        .unwrap();
         assert_eq!(est.usage.characters, 7);
         assert_eq!(call.model.as_deref(), Some(DEFAULT_TTS_MODEL));
-        let est = ElevenLabs.estimate(
+        let est = super::super::estimate_call(
+            &ElevenLabs,
             &mut call,
             &info("/v1/text-to-speech/v", &h),
             br#"{"text":"ab","model_id":"eleven_flash_v2_5"}"#,
             &ReserveConfig::default(),
-        );
+        )
+        .unwrap();
         assert_eq!(est.usage.characters, 2);
         assert_eq!(call.model.as_deref(), Some("eleven_flash_v2_5"));
     }

@@ -11,7 +11,8 @@ use serde_json::Value;
 use super::json_scan::{JsonScanner, Record};
 use super::sse::SseParser;
 use super::{
-    estimate_tokens, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, RequestInfo, Settled, Source, Usage, UsageExtractor,
+    estimate_tokens, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, Refusal, RequestBody, RequestInfo, Settled, Source,
+    Usage, UsageExtractor,
 };
 use crate::config::{ProviderKind, ReserveConfig};
 
@@ -75,13 +76,7 @@ impl Provider for Gemini {
         if *req.method != Method::POST {
             return Call::free("other", model);
         }
-        let metered = |endpoint, streaming| Call {
-            endpoint,
-            model: model.clone(),
-            metered: true,
-            needs_body: true,
-            streaming,
-        };
+        let metered = |endpoint, streaming| Call::metered(endpoint).with_model(model.clone()).streaming(streaming);
         match method {
             "generateContent" => metered("generateContent", false),
             "streamGenerateContent" => metered("streamGenerateContent", true),
@@ -97,8 +92,8 @@ impl Provider for Gemini {
         }
     }
 
-    fn estimate(&self, call: &mut Call, _req: &RequestInfo<'_>, body: &[u8], reserve: &ReserveConfig) -> Estimate {
-        let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    fn estimate(&self, call: &mut Call, _req: &RequestInfo<'_>, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
+        let json = body.object()?;
         let usage = match call.endpoint {
             "predict" => {
                 let samples = json
@@ -124,12 +119,12 @@ impl Provider for Gemini {
                 }
             }
             "embedContent" | "batchEmbedContents" | "predictEmbeddings" => Usage {
-                input_tokens: estimate_tokens(text_bytes(&json), reserve),
+                input_tokens: estimate_tokens(text_bytes(json), reserve),
                 ..Usage::default()
             },
             _ => {
                 let max_out = json.pointer("/generationConfig/maxOutputTokens").and_then(Value::as_u64);
-                let input = estimate_tokens(text_bytes(&json), reserve);
+                let input = estimate_tokens(text_bytes(json), reserve);
                 Usage {
                     input_tokens: input,
                     output_tokens: reserve_output(max_out, reserve),
@@ -138,7 +133,7 @@ impl Provider for Gemini {
                 }
             }
         };
-        Estimate { usage, ..Estimate::default() }
+        Ok(Estimate { usage, ..Estimate::default() })
     }
 
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
@@ -475,7 +470,12 @@ mod tests {
             query: None,
             headers: &h,
         };
-        let e = g.estimate(&mut call, &req, body.as_bytes(), &ReserveConfig::default());
+        let json = super::super::strict_json::parse(body.as_bytes()).unwrap();
+        let b = RequestBody {
+            bytes: body.as_bytes(),
+            json: Some(&json),
+        };
+        let e = g.estimate(&mut call, &req, &b, &ReserveConfig::default()).unwrap();
         assert_eq!(e.usage.output_tokens, 100);
         assert!(e.usage.input_tokens < 2000, "{}", e.usage.input_tokens);
     }

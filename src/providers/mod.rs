@@ -12,6 +12,7 @@ pub mod json_body;
 pub mod json_scan;
 pub mod openai;
 pub mod sse;
+pub mod strict_json;
 
 use std::sync::Arc;
 
@@ -42,8 +43,15 @@ pub struct Usage {
     /// Duration of input audio (speech to text), in milliseconds.
     pub audio_millis: u64,
     pub web_searches: u64,
+    /// Calls of the OpenAI Responses API's file search tool.
+    pub file_searches: u64,
+    /// Code interpreter containers (sessions) started by a call.
+    pub code_sessions: u64,
     /// The whole prompt's size, for long-context price tiers (0 when not applicable).
     pub prompt_tokens: u64,
+    /// A price modifier that raises the bill (priority tiers, fast mode, regional inference),
+    /// in thousandths above list price: 1000 doubles the cost. 0 is list price.
+    pub premium_permille: u64,
 }
 
 impl Usage {
@@ -81,6 +89,7 @@ impl Usage {
             cache_write_1h_tokens: self.cache_write_1h_tokens,
             audio_input_tokens: self.audio_input_tokens,
             prompt_tokens: self.prompt_tokens,
+            premium_permille: self.premium_permille,
             ..Usage::default()
         }
     }
@@ -96,31 +105,138 @@ pub struct RequestInfo<'a> {
     pub headers: &'a HeaderMap,
 }
 
-/// How a provider classified a request.
+/// How a provider classified a request. Every request falls in one of three classes:
+/// metered (estimated, reserved, read and priced), known free (listing, counting tokens,
+/// polling, reading files), or not metered (`unmetered` says why): an endpoint the proxy
+/// cannot charge, refused unless the provider's `unmetered` setting allows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
     /// Short endpoint name for logs, e.g. `tts`, `generateContent`.
     pub endpoint: &'static str,
     /// The model the call uses, once known (from the path, else from the body).
     pub model: Option<String>,
-    /// False for calls that cost nothing (listing, counting tokens, polling).
+    /// True for calls that are priced.
     pub metered: bool,
+    /// Set for calls the proxy cannot meter: why (the end of the refusal's message, e.g.
+    /// "batches are billed when their results are produced").
+    pub unmetered: Option<&'static str>,
     /// The estimate needs the request body (it is buffered, up to a bound, before forwarding).
     pub needs_body: bool,
+    /// The buffered body is JSON: it is parsed strictly (see [`strict_json`]) before the
+    /// estimate, and refused when it cannot be. False for multipart and raw uploads.
+    pub json_body: bool,
     /// The response is a stream (SSE, JSON array, chunked audio).
     pub streaming: bool,
 }
 
 impl Call {
+    /// A metered call whose estimate reads the JSON body.
+    pub fn metered(endpoint: &'static str) -> Self {
+        Self {
+            endpoint,
+            model: None,
+            metered: true,
+            unmetered: None,
+            needs_body: true,
+            json_body: true,
+            streaming: false,
+        }
+    }
+
     /// A free call: forwarded and counted as a request, but never priced.
     pub fn free(endpoint: &'static str, model: Option<String>) -> Self {
         Self {
             endpoint,
             model,
             metered: false,
+            unmetered: None,
             needs_body: false,
+            json_body: false,
             streaming: false,
         }
+    }
+
+    /// An endpoint the proxy cannot meter; `why` ends the refusal's message.
+    pub fn not_metered(endpoint: &'static str, why: &'static str) -> Self {
+        Self {
+            unmetered: Some(why),
+            ..Self::free(endpoint, None)
+        }
+    }
+
+    pub fn with_model(mut self, model: Option<String>) -> Self {
+        self.model = model;
+        self
+    }
+
+    pub fn streaming(mut self, streaming: bool) -> Self {
+        self.streaming = streaming;
+        self
+    }
+
+    /// The estimate reads the request head only (the body streams through).
+    pub fn head_only(mut self) -> Self {
+        self.needs_body = false;
+        self.json_body = false;
+        self
+    }
+
+    /// The body is buffered but is not JSON (multipart, raw audio).
+    pub fn raw_body(mut self) -> Self {
+        self.json_body = false;
+        self
+    }
+}
+
+/// The buffered request body of a metered call.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestBody<'a> {
+    /// The bytes as the client sent them (empty when the call does not need the body).
+    pub bytes: &'a [u8],
+    /// The strictly parsed JSON, for calls with [`Call::json_body`].
+    pub json: Option<&'a Value>,
+}
+
+impl<'a> RequestBody<'a> {
+    pub const EMPTY: RequestBody<'static> = RequestBody { bytes: &[], json: None };
+
+    /// The JSON object (refused when the body is JSON but not an object).
+    pub fn object(&self) -> Result<&'a Value, Refusal> {
+        match self.json {
+            Some(v) => Ok(strict_json::object(v)?),
+            None => Err(Refusal::InvalidBody("the request body must be a JSON object".into())),
+        }
+    }
+}
+
+/// Why a provider will not let a metered call through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The body cannot be read as the provider reads it (400 `invalid_request_body`).
+    InvalidBody(String),
+    /// The call cannot be charged (403 `endpoint_not_metered`); the message says why.
+    NotMetered(String),
+}
+
+impl From<strict_json::BodyError> for Refusal {
+    fn from(e: strict_json::BodyError) -> Self {
+        Refusal::InvalidBody(e.0)
+    }
+}
+
+/// Longest model name accepted.
+pub const MAX_MODEL_LEN: usize = 256;
+
+/// A model name from a request: 1 to 256 bytes of printable ASCII without spaces.
+pub fn validate_model(model: &str) -> Result<(), Refusal> {
+    let ok = !model.is_empty() && model.len() <= MAX_MODEL_LEN && model.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::InvalidBody(format!(
+            "the model name {:?} is not 1 to {MAX_MODEL_LEN} printable ASCII characters",
+            strict_json::Printable(model)
+        )))
     }
 }
 
@@ -271,8 +387,10 @@ pub trait Provider: Send + Sync {
     fn classify(&self, req: &RequestInfo<'_>) -> Call;
 
     /// The usage to reserve for a metered call. `body` is the buffered request body when
-    /// [`Call::needs_body`] is set (empty otherwise); the model may be filled in from it.
-    fn estimate(&self, call: &mut Call, req: &RequestInfo<'_>, body: &[u8], reserve: &ReserveConfig) -> Estimate;
+    /// [`Call::needs_body`] is set (empty otherwise), parsed when [`Call::json_body`] is; the
+    /// model may be filled in from it. A call whose estimate cannot be computed is refused:
+    /// it is never estimated at zero.
+    fn estimate(&self, call: &mut Call, req: &RequestInfo<'_>, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal>;
 
     /// The extractor for a successful (2xx) response of a metered call.
     fn extractor(&self, call: &Call, status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor>;
@@ -282,6 +400,22 @@ pub trait Provider: Send + Sync {
     fn body_filter(&self, _call: &Call, _headers: &HeaderMap) -> Option<Box<dyn BodyFilter>> {
         None
     }
+}
+
+/// Reads a metered call's buffered body the way the provider will: parses it strictly when
+/// it is JSON, lets the provider estimate it, and validates the model it names.
+pub fn estimate_call(provider: &dyn Provider, call: &mut Call, req: &RequestInfo<'_>, bytes: &[u8], reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
+    let json = if call.needs_body && call.json_body {
+        Some(strict_json::parse(bytes)?)
+    } else {
+        None
+    };
+    let body = RequestBody { bytes, json: json.as_ref() };
+    let estimate = provider.estimate(call, req, &body, reserve)?;
+    if let Some(model) = &call.model {
+        validate_model(model)?;
+    }
+    Ok(estimate)
 }
 
 /// The implementation for a configured kind.

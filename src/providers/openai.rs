@@ -27,9 +27,10 @@ use serde_json::Value;
 
 use super::json_body::{ErrorMark, JsonUsageBody, ToUsage};
 use super::sse::{Event, SseParser};
+use super::strict_json::{opt_bool, opt_str};
 use super::{
     estimate_tokens, is_event_stream, output_tokens_from_text, reserve_output, text_bytes, Anomaly, BodyEnd, BodyFilter, Call, Estimate, FixedCost, Provider,
-    RequestInfo, Settled, Source, Usage, UsageExtractor,
+    Refusal, RequestBody, RequestInfo, Settled, Source, Usage, UsageExtractor,
 };
 use crate::config::{ProviderKind, ReserveConfig};
 
@@ -61,13 +62,7 @@ impl Provider for OpenAi {
         if *req.method != Method::POST {
             return Call::free("other", None);
         }
-        let metered = |endpoint| Call {
-            endpoint,
-            model: None,
-            metered: true,
-            needs_body: true,
-            streaming: false,
-        };
+        let metered = Call::metered;
         match endpoint_path(req.path) {
             "/chat/completions" => metered("chat"),
             "/completions" => metered("completions"),
@@ -79,23 +74,11 @@ impl Provider for OpenAi {
         }
     }
 
-    fn estimate(&self, call: &mut Call, req: &RequestInfo<'_>, body: &[u8], reserve: &ReserveConfig) -> Estimate {
-        let Ok(json) = serde_json::from_slice::<Value>(body) else {
-            // Not JSON: the upstream refuses it. Reserve by size, in case it does not.
-            let input = estimate_tokens(body.len(), reserve);
-            return Estimate {
-                usage: Usage {
-                    input_tokens: input,
-                    output_tokens: reserve.max_output_tokens,
-                    prompt_tokens: input,
-                    ..Usage::default()
-                },
-                ..Estimate::default()
-            };
-        };
-        call.model = json.get("model").and_then(Value::as_str).filter(|m| !m.is_empty()).map(str::to_string);
-        call.streaming = json.get("stream").and_then(Value::as_bool) == Some(true);
-        match call.endpoint {
+    fn estimate(&self, call: &mut Call, req: &RequestInfo<'_>, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
+        let json = body.object()?;
+        call.model = opt_str(json, "model")?.filter(|m| !m.is_empty()).map(str::to_string);
+        call.streaming = opt_bool(json, "stream")? == Some(true);
+        Ok(match call.endpoint {
             "embeddings" => Estimate {
                 usage: Usage {
                     input_tokens: json.get("input").map_or(0, |i| embedding_tokens(i, reserve)),
@@ -103,14 +86,14 @@ impl Provider for OpenAi {
                 },
                 ..Estimate::default()
             },
-            "speech" => speech_estimate(call, &json, reserve),
+            "speech" => speech_estimate(call, json, reserve),
             "responses" => {
                 if json.get("background").and_then(Value::as_bool) == Some(true) {
                     call.endpoint = "responses_background";
                 }
                 let max = json.get("max_output_tokens").and_then(Value::as_u64);
                 Estimate {
-                    usage: llm_usage(&json, max, reserve),
+                    usage: llm_usage(json, max, reserve),
                     ..Estimate::default()
                 }
             }
@@ -121,9 +104,9 @@ impl Provider for OpenAi {
                     .and_then(Value::as_u64)
                     .or_else(|| json.get("max_tokens").and_then(Value::as_u64));
                 let choices = json.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, MAX_CHOICES);
-                let usage = llm_usage(&json, max.map(|m| m.saturating_mul(choices)), reserve);
-                let body = (call.streaming && !asks_for_usage(&json) && super::decode::decodes_every_accepted(req.headers))
-                    .then(|| ask_for_usage(body, &json))
+                let usage = llm_usage(json, max.map(|m| m.saturating_mul(choices)), reserve);
+                let body = (call.streaming && !asks_for_usage(json) && super::decode::decodes_every_accepted(req.headers))
+                    .then(|| ask_for_usage(body.bytes, json))
                     .flatten();
                 Estimate {
                     usage,
@@ -131,7 +114,7 @@ impl Provider for OpenAi {
                     body,
                 }
             }
-        }
+        })
     }
 
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
@@ -572,7 +555,12 @@ mod tests {
         let p = OpenAi;
         let post = Method::POST;
         let mut call = p.classify(&req(&post, path, headers));
-        let e = p.estimate(&mut call, &req(&post, path, headers), body.as_bytes(), &ReserveConfig::default());
+        let json = super::super::strict_json::parse(body.as_bytes()).unwrap();
+        let b = RequestBody {
+            bytes: body.as_bytes(),
+            json: Some(&json),
+        };
+        let e = p.estimate(&mut call, &req(&post, path, headers), &b, &ReserveConfig::default()).unwrap();
         (call, e)
     }
 

@@ -99,7 +99,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<A
             query: query.as_deref(),
             headers: &parts.headers,
         };
-        estimate = route.provider.estimate(&mut call, &info, &buffered, &runtime.config.reserve);
+        estimate = match crate::providers::estimate_call(&*route.provider, &mut call, &info, &buffered, &runtime.config.reserve) {
+            Ok(e) => e,
+            Err(crate::providers::Refusal::InvalidBody(m)) => return own(None, StatusCode::BAD_REQUEST, "invalid_request_body", &m),
+            Err(crate::providers::Refusal::NotMetered(m)) => return own(None, StatusCode::FORBIDDEN, "endpoint_not_metered", &m),
+        };
         if let Some(new_body) = estimate.body.take() {
             body = Either::Right(Full::new(new_body));
         }
