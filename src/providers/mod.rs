@@ -379,9 +379,25 @@ impl UsageExtractor for FixedCost {
     }
 }
 
+/// Another family's wire format served under a provider's host: Gemini's OpenAI-compatible
+/// endpoints (OpenAI wire, Gemini prices), Claude on Vertex (Anthropic wire and prices).
+#[derive(Clone, Copy)]
+pub struct Wire {
+    /// The family that classifies, estimates and reads the call.
+    pub provider: &'static dyn Provider,
+    /// The price table the call is priced from.
+    pub prices: ProviderKind,
+}
+
 /// A provider family.
 pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
+
+    /// The family whose wire format a request uses, when it is not this one's (see [`Wire`]).
+    /// The proxy then classifies, estimates and reads the call with that family.
+    fn wire_for(&self, _req: &RequestInfo<'_>) -> Option<Wire> {
+        None
+    }
 
     /// Which call this is; decided from the request head alone.
     fn classify(&self, req: &RequestInfo<'_>) -> Call;
