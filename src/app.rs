@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::alerts::Alerts;
 use crate::config::{Backend, Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::pricing::PriceTable;
+use crate::proxy::admit::{BodyBudget, OrgCache};
 use crate::proxy::route::Route;
 use crate::quota::limit::LimitSet;
 use crate::quota::Retention;
@@ -72,8 +74,16 @@ pub struct App {
     /// Threshold alerts (dedupe state and the webhook queue).
     pub alerts: Alerts,
     pub clock: Clock,
-    /// Settlements still being written; shutdown waits for them.
+    /// Settlements still being written (and bodies still being read for their usage after
+    /// the client left); shutdown waits for them.
     pub settlements: TaskTracker,
+    /// Cancelled when the process stops serving: work still reading upstream bodies
+    /// settles at once.
+    pub stopping: CancellationToken,
+    /// Request bodies buffered at once, over all requests.
+    pub body_budget: BodyBudget,
+    /// Profile -> org bindings already read from the store.
+    pub orgs: OrgCache,
     /// Where the config came from (None: embedded or given in memory).
     pub config_path: Option<PathBuf>,
 }
@@ -94,6 +104,9 @@ impl App {
             alerts: Alerts::new(),
             clock,
             settlements: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            body_budget: BodyBudget::default(),
+            orgs: OrgCache::default(),
             config_path,
         }))
     }

@@ -70,6 +70,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub unpriced: IntCounterVec,
     pub usage_estimated: IntCounterVec,
+    pub unmetered: IntCounterVec,
     pub upstream_failures: IntCounterVec,
     pub quota_usage_ratio: GaugeVec,
     pub quota_alert_threshold: GaugeVec,
@@ -137,6 +138,11 @@ impl Metrics {
             "usage_estimated_total",
             "Responses whose usage could not be read and were charged the estimate.",
             &["provider", "reason"],
+        );
+        let unmetered = counter(
+            "unmetered_total",
+            "Calls to endpoints the proxy cannot meter, forwarded because `unmetered` allows them.",
+            &["provider"],
         );
         let alerts = counter(
             "alerts_total",
@@ -213,6 +219,7 @@ impl Metrics {
             config_reloads,
             unpriced,
             usage_estimated,
+            unmetered,
             upstream_failures,
             quota_usage_ratio,
             quota_alert_threshold,
@@ -229,7 +236,7 @@ impl Metrics {
         for result in ["success", "error"] {
             m.config_reloads.with_label_values(&[result]);
         }
-        for op in ["reserve", "settle", "flush", "read", "history"] {
+        for op in ["reserve", "settle", "flush", "read", "history", "bind"] {
             m.store_errors.with_label_values(&[op]);
         }
         for result in ["fired", "sent", "failed", "dropped"] {
@@ -241,7 +248,7 @@ impl Metrics {
     /// The name of every metric family this process exports.
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 17] = [
+        let collectors: [&dyn Collector; 18] = [
             &self.requests,
             &self.cost_usd,
             &self.tokens,
@@ -252,6 +259,7 @@ impl Metrics {
             &self.config_reloads,
             &self.unpriced,
             &self.usage_estimated,
+            &self.unmetered,
             &self.upstream_failures,
             &self.quota_usage_ratio,
             &self.quota_alert_threshold,

@@ -75,7 +75,11 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
         tasks.spawn(proxy::serve_data(app.clone(), l, rx.clone()));
     }
     let admin_app = app.clone();
-    tasks.spawn(proxy::serve(admin, rx.clone(), Duration::from_secs(5), move |req| {
+    let admin_limits = proxy::ConnLimits {
+        grace: Duration::from_secs(5),
+        ..proxy::ConnLimits::for_server(&cfg.server)
+    };
+    tasks.spawn(proxy::serve(admin, rx.clone(), admin_limits, move |req| {
         crate::admin::handle(admin_app.clone(), req)
     }));
 
@@ -111,6 +115,13 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
         }
     });
 
+    if !admin_addr.ip().is_loopback() && crate::admin::open_to_anyone(&cfg.admin) {
+        tracing::warn!(
+            %admin_addr,
+            token_env = %cfg.admin.token_env,
+            "the admin API listens beyond loopback without a token: anyone who reaches it can read usage and reload the configuration; set the token variable"
+        );
+    }
     tracing::info!(%data_addr, %admin_addr, store = app.store.name(), "spendgate is serving");
     Ok(Handle {
         app,
@@ -128,6 +139,7 @@ impl Handle {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        self.app.stopping.cancel();
         self.app.settlements.close();
         if tokio::time::timeout(SETTLE_WAIT, self.app.settlements.wait()).await.is_err() {
             tracing::error!("some settlements did not finish before shutdown");

@@ -24,9 +24,12 @@ async fn token_guards_the_api_and_the_page_but_not_probes() {
     assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
     p.handle.settled().await;
 
-    for open in ["/metrics", "/healthz", "/readyz"] {
+    for open in ["/healthz", "/readyz"] {
         assert_eq!(admin_get(&p, open, None).await.status, 200, "{open} stays open");
     }
+    // Tenant ids and spend are in the metrics: they need the token unless made public.
+    assert_eq!(admin_get(&p, "/metrics", None).await.status, 401);
+    assert_eq!(admin_get(&p, "/metrics", Some(TOKEN)).await.status, 200);
 
     for path in ["/v1/profiles", "/v1/orgs", "/v1/profiles/p-1/usage", "/v1/profiles/p-1/usage?range=7d"] {
         let r = admin_get(&p, path, None).await;

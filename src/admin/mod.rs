@@ -3,7 +3,7 @@
 //!
 //! | path | method | what |
 //! |---|---|---|
-//! | `/metrics` | GET | Prometheus text format (open) |
+//! | `/metrics` | GET | Prometheus text format (behind the token unless `admin.public_metrics`) |
 //! | `/healthz`, `/readyz` | GET | probes (open) |
 //! | `/v1/profiles`, `/v1/orgs` | GET | every known tenant against its limits |
 //! | `/v1/profiles/{id}/usage`, `/v1/orgs/{id}/usage` | GET | one tenant, `?range=7d\|30d\|90d\|all` |
@@ -92,10 +92,20 @@ impl Endpoint {
         }
     }
 
-    /// Everything but the probes and metrics needs the admin token.
-    fn guarded(&self) -> bool {
-        !matches!(self, Endpoint::Metrics | Endpoint::Healthz | Endpoint::Readyz)
+    /// Everything but the probes needs the admin token; the metrics too unless they are
+    /// made public (tenant ids and spend are in them).
+    fn guarded(&self, public_metrics: bool) -> bool {
+        match self {
+            Endpoint::Healthz | Endpoint::Readyz => false,
+            Endpoint::Metrics => !public_metrics,
+            _ => true,
+        }
     }
+}
+
+/// True when no admin token is configured (the admin API answers anyone).
+pub fn open_to_anyone(cfg: &crate::config::AdminConfig) -> bool {
+    auth::required_token(&cfg.token_env).is_none()
 }
 
 /// The value of a query parameter.
@@ -121,8 +131,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<AdminBody
         );
         return r;
     }
-    if endpoint.guarded() {
-        let runtime = app.runtime();
+    let runtime = app.runtime();
+    if endpoint.guarded(runtime.config.admin.public_metrics) {
         let token = auth::required_token(&runtime.config.admin.token_env);
         let query_token = (endpoint == Endpoint::Dashboard).then(|| query_param(query.as_deref(), "token")).flatten();
         if let Err(denied) = auth::check(token.as_deref(), req.headers(), query_token.as_deref()) {
@@ -190,8 +200,10 @@ mod tests {
         ] {
             assert_eq!(Endpoint::parse(bad), None, "{bad}");
         }
-        assert!(!Endpoint::Metrics.guarded());
-        assert!(Endpoint::Dashboard.guarded());
+        assert!(Endpoint::Metrics.guarded(false));
+        assert!(!Endpoint::Metrics.guarded(true));
+        assert!(!Endpoint::Healthz.guarded(false));
+        assert!(Endpoint::Dashboard.guarded(true));
     }
 
     #[test]

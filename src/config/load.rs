@@ -1,5 +1,6 @@
 //! Reading a config file: parse with key paths and lines, then the checks that span keys.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -117,6 +118,17 @@ impl Config {
             }
             if h.eq_ignore_ascii_case(&self.tenant.profile_header) {
                 return Err(("tenant.org_header".into(), "must differ from tenant.profile_header".into()));
+            }
+        }
+        let mut org_of: BTreeMap<&str, &str> = BTreeMap::new();
+        for (org, profiles) in &self.tenant.orgs {
+            let key = format!("tenant.orgs.{org}");
+            crate::tenant::validate_id(org).map_err(|e| (key.clone(), format!("bad org id: {e}")))?;
+            for p in profiles {
+                crate::tenant::validate_id(p).map_err(|e| (key.clone(), format!("bad profile id `{p}`: {e}")))?;
+                if let Some(other) = org_of.insert(p, org) {
+                    return Err((key, format!("profile `{p}` is also listed under org `{other}`; a profile belongs to one org")));
+                }
             }
         }
 

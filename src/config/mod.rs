@@ -66,6 +66,8 @@ pub struct AdminConfig {
     pub listen: ListenAddr,
     /// When this environment variable is set, `/v1/*` and `/` need it as a bearer token.
     pub token_env: String,
+    /// Serve `/metrics` without the token even when one is configured.
+    pub public_metrics: bool,
 }
 
 impl Default for AdminConfig {
@@ -73,6 +75,7 @@ impl Default for AdminConfig {
         Self {
             listen: ListenAddr("127.0.0.1:9090".parse().expect("static address")),
             token_env: "SPENDGATE_ADMIN_TOKEN".into(),
+            public_metrics: false,
         }
     }
 }
@@ -193,6 +196,9 @@ pub struct TenantConfig {
     pub missing: Missing,
     /// Remove the tenant headers before forwarding upstream.
     pub strip: bool,
+    /// Org id -> its profiles. A profile belongs to one org: one named here always counts
+    /// for it; any other keeps the first org it is seen with (remembered in the store).
+    pub orgs: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for TenantConfig {
@@ -202,6 +208,7 @@ impl Default for TenantConfig {
             org_header: Some("X-Org-Id".into()),
             missing: Missing::Reject,
             strip: true,
+            orgs: BTreeMap::new(),
         }
     }
 }
@@ -211,6 +218,17 @@ impl Default for TenantConfig {
 pub struct ServerConfig {
     /// Largest request body buffered to estimate a metered call, in bytes.
     pub max_request_body: usize,
+    /// Most bytes of request bodies buffered at once, over all requests; past it new
+    /// metered requests are answered 503 `overloaded`.
+    pub max_buffered_bytes: u64,
+    /// Longest a metered request's body may take to arrive.
+    pub body_timeout: Seconds,
+    /// Interval of HTTP/2 keep-alive pings to clients (a peer that does not answer within
+    /// the same time is disconnected).
+    pub h2_keepalive: Seconds,
+    /// An HTTP/1.1 or HTTP/2 client connection with no request in flight for this long is
+    /// closed.
+    pub idle_timeout: Seconds,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub shutdown_grace: Seconds,
 }
@@ -219,6 +237,10 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_request_body: 64 * 1024 * 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
+            body_timeout: Seconds::from_secs(60),
+            h2_keepalive: Seconds::from_secs(30),
+            idle_timeout: Seconds::from_secs(300),
             shutdown_grace: Seconds::from_secs(30),
         }
     }
@@ -263,6 +285,41 @@ pub struct ProviderConfig {
     pub listen: Option<ListenAddr>,
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// What to do with a call to an endpoint the proxy cannot meter.
+    #[serde(default)]
+    pub unmetered: Unmetered,
+}
+
+/// `providers.<name>.unmetered`: calls to endpoints the proxy cannot charge.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Unmetered {
+    /// Answer 403 `endpoint_not_metered`.
+    #[default]
+    Reject,
+    /// Forward them; they count against requests limits only.
+    Allow,
+    /// Forward them and charge this many nano-dollars per call.
+    Charge(i64),
+}
+
+impl<'de> Deserialize<'de> for Unmetered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Charge {
+            charge_usd: NonNegative,
+        }
+        const EXPECTED: &str = "`reject`, `allow` or `{charge_usd: <USD per call>}`";
+        match serde_norway::Value::deserialize(d)? {
+            serde_norway::Value::String(w) if w == "reject" => Ok(Unmetered::Reject),
+            serde_norway::Value::String(w) if w == "allow" => Ok(Unmetered::Allow),
+            v @ serde_norway::Value::Mapping(_) => Charge::deserialize(v)
+                .map(|c| Unmetered::Charge(crate::money::usd_to_nanos(c.charge_usd.0)))
+                .map_err(|e| D::Error::custom(format!("expected {EXPECTED}: {e}"))),
+            _ => Err(D::Error::custom(format!("expected {EXPECTED}"))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -291,6 +348,7 @@ fn default_providers() -> BTreeMap<String, ProviderConfig> {
         api_key_env: None,
         listen: None,
         timeouts: TimeoutsConfig::default(),
+        unmetered: Unmetered::Reject,
     };
     BTreeMap::from([
         ("elevenlabs".into(), p(ProviderKind::Elevenlabs, "/elevenlabs", "https://api.elevenlabs.io")),

@@ -55,6 +55,41 @@ pub fn decodes_every_accepted(request_headers: &HeaderMap) -> bool {
     })
 }
 
+/// The content codings the proxy asks the upstream for: those the client accepts (a wildcard
+/// accepts all) that the proxy can also decode, so that the usage can always be read and a
+/// rewritten stream restored, while the client still gets a coding it accepts. `identity`
+/// when there are none (a client that sent no `Accept-Encoding` gets what it got before).
+pub fn upstream_accept_encoding(request_headers: &HeaderMap) -> http::HeaderValue {
+    const OFFERED: [&str; 4] = ["gzip", "deflate", "br", "zstd"];
+    let mut accepted = [false; 4];
+    for v in request_headers.get_all(http::header::ACCEPT_ENCODING) {
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split(',') {
+            let mut params = item.split(';');
+            let coding = params.next().unwrap_or("").trim().to_ascii_lowercase();
+            let refused = params.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=")
+                    .or_else(|| p.strip_prefix("Q="))
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            if refused {
+                continue;
+            }
+            for (i, c) in OFFERED.iter().enumerate() {
+                accepted[i] |= coding == "*" || coding == *c || (*c == "gzip" && coding == "x-gzip");
+            }
+        }
+    }
+    let list: Vec<&str> = OFFERED.iter().zip(accepted).filter(|(_, a)| *a).map(|(c, _)| *c).collect();
+    if list.is_empty() {
+        http::HeaderValue::from_static("identity")
+    } else {
+        http::HeaderValue::from_str(&list.join(", ")).expect("codings are header-safe")
+    }
+}
+
 /// The decoder for one response body.
 pub struct Decoder {
     codec: Codec,
@@ -168,6 +203,22 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_gets_only_decodable_codings_the_client_accepts() {
+        let ae = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::ACCEPT_ENCODING, v.parse().unwrap());
+            upstream_accept_encoding(&h)
+        };
+        assert_eq!(upstream_accept_encoding(&HeaderMap::new()), "identity");
+        assert_eq!(ae("*"), "gzip, deflate, br, zstd");
+        assert_eq!(ae("compress"), "identity");
+        assert_eq!(ae("gzip, compress, br;q=0.5"), "gzip, br");
+        assert_eq!(ae("gzip;q=0, deflate"), "deflate");
+        assert_eq!(ae("x-gzip"), "gzip");
+        assert_eq!(ae("identity"), "identity");
+    }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

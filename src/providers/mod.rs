@@ -67,6 +67,30 @@ impl Usage {
         .fold(self.input_tokens, u64::saturating_add)
     }
 
+    /// The field-wise maximum of two usages: priced, it is at least either's cost.
+    pub fn max_with(&self, o: &Usage) -> Usage {
+        macro_rules! m { ($($f:ident),*) => { Usage { $( $f: self.$f.max(o.$f), )* } }; }
+        m!(
+            input_tokens,
+            cached_input_tokens,
+            cache_write_tokens,
+            cache_write_1h_tokens,
+            audio_input_tokens,
+            output_tokens,
+            audio_output_tokens,
+            image_output_tokens,
+            characters,
+            images,
+            video_seconds,
+            audio_millis,
+            web_searches,
+            file_searches,
+            code_sessions,
+            prompt_tokens,
+            premium_permille
+        )
+    }
+
     /// All output-side tokens (saturating).
     pub fn output_total(&self) -> u64 {
         [self.audio_output_tokens, self.image_output_tokens]
@@ -286,6 +310,14 @@ pub enum Anomaly {
     Malformed,
     /// The body was cut before usage arrived.
     Cut,
+    /// The upstream did not answer within the idle timeout (the request may have reached it).
+    Timeout,
+    /// The upstream connection failed after the request may have reached it.
+    UpstreamError,
+    /// The client went away before the answer's head.
+    ClientGone,
+    /// The process stopped before the call ended.
+    Shutdown,
 }
 
 impl Anomaly {
@@ -294,6 +326,10 @@ impl Anomaly {
             Anomaly::Missing => "missing",
             Anomaly::Malformed => "malformed",
             Anomaly::Cut => "cut",
+            Anomaly::Timeout => "timeout",
+            Anomaly::UpstreamError => "upstream_error",
+            Anomaly::ClientGone => "client_gone",
+            Anomaly::Shutdown => "shutdown",
         }
     }
 }

@@ -21,6 +21,14 @@ const CREDENTIAL_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("x-goog-api-key"),
 ];
 
+/// Headers that choose which account or project a call is billed to. With an injected key
+/// they are the proxy's to decide, not the client's.
+const BILLING_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    HeaderName::from_static("x-goog-user-project"),
+];
+
 /// A provider key read from the environment.
 #[derive(Clone)]
 pub struct ApiKey {
@@ -62,9 +70,9 @@ impl ApiKey {
         Ok(ApiKey { header, value })
     }
 
-    /// Removes the client's credentials and sets this key.
+    /// Removes the client's credentials and billing-routing headers, and sets this key.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        for h in &CREDENTIAL_HEADERS {
+        for h in CREDENTIAL_HEADERS.iter().chain(&BILLING_HEADERS) {
             headers.remove(h);
         }
         headers.insert(self.header.clone(), self.value.clone());
@@ -77,8 +85,9 @@ pub fn strip_query_key(query: &str) -> Option<String> {
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| {
-            let name = pair.split('=').next().unwrap_or("");
-            !name.eq_ignore_ascii_case("key") && !pair.is_empty()
+            // Servers decode the name before reading it: `k%65y` is `key`.
+            let name = percent_encoding::percent_decode_str(pair.split('=').next().unwrap_or("")).decode_utf8_lossy();
+            !name.trim().eq_ignore_ascii_case("key") && !pair.is_empty()
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
@@ -107,6 +116,9 @@ mod tests {
             for c in &CREDENTIAL_HEADERS {
                 h.insert(c, HeaderValue::from_static("client-key"));
             }
+            for b in &BILLING_HEADERS {
+                h.insert(b, HeaderValue::from_static("client-org"));
+            }
             h.insert("x-other", HeaderValue::from_static("kept"));
             key.inject(&mut h);
             assert_eq!(h.len(), 2, "{kind:?}: {h:?}");
@@ -133,5 +145,7 @@ mod tests {
         assert_eq!(strip_query_key("key=abc").as_deref(), None);
         assert_eq!(strip_query_key("KEY=abc&a=%20b&keys=1").as_deref(), Some("a=%20b&keys=1"));
         assert_eq!(strip_query_key("a=1&key&b=2").as_deref(), Some("a=1&b=2"));
+        assert_eq!(strip_query_key("k%65y=abc&alt=sse").as_deref(), Some("alt=sse"));
+        assert_eq!(strip_query_key("%4B%45%59=abc").as_deref(), None);
     }
 }

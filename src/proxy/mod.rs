@@ -1,11 +1,14 @@
 //! The data plane: listeners, connections and graceful drain. The request path itself is in
-//! [`handler`].
+//! [`handler`], in three phases: [`admit`], [`forward`], [`meter`] (which [`settle`]s).
 
+pub mod admit;
 pub mod client;
 pub mod credentials;
+pub mod forward;
 pub mod handler;
 pub mod headers;
-pub mod metered_body;
+mod idle;
+pub mod meter;
 pub mod reply;
 pub mod route;
 pub mod settle;
@@ -24,11 +27,33 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::App;
+use idle::Activity;
 use route::Route;
 
+/// Limits of client connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// On shutdown, how long open connections may take to finish their requests.
+    pub grace: Duration,
+    /// Interval (and timeout) of HTTP/2 keep-alive pings.
+    pub h2_keepalive: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle: Duration,
+}
+
+impl ConnLimits {
+    pub fn for_server(cfg: &crate::config::ServerConfig) -> Self {
+        Self {
+            grace: cfg.shutdown_grace.0,
+            h2_keepalive: cfg.h2_keepalive.0,
+            idle: cfg.idle_timeout.0,
+        }
+    }
+}
+
 /// Serves connections from `listener` until `shutdown` flips to true, then stops accepting
-/// and lets open connections finish their in-flight requests for up to `grace`.
-pub async fn serve<F, Fut, B>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, grace: Duration, handler: F)
+/// and lets open connections finish their in-flight requests for up to `limits.grace`.
+pub async fn serve<F, Fut, B>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, limits: ConnLimits, handler: F)
 where
     F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<B>> + Send + 'static,
@@ -42,7 +67,12 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.h2_keepalive)
+        .keep_alive_timeout(limits.h2_keepalive)
+        .max_concurrent_streams(1024);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -60,22 +90,40 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let activity = Activity::new();
+        let tracked = activity.clone();
         let service = service_fn(move |req| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req).await) }
+            let guard = tracked.begin();
+            async move { Ok::<_, Infallible>(handler(req).await.map(|body| idle::Tracked::new(body, guard))) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
+        let idle = limits.idle;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::pin!(conn);
+            loop {
+                tokio::select! {
+                    r = &mut conn => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = tokio::time::sleep(activity.idle_check(idle)) => {
+                        if activity.idle_for() >= idle {
+                            tracing::debug!("closing a client connection idle for {idle:?}");
+                            break;
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
+        _ = tokio::time::sleep(limits.grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
     }
 }
 
@@ -98,7 +146,7 @@ impl DataListener {
 
 /// Serves a data-plane listener.
 pub async fn serve_data(app: Arc<App>, l: DataListener, shutdown: watch::Receiver<bool>) {
-    let grace = app.runtime().config.server.shutdown_grace.0;
+    let limits = ConnLimits::for_server(&app.runtime().config.server);
     let route = l.route;
-    serve(l.listener, shutdown, grace, move |req| handler::handle(app.clone(), req, route.clone())).await;
+    serve(l.listener, shutdown, limits, move |req| handler::handle(app.clone(), req, route.clone())).await;
 }

@@ -1,24 +1,41 @@
-//! Settling a request once its response has ended: price the real usage, replace the
-//! reservation with it in the store, and record it in the metrics.
+//! Settling an admitted request: price what it really used, replace the reservation with it
+//! in the store, and record it in the metrics and the history.
+//!
+//! A [`Reservation`] is the guard of one admitted call: whatever ends the call (the response
+//! body ends or fails, the upstream times out or fails, the client goes away before or after
+//! the answer's head, the handler is dropped, the process stops) settles it exactly once.
+//! What is charged (the one settle rule):
+//!
+//! - the usage the upstream reported, when it did;
+//! - nothing when the upstream answered an error without usage, or when no connection to it
+//!   was ever made;
+//! - otherwise the call may have been billed without the proxy seeing the bill, so it is
+//!   charged at least its reservation: for a body cut short, the larger of the usage seen so
+//!   far and the reservation (field by field), and the reservation where nothing was seen.
+//!
+//! Every settlement carries a usage record; every one that charges an estimate is counted in
+//! `spendgate_usage_estimated_total{provider,reason}`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use super::route::Route;
 use crate::app::{App, Runtime};
-use crate::providers::{BodyEnd, Call, Settled, Source, Usage};
+use crate::config::ProviderKind;
+use crate::providers::{Anomaly, BodyEnd, Call, Settled, Source, Usage};
 use crate::quota::{Amounts, Plan};
 use crate::store::{Settlement, Totals, UsageRecord};
 use crate::tenant::Tenant;
-
-use super::route::Route;
 
 /// Everything needed to settle one admitted request.
 pub struct Settler {
     pub app: Arc<App>,
     pub runtime: Arc<Runtime>,
     pub route: Arc<Route>,
+    /// The price table the call is priced from (the route's, or its wire family's).
+    pub prices: ProviderKind,
     pub tenant: Tenant,
     pub call: Call,
     pub path: String,
@@ -27,6 +44,9 @@ pub struct Settler {
     /// Counter values before this request (None when the store could not be reached).
     pub before: Option<Vec<i64>>,
     pub estimate: Usage,
+    /// A fixed charge per call (an unmetered endpoint with `unmetered: {charge_usd}`), in
+    /// nano-dollars, instead of a price.
+    pub fixed_cost: Option<i64>,
     pub upstream_started: Instant,
     /// Time the proxy itself has spent on this request so far (upstream time excluded).
     pub overhead: Duration,
@@ -41,41 +61,101 @@ fn next_id() -> String {
     format!("{boot}-{:x}", SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The guard of an admitted call: settles it exactly once, on drop at the latest.
+pub struct Reservation(Option<Settler>);
+
+impl Reservation {
+    pub fn new(settler: Settler) -> Self {
+        Self(Some(settler))
+    }
+
+    pub fn settler(&self) -> &Settler {
+        self.0.as_ref().expect("a reservation is settled only once")
+    }
+
+    pub fn settler_mut(&mut self) -> &mut Settler {
+        self.0.as_mut().expect("a reservation is settled only once")
+    }
+
+    /// Settles with an outcome read from the response (or known without one).
+    pub fn settle(mut self, settled: Settled, end: BodyEnd) {
+        if let Some(s) = self.0.take() {
+            s.settle(settled, end);
+        }
+    }
+
+    /// Settles a call whose answer never came although the request may have reached the
+    /// provider: the reservation is charged.
+    pub fn settle_unanswered(self, why: Anomaly) {
+        let estimate = self.settler().estimate.clone();
+        self.settle(Settled::estimated(&estimate, why), BodyEnd::Cut);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            // Dropped before the answer's head: the client went away (or the process is
+            // stopping); the request may already be with the provider.
+            let why = if s.app.stopping.is_cancelled() {
+                Anomaly::Shutdown
+            } else {
+                Anomaly::ClientGone
+            };
+            let estimate = s.estimate.clone();
+            s.settle(Settled::estimated(&estimate, why), BodyEnd::Cut);
+        }
+    }
+}
+
 impl Settler {
     pub fn note_upstream_failure(&self, reason: &str) {
         self.app.metrics.upstream_failures.with_label_values(&[&self.route.name, reason]).inc();
     }
 
+    /// What is charged for an outcome (see the module docs): the usage and its cost.
+    fn charge(&self, settled: &Settled, end: BodyEnd) -> (Usage, i64, bool) {
+        if let Some(fixed) = self.fixed_cost {
+            // An unmetered endpoint with a fixed charge: every call that reached the provider
+            // and was not answered with an error pays it.
+            let cost = if settled.source == Source::UpstreamError { 0 } else { fixed };
+            return (Usage::default(), cost, false);
+        }
+        let charged = match settled.source {
+            Source::Free | Source::UpstreamError => return (Usage::default(), 0, false),
+            Source::Reported => settled.usage.clone(),
+            // A cut body or an unanswered call may have been billed in full.
+            Source::Partial | Source::Estimated if end == BodyEnd::Cut => settled.usage.max_with(&self.estimate),
+            Source::Partial | Source::Estimated => settled.usage.clone(),
+        };
+        let priced = self.runtime.prices.price(
+            &self.route.name,
+            self.prices,
+            &[settled.response_model.as_deref(), self.call.model.as_deref()],
+            &charged,
+        );
+        (charged, priced.nanos, priced.unpriced)
+    }
+
     /// Prices and records the outcome. Never blocks: the store write runs as a tracked task.
-    pub fn settle(self, settled: Settled, end: BodyEnd) {
+    fn settle(self, settled: Settled, end: BodyEnd) {
         let started = Instant::now();
         let app = &self.app;
         let m = &app.metrics;
         let model = self.call.model.clone().unwrap_or_else(|| "unknown".into());
-        let model_label = m.model(&model);
         let provider = self.route.name.as_str();
         m.upstream_duration
             .with_label_values(&[provider])
             .observe(self.upstream_started.elapsed().as_secs_f64());
 
-        let (usage, cost) = match settled.source {
-            Source::Free | Source::UpstreamError => (Usage::default(), 0),
-            _ => {
-                let priced = self.runtime.prices.price(
-                    provider,
-                    self.route.kind,
-                    &[settled.response_model.as_deref(), self.call.model.as_deref()],
-                    &settled.usage,
-                );
-                if priced.unpriced {
-                    m.unpriced.with_label_values(&[provider, &model_label]).inc();
-                }
-                (settled.usage, priced.nanos)
-            }
-        };
+        let (usage, cost, unpriced) = self.charge(&settled, end);
+        let model_label = super::reply::model_label(app, &self.runtime, &self.route.name, self.prices, self.call.model.as_deref());
+        if unpriced {
+            m.unpriced.with_label_values(&[provider, &model_label]).inc();
+        }
         if let Some(a) = settled.anomaly {
             m.usage_estimated.with_label_values(&[provider, a.as_str()]).inc();
-            tracing::warn!(provider, model = %model, path = %self.path, reason = a.as_str(), end = ?end, "usage could not be read from the response; the estimate is charged");
+            tracing::warn!(provider, model = %model_label, path = %super::reply::loggable(&self.path), reason = a.as_str(), end = ?end, "usage could not be read from the response; the reservation is charged");
         }
         let actual = Amounts::new(cost, &usage, 1);
 

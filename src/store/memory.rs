@@ -33,6 +33,8 @@ struct State {
     /// Counter -> (value, expiry as unix seconds).
     counters: HashMap<CounterKey, (i64, i64)>,
     tenants: BTreeMap<(Scope, String), TenantHistory>,
+    /// Profile -> the org it belongs to ("" for none).
+    orgs: HashMap<String, String>,
     dirty: bool,
 }
 
@@ -42,6 +44,8 @@ struct SnapshotFile {
     version: u32,
     counters: Vec<(CounterKey, i64, i64)>,
     tenants: Vec<(Scope, String, TenantHistory)>,
+    #[serde(default)]
+    orgs: Vec<(String, String)>,
 }
 
 pub struct MemoryStore {
@@ -76,6 +80,7 @@ impl MemoryStore {
                 .map(|(k, v, e)| (k, (v, e)))
                 .collect();
             st.tenants = file.tenants.into_iter().map(|(s, id, h)| ((s, id), h)).collect();
+            st.orgs = file.orgs.into_iter().collect();
         }
         store.snapshot = Some(path);
         Ok(store)
@@ -177,6 +182,15 @@ impl Store for MemoryStore {
         Ok(st.tenants.keys().filter(|(s, _)| *s == scope).map(|(_, id)| id.clone()).collect())
     }
 
+    async fn bind_org(&self, profile: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {
+        let mut st = self.state.lock();
+        if !st.orgs.contains_key(profile) {
+            st.orgs.insert(profile.to_string(), org.unwrap_or_default().to_string());
+            st.dirty = true;
+        }
+        Ok(st.orgs.get(profile).filter(|o| !o.is_empty()).cloned())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -194,6 +208,7 @@ impl Store for MemoryStore {
                 version: 1,
                 counters: st.counters.iter().map(|(k, (v, e))| (k.clone(), *v, *e)).collect(),
                 tenants: st.tenants.iter().map(|((s, id), h)| (*s, id.clone(), h.clone())).collect(),
+                orgs: st.orgs.iter().map(|(p, o)| (p.clone(), o.clone())).collect(),
             };
             serde_json::to_vec(&file).map_err(|e| StoreError::Other(e.to_string()))?
         };

@@ -156,6 +156,11 @@ pub trait Store: Send + Sync {
     /// Every tenant of a scope that has history.
     async fn tenants(&self, scope: Scope) -> Result<Vec<String>, StoreError>;
 
+    /// The org a profile belongs to, shared by every replica: the one already remembered, or
+    /// else `org`, which is remembered from now on (`None` remembers that the profile belongs
+    /// to no org). Bindings never expire.
+    async fn bind_org(&self, profile: &str, org: Option<&str>) -> Result<Option<String>, StoreError>;
+
     /// Reachability, for `/readyz` and `spendgate check`.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -132,6 +132,11 @@ impl Keys {
         format!("{}:{{p:{profile}}}:homes", self.prefix)
     }
 
+    /// The org a profile belongs to ("" for none): `<prefix>:{p:<profile>}:org`.
+    pub fn org_of(&self, profile: &str) -> String {
+        format!("{}:{{p:{profile}}}:org", self.prefix)
+    }
+
     /// The sorted set of every tenant of a scope (score: last seen): `<prefix>:tenants:<p|o>`.
     pub fn registry(&self, scope: Scope) -> String {
         format!("{}:tenants:{}", self.prefix, scope.tag())

@@ -416,6 +416,26 @@ impl Store for RedisStore {
         self.inner.tenants(scope).await
     }
 
+    async fn bind_org(&self, profile: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {
+        let inner = &self.inner;
+        if inner.breaker.is_open() {
+            return Err(StoreError::Unavailable("Redis is unreachable".into()));
+        }
+        let key = inner.keys.org_of(profile);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(org.unwrap_or_default())
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key);
+        let mut c = inner.conn.clone();
+        let (bound,): (Option<String>,) = inner.timed("bind", pipe.query_async(&mut c)).await?;
+        Ok(bound.filter(|o| !o.is_empty()))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

@@ -1,7 +1,11 @@
-//! The response body on its way to the client: every frame is passed on as soon as it
-//! arrives (nothing is held back), while a decoded copy feeds the provider's usage extractor.
-//! When the body ends, fails, stalls past the idle timeout, or the client goes away (the body
-//! is dropped), the usage is settled exactly once.
+//! The meter phase: the response body on its way to the client. Every frame is passed on as
+//! soon as it arrives (nothing is held back), while a decoded copy feeds the provider's usage
+//! extractor. When the body ends, fails or stalls past the idle timeout, the usage is settled
+//! exactly once.
+//!
+//! When the client goes away first (the body is dropped), the rest of the upstream body is
+//! still read in the background, up to the idle timeout and until the process stops, so that
+//! a provider that finishes (and bills) the work anyway is charged what it reports.
 //!
 //! A response whose request the provider rewrote (see [`crate::providers::BodyFilter`]) goes
 //! through the provider's filter instead: the decoded body is filtered and passed on
@@ -21,9 +25,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::settle::Settler;
+use super::settle::Reservation;
 use crate::providers::decode::{Decoded, Decoder};
-use crate::providers::{Anomaly, BodyEnd, BodyFilter, Settled, UsageExtractor};
+use crate::providers::{Anomaly, BodyEnd, BodyFilter, UsageExtractor};
 
 /// Most decoded bytes read for usage from one body (a bound against decompression bombs).
 const MAX_DECODED: u64 = 1 << 30;
@@ -42,13 +46,13 @@ pub struct Meter {
     extractor: Box<dyn UsageExtractor>,
     filter: Option<Box<dyn BodyFilter>>,
     undecodable: bool,
-    settler: Settler,
+    reservation: Reservation,
 }
 
 impl Meter {
     /// A meter for a response with these headers. With a filter, the headers are adjusted to
     /// the filtered body (or the filter is dropped when the body cannot be decoded).
-    pub fn new(headers: &mut http::HeaderMap, extractor: Box<dyn UsageExtractor>, filter: Option<Box<dyn BodyFilter>>, settler: Settler) -> Self {
+    pub fn new(headers: &mut http::HeaderMap, extractor: Box<dyn UsageExtractor>, filter: Option<Box<dyn BodyFilter>>, reservation: Reservation) -> Self {
         let decoder = Decoder::for_headers(headers, MAX_DECODED);
         let filter = match (filter, &decoder) {
             (Some(f), Some(_)) => {
@@ -57,7 +61,7 @@ impl Meter {
                 Some(f)
             }
             (Some(_), None) => {
-                tracing::warn!(provider = %settler.route.name, "the response uses a coding the proxy cannot decode; it passes unfiltered");
+                tracing::warn!(provider = %reservation.settler().route.name, "the response uses a coding the proxy cannot decode; it passes unfiltered");
                 None
             }
             (None, _) => None,
@@ -67,7 +71,7 @@ impl Meter {
             decoder,
             extractor,
             filter,
-            settler,
+            reservation,
         }
     }
 
@@ -81,7 +85,7 @@ impl Meter {
         let started = std::time::Instant::now();
         let result = self.read(data);
         // Reading usage is time the proxy adds to the body's way through.
-        self.settler.overhead += started.elapsed();
+        self.reservation.settler_mut().overhead += started.elapsed();
         result
     }
 
@@ -124,14 +128,18 @@ impl Meter {
             // The copy could not be decoded, so "reported" usage is only what was read before.
             settled.anomaly = Some(Anomaly::Malformed);
         }
-        self.settler.settle(settled, end);
+        self.reservation.settle(settled, end);
+    }
+
+    fn note_upstream_failure(&self, reason: &str) {
+        self.reservation.settler().note_upstream_failure(reason);
     }
 }
 
 pin_project_lite::pin_project! {
     pub struct MeteredBody {
-        #[pin]
-        inner: Incoming,
+        // Taken by the background drain when the client goes away first.
+        inner: Option<Incoming>,
         idle: Pin<Box<Sleep>>,
         idle_timeout: Duration,
         // True while the last poll found the upstream silent (the idle clock is running).
@@ -151,11 +159,13 @@ pin_project_lite::pin_project! {
     impl PinnedDrop for MeteredBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(meter) = this.meter.take() {
-                // Dropped before the end: the client went away (or the body was empty and
-                // never polled, which counts as complete).
-                let end = if this.inner.is_end_stream() { BodyEnd::Complete } else { BodyEnd::Cut };
-                meter.finish(end);
+            let Some(meter) = this.meter.take() else { return };
+            match this.inner.take() {
+                // An empty body that was never polled counts as complete.
+                Some(inner) if inner.is_end_stream() => meter.finish(BodyEnd::Complete),
+                // The client went away before the end: read the rest without it.
+                Some(inner) => drain(inner, meter, *this.idle_timeout),
+                None => meter.finish(BodyEnd::Cut),
             }
         }
     }
@@ -164,7 +174,7 @@ pin_project_lite::pin_project! {
 impl MeteredBody {
     pub fn new(inner: Incoming, idle_timeout: Duration, meter: Meter) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             waiting: false,
@@ -187,7 +197,7 @@ impl Body for MeteredBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         loop {
             if !this.tail.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(std::mem::take(this.tail)))));
@@ -198,7 +208,10 @@ impl Body for MeteredBody {
             if *this.done {
                 return Poll::Ready(None);
             }
-            match this.inner.as_mut().poll_frame(cx) {
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     *this.waiting = false;
                     let Some(meter) = this.meter.as_mut() else {
@@ -220,7 +233,7 @@ impl Body for MeteredBody {
                         Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
                         Err(e) => {
                             if let Some(m) = this.meter.take() {
-                                m.settler.note_upstream_failure("decode");
+                                m.note_upstream_failure("decode");
                                 m.finish(BodyEnd::Cut);
                             }
                             *this.done = true;
@@ -231,7 +244,7 @@ impl Body for MeteredBody {
                 Poll::Ready(Some(Err(e))) => {
                     if let Some(mut m) = this.meter.take() {
                         *this.tail = m.flush();
-                        m.settler.note_upstream_failure("body");
+                        m.note_upstream_failure("body");
                         m.finish(BodyEnd::Cut);
                     }
                     *this.pending = Some(Err(Box::new(e)));
@@ -254,7 +267,7 @@ impl Body for MeteredBody {
                         Poll::Ready(()) => {
                             if let Some(mut m) = this.meter.take() {
                                 *this.tail = m.flush();
-                                m.settler.note_upstream_failure("idle_timeout");
+                                m.note_upstream_failure("idle_timeout");
                                 m.finish(BodyEnd::Cut);
                             }
                             *this.pending = Some(Err(Box::new(IdleTimeout(*this.idle_timeout))));
@@ -271,20 +284,49 @@ impl Body for MeteredBody {
         if self.filtered {
             self.done && self.tail.is_empty() && self.pending.is_none()
         } else {
-            self.inner.is_end_stream()
+            self.inner.as_ref().is_none_or(Body::is_end_stream)
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.filtered {
-            SizeHint::default()
-        } else {
-            self.inner.size_hint()
+        match &self.inner {
+            Some(inner) if !self.filtered => inner.size_hint(),
+            _ => SizeHint::default(),
         }
     }
 }
 
-/// Settles a response that is never streamed (the upstream failed before a body existed).
-pub fn settle_now(settler: Settler, settled: Settled) {
-    settler.settle(settled, BodyEnd::Complete);
+/// Reads the rest of an upstream body whose client went away, so that the usage the
+/// provider reports at the end is what is charged. Bounded by the idle timeout between
+/// frames; the process stopping ends it at once (charged as a cut body).
+fn drain(mut inner: Incoming, mut meter: Meter, idle: Duration) {
+    use http_body_util::BodyExt;
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        meter.finish(BodyEnd::Cut);
+        return;
+    };
+    let app = meter.reservation.settler().app.clone();
+    let tracker = app.settlements.clone();
+    handle.spawn(tracker.track_future(async move {
+        let stopping = app.stopping.clone();
+        let end = loop {
+            let frame = tokio::select! {
+                _ = stopping.cancelled() => break BodyEnd::Cut,
+                f = tokio::time::timeout(idle, inner.frame()) => f,
+            };
+            match frame {
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        // Nothing goes to a client any more: a filter failure only stops
+                        // the filtering.
+                        meter.filter = None;
+                        let _ = meter.read(&data);
+                    }
+                }
+                Ok(None) => break BodyEnd::Complete,
+                Ok(Some(Err(_))) | Err(_) => break BodyEnd::Cut,
+            }
+        };
+        meter.finish(end);
+    }));
 }
