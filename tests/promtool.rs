@@ -130,7 +130,7 @@ async fn a_real_scrape_passes_promtool_and_has_every_documented_series() {
         "spendgate_requests_total{model=\"gemini-2.5-flash\",provider=\"gemini\",status=\"402\"} 1",
         "spendgate_requests_total{model=\"gemini-2.5-flash-lite\",provider=\"gemini\",status=\"500\"} 1",
         "spendgate_quota_rejections_total{metric=\"cost_usd\",scope=\"profile\",tenant=\"p-1\",window=\"monthly\"} 1",
-        "spendgate_unpriced_total{model=\"gemini-9-unlisted\",provider=\"gemini\"} 1",
+        "spendgate_unpriced_total{model=\"other\",provider=\"gemini\"} 1",
         "spendgate_characters_total{model=\"eleven_multilingual_v2\",provider=\"elevenlabs\",tenant=\"p-1\"} 111",
         "spendgate_cost_usd_total{model=\"eleven_multilingual_v2\",org=\"acme\",provider=\"elevenlabs\",tenant=\"p-1\"} 0.0111",
         "spendgate_upstream_duration_seconds_count{provider=\"gemini\"} 4",
