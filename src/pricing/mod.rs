@@ -403,7 +403,7 @@ mod tests {
         assert!(priced(ProviderKind::Vertex, "gemini-2.5-flash-preview-*"));
         assert!(priced(ProviderKind::Openai, "gpt-4o-mini"));
         assert!(priced(ProviderKind::Anthropic, "claude-*"));
-        assert!(!priced(ProviderKind::Openai, "dall-e-*"));
+        assert!(!priced(ProviderKind::Openai, "davinci-*"));
         assert!(!priced(ProviderKind::Openai, "gpt-4o-audio-preview"));
         assert!(!priced(ProviderKind::Anthropic, "gpt-*"));
     }

@@ -1,57 +1,68 @@
 //! OpenAI: chat completions and legacy completions (plain and streamed), responses (plain,
-//! streamed and background), embeddings and speech.
+//! streamed, background and compaction), embeddings, speech, images, speech to text and videos.
+//! [`routes`] holds the endpoint table: what is metered, known free, or refused.
 //!
 //! Usage is read from the response: `usage` of a completion (the final chunk of a stream),
 //! `response.usage` of `response.completed` / `.incomplete` / `.failed`, `usage` of an
-//! embeddings list, and `speech.audio.done` of an SSE speech stream. Input counts include the
-//! cached part and output counts include reasoning; both are split into the disjoint
-//! [`Usage`] kinds here. `tts-1` speech is billed per input character, exact from the request.
+//! embeddings list, `speech.audio.done` of an SSE speech stream, and the media endpoints'
+//! own usage (see [`images`], [`audio`], [`videos`]). Input counts include the cached part and
+//! output counts include reasoning; both are split into the disjoint [`Usage`] kinds here.
+//! `tts-1` speech is billed per input character, exact from the request. Priority processing
+//! and the Responses API's built-in tools are charged on top of tokens (see [`fees`]).
 //!
 //! A streamed chat (or completions) request that did not ask for usage is rewritten to ask for
 //! it (`stream_options.include_usage`), so that the stream can be priced exactly, and
-//! [`usage_filter`] gives the client back the stream it asked for. The rewrite is skipped
-//! when the client accepts a content coding the proxy cannot decode (see
-//! [`super::decode::decodes_every_accepted`]); such a stream is priced from the estimated input
-//! and the text seen.
+//! [`usage_filter`] gives the client back the stream it asked for. (The proxy asks the
+//! upstream only for content codings it can decode, so the rewritten stream is always read.)
 //!
-//! Other endpoints (images, transcriptions, files, batches, moderations...) are forwarded and
-//! counted as requests, but not priced: their usage is not in the price table.
+//! A `background: true` response is answered before any work is done; its usage appears only
+//! when the response is fetched later (`GET /responses/{id}`). The POST is charged its
+//! reservation, which is the request's own `max_output_tokens` (not capped by
+//! `reserve.max_output_tokens`), or [`BACKGROUND_MAX_OUTPUT`] without one, plus the input
+//! and the tool reservation.
 
+mod audio;
+mod fees;
+mod fields;
+mod images;
+mod multipart;
+mod routes;
 mod usage_filter;
+mod videos;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::json_body::{ErrorMark, JsonUsageBody, ToUsage};
+use super::json_scan::JsonScanner;
 use super::sse::{Event, SseParser};
-use super::strict_json::{opt_bool, opt_str};
+use super::strict_json::{opt_bool, opt_str, opt_u64};
 use super::{
     estimate_tokens, is_event_stream, output_tokens_from_text, reserve_output, text_bytes, Anomaly, BodyEnd, BodyFilter, Call, Estimate, FixedCost, Provider,
     Refusal, RequestBody, RequestInfo, Settled, Source, Usage, UsageExtractor,
 };
 use crate::config::{ProviderKind, ReserveConfig};
 
+use fees::Extras;
+use fields::Fields;
 pub use usage_filter::UsageFilter;
 
 /// Most choices (`n`) a request is reserved for.
 const MAX_CHOICES: u64 = 128;
+/// Output reserved for a background response without `max_output_tokens`: the largest
+/// output of current OpenAI models (gpt-5 family: 128,000 tokens).
+pub const BACKGROUND_MAX_OUTPUT: u64 = 128_000;
 /// Audio tokens estimated per character of speech for token-priced speech models without
 /// usage in the response: OpenAI puts `gpt-4o-mini-tts` at about $0.015 per minute of audio
 /// ($12 per 1M audio tokens, so 1250 tokens a minute), and speech runs at about 15
 /// characters a second (900 a minute): 1250 / 900 = 25 / 18 tokens per character.
 const SPEECH_AUDIO_TOKENS_PER_CHAR: (u64, u64) = (25, 18);
 
+/// The OpenAI API family (also Gemini's OpenAI-compatible endpoints, see [`routes`]).
 pub struct OpenAi;
-
-/// The upstream path without the API version, when it is under `/v1` (or the upstream URL
-/// already carries `/v1`).
-fn endpoint_path(path: &str) -> &str {
-    let path = path.trim_end_matches('/');
-    path.strip_prefix("/v1").filter(|r| r.is_empty() || r.starts_with('/')).unwrap_or(path)
-}
 
 impl Provider for OpenAi {
     fn kind(&self) -> ProviderKind {
@@ -59,72 +70,36 @@ impl Provider for OpenAi {
     }
 
     fn classify(&self, req: &RequestInfo<'_>) -> Call {
-        if *req.method != Method::POST {
-            return Call::free("other", None);
-        }
-        let metered = Call::metered;
-        match endpoint_path(req.path) {
-            "/chat/completions" => metered("chat"),
-            "/completions" => metered("completions"),
-            "/responses" => metered("responses"),
-            "/embeddings" => metered("embeddings"),
-            "/audio/speech" => metered("speech"),
-            // Counting input tokens, cancelling, updating metadata: free.
-            _ => Call::free("other", None),
-        }
+        routes::classify(req)
     }
 
     fn estimate(&self, call: &mut Call, req: &RequestInfo<'_>, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
-        let json = body.object()?;
-        call.model = opt_str(json, "model")?.filter(|m| !m.is_empty()).map(str::to_string);
-        call.streaming = opt_bool(json, "stream")? == Some(true);
-        Ok(match call.endpoint {
-            "embeddings" => Estimate {
-                usage: Usage {
-                    input_tokens: json.get("input").map_or(0, |i| embedding_tokens(i, reserve)),
-                    ..Usage::default()
-                },
-                ..Estimate::default()
-            },
-            "speech" => speech_estimate(call, json, reserve),
-            "responses" => {
-                if json.get("background").and_then(Value::as_bool) == Some(true) {
-                    call.endpoint = "responses_background";
-                }
-                let max = json.get("max_output_tokens").and_then(Value::as_u64);
-                Estimate {
-                    usage: llm_usage(json, max, reserve),
-                    ..Estimate::default()
-                }
-            }
-            _ => {
-                // chat and completions
-                let max = json
-                    .get("max_completion_tokens")
-                    .and_then(Value::as_u64)
-                    .or_else(|| json.get("max_tokens").and_then(Value::as_u64));
-                let choices = json.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, MAX_CHOICES);
-                let usage = llm_usage(json, max.map(|m| m.saturating_mul(choices)), reserve);
-                let body = (call.streaming && !asks_for_usage(json) && super::decode::decodes_every_accepted(req.headers))
-                    .then(|| ask_for_usage(body.bytes, json))
-                    .flatten();
-                Estimate {
-                    usage,
-                    filter_response: body.is_some(),
-                    body,
-                }
-            }
-        })
+        match call.endpoint {
+            "images" | "image_edits" | "image_variations" => images::estimate(call, &Fields::read(call, req, body)?, reserve),
+            "transcription" | "translation" => audio::estimate(call, &Fields::read(call, req, body)?, reserve),
+            "videos" => videos::estimate(call, &Fields::read(call, req, body)?),
+            _ => json_estimate(call, body, reserve),
+        }
     }
 
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
         let sse = call.streaming && is_event_stream(headers);
+        let stream = |kind| Box::new(StreamExtractor::new(kind, estimate)) as Box<dyn UsageExtractor>;
         match call.endpoint {
-            "chat" | "completions" if sse => Box::new(StreamExtractor::new(StreamKind::Chat, estimate)),
-            "responses" if sse => Box::new(StreamExtractor::new(StreamKind::Responses, estimate)),
-            "speech_sse" if is_event_stream(headers) => Box::new(StreamExtractor::new(StreamKind::Speech, estimate)),
-            // Usage arrives with a later GET of the response: the estimate is the bill.
-            "responses_background" => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
+            "chat" | "completions" if sse => stream(StreamKind::Chat),
+            "responses" if sse => stream(StreamKind::Responses),
+            "speech_sse" if is_event_stream(headers) => stream(StreamKind::Speech),
+            "images" | "image_edits" if sse => stream(StreamKind::Image),
+            "transcription" if sse => stream(StreamKind::Transcript),
+            "chat" | "completions" => Box::new(PlainBody::new(estimate, false, false)),
+            "responses" => Box::new(PlainBody::new(estimate, true, true)),
+            "images" | "image_edits" => Box::new(JsonUsageBody::<images::ImageUsage>::new(estimate, ErrorMark::ErrorMember)),
+            "transcription" if is_json(headers) => Box::new(JsonUsageBody::<audio::TranscriptionUsage>::new(estimate, ErrorMark::ErrorMember)),
+            // Usage arrives with a later GET of the response; text transcripts and translations
+            // carry none: the reservation is the bill.
+            "responses_background" | "transcription" | "translation" => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
+            // Exact from the request.
+            images::PER_IMAGE | "videos" => Box::new(FixedCost::new(estimate.clone(), Source::Reported)),
             // Raw audio has no usage: characters are exact; audio tokens are estimated.
             "speech" | "speech_sse" => {
                 let source = if estimate.characters > 0 { Source::Reported } else { Source::Estimated };
@@ -138,6 +113,66 @@ impl Provider for OpenAi {
         (matches!(call.endpoint, "chat" | "completions") && call.streaming && is_event_stream(headers))
             .then(|| Box::new(UsageFilter::default()) as Box<dyn BodyFilter>)
     }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"))
+}
+
+/// The estimate of the JSON endpoints: chat, completions, responses, embeddings, speech.
+fn json_estimate(call: &mut Call, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
+    let json = body.object()?;
+    call.model = opt_str(json, "model")?.filter(|m| !m.is_empty()).map(str::to_string);
+    call.streaming = opt_bool(json, "stream")? == Some(true);
+    let usage = match call.endpoint {
+        "embeddings" => Usage {
+            input_tokens: json.get("input").map_or(0, |i| embedding_tokens(i, reserve)),
+            ..Usage::default()
+        },
+        "speech" => return Ok(speech_estimate(call, json, reserve)),
+        "responses" => responses_usage(call, json, reserve)?,
+        "responses_compact" => llm_usage(json, None, reserve),
+        _ => return chat_estimate(call, body.bytes, json, reserve),
+    };
+    Ok(Estimate { usage, ..Estimate::default() })
+}
+
+/// Responses: tokens, tool fees and tier; a background response reserves its whole output.
+fn responses_usage(call: &mut Call, json: &Value, reserve: &ReserveConfig) -> Result<Usage, Refusal> {
+    let max = opt_u64(json, "max_output_tokens")?;
+    let mut usage = if opt_bool(json, "background")? == Some(true) {
+        call.endpoint = "responses_background";
+        call.streaming = false;
+        Usage {
+            output_tokens: max.unwrap_or(BACKGROUND_MAX_OUTPUT),
+            ..llm_usage(json, None, reserve)
+        }
+    } else {
+        llm_usage(json, max, reserve)
+    };
+    fees::reserve_tools(json, &mut usage)?;
+    usage.premium_permille = fees::requested_premium(json)?;
+    Ok(usage)
+}
+
+/// Chat and completions: output for every choice, the tier, the search of search models, and
+/// the usage request injected into a stream that did not ask for it.
+fn chat_estimate(call: &Call, bytes: &[u8], json: &Value, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
+    let max = opt_u64(json, "max_completion_tokens")?.or(opt_u64(json, "max_tokens")?);
+    let choices = opt_u64(json, "n")?.unwrap_or(1).clamp(1, MAX_CHOICES);
+    let mut usage = llm_usage(json, max.map(|m| m.saturating_mul(choices)), reserve);
+    usage.premium_permille = fees::requested_premium(json)?;
+    // Search models search once per request (web_search_options); the fee is fixed.
+    usage.web_searches = u64::from(json.get("web_search_options").is_some_and(|v| !v.is_null()));
+    let body = (call.streaming && !asks_for_usage(json)).then(|| ask_for_usage(bytes, json)).flatten();
+    Ok(Estimate {
+        usage,
+        filter_response: body.is_some(),
+        body,
+    })
 }
 
 /// Input from the request's text, output from its maximum (capped).
@@ -310,12 +345,19 @@ enum StreamKind {
     Responses,
     /// Speech SSE: `speech.audio.delta` events, usage in `speech.audio.done`.
     Speech,
+    /// Image streams: partial images, usage in each `image_generation.completed` /
+    /// `image_edit.completed` event (added up).
+    Image,
+    /// Transcription streams: `transcript.text.delta` events, usage in `transcript.text.done`.
+    Transcript,
 }
 
 #[derive(Deserialize)]
 struct ChatChunk {
     #[serde(default)]
     model: Option<String>,
+    #[serde(default)]
+    service_tier: Option<String>,
     #[serde(default)]
     usage: Option<WireUsage>,
     #[serde(default)]
@@ -390,8 +432,12 @@ struct TypedEvent {
     response: Option<ResponseObject>,
     #[serde(default)]
     delta: Option<Value>,
+    /// Read by the event's kind: speech, image and transcription usages differ.
     #[serde(default)]
-    usage: Option<WireUsage>,
+    usage: Option<Value>,
+    /// The item of `response.output_item.added`.
+    #[serde(default)]
+    item: Option<OutputItem>,
 }
 
 #[derive(Deserialize)]
@@ -400,6 +446,17 @@ struct ResponseObject {
     model: Option<String>,
     #[serde(default)]
     usage: Option<WireUsage>,
+    #[serde(default)]
+    service_tier: Option<String>,
+}
+
+/// An item of a response's `output`, as far as tool fees go.
+#[derive(Deserialize)]
+struct OutputItem {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    container_id: Option<String>,
 }
 
 /// Reads the usage out of an SSE stream; on a stream that ends without it, charges the
@@ -413,6 +470,7 @@ struct StreamExtractor {
     events: u64,
     bad_events: u64,
     error: bool,
+    extras: Extras,
     estimate: Usage,
 }
 
@@ -427,6 +485,7 @@ impl StreamExtractor {
             events: 0,
             bad_events: 0,
             error: false,
+            extras: Extras::default(),
             estimate: estimate.clone(),
         }
     }
@@ -450,42 +509,82 @@ impl StreamExtractor {
                     if c.model.is_some() {
                         self.model = c.model;
                     }
+                    if c.service_tier.is_some() {
+                        self.extras.tier = c.service_tier;
+                    }
                     self.error |= c.error.is_some();
                 }
                 Err(_) => self.bad_events += 1,
             },
-            StreamKind::Responses | StreamKind::Speech => match serde_json::from_slice::<TypedEvent>(&ev.data) {
+            _ => match serde_json::from_slice::<TypedEvent>(&ev.data) {
                 Ok(e) => self.typed_event(e),
                 Err(_) => self.bad_events += 1,
             },
         }
     }
 
-    fn typed_event(&mut self, e: TypedEvent) {
-        match e.kind.as_str() {
+    fn typed_event(&mut self, mut e: TypedEvent) {
+        let kind = std::mem::take(&mut e.kind);
+        match kind.as_str() {
             "error" => self.error = true,
-            "speech.audio.done" => {
-                if let Some(u) = &e.usage {
-                    self.usage = Some(u.to_speech_usage());
+            "speech.audio.done" => self.usage = e.usage.and_then(|u| serde_json::from_value::<WireUsage>(u).ok()).map(|u| u.to_speech_usage()),
+            "transcript.text.done" => self.read_usage::<audio::TranscriptionUsage>(e.usage),
+            "image_generation.completed" | "image_edit.completed" => {
+                let before = self.usage.take().unwrap_or_default();
+                self.read_usage::<images::ImageUsage>(e.usage);
+                if let Some(u) = &mut self.usage {
+                    images::ImageUsage::add(u, &before);
                 }
             }
-            kind if kind.starts_with("response.") => {
-                if let Some(r) = e.response {
-                    if r.model.is_some() {
-                        self.model = r.model;
-                    }
-                    if let Some(u) = &r.usage {
-                        self.usage = Some(u.to_usage());
-                    }
-                }
-                self.error |= kind == "response.failed";
-                // Text, reasoning summaries, refusals, tool arguments; not audio.
-                if kind.ends_with(".delta") && !kind.contains("audio") {
-                    if let Some(Value::String(s)) = &e.delta {
-                        self.text_bytes += s.len() as u64;
-                    }
-                }
+            "transcript.text.delta" => self.text_delta(&e.delta),
+            kind if kind.starts_with("response.") => self.response_event(kind, e),
+            _ => {}
+        }
+    }
+
+    fn response_event(&mut self, kind: &str, e: TypedEvent) {
+        if let Some(r) = e.response {
+            if r.model.is_some() {
+                self.model = r.model;
             }
+            if r.service_tier.is_some() {
+                self.extras.tier = r.service_tier;
+            }
+            if let Some(u) = &r.usage {
+                self.usage = Some(u.to_usage());
+            }
+        }
+        // Tool calls count when they start: a stream cut during a search still pays for it.
+        if let (Some(item), "response.output_item.added") = (&e.item, kind) {
+            self.extras.item(&item.kind, item.container_id.as_deref());
+        }
+        self.error |= kind == "response.failed";
+        // Text, reasoning summaries, refusals, tool arguments; not audio.
+        if kind.ends_with(".delta") && !kind.contains("audio") {
+            self.text_delta(&e.delta);
+        }
+    }
+
+    fn text_delta(&mut self, delta: &Option<Value>) {
+        if let Some(Value::String(s)) = delta {
+            self.text_bytes += s.len() as u64;
+        }
+    }
+
+    /// A usage of the wire type `W`; one that cannot be read makes the stream malformed.
+    fn read_usage<W: ToUsage>(&mut self, usage: Option<Value>) {
+        match usage.map(serde_json::from_value::<W>) {
+            Some(Ok(u)) => self.usage = Some(u.to_usage()),
+            Some(Err(_)) => self.bad_events += 1,
+            None => {}
+        }
+    }
+
+    /// Fees on top of the tokens: tier and tools (chat and responses streams).
+    fn fees(&self, usage: &mut Usage) {
+        match self.kind {
+            StreamKind::Chat => self.extras.apply(usage, &self.estimate, false),
+            StreamKind::Responses => self.extras.apply(usage, &self.estimate, true),
             _ => {}
         }
     }
@@ -501,7 +600,8 @@ impl UsageExtractor for StreamExtractor {
     }
 
     fn finish(&mut self, end: BodyEnd) -> Settled {
-        if let Some(usage) = self.usage.take() {
+        if let Some(mut usage) = self.usage.take() {
+            self.fees(&mut usage);
             return Settled {
                 usage,
                 source: Source::Reported,
@@ -522,12 +622,13 @@ impl UsageExtractor for StreamExtractor {
             }
             return Settled::estimated(&self.estimate, anomaly);
         }
-        if self.kind == StreamKind::Speech {
-            // Audio seen cannot be converted to tokens: the estimate stands.
+        if matches!(self.kind, StreamKind::Speech | StreamKind::Image) {
+            // Media seen cannot be converted to tokens: the estimate stands.
             return Settled::estimated(&self.estimate, anomaly);
         }
         let mut usage = self.estimate.input_side();
         usage.output_tokens = output_tokens_from_text(self.text_bytes);
+        self.fees(&mut usage);
         Settled {
             usage,
             source: Source::Partial,
@@ -538,9 +639,64 @@ impl UsageExtractor for StreamExtractor {
     }
 }
 
+/// A plain JSON completion or response: the usage (see [`JsonUsageBody`]), plus the
+/// `service_tier` it was served at and, for responses, the tool calls of its `output`.
+struct PlainBody {
+    usage: JsonUsageBody<WireUsage>,
+    /// Top-level members the usage reader does not keep.
+    top: JsonScanner,
+    /// The items of `output` (objects three levels down: `{"output": [{...}]}`).
+    items: Option<JsonScanner>,
+    extras: Extras,
+    tools: bool,
+    estimate: Usage,
+}
+
+impl PlainBody {
+    fn new(estimate: &Usage, tools: bool, items: bool) -> Self {
+        Self {
+            usage: JsonUsageBody::new(estimate, ErrorMark::ErrorMember),
+            top: JsonScanner::new(1, &["service_tier"], &[]),
+            items: items.then(|| JsonScanner::new(3, &["type", "container_id"], &[])),
+            extras: Extras::default(),
+            tools,
+            estimate: estimate.clone(),
+        }
+    }
+}
+
+/// A captured JSON string member.
+fn captured_str(r: &super::json_scan::Record, key: &str) -> Option<String> {
+    r.get(key).and_then(|v| serde_json::from_slice(v).ok())
+}
+
+impl UsageExtractor for PlainBody {
+    fn feed(&mut self, chunk: &[u8]) {
+        self.usage.feed(chunk);
+        let extras = &mut self.extras;
+        self.top.feed(chunk, &mut |r| extras.tier = captured_str(&r, "service_tier"));
+        if let Some(items) = &mut self.items {
+            items.feed(chunk, &mut |r| {
+                if let Some(kind) = captured_str(&r, "type") {
+                    extras.item(&kind, captured_str(&r, "container_id").as_deref());
+                }
+            });
+        }
+    }
+
+    fn finish(&mut self, end: BodyEnd) -> Settled {
+        let mut settled = self.usage.finish(end);
+        if settled.source == Source::Reported {
+            self.extras.apply(&mut settled.usage, &self.estimate, self.tools);
+        }
+        settled
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
 
     fn req<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> RequestInfo<'a> {
         RequestInfo {
@@ -572,11 +728,11 @@ mod tests {
             ("/v1/chat/completions", "chat", true),
             ("/chat/completions", "chat", true),
             ("/v1/responses", "responses", true),
-            ("/v1/responses/input_tokens", "other", false),
+            ("/v1/responses/input_tokens", "responses_input_tokens", false),
             ("/v1/embeddings", "embeddings", true),
             ("/v1/audio/speech", "speech", true),
             ("/v1/completions", "completions", true),
-            ("/v1/moderations", "other", false),
+            ("/v1/moderations", "moderations", false),
         ] {
             let c = OpenAi.classify(&req(&post, path, &h));
             assert_eq!((c.endpoint, c.metered), (endpoint, metered), "{path}");
@@ -633,11 +789,11 @@ mod tests {
             assert!(e.body.is_none() && !e.filter_response, "{body}");
         }
 
-        // A coding the proxy cannot decode could come back: no injection.
+        // Whatever the client accepts: the proxy chooses the upstream's codings.
         let mut h = HeaderMap::new();
         h.insert(http::header::ACCEPT_ENCODING, "gzip, compress".parse().unwrap());
         let (_, e) = estimate_for("/v1/chat/completions", r#"{"model":"m","stream":true}"#, &h);
-        assert!(e.body.is_none() && !e.filter_response);
+        assert!(e.body.is_some() && e.filter_response);
     }
 
     #[test]
@@ -753,5 +909,384 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
         );
         let s = run(&mut x, b"<html>", 4, BodyEnd::Complete);
         assert_eq!((s.source, s.anomaly, s.usage.input_tokens), (Source::Estimated, Some(Anomaly::Malformed), 7));
+    }
+
+    /// Classifies and estimates a request with a content type, the body JSON or a form.
+    fn estimate_raw(path: &str, content_type: &str, body: &[u8]) -> (Call, Result<Estimate, Refusal>) {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+        let post = Method::POST;
+        let mut call = OpenAi.classify(&req(&post, path, &h));
+        let e = super::super::estimate_call(&OpenAi, &mut call, &req(&post, path, &h), body, &ReserveConfig::default());
+        (call, e)
+    }
+
+    fn form_estimate(path: &str, parts: &[(&str, Option<&str>, &[u8])]) -> (Call, Result<Estimate, Refusal>) {
+        let body = multipart::tests::form("xyzzy", parts);
+        estimate_raw(path, "multipart/form-data; boundary=xyzzy", &body)
+    }
+
+    fn json_estimate_of(path: &str, body: &str) -> (Call, Result<Estimate, Refusal>) {
+        estimate_raw(path, "application/json", body.as_bytes())
+    }
+
+    fn prices() -> crate::pricing::PriceTable {
+        crate::pricing::PriceTable::new(&crate::config::Config::from_yaml("", "t").unwrap()).unwrap()
+    }
+
+    fn nanos(model: &str, usage: &Usage) -> i64 {
+        let p = prices().price("openai", ProviderKind::Openai, &[Some(model)], usage);
+        assert!(!p.unpriced, "{model}");
+        p.nanos
+    }
+
+    fn extract(call: &Call, content_type: &str, estimate: &Usage, body: &[u8], piece: usize, end: BodyEnd) -> Settled {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+        let mut x = OpenAi.extractor(call, StatusCode::OK, &h, estimate);
+        run(x.as_mut(), body, piece, end)
+    }
+
+    #[test]
+    fn dalle_is_exact_from_size_and_quality() {
+        for (body, cost) in [
+            (r#"{"model":"dall-e-3","prompt":"a lighthouse","n":1}"#, 40_000_000),
+            (r#"{"model":"dall-e-3","prompt":"a lighthouse","quality":"hd","size":"1792x1024"}"#, 120_000_000),
+            (r#"{"model":"dall-e-3","prompt":"p","quality":"standard","size":"1024x1792"}"#, 80_000_000),
+            (r#"{"model":"dall-e-2","prompt":"p","n":3,"size":"512x512"}"#, 54_000_000),
+            (r#"{"model":"dall-e-2","prompt":"p","n":2}"#, 40_000_000),
+        ] {
+            let (call, e) = json_estimate_of("/v1/images/generations", body);
+            let e = e.unwrap();
+            assert_eq!(call.endpoint, images::PER_IMAGE);
+            assert_eq!(nanos(call.model.as_deref().unwrap(), &e.usage), cost, "{body}");
+            let s = extract(&call, "application/json", &e.usage, br#"{"created":1,"data":[]}"#, 3, BodyEnd::Complete);
+            assert_eq!((s.source, s.usage), (Source::Reported, e.usage));
+        }
+        // Variations are DALL-E 2, multipart.
+        let (call, e) = form_estimate(
+            "/v1/images/variations",
+            &[("image", Some("a.png"), b"\x89PNG"), ("n", None, b"2"), ("size", None, b"256x256")],
+        );
+        assert_eq!((call.model.as_deref(), nanos("dall-e-2", &e.unwrap().usage)), (Some("dall-e-2"), 32_000_000));
+    }
+
+    #[test]
+    fn image_requests_that_cannot_be_priced_are_refused() {
+        for body in [
+            r#"{"model":"dall-e-3","prompt":"p","n":"2"}"#,
+            r#"{"model":"dall-e-3","prompt":"p","n":0}"#,
+            r#"{"prompt":"p"}"#,
+            r#"{"model":"gpt-image-1","prompt":"p","size":"big"}"#,
+            r#"{"model":"gpt-image-1","prompt":"p","stream":"yes"}"#,
+        ] {
+            assert!(
+                matches!(json_estimate_of("/v1/images/generations", body).1, Err(Refusal::InvalidBody(_))),
+                "{body}"
+            );
+        }
+        for body in [r#"{"model":"dall-e-3","prompt":"p","size":"256x256"}"#, r#"{"model":"imagen-4","prompt":"p"}"#] {
+            assert!(
+                matches!(json_estimate_of("/v1/images/generations", body).1, Err(Refusal::NotMetered(_))),
+                "{body}"
+            );
+        }
+        // A form without the model, or with it twice.
+        let (_, e) = form_estimate("/v1/images/edits", &[("image", Some("a.png"), b"x"), ("prompt", None, b"p")]);
+        assert!(matches!(e, Err(Refusal::InvalidBody(_))));
+        let (_, e) = form_estimate("/v1/images/edits", &[("model", None, b"dall-e-2"), ("model", None, b"gpt-image-1")]);
+        assert!(matches!(e, Err(Refusal::InvalidBody(_))));
+        let (_, e) = estimate_raw("/v1/images/edits", "multipart/form-data", b"--x--");
+        assert!(matches!(e, Err(Refusal::InvalidBody(_))));
+    }
+
+    #[test]
+    fn gpt_image_reserves_a_bound_and_settles_on_usage() {
+        let (call, e) = json_estimate_of(
+            "/v1/images/generations",
+            r#"{"model":"gpt-image-1","prompt":"abcdefgh","n":2,"size":"1024x1024"}"#,
+        );
+        let e = e.unwrap();
+        // 2 x 7024 image tokens; "abcdefgh" is 2 tokens.
+        assert_eq!((e.usage.image_output_tokens, e.usage.input_tokens), (14_048, 2));
+        assert_eq!(call.endpoint, "images");
+        let body = br#"{"created":1,"data":[{"b64_json":"AAAA"}],"usage":{"input_tokens":50,"input_tokens_details":{"text_tokens":10,"image_tokens":40},"output_tokens":4160,"total_tokens":4210}}"#;
+        for piece in [1, 7, 4096] {
+            let s = extract(&call, "application/json", &e.usage, body, piece, BodyEnd::Complete);
+            assert_eq!(s.source, Source::Reported);
+            assert_eq!((s.usage.input_tokens, s.usage.image_output_tokens), (50, 4160));
+            // 50 x $10/M + 4160 x $40/M = $0.0005 + $0.1664
+            assert_eq!(nanos("gpt-image-1", &s.usage), 166_900_000);
+        }
+        // An edit in a form: input images, auto size, partial images.
+        let (call, e) = form_estimate(
+            "/v1/images/edits",
+            &[
+                ("model", None, b"gpt-image-1"),
+                ("image[]", Some("a.png"), b"1"),
+                ("image[]", Some("b.png"), b"2"),
+                ("prompt", None, b"abcd"),
+                ("partial_images", None, b"2"),
+                ("stream", None, b"true"),
+            ],
+        );
+        let e = e.unwrap();
+        assert!(call.streaming);
+        assert_eq!((e.usage.input_tokens, e.usage.image_output_tokens), (1 + 20_000, 10_536 + 200));
+        let stream = b"event: image_edit.partial_image\ndata: {\"type\":\"image_edit.partial_image\",\"b64_json\":\"AAAA\"}\n\n\
+event: image_edit.completed\ndata: {\"type\":\"image_edit.completed\",\"usage\":{\"input_tokens\":300,\"output_tokens\":1256,\"output_tokens_details\":{\"image_tokens\":1056,\"text_tokens\":200}}}\n\n";
+        for piece in [1, 5, 999] {
+            let s = extract(&call, "text/event-stream", &e.usage, stream, piece, BodyEnd::Complete);
+            assert_eq!(s.source, Source::Reported);
+            assert_eq!((s.usage.input_tokens, s.usage.image_output_tokens, s.usage.output_tokens), (300, 1056, 200));
+        }
+        // Cut before the usage: the reservation.
+        let s = extract(&call, "text/event-stream", &e.usage, &stream[..60], 1, BodyEnd::Cut);
+        assert_eq!((s.source, s.usage), (Source::Estimated, e.usage));
+    }
+
+    #[test]
+    fn whisper_reserves_by_upload_size_and_settles_on_duration() {
+        let audio = vec![0u8; 60_000];
+        let (call, e) = form_estimate(
+            "/v1/audio/transcriptions",
+            &[
+                ("model", None, b"whisper-1"),
+                ("file", Some("a.mp3"), &audio),
+                ("response_format", None, b"json"),
+            ],
+        );
+        let e = e.unwrap();
+        // 60,000 bytes at 500 bytes a second: 120 s, $0.012.
+        assert_eq!(e.usage.audio_millis, 120_000);
+        assert_eq!(nanos("whisper-1", &e.usage), 12_000_000);
+        let body = br#"{"text":"Gates open at eight.","usage":{"type":"duration","seconds":9.5}}"#;
+        for piece in [1, 3, 100] {
+            let s = extract(&call, "application/json", &e.usage, body, piece, BodyEnd::Complete);
+            assert_eq!((s.source, s.usage.audio_millis), (Source::Reported, 9_500));
+            // 9.5 s at $0.36/h
+            assert_eq!(nanos("whisper-1", &s.usage), 950_000);
+        }
+        // A text transcript has no usage: the reservation, without an anomaly.
+        let s = extract(&call, "text/plain", &e.usage, b"Gates open at eight.", 4, BodyEnd::Complete);
+        assert_eq!((s.source, s.usage.audio_millis, s.anomaly), (Source::Estimated, 120_000, None));
+        // Translations never report usage.
+        let (call, e) = form_estimate("/v1/audio/translations", &[("model", None, b"whisper-1"), ("file", Some("a.mp3"), b"abc")]);
+        let s = extract(&call, "application/json", &e.unwrap().usage, br#"{"text":"x"}"#, 2, BodyEnd::Complete);
+        assert_eq!((s.source, s.usage.audio_millis), (Source::Estimated, 1_000));
+    }
+
+    #[test]
+    fn token_transcription_streams_settle_on_the_done_event() {
+        let audio = vec![7u8; 1_000];
+        let (call, e) = form_estimate(
+            "/v1/audio/transcriptions",
+            &[
+                ("model", None, b"gpt-4o-transcribe"),
+                ("file", Some("a.wav"), &audio),
+                ("stream", None, b"true"),
+            ],
+        );
+        let e = e.unwrap();
+        assert!(call.streaming);
+        assert_eq!((e.usage.audio_input_tokens, e.usage.output_tokens), (68, 22));
+        let stream = b"data: {\"type\":\"transcript.text.delta\",\"delta\":\"Gates \"}\n\n\
+data: {\"type\":\"transcript.text.done\",\"text\":\"Gates open.\",\"usage\":{\"type\":\"tokens\",\"input_tokens\":120,\"input_token_details\":{\"text_tokens\":20,\"audio_tokens\":100},\"output_tokens\":4,\"total_tokens\":124}}\n\n";
+        for piece in [1, 9, 512] {
+            let s = extract(&call, "text/event-stream", &e.usage, stream, piece, BodyEnd::Complete);
+            assert_eq!(s.source, Source::Reported);
+            assert_eq!((s.usage.input_tokens, s.usage.audio_input_tokens, s.usage.output_tokens), (20, 100, 4));
+            // 20 x $2.50/M + 100 x $6/M + 4 x $10/M
+            assert_eq!(nanos("gpt-4o-transcribe", &s.usage), 690_000);
+        }
+        // Cut after some text: input reserved plus the text seen.
+        let s = extract(&call, "text/event-stream", &e.usage, &stream[..70], 1, BodyEnd::Cut);
+        assert_eq!((s.source, s.usage.audio_input_tokens, s.usage.output_tokens), (Source::Partial, 68, 2));
+        // No file, two files, a wrong-typed flag.
+        for parts in [
+            vec![("model", None, &b"whisper-1"[..])],
+            vec![("model", None, &b"whisper-1"[..]), ("file", Some("a"), b"1"), ("file", Some("b"), b"2")],
+            vec![("model", None, &b"gpt-4o-transcribe"[..]), ("file", Some("a"), b"1"), ("stream", None, b"1")],
+        ] {
+            assert!(matches!(form_estimate("/v1/audio/transcriptions", &parts).1, Err(Refusal::InvalidBody(_))));
+        }
+    }
+
+    #[test]
+    fn videos_are_seconds_at_the_model_and_size_rate() {
+        for (body, cost) in [
+            (r#"{"prompt":"waves"}"#, 400_000_000),
+            (r#"{"model":"sora-2","prompt":"waves","seconds":"8"}"#, 800_000_000),
+            (r#"{"model":"sora-2-pro","prompt":"waves","seconds":"12","size":"1280x720"}"#, 3_600_000_000),
+            // $0.50 a second (rounded up by a thousandth).
+            (r#"{"model":"sora-2-pro","prompt":"waves","seconds":4,"size":"1792x1024"}"#, 2_000_400_000),
+        ] {
+            let (call, e) = json_estimate_of("/v1/videos", body);
+            let e = e.unwrap();
+            assert_eq!(nanos(call.model.as_deref().unwrap(), &e.usage), cost, "{body}");
+            let s = extract(
+                &call,
+                "application/json",
+                &e.usage,
+                br#"{"id":"video_1","status":"queued"}"#,
+                5,
+                BodyEnd::Complete,
+            );
+            assert_eq!((s.source, s.usage), (Source::Reported, e.usage));
+        }
+        let (call, e) = form_estimate(
+            "/v1/videos",
+            &[("model", None, b"sora-2"), ("seconds", None, b"12"), ("input_reference", Some("a.png"), b"x")],
+        );
+        assert_eq!((call.json_body, e.unwrap().usage.video_seconds), (false, 12));
+        for body in [r#"{"seconds":"eight"}"#, r#"{"seconds":0}"#, r#"{"seconds":true}"#] {
+            assert!(matches!(json_estimate_of("/v1/videos", body).1, Err(Refusal::InvalidBody(_))), "{body}");
+        }
+        for body in [r#"{"model":"sora-2","size":"1792x1024"}"#, r#"{"model":"veo-3"}"#] {
+            assert!(matches!(json_estimate_of("/v1/videos", body).1, Err(Refusal::NotMetered(_))), "{body}");
+        }
+    }
+
+    #[test]
+    fn responses_reserve_tools_tier_and_background_output() {
+        let (call, e) = json_estimate_of(
+            "/v1/responses",
+            r#"{"model":"gpt-5","input":"abcd","service_tier":"priority","tools":[{"type":"web_search"},{"type":"code_interpreter","container":{"type":"auto"}}],"max_tool_calls":2}"#,
+        );
+        let e = e.unwrap();
+        assert_eq!(call.endpoint, "responses");
+        assert_eq!((e.usage.web_searches, e.usage.code_sessions, e.usage.premium_permille), (2, 1, 1000));
+        let (call, e) = json_estimate_of(
+            "/v1/responses",
+            r#"{"model":"gpt-5","input":"abcd","background":true,"max_output_tokens":1000000}"#,
+        );
+        let e = e.unwrap();
+        assert_eq!((call.endpoint, e.usage.output_tokens), ("responses_background", 1_000_000));
+        let (_, e) = json_estimate_of("/v1/responses", r#"{"model":"gpt-5","input":"abcd","background":true}"#);
+        assert_eq!(e.unwrap().usage.output_tokens, BACKGROUND_MAX_OUTPUT);
+        let s = extract(
+            &call,
+            "application/json",
+            &Usage {
+                output_tokens: 9,
+                ..Usage::default()
+            },
+            br#"{"status":"queued","usage":null}"#,
+            2,
+            BodyEnd::Complete,
+        );
+        assert_eq!((s.source, s.usage.output_tokens), (Source::Estimated, 9));
+        for body in [
+            r#"{"model":"gpt-5","background":"yes"}"#,
+            r#"{"model":"gpt-5","max_output_tokens":"9"}"#,
+            r#"{"model":"gpt-5","service_tier":1}"#,
+        ] {
+            assert!(matches!(json_estimate_of("/v1/responses", body).1, Err(Refusal::InvalidBody(_))), "{body}");
+        }
+        assert!(matches!(
+            json_estimate_of("/v1/responses", r#"{"model":"gpt-5","tools":[{"type":"image_generation"}]}"#).1,
+            Err(Refusal::NotMetered(_))
+        ));
+    }
+
+    #[test]
+    fn plain_responses_count_tool_calls_and_the_tier() {
+        let estimate = Usage {
+            input_tokens: 10,
+            web_searches: 8,
+            code_sessions: 1,
+            ..Usage::default()
+        };
+        let call = Call::metered("responses");
+        let body = br#"{"id":"resp_1","model":"gpt-5-2025-08-07","service_tier":"priority","tools":[{"type":"web_search"}],
+"output":[{"type":"web_search_call","id":"ws_1","action":{"type":"search","query":"tides"}},{"type":"web_search_call","id":"ws_2"},
+{"type":"code_interpreter_call","container_id":"cntr_1","code":"print(1)","outputs":[{"type":"logs","logs":"1"}]},
+{"type":"message","content":[{"type":"output_text","text":"web_search_call"}]}],
+"usage":{"input_tokens":100,"output_tokens":20,"output_tokens_details":{"reasoning_tokens":5}}}"#;
+        for piece in [1, 13, 10_000] {
+            let s = extract(&call, "application/json", &estimate, body, piece, BodyEnd::Complete);
+            assert_eq!(s.source, Source::Reported);
+            assert_eq!((s.usage.web_searches, s.usage.code_sessions, s.usage.premium_permille), (2, 1, 1000));
+            // (100 x $1.25/M + 20 x $10/M + 2 x $0.01 + $0.03) x 2
+            assert_eq!(nanos("gpt-5", &s.usage), 100_650_000);
+        }
+        // Chat: the tier of the answer; no tool counting.
+        let chat = Call::metered("chat");
+        let s = extract(
+            &chat,
+            "application/json",
+            &Usage {
+                premium_permille: 1000,
+                ..Usage::default()
+            },
+            br#"{"model":"gpt-4o","service_tier":"default","usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+            4,
+            BodyEnd::Complete,
+        );
+        assert_eq!((s.usage.premium_permille, s.usage.input_tokens), (0, 3));
+    }
+
+    #[test]
+    fn responses_stream_counts_tools_as_they_start() {
+        let estimate = Usage {
+            input_tokens: 10,
+            file_searches: 8,
+            ..Usage::default()
+        };
+        let call = Call::metered("responses").streaming(true);
+        let body = b"event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"item\":{\"type\":\"file_search_call\",\"id\":\"fs_1\"}}\n\n\
+event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"item\":{\"type\":\"file_search_call\",\"id\":\"fs_1\"}}\n\n\
+event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Low tide at six\"}\n\n\
+event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-5\",\"service_tier\":\"priority\",\"usage\":{\"input_tokens\":40,\"output_tokens\":4}}}\n\n";
+        for piece in [1, 11, 4096] {
+            let s = extract(&call, "text/event-stream", &estimate, body, piece, BodyEnd::Complete);
+            assert_eq!(
+                (s.source, s.usage.file_searches, s.usage.premium_permille, s.usage.input_tokens),
+                (Source::Reported, 1, 1000, 40)
+            );
+        }
+        // Cut before the end: the search and the text seen.
+        let cut = &body[..body.len() - 150];
+        let s = extract(&call, "text/event-stream", &estimate, cut, 3, BodyEnd::Cut);
+        assert_eq!(
+            (s.source, s.usage.file_searches, s.usage.output_tokens, s.usage.input_tokens),
+            (Source::Partial, 1, 4, 10)
+        );
+    }
+
+    #[test]
+    fn chat_tier_and_search_fees() {
+        let h = HeaderMap::new();
+        let (_, e) = estimate_for(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o-search-preview","messages":[],"web_search_options":{},"service_tier":"priority"}"#,
+            &h,
+        );
+        assert_eq!((e.usage.web_searches, e.usage.premium_permille), (1, 1000));
+        let call = Call::metered("chat").streaming(true);
+        let body = b"data: {\"model\":\"gpt-4o-search-preview\",\"service_tier\":\"priority\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+        let s = extract(&call, "text/event-stream", &e.usage, body, 6, BodyEnd::Complete);
+        assert_eq!((s.usage.web_searches, s.usage.premium_permille, s.usage.input_tokens), (1, 1000, 10));
+        // (10 x $2.50/M + 2 x $10/M + $0.025) x 2
+        assert_eq!(nanos("gpt-4o-search-preview", &s.usage), 50_090_000);
+        let (_, e) = json_estimate_of("/v1/chat/completions", r#"{"model":"gpt-4o","messages":[],"n":"2"}"#);
+        assert!(matches!(e, Err(Refusal::InvalidBody(_))));
+    }
+
+    #[test]
+    fn gemini_compat_paths_use_this_family() {
+        static FAMILY: &dyn Provider = &OpenAi;
+        let h = HeaderMap::new();
+        let (call, e) = estimate_for(
+            "/v1beta/openai/chat/completions",
+            r#"{"model":"gemini-2.5-flash","messages":[],"stream":true}"#,
+            &h,
+        );
+        assert_eq!(
+            (call.endpoint, call.model.as_deref(), e.filter_response),
+            ("chat", Some("gemini-2.5-flash"), true)
+        );
+        assert_eq!(FAMILY.classify(&req(&Method::POST, "/v1beta/openai/embeddings", &h)).endpoint, "embeddings");
     }
 }
