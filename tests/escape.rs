@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -67,7 +67,7 @@ const GPT_4O_MINI: (i64, i64) = (150, 600);
 const GEMINI_FLASH: (i64, i64) = (300, 2500);
 const CLAUDE_HAIKU: (i64, i64) = (1000, 5000);
 /// eleven_multilingual_v2: $0.10 per 1,000 characters.
-const ELEVEN_PER_CHAR: i64 = 100;
+const ELEVEN_PER_CHAR: i64 = 100_000;
 /// dall-e-2 at 1024x1024: $0.02 per image.
 const DALLE2_1024: i64 = 20_000_000;
 /// Tokens the stand-in's chat answers use.
@@ -110,7 +110,10 @@ fn serve(method: &Method, raw_path: &str, h: &HeaderMap, body: &[u8]) -> Served 
         ("POST", "/v1/messages/batches") => {
             // Each request of the batch, at half price, billed when the batch runs.
             let n = json["requests"].as_array().map_or(0, Vec::len) as i64;
-            Served::json(n * (100 * CLAUDE_HAIKU.0 + 100 * CLAUDE_HAIKU.1) / 2, json!({"id": "msgbatch_1", "type": "message_batch"}))
+            Served::json(
+                n * (100 * CLAUDE_HAIKU.0 + 100 * CLAUDE_HAIKU.1) / 2,
+                json!({"id": "msgbatch_1", "type": "message_batch"}),
+            )
         }
         ("POST", p) if p.starts_with("/v1/text-to-speech/") => {
             let chars = json["text"].as_str().map_or(0, |t| t.chars().count()) as i64;
@@ -145,10 +148,18 @@ fn chat(json: &Value, h: &HeaderMap, (input, output): (i64, i64)) -> Served {
     }
     let mut events: Vec<String> = ["Low", " tide", " is at", " 06:40."]
         .iter()
-        .map(|t| format!("data: {}\n\n", json!({"id": "c1", "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": t}}]})))
+        .map(|t| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c1", "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": t}}]})
+            )
+        })
         .collect();
     if json.pointer("/stream_options/include_usage") == Some(&json!(true)) {
-        events.push(format!("data: {}\n\n", json!({"id": "c1", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage})));
+        events.push(format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage})
+        ));
     }
     events.push("data: [DONE]\n\n".into());
     let accepts_gzip = header(h, "accept-encoding").is_some_and(|a| a.contains("gzip") || a.contains('*'));
@@ -248,7 +259,6 @@ fn respond(s: Served) -> Response<StreamBody<common::tokio_stream_shim::Receiver
 
 /// One attempt to spend through the proxy.
 struct Attempt {
-    name: &'static str,
     method: Method,
     path: String,
     headers: Vec<(&'static str, String)>,
@@ -260,9 +270,8 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn post(name: &'static str, path: &str, body: impl Into<String>) -> Self {
+    fn post(path: &str, body: impl Into<String>) -> Self {
         Attempt {
-            name,
             method: Method::POST,
             path: path.into(),
             headers: vec![("content-type", "application/json".into())],
@@ -298,7 +307,8 @@ async fn run(a: Attempt, extra_yaml: &str) -> Outcome {
     let profile = "p-escape";
     let mut headers: Vec<(&str, &str)> = a.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     headers.push(("x-profile-id", profile));
-    let send = p.client.send(a.method.clone(), &p.url(&a.path), &headers, a.body.clone());
+    let url = p.url(&a.path);
+    let send = p.client.send(a.method.clone(), &url, &headers, a.body.clone());
     let (status, error_type) = match a.client_timeout {
         Some(t) => match tokio::time::timeout(t, send).await {
             Ok(r) => (Some(r.status().as_u16()), None),
@@ -378,7 +388,7 @@ const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"
 #[tokio::test]
 async fn client_header_tricks_cannot_switch_metering_off() {
     for ae in ["*", "compress", "gzip, compress", "identity", "br;q=0, gzip"] {
-        let o = run(Attempt::post("accept-encoding", "/openai/v1/chat/completions", CHAT_STREAM).header("accept-encoding", ae), "").await;
+        let o = run(Attempt::post("/openai/v1/chat/completions", CHAT_STREAM).header("accept-encoding", ae), "").await;
         check(ae, &o);
         assert_eq!(o.status, Some(200), "{ae}");
         // The stream was read exactly: usage was asked for and read whatever the client accepts.
@@ -391,14 +401,17 @@ async fn odd_json_is_refused_before_the_provider_sees_it() {
     let text = "a".repeat(5000);
     for (name, body) in [
         ("duplicate text", format!(r#"{{"text":"","text":"{text}"}}"#)),
-        ("nested duplicate", format!(r#"{{"text":"{text}","voice_settings":{{"stability":1,"stability":2}}}}"#)),
+        (
+            "nested duplicate",
+            format!(r#"{{"text":"{text}","voice_settings":{{"stability":1,"stability":2}}}}"#),
+        ),
         ("trailing data", format!(r#"{{"text":"hi"}} {{"text":"{text}"}}"#)),
         ("NaN", r#"{"text":"hi","seed":NaN}"#.to_string()),
         ("not JSON", format!("text={text}")),
         ("text not a string", r#"{"text":["a","b"]}"#.to_string()),
         ("invalid UTF-8", "{\"text\":\"\u{FFFD}\"}".to_string()),
     ] {
-        let o = run(Attempt::post("odd json", "/elevenlabs/v1/text-to-speech/voice1", body), "").await;
+        let o = run(Attempt::post("/elevenlabs/v1/text-to-speech/voice1", body), "").await;
         check(name, &o);
         if name != "invalid UTF-8" {
             assert_eq!(o.status, Some(400), "{name}: {o:?}");
@@ -430,7 +443,7 @@ async fn non_canonical_paths_are_refused() {
         "/openai/v1/chat/%63ompletions",
         "/openai/v1/moderations/../chat/completions",
     ] {
-        let o = run(Attempt::post("path", path, CHAT_STREAM), "").await;
+        let o = run(Attempt::post(path, CHAT_STREAM), "").await;
         check(path, &o);
         assert_eq!(o.status, Some(400), "{path}");
         assert_eq!(o.error_type.as_deref(), Some("non_canonical_path"), "{path}");
@@ -441,13 +454,21 @@ async fn non_canonical_paths_are_refused() {
 async fn endpoints_without_a_meter_are_refused_or_metered() {
     let batch = json!({"requests": (0..10).map(|i| json!({"custom_id": format!("r{i}"), "params": {"model": "claude-haiku-4-5", "max_tokens": 100, "messages": []}})).collect::<Vec<_>>()});
     for (name, path, body) in [
-        ("gemini openai-compatible chat", "/gemini/v1beta/openai/chat/completions", r#"{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}"#.to_string()),
-        ("openai images", "/openai/v1/images/generations", r#"{"model":"dall-e-2","prompt":"a tide table","n":2,"size":"1024x1024"}"#.to_string()),
+        (
+            "gemini openai-compatible chat",
+            "/gemini/v1beta/openai/chat/completions",
+            r#"{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}"#.to_string(),
+        ),
+        (
+            "openai images",
+            "/openai/v1/images/generations",
+            r#"{"model":"dall-e-2","prompt":"a tide table","n":2,"size":"1024x1024"}"#.to_string(),
+        ),
         ("anthropic batch", "/anthropic/v1/messages/batches", batch.to_string()),
         ("unknown openai endpoint", "/openai/v1/some/new/paid/thing", "{}".to_string()),
         ("unknown elevenlabs endpoint", "/elevenlabs/v1/new-paid-tool", "{}".to_string()),
     ] {
-        let o = run(Attempt::post("endpoint", path, body), "").await;
+        let o = run(Attempt::post(path, body), "").await;
         check(name, &o);
         if o.provider_calls == 0 {
             assert_eq!(o.status, Some(403), "{name}: {o:?}");
@@ -476,7 +497,10 @@ async fn batches_are_refused_with_a_message_naming_the_key() {
 async fn unmetered_allow_and_charge_forward_and_count() {
     // allow: forwarded, counted as a request and in the unmetered metric.
     let provider = Provider::start().await;
-    let yaml = providers_yaml().replace("anthropic, prefix: /anthropic, upstream: \"{upstream}\"", "anthropic, prefix: /anthropic, upstream: \"{upstream}\", unmetered: allow");
+    let yaml = providers_yaml().replace(
+        "anthropic, prefix: /anthropic, upstream: \"{upstream}\"",
+        "anthropic, prefix: /anthropic, upstream: \"{upstream}\", unmetered: allow",
+    );
     let p = start_proxy(&format!("{YAML}{yaml}"), &provider.url()).await;
     let r = p
         .client
@@ -536,13 +560,16 @@ async fn an_upstream_slower_than_read_idle_is_charged_its_reservation() {
     check("slow upstream", &o);
     // 23 characters at $0.10 per 1,000: the reservation, exact.
     assert_eq!(o.recorded, 23 * ELEVEN_PER_CHAR);
-    assert!(p.metrics().await.contains(r#"spendgate_usage_estimated_total{provider="elevenlabs",reason="timeout"} 1"#));
+    assert!(p
+        .metrics()
+        .await
+        .contains(r#"spendgate_usage_estimated_total{provider="elevenlabs",reason="timeout"} 1"#));
     p.handle.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_client_gone_before_the_head_is_charged_its_reservation_once() {
-    let mut a = Attempt::post("client gone", "/elevenlabs/v1/text-to-speech/voice1", TTS_BODY).header("x-test-head-delay-ms", "400");
+    let mut a = Attempt::post("/elevenlabs/v1/text-to-speech/voice1", TTS_BODY).header("x-test-head-delay-ms", "400");
     a.client_timeout = Some(Duration::from_millis(100));
     let o = run(a, "").await;
     assert_eq!(o.status, None, "the client left first");
@@ -552,7 +579,7 @@ async fn a_client_gone_before_the_head_is_charged_its_reservation_once() {
 
 #[tokio::test]
 async fn a_client_gone_mid_stream_is_charged_what_the_provider_reports() {
-    let mut a = Attempt::post("client gone mid-stream", "/openai/v1/chat/completions", CHAT_STREAM).header("x-test-chunk-delay-ms", "30");
+    let mut a = Attempt::post("/openai/v1/chat/completions", CHAT_STREAM).header("x-test-chunk-delay-ms", "30");
     a.read_then_leave = Some(1);
     let o = run(a, "").await;
     check("client gone mid-stream", &o);
@@ -588,7 +615,10 @@ async fn a_profile_keeps_its_org_whatever_the_header_says() {
 #[tokio::test]
 async fn a_configured_org_is_the_profiles_org() {
     let provider = Provider::start().await;
-    let yaml = format!("{YAML}tenant:\n  orgs:\n    acme: [p-a]\nlimits:\n  orgs:\n    acme:\n      - {{metric: requests, window: daily, max: 1}}\n{}", providers_yaml());
+    let yaml = format!(
+        "{YAML}tenant:\n  orgs:\n    acme: [p-a]\nlimits:\n  orgs:\n    acme:\n      - {{metric: requests, window: daily, max: 1}}\n{}",
+        providers_yaml()
+    );
     let p = start_proxy(&yaml, &provider.url()).await;
     let tts = p.url("/elevenlabs/v1/text-to-speech/voice1");
     let r = p.client.post(&tts, &[("x-profile-id", "p-a"), ("x-org-id", "other")], TTS_BODY).await;
@@ -603,10 +633,10 @@ async fn a_configured_org_is_the_profiles_org() {
 #[tokio::test]
 async fn a_zero_estimate_cannot_pass_a_used_up_limit() {
     let provider = Provider::start().await;
-    let limits = "limits:\n  profiles:\n    p-zero:\n      - {metric: cost_usd, window: daily, max: 0.0000023}\n";
+    let limits = "limits:\n  profiles:\n    p-zero:\n      - {metric: cost_usd, window: daily, max: 0.0023}\n";
     let p = start_proxy(&format!("{YAML}{limits}{}", providers_yaml()), &provider.url()).await;
     let tts = p.url("/elevenlabs/v1/text-to-speech/voice1");
-    // 23 characters: $0.0000023, the whole budget.
+    // 23 characters: $0.0023, the whole budget.
     assert_eq!(p.client.post(&tts, &[("x-profile-id", "p-zero")], TTS_BODY).await.status, 200);
     // An empty text estimates to nothing; the used-up limit still refuses it.
     let r = p
@@ -623,7 +653,7 @@ async fn a_zero_estimate_cannot_pass_a_used_up_limit() {
 async fn huge_strings_are_refused_and_never_become_labels() {
     let model = "m".repeat(2 * 1024 * 1024);
     let o = run(
-        Attempt::post("huge model", "/openai/v1/chat/completions", format!(r#"{{"model":"{model}","messages":[]}}"#)),
+        Attempt::post("/openai/v1/chat/completions", format!(r#"{{"model":"{model}","messages":[]}}"#)),
         "",
     )
     .await;
@@ -659,7 +689,13 @@ async fn websocket_upgrades_are_refused_clearly() {
         .request(
             Method::GET,
             &p.url("/openai/v1/realtime?model=gpt-realtime"),
-            &[("x-profile-id", "p-ws"), ("connection", "upgrade"), ("upgrade", "websocket"), ("sec-websocket-version", "13"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")],
+            &[
+                ("x-profile-id", "p-ws"),
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
             Bytes::new(),
         )
         .await;
@@ -672,16 +708,26 @@ async fn websocket_upgrades_are_refused_clearly() {
 #[tokio::test]
 async fn bodies_past_the_buffering_budget_get_overloaded() {
     let provider = Provider::start().await;
-    let p = start_proxy(&format!("{YAML}server:\n  max_buffered_bytes: 1000\n{}", providers_yaml()).replace("server:\n  shutdown_grace: 1\n", ""), &provider.url()).await;
+    let p = start_proxy(
+        &format!("{YAML}server:\n  max_buffered_bytes: 1000\n{}", providers_yaml()).replace("server:\n  shutdown_grace: 1\n", ""),
+        &provider.url(),
+    )
+    .await;
     let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(2000));
-    let r = p.client.post(&p.url("/elevenlabs/v1/text-to-speech/voice1"), &[("x-profile-id", "p-big")], big).await;
+    let r = p
+        .client
+        .post(&p.url("/elevenlabs/v1/text-to-speech/voice1"), &[("x-profile-id", "p-big")], big)
+        .await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"]["type"], "overloaded");
     assert!(r.headers.contains_key("retry-after"));
     assert_eq!(provider.calls(), 0);
     // The budget is given back: a small body passes.
     assert_eq!(
-        p.client.post(&p.url("/elevenlabs/v1/text-to-speech/voice1"), &[("x-profile-id", "p-big")], TTS_BODY).await.status,
+        p.client
+            .post(&p.url("/elevenlabs/v1/text-to-speech/voice1"), &[("x-profile-id", "p-big")], TTS_BODY)
+            .await
+            .status,
         200
     );
     assert_eq!(p.handle.app.body_budget.used(), 0);
@@ -702,7 +748,11 @@ async fn an_injected_key_removes_billing_routing_headers() {
         .client
         .get(
             &p.url("/openai/v1/models"),
-            &[("x-profile-id", "p-k"), ("openai-organization", "org-client"), ("openai-project", "proj-client")],
+            &[
+                ("x-profile-id", "p-k"),
+                ("openai-organization", "org-client"),
+                ("openai-project", "proj-client"),
+            ],
         )
         .await;
     assert_eq!(r.status, 200);
@@ -712,6 +762,3 @@ async fn an_injected_key_removes_billing_routing_headers() {
     assert_eq!(seen.headers["authorization"], "Bearer sk-real");
     p.handle.shutdown().await;
 }
-
-#[allow(dead_code)]
-fn _unused(_: Full<Bytes>) {}
