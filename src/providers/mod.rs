@@ -513,7 +513,10 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 /// Two price premiums applied one after the other (each in thousandths above list), rounded
 /// up: 1.1x then 6x is 6.6x, 5600.
 pub fn compose_premiums(a: u64, b: u64) -> u64 {
-    ((1000 + u128::from(a)) * (1000 + u128::from(b))).div_ceil(1000).saturating_sub(1000).min(u128::from(u64::MAX)) as u64
+    ((1000 + u128::from(a)) * (1000 + u128::from(b)))
+        .div_ceil(1000)
+        .saturating_sub(1000)
+        .min(u128::from(u64::MAX)) as u64
 }
 
 #[cfg(test)]
