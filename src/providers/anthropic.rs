@@ -1,9 +1,17 @@
-//! Anthropic: messages (plain and streamed); counting tokens is free.
+//! Anthropic: messages (plain and streamed), on Anthropic's API and on Vertex AI
+//! (`publishers/anthropic/models/{model}:rawPredict` / `:streamRawPredict`, served under the
+//! Vertex provider through [`super::Wire`]). Counting tokens is free.
 //!
 //! Usage: `input_tokens` excludes cache reads and writes, which are reported (and priced)
 //! separately: `cache_creation_input_tokens`, split by TTL in `cache_creation` (all 5-minute
 //! when the split is absent), and `cache_read_input_tokens`. `output_tokens` includes
 //! thinking. Web searches are counted in `server_tool_use`.
+//!
+//! Price modifiers raise the bill as a premium on the whole call: fast mode (`speed: "fast"`),
+//! US-only inference (`inference_geo: "us"`), and Vertex's regional endpoints. They are
+//! reserved from the request and settled from the response's `usage.speed` and
+//! `usage.inference_geo`, never below what the request asked for. The long-context rates
+//! (over 200k prompt tokens) are price entries, chosen by the prompt size.
 //!
 //! A stream carries the input side in `message_start` and cumulative counts in each
 //! `message_delta`: the latest value of each field wins, falling back to `message_start`.
@@ -18,12 +26,141 @@ use super::json_body::{ErrorMark, JsonUsageBody, ToUsage};
 use super::sse::{Event, SseParser};
 use super::strict_json::{opt_bool, opt_str, opt_u64};
 use super::{
-    estimate_tokens, is_event_stream, output_tokens_from_text, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, Provider, Refusal, RequestBody,
-    RequestInfo, Settled, Source, Usage, UsageExtractor,
+    compose_premiums, estimate_tokens, is_event_stream, is_websocket_upgrade, output_tokens_from_text, path_matches, reserve_output, text_bytes, Anomaly,
+    BodyEnd, Call, Estimate, Provider, Refusal, RequestBody, RequestInfo, Settled, Source, Usage, UsageExtractor,
 };
 use crate::config::{ProviderKind, ReserveConfig};
 
+/// Fast mode's premium: 6x list (platform.claude.com/docs/en/build-with-claude/fast-mode,
+/// Opus 4.6, read 2026-11-22). Third-party listings show Opus 5's fast mode at 2x
+/// (openrouter.ai, vercel.com, 2026-07); unverified, so the higher 6x applies to every model.
+const FAST_PREMIUM: u64 = 5000;
+/// US-only inference (`inference_geo: "us"`): 1.1x on every token kind of Claude 4.6 and later
+/// (3P: Trazum 2.7.3 release notes, 2026-11-05; the data-residency page names the setting but
+/// the stored copy shows no rate). Applied to every model and to any geography other than
+/// `global` (conservative).
+const US_INFERENCE_PREMIUM: u64 = 100;
+/// Vertex AI prices Claude on regional endpoints 10% above the global endpoint (3P, for Sonnet
+/// 4.5 and later; UNVERIFIED). Applied to every model on a regional endpoint (conservative).
+const VERTEX_REGIONAL_PREMIUM: u64 = 100;
+
+/// Endpoint names: Anthropic's API, Vertex's global endpoint, a Vertex regional endpoint.
+const MESSAGES: &str = "messages";
+const VERTEX_MESSAGES: &str = "vertex_messages";
+const VERTEX_REGIONAL_MESSAGES: &str = "vertex_regional_messages";
+
+const BATCH: &str = "message batches are billed when their results are produced, out of sight of the proxy";
+const MANAGED: &str = "managed agent sessions, deployments and dreams are billed as they run, out of sight of the proxy";
+const UNKNOWN: &str = "the proxy does not know whether or how it is billed";
+
 pub struct Anthropic;
+
+/// How a route is treated.
+enum Class {
+    Metered,
+    Free,
+    Refused(&'static str),
+}
+
+/// Anthropic's API routes (`anthropic` 2.14.0), POST only: the first match decides. Reads
+/// and deletes (GET, HEAD, DELETE) are free; any other write no route matches is refused.
+const ROUTES: &[(&str, &str, Class)] = &[
+    ("v1/messages", MESSAGES, Class::Metered),
+    ("v1/messages/count_tokens", "count_tokens", Class::Free),
+    ("v1/messages/batches", "message_batch", Class::Refused(BATCH)),
+    ("v1/messages/batches/*/cancel", "message_batch_cancel", Class::Free),
+    // Stopping managed work is free; starting or steering it is not metered.
+    ("v1/sessions/*/archive", "session_archive", Class::Free),
+    ("v1/sessions/*/threads/*/archive", "session_archive", Class::Free),
+    ("v1/deployments/*/pause", "deployment_pause", Class::Free),
+    ("v1/deployments/*/archive", "deployment_archive", Class::Free),
+    ("v1/dreams/*/cancel", "dream_cancel", Class::Free),
+    ("v1/dreams/*/archive", "dream_archive", Class::Free),
+    ("v1/sessions/**", "session", Class::Refused(MANAGED)),
+    ("v1/deployments/**", "deployment", Class::Refused(MANAGED)),
+    ("v1/dreams/**", "dream", Class::Refused(MANAGED)),
+    ("v1/files", "files", Class::Free),
+    ("v1/skills/**", "skills", Class::Free),
+    ("v1/agents/**", "agents", Class::Free),
+    ("v1/environments/**", "environments", Class::Free),
+    ("v1/vaults/**", "vaults", Class::Free),
+    ("v1/memory_stores/**", "memory_stores", Class::Free),
+    ("v1/user_profiles/**", "user_profiles", Class::Free),
+    ("v1/tunnels/**", "tunnels", Class::Free),
+    ("v1/compliance/**", "compliance", Class::Free),
+    ("v1/organizations/**", "organizations", Class::Free),
+];
+
+/// A Vertex AI path for a Claude model: `/{v}/[projects/{p}/locations/{l}/]publishers/
+/// anthropic/models/{model}:{method}` (the global host uses location `global`).
+struct VertexPath<'a> {
+    regional: bool,
+    model: &'a str,
+    method: &'a str,
+}
+
+fn vertex_path(path: &str) -> Option<VertexPath<'_>> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (version, rest) = segs.split_first()?;
+    if !version.starts_with('v') {
+        return None;
+    }
+    let (location, rest) = match rest {
+        ["projects", _, "locations", l, rest @ ..] => (*l, rest),
+        rest => ("global", rest),
+    };
+    let ["publishers", "anthropic", "models", last] = rest else {
+        return None;
+    };
+    let (model, method) = last.split_once(':')?;
+    Some(VertexPath {
+        regional: location != "global",
+        model,
+        method,
+    })
+}
+
+/// True for the Vertex AI paths of Claude models (the Vertex provider serves them with this
+/// family's wire format).
+pub fn is_vertex_path(path: &str) -> bool {
+    vertex_path(path).is_some()
+}
+
+fn classify_vertex(method: &Method, v: &VertexPath<'_>) -> Call {
+    if *method != Method::POST {
+        return Call::not_metered("vertex_other", UNKNOWN);
+    }
+    let endpoint = if v.regional { VERTEX_REGIONAL_MESSAGES } else { VERTEX_MESSAGES };
+    match (v.model, v.method) {
+        ("count-tokens", "rawPredict") => Call::free("count_tokens", None),
+        (_, "rawPredict") => Call::metered(endpoint).with_model(Some(v.model.to_string())),
+        (_, "streamRawPredict") => Call::metered(endpoint).with_model(Some(v.model.to_string())).streaming(true),
+        _ => Call::not_metered("vertex_other", UNKNOWN),
+    }
+}
+
+/// The premium a request asks for: fast mode and the inference geography.
+fn request_premium(json: &serde_json::Value) -> Result<u64, Refusal> {
+    Ok(modifiers_premium(opt_str(json, "speed")?, opt_str(json, "inference_geo")?))
+}
+
+fn modifiers_premium(speed: Option<&str>, geo: Option<&str>) -> u64 {
+    let fast = if speed == Some("fast") { FAST_PREMIUM } else { 0 };
+    let geo = match geo {
+        None | Some("global") => 0,
+        Some(_) => US_INFERENCE_PREMIUM,
+    };
+    compose_premiums(fast, geo)
+}
+
+/// The premium of the endpoint itself (Vertex regional endpoints).
+fn endpoint_premium(endpoint: &str) -> u64 {
+    if endpoint == VERTEX_REGIONAL_MESSAGES {
+        VERTEX_REGIONAL_PREMIUM
+    } else {
+        0
+    }
+}
 
 impl Provider for Anthropic {
     fn kind(&self) -> ProviderKind {
@@ -31,29 +168,41 @@ impl Provider for Anthropic {
     }
 
     fn classify(&self, req: &RequestInfo<'_>) -> Call {
-        if *req.method != Method::POST {
-            return Call::free("other", None);
+        if is_websocket_upgrade(req.headers) {
+            return Call::not_metered("websocket", UNKNOWN);
         }
-        let path = req.path.trim_end_matches('/');
-        let path = path.strip_prefix("/v1").filter(|r| r.starts_with('/')).unwrap_or(path);
-        match path {
-            "/messages" => Call::metered("messages"),
-            "/messages/count_tokens" => Call::free("count_tokens", None),
-            // Batches are billed when their results are produced, out of sight of the proxy.
-            _ => Call::free("other", None),
+        if let Some(v) = vertex_path(req.path) {
+            return classify_vertex(req.method, &v);
+        }
+        if *req.method != Method::POST {
+            return match *req.method {
+                Method::GET | Method::HEAD | Method::DELETE => Call::free("other", None),
+                _ => Call::not_metered("other", UNKNOWN),
+            };
+        }
+        match ROUTES.iter().find(|(pattern, _, _)| path_matches(pattern, req.path)) {
+            Some((_, endpoint, Class::Metered)) => Call::metered(endpoint),
+            Some((_, endpoint, Class::Free)) => Call::free(endpoint, None),
+            Some((_, endpoint, Class::Refused(why))) => Call::not_metered(endpoint, why),
+            None => Call::not_metered("other", UNKNOWN),
         }
     }
 
     fn estimate(&self, call: &mut Call, _req: &RequestInfo<'_>, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
         let json = body.object()?;
-        call.model = opt_str(json, "model")?.filter(|m| !m.is_empty()).map(str::to_string);
-        call.streaming = opt_bool(json, "stream")? == Some(true);
+        let model = opt_str(json, "model")?;
+        if call.endpoint == MESSAGES {
+            // On Vertex the model is the path's; the body carries none.
+            call.model = model.filter(|m| !m.is_empty()).map(str::to_string);
+        }
+        call.streaming |= opt_bool(json, "stream")? == Some(true);
         let input = estimate_tokens(text_bytes(json), reserve);
         Ok(Estimate {
             usage: Usage {
                 input_tokens: input,
                 output_tokens: reserve_output(opt_u64(json, "max_tokens")?, reserve),
                 prompt_tokens: input,
+                premium_permille: compose_premiums(endpoint_premium(call.endpoint), request_premium(json)?),
                 ..Usage::default()
             },
             ..Estimate::default()
@@ -61,11 +210,42 @@ impl Provider for Anthropic {
     }
 
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
-        if call.streaming && is_event_stream(headers) {
+        let inner: Box<dyn UsageExtractor> = if call.streaming && is_event_stream(headers) {
             Box::new(StreamExtractor::new(estimate))
         } else {
             Box::new(JsonUsageBody::<WireUsage>::new(estimate, ErrorMark::TypeIsError))
+        };
+        Box::new(Premium {
+            inner,
+            base: endpoint_premium(call.endpoint),
+            asked: estimate.premium_permille,
+        })
+    }
+}
+
+/// Applies the premiums to what a response reports: the endpoint's on top of what the response
+/// says ran (fast mode, geography), and never less than the estimate's, which holds what the
+/// request asked for (a response that does not say keeps it).
+struct Premium {
+    inner: Box<dyn UsageExtractor>,
+    base: u64,
+    /// The estimate's premium: the endpoint's composed with the request's.
+    asked: u64,
+}
+
+impl UsageExtractor for Premium {
+    fn feed(&mut self, chunk: &[u8]) {
+        self.inner.feed(chunk);
+    }
+
+    fn finish(&mut self, end: BodyEnd) -> Settled {
+        let mut settled = self.inner.finish(end);
+        // An estimate standing in carries its premium already.
+        if matches!(settled.source, Source::Reported | Source::Partial) {
+            let ran = compose_premiums(self.base, settled.usage.premium_permille);
+            settled.usage.premium_permille = ran.max(self.asked);
         }
+        settled
     }
 }
 
@@ -80,6 +260,8 @@ struct WireUsage {
     output_tokens: Option<u64>,
     cache_creation: Option<CacheCreation>,
     server_tool_use: Option<ServerToolUse>,
+    speed: Option<String>,
+    inference_geo: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -112,7 +294,9 @@ impl WireUsage {
             cache_read_input_tokens,
             output_tokens,
             cache_creation,
-            server_tool_use
+            server_tool_use,
+            speed,
+            inference_geo
         );
     }
 
@@ -133,6 +317,7 @@ impl WireUsage {
             output_tokens: self.output_tokens.unwrap_or(0),
             web_searches: self.server_tool_use.as_ref().and_then(|s| s.web_search_requests).unwrap_or(0),
             prompt_tokens: input.saturating_add(read).saturating_add(written),
+            premium_permille: modifiers_premium(self.speed.as_deref(), self.inference_geo.as_deref()),
             ..Usage::default()
         }
     }
@@ -402,5 +587,222 @@ event: content_block_delta\ndata: {\"type\":\"content_bl";
             BodyEnd::Complete,
         );
         assert_eq!(s.source, Source::UpstreamError);
+    }
+
+    fn request(method: Method, path: &str) -> Call {
+        Anthropic.classify(&RequestInfo {
+            method: &method,
+            path,
+            query: Some("beta=true"),
+            headers: &HeaderMap::new(),
+        })
+    }
+
+    /// `m`etered, `s`treamed, `f`ree, `r`efused.
+    fn class(c: &Call) -> char {
+        match (c.metered, c.streaming, c.unmetered.is_some()) {
+            (true, true, _) => 's',
+            (true, false, _) => 'm',
+            (false, _, false) => 'f',
+            (false, _, true) => 'r',
+        }
+    }
+
+    #[test]
+    fn every_sdk_route_has_its_class() {
+        use Method as M;
+        for (method, path, want) in [
+            (M::POST, "/v1/messages", 'm'),
+            (M::POST, "/v1/messages/", 'm'),
+            (M::POST, "/v1/messages/count_tokens", 'f'),
+            (M::POST, "/v1/messages/batches", 'r'),
+            (M::GET, "/v1/messages/batches", 'f'),
+            (M::GET, "/v1/messages/batches/msgbatch_1", 'f'),
+            (M::GET, "/v1/messages/batches/msgbatch_1/results", 'f'),
+            (M::POST, "/v1/messages/batches/msgbatch_1/cancel", 'f'),
+            (M::DELETE, "/v1/messages/batches/msgbatch_1", 'f'),
+            (M::POST, "/v1/sessions", 'r'),
+            (M::POST, "/v1/sessions/s1/events", 'r'),
+            (M::POST, "/v1/sessions/s1/resources", 'r'),
+            (M::POST, "/v1/sessions/s1/archive", 'f'),
+            (M::GET, "/v1/sessions/s1/events/stream", 'f'),
+            (M::POST, "/v1/deployments", 'r'),
+            (M::POST, "/v1/deployments/d1/run", 'r'),
+            (M::POST, "/v1/deployments/d1/unpause", 'r'),
+            (M::POST, "/v1/deployments/d1/pause", 'f'),
+            (M::POST, "/v1/dreams", 'r'),
+            (M::POST, "/v1/dreams/d1/cancel", 'f'),
+            (M::POST, "/v1/files", 'f'),
+            (M::GET, "/v1/files/f1/content", 'f'),
+            (M::DELETE, "/v1/files/f1", 'f'),
+            (M::GET, "/v1/models", 'f'),
+            (M::GET, "/v1/models/claude-opus-4-6", 'f'),
+            (M::POST, "/v1/skills", 'f'),
+            (M::POST, "/v1/skills/s1/versions", 'f'),
+            (M::POST, "/v1/agents", 'f'),
+            (M::POST, "/v1/agents/a1/archive", 'f'),
+            (M::POST, "/v1/environments/e1/work/w1/heartbeat", 'f'),
+            (M::POST, "/v1/vaults/v1/credentials", 'f'),
+            (M::POST, "/v1/memory_stores/m1/memories", 'f'),
+            (M::POST, "/v1/organizations/invites", 'f'),
+            (M::GET, "/v1/organizations/usage_report/messages", 'f'),
+            (M::POST, "/v1/tunnels/t1/rotate_token", 'f'),
+            (M::POST, "/v1/complete", 'r'),
+            (M::POST, "/v1/something-new", 'r'),
+            (M::PATCH, "/v1/messages", 'r'),
+            (
+                M::POST,
+                "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",
+                'm',
+            ),
+            (
+                M::POST,
+                "/v1/projects/p/locations/global/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict",
+                's',
+            ),
+            (
+                M::POST,
+                "/v1beta1/projects/p/locations/europe-west1/publishers/anthropic/models/claude-haiku-4-5:rawPredict",
+                'm',
+            ),
+            (
+                M::POST,
+                "/v1/projects/p/locations/us-east5/publishers/anthropic/models/count-tokens:rawPredict",
+                'f',
+            ),
+            (M::POST, "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-x:predict", 'r'),
+            (M::GET, "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-x:rawPredict", 'r'),
+        ] {
+            assert_eq!(class(&request(method.clone(), path)), want, "{method} {path}");
+        }
+    }
+
+    fn estimate(path: &str, body: &str) -> (Call, Result<Estimate, Refusal>) {
+        let h = HeaderMap::new();
+        let req = RequestInfo {
+            method: &Method::POST,
+            path,
+            query: None,
+            headers: &h,
+        };
+        let mut call = Anthropic.classify(&req);
+        let e = super::super::estimate_call(&Anthropic, &mut call, &req, body.as_bytes(), &ReserveConfig::default());
+        (call, e)
+    }
+
+    #[test]
+    fn vertex_takes_the_model_from_the_path_and_prices_regions() {
+        let path = "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict";
+        let (call, e) = estimate(path, r#"{"anthropic_version":"vertex-2023-10-16","max_tokens":10,"stream":true,"messages":[]}"#);
+        assert_eq!(call.model.as_deref(), Some("claude-sonnet-4-5@20250929"));
+        assert!(call.streaming, "rawPredict with stream: true streams");
+        assert_eq!(e.unwrap().usage.premium_permille, 100);
+        let global = "/v1/projects/p/locations/global/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict";
+        let (_, e) = estimate(global, r#"{"anthropic_version":"vertex-2023-10-16","max_tokens":10,"messages":[]}"#);
+        assert_eq!(e.unwrap().usage.premium_permille, 0);
+        assert!(is_vertex_path(global));
+        assert!(!is_vertex_path(
+            "/v1/projects/p/locations/global/publishers/google/models/gemini-2.5-flash:generateContent"
+        ));
+    }
+
+    #[test]
+    fn request_modifiers_raise_the_reservation() {
+        let premium = |body: &str| estimate("/v1/messages", body).1.unwrap().usage.premium_permille;
+        assert_eq!(premium(r#"{"model":"claude-opus-4-6","max_tokens":1,"messages":[]}"#), 0);
+        assert_eq!(premium(r#"{"model":"claude-opus-4-6","max_tokens":1,"speed":"fast","messages":[]}"#), 5000);
+        assert_eq!(premium(r#"{"model":"claude-opus-4-6","max_tokens":1,"speed":"standard","messages":[]}"#), 0);
+        assert_eq!(premium(r#"{"model":"claude-opus-4-6","max_tokens":1,"inference_geo":"us","messages":[]}"#), 100);
+        assert_eq!(
+            premium(r#"{"model":"claude-opus-4-6","max_tokens":1,"inference_geo":"global","messages":[]}"#),
+            0
+        );
+        assert_eq!(
+            premium(r#"{"model":"claude-opus-4-6","max_tokens":1,"speed":"fast","inference_geo":"us","messages":[]}"#),
+            5600
+        );
+        for body in [
+            r#"{"model":"claude-opus-4-6","max_tokens":"1","messages":[]}"#,
+            r#"{"model":"claude-opus-4-6","max_tokens":1,"speed":true,"messages":[]}"#,
+            r#"{"model":"claude-opus-4-6","max_tokens":1,"inference_geo":1,"messages":[]}"#,
+            r#"{"model":7,"max_tokens":1,"messages":[]}"#,
+            r#"{"model":"claude-opus-4-6","max_tokens":1,"stream":"yes","messages":[]}"#,
+            r#"{"model":"claude-opus-4-6","model":"claude-haiku-4-5","max_tokens":1,"messages":[]}"#,
+        ] {
+            assert!(matches!(estimate("/v1/messages", body).1, Err(Refusal::InvalidBody(_))), "{body}");
+        }
+    }
+
+    fn settle(call: &Call, estimate: &Usage, content_type: &'static str, body: &[u8], piece: usize) -> Settled {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        let mut x = Anthropic.extractor(call, StatusCode::OK, &h, estimate);
+        run(&mut *x, body, piece, BodyEnd::Complete)
+    }
+
+    #[test]
+    fn response_modifiers_settle_the_premium_never_below_the_request() {
+        let call = Call::metered(MESSAGES);
+        let plain = br#"{"type":"message","model":"claude-opus-4-6","usage":{"input_tokens":10,"output_tokens":5,"speed":"fast","inference_geo":"us","service_tier":"standard"}}"#;
+        for piece in [1, 3, 64] {
+            let s = settle(&call, &Usage::default(), "application/json", plain, piece);
+            assert_eq!((s.usage.premium_permille, s.usage.output_tokens, s.source), (5600, 5, Source::Reported));
+        }
+        // The request asked for fast mode and the response does not say: fast is charged.
+        let asked = Usage {
+            premium_permille: 5000,
+            ..Usage::default()
+        };
+        let quiet = br#"{"type":"message","usage":{"input_tokens":10,"output_tokens":5}}"#;
+        assert_eq!(settle(&call, &asked, "application/json", quiet, 7).usage.premium_permille, 5000);
+        // A regional Vertex endpoint adds its premium to what the stream reports.
+        let regional = Call::metered(VERTEX_REGIONAL_MESSAGES).streaming(true);
+        let stream = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-opus-4-6\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1,\"speed\":\"fast\"}}}\n\n\
+event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":30}}\n\n";
+        let est = Usage {
+            premium_permille: 100,
+            ..Usage::default()
+        };
+        for piece in [1, 5, 17] {
+            let s = settle(&regional, &est, "text/event-stream", stream, piece);
+            // 1.1 x 6 = 6.6
+            assert_eq!((s.usage.premium_permille, s.usage.output_tokens), (5600, 30), "{piece}");
+        }
+        // An estimate standing in keeps its own premium, not compounded again.
+        let s = settle(&regional, &est, "text/event-stream", b"event: ping\ndata: {\"type\":\"ping\"}\n\n", 4);
+        assert_eq!((s.source, s.usage.premium_permille), (Source::Estimated, 100));
+    }
+
+    #[test]
+    fn prices_through_the_table() {
+        use crate::config::Config;
+        use crate::pricing::PriceTable;
+        let t = PriceTable::new(&Config::from_yaml("", "t").unwrap()).unwrap();
+        let nanos = |model: &str, u: &Usage| t.price("anthropic", ProviderKind::Anthropic, &[Some(model)], u).nanos;
+        let short = Usage {
+            input_tokens: 100_000,
+            output_tokens: 10_000,
+            prompt_tokens: 100_000,
+            ..Usage::default()
+        };
+        // 100k x $3/M + 10k x $15/M = $0.30 + $0.15
+        assert_eq!(nanos("claude-sonnet-4-5-20250929", &short), 450_000_000);
+        // Vertex ids carry the date after '@'.
+        assert_eq!(nanos("claude-sonnet-4-5@20250929", &short), 450_000_000);
+        let long = Usage {
+            input_tokens: 300_000,
+            output_tokens: 10_000,
+            prompt_tokens: 300_000,
+            ..Usage::default()
+        };
+        // Over 200k prompt tokens the whole call is at $6 / $22.50: $1.80 + $0.225.
+        assert_eq!(nanos("claude-sonnet-4-5-20250929", &long), 2_025_000_000);
+        assert_eq!(nanos("claude-sonnet-4-20250514", &long), 2_025_000_000);
+        // Opus 4.6 long context at $10 / $37.50, in fast mode (6x): $3.00 + $0.375 = $3.375 x 6.
+        let fast_long = Usage {
+            premium_permille: 5000,
+            ..long
+        };
+        assert_eq!(nanos("claude-opus-4-6", &fast_long), 20_250_000_000);
     }
 }

@@ -1,43 +1,69 @@
-//! ElevenLabs: text to speech (every variant), dialogue, sound effects, speech to text.
+//! ElevenLabs: one table of every route the SDK calls, each metered, free or refused.
 //!
-//! TTS is billed by the characters of the request's `text` times the model's price, so the
-//! estimate is exact and is what is charged when the upstream succeeds. The response body is
-//! opaque audio and is not read; an upstream error costs nothing.
+//! Metered calls are priced from the request: text to speech and dialogue by the characters
+//! of their text (exact); sound effects, music, the voice changer and audio isolation by a
+//! duration (requested, or bounded from the size of the upload); speech to text by the
+//! duration the transcript reports. When the response carries a `character-cost` header
+//! (credits, after model and voice multipliers) the charge is raised to it if it is higher,
+//! so a voice with a price multiplier is never charged below the provider's bill.
+//!
+//! Refused by default: calls whose bill comes later or out of sight (dubbing, Studio, flows,
+//! productions, agent conversations and telephony, music uploads), calls that mint a
+//! credential usable without the proxy, WebSocket sessions, and paid calls whose unit is not
+//! known (voice design, forced alignment, stem separation).
 
-use http::{HeaderMap, Method, StatusCode};
+mod form;
+mod routes;
+
+use http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use self::form::Form;
+use self::routes::Kind;
 use super::json_scan::JsonScanner;
-use super::{BodyEnd, Call, Estimate, FixedCost, Provider, Refusal, RequestBody, RequestInfo, Settled, Source, Usage, UsageExtractor};
+use super::{Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, Refusal, RequestBody, RequestInfo, Settled, Source, Usage, UsageExtractor};
 use crate::config::{ProviderKind, ReserveConfig};
 
-/// The model ElevenLabs uses when the request names none (its documented default).
+/// The model ElevenLabs uses for text to speech when the request names none.
 pub const DEFAULT_TTS_MODEL: &str = "eleven_multilingual_v2";
+/// The model text to dialogue uses when the request names none.
+pub const DEFAULT_DIALOGUE_MODEL: &str = "eleven_v3";
 /// The model used for sound effects when the request names none.
 pub const DEFAULT_SOUND_MODEL: &str = "eleven_text_to_sound_v2";
 /// The model used for speech to text when the form names none.
 pub const DEFAULT_STT_MODEL: &str = "scribe_v1";
-/// Bytes of uploaded audio per second assumed for the speech-to-text reservation
-/// (128 kbit/s, the common MP3 rate).
+/// The voice changer's default model.
+pub const DEFAULT_STS_MODEL: &str = "eleven_multilingual_sts_v2";
+/// The music model when the request names none.
+pub const DEFAULT_MUSIC_MODEL: &str = "music_v1";
+/// Audio isolation takes no model; its price entry is under this name.
+pub const AUDIO_ISOLATION_MODEL: &str = "audio_isolation";
+
+/// Bytes of uploaded audio per second assumed for the speech-to-text reservation (128 kbit/s,
+/// the common MP3 rate). The transcript reports the real duration, which is what is charged.
 const STT_BYTES_PER_SECOND: u64 = 16_000;
+/// Bytes per second of the lowest-bitrate audio an upload can plausibly hold (4 kbit/s, below
+/// every speech codec in use: AMR-NB's lowest mode is 4.75 kbit/s, Opus's 6 kbit/s). Dividing
+/// an upload's size by it bounds the audio's duration from above, for the calls billed by
+/// duration whose response does not report it.
+const MIN_AUDIO_BYTES_PER_SECOND: u64 = 500;
+/// Speech to text bills every channel at the full duration with `use_multi_channel`; the API
+/// accepts at most this many channels.
+const STT_MAX_CHANNELS: u64 = 5;
+/// Sound effects without `duration_seconds` cost a flat 100 credits; with it, 20 credits per
+/// second. Durations are priced per second, so the flat charge is priced as 5 seconds.
+const SOUND_AUTO_MILLIS: u64 = 5_000;
+/// Milliseconds of sound effect per credit (20 credits per second).
+const SOUND_MILLIS_PER_CREDIT: u64 = 50;
+/// Milliseconds of input audio per credit for the voice changer and audio isolation (1,000
+/// credits per minute).
+const AUDIO_MILLIS_PER_CREDIT: u64 = 60;
+/// The longest song music generation produces (`music_length_ms` at most 600,000): the
+/// reservation and charge when neither a length nor a composition plan says how long.
+const MUSIC_MAX_MILLIS: u64 = 600_000;
 
 pub struct ElevenLabs;
-
-#[derive(Deserialize, Default)]
-struct TtsBody {
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    model_id: Option<String>,
-    #[serde(default)]
-    inputs: Vec<DialogueInput>,
-}
-
-#[derive(Deserialize, Default)]
-struct DialogueInput {
-    #[serde(default)]
-    text: String,
-}
 
 impl Provider for ElevenLabs {
     fn kind(&self) -> ProviderKind {
@@ -45,74 +71,270 @@ impl Provider for ElevenLabs {
     }
 
     fn classify(&self, req: &RequestInfo<'_>) -> Call {
-        if *req.method != Method::POST {
-            return Call::free("other", None);
-        }
-        let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-        let metered = |endpoint, streaming| Call::metered(endpoint).streaming(streaming);
-        match segs.as_slice() {
-            ["v1", "text-to-speech", _voice] => metered("tts", false),
-            ["v1", "text-to-speech", _voice, "stream"] => metered("tts_stream", true),
-            ["v1", "text-to-speech", _voice, "with-timestamps"] => metered("tts_timestamps", false),
-            ["v1", "text-to-speech", _voice, "stream", "with-timestamps"] => metered("tts_stream_timestamps", true),
-            ["v1", "text-to-dialogue"] => metered("dialogue", false),
-            ["v1", "text-to-dialogue", "stream"] => metered("dialogue_stream", true),
-            ["v1", "text-to-dialogue", "with-timestamps"] => metered("dialogue_timestamps", false),
-            ["v1", "text-to-dialogue", "stream", "with-timestamps"] => metered("dialogue_stream_timestamps", true),
-            ["v1", "sound-generation"] => metered("sound_generation", false),
-            ["v1", "speech-to-text"] => metered("speech_to_text", false).head_only(),
-            _ => Call::free("other", None),
-        }
+        routes::classify(req)
     }
 
     fn estimate(&self, call: &mut Call, req: &RequestInfo<'_>, body: &RequestBody<'_>, _reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
-        if call.endpoint == "speech_to_text" {
-            call.model = Some(DEFAULT_STT_MODEL.into());
-            let bytes = req
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            return Ok(Estimate {
-                usage: Usage {
-                    audio_millis: bytes.saturating_mul(1000) / STT_BYTES_PER_SECOND,
-                    ..Usage::default()
-                },
-                ..Estimate::default()
-            });
-        }
-        let parsed = TtsBody::deserialize(body.object()?).map_err(|e| Refusal::InvalidBody(format!("the request body cannot be read: {e}")))?;
-        let characters = match call.endpoint {
-            e if e.starts_with("dialogue") => parsed.inputs.iter().map(|i| i.text.chars().count() as u64).sum(),
-            "sound_generation" => 0,
-            _ => parsed.text.as_deref().map_or(0, |t| t.chars().count() as u64),
+        let Some(kind) = routes::kind_of(call.endpoint) else {
+            return Err(Refusal::NotMetered(format!("the endpoint {} has no estimate", call.endpoint)));
         };
-        let default_model = if call.endpoint == "sound_generation" {
-            DEFAULT_SOUND_MODEL
-        } else {
-            DEFAULT_TTS_MODEL
+        let (model, usage) = match kind {
+            Kind::Tts => tts(body)?,
+            Kind::Dialogue => dialogue(body)?,
+            Kind::Sound => sound(body)?,
+            Kind::Music => music(body)?,
+            Kind::VoiceChanger => upload_bound(req, body, DEFAULT_STS_MODEL)?,
+            Kind::Isolation => upload_bound(req, body, AUDIO_ISOLATION_MODEL)?,
+            Kind::SpeechToText => return speech_to_text(call, req, body),
         };
-        call.model = Some(parsed.model_id.filter(|m| !m.is_empty()).unwrap_or_else(|| default_model.to_string()));
-        Ok(Estimate {
-            usage: Usage {
-                characters,
-                ..Usage::default()
-            },
-            ..Estimate::default()
-        })
+        call.model = Some(model);
+        Ok(Estimate { usage, ..Estimate::default() })
     }
 
-    fn extractor(&self, call: &Call, _status: StatusCode, _headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
-        if call.endpoint == "speech_to_text" {
-            return Box::new(SpeechToText {
-                scanner: JsonScanner::new(1, &["audio_duration_secs", "words"], &[]),
-                duration_ms: None,
-                estimate: estimate.clone(),
-            });
+    fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
+        let model = call.model.as_deref().unwrap_or_default();
+        let credits = character_cost(headers);
+        match routes::kind_of(call.endpoint) {
+            Some(Kind::SpeechToText) if call.endpoint == routes::STT_SYNC => Box::new(SpeechToText::new(estimate)),
+            Some(Kind::Tts | Kind::Dialogue) => exact(raise_characters(estimate, credits, model)),
+            Some(Kind::Sound) => exact(raise_millis(estimate, credits, SOUND_MILLIS_PER_CREDIT)),
+            Some(Kind::VoiceChanger | Kind::Isolation) => bound(raise_millis(estimate, credits, AUDIO_MILLIS_PER_CREDIT)),
+            // Music, and speech to text whose transcript is not read: the bound stands.
+            _ => bound(estimate.clone()),
         }
-        Box::new(FixedCost::new(estimate.clone(), Source::Reported))
     }
+}
+
+fn exact(usage: Usage) -> Box<dyn UsageExtractor> {
+    Box::new(FixedCost::new(usage, Source::Reported))
+}
+
+fn bound(usage: Usage) -> Box<dyn UsageExtractor> {
+    Box::new(FixedCost::new(usage, Source::Estimated))
+}
+
+/// Reads a JSON body into a request shape, refusing one the provider would not accept
+/// (a billed field missing or of the wrong type).
+fn read<T: DeserializeOwned>(body: &RequestBody<'_>) -> Result<T, Refusal> {
+    T::deserialize(body.object()?).map_err(|e| Refusal::InvalidBody(format!("the request body cannot be read: {e}")))
+}
+
+/// The request's `model_id`, or the endpoint's default.
+fn model_or(model_id: Option<String>, default: &str) -> String {
+    model_id.filter(|m| !m.is_empty()).unwrap_or_else(|| default.to_string())
+}
+
+fn characters(text: &str) -> u64 {
+    text.chars().count() as u64
+}
+
+#[derive(Deserialize)]
+struct TtsBody {
+    text: String,
+    #[serde(default)]
+    model_id: Option<String>,
+}
+
+fn tts(body: &RequestBody<'_>) -> Result<(String, Usage), Refusal> {
+    let b: TtsBody = read(body)?;
+    Ok((
+        model_or(b.model_id, DEFAULT_TTS_MODEL),
+        Usage {
+            characters: characters(&b.text),
+            ..Usage::default()
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+struct DialogueBody {
+    inputs: Vec<DialogueInput>,
+    #[serde(default)]
+    model_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DialogueInput {
+    text: String,
+}
+
+fn dialogue(body: &RequestBody<'_>) -> Result<(String, Usage), Refusal> {
+    let b: DialogueBody = read(body)?;
+    if b.inputs.is_empty() {
+        return Err(Refusal::InvalidBody("the member \"inputs\" must hold at least one line of dialogue".into()));
+    }
+    Ok((
+        model_or(b.model_id, DEFAULT_DIALOGUE_MODEL),
+        Usage {
+            characters: b.inputs.iter().map(|i| characters(&i.text)).sum(),
+            ..Usage::default()
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+struct SoundBody {
+    /// Required by the provider; not billed.
+    #[serde(rename = "text")]
+    _text: String,
+    #[serde(default)]
+    duration_seconds: Option<f64>,
+    #[serde(default)]
+    model_id: Option<String>,
+}
+
+fn sound(body: &RequestBody<'_>) -> Result<(String, Usage), Refusal> {
+    let b: SoundBody = read(body)?;
+    let millis = match b.duration_seconds {
+        None => SOUND_AUTO_MILLIS,
+        Some(s) if s > 0.0 && s <= 3600.0 => (s * 1000.0).ceil() as u64,
+        Some(_) => {
+            return Err(Refusal::InvalidBody(
+                "the member \"duration_seconds\" must be a positive number of seconds".into(),
+            ))
+        }
+    };
+    Ok((
+        model_or(b.model_id, DEFAULT_SOUND_MODEL),
+        Usage {
+            audio_millis: millis,
+            ..Usage::default()
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+struct MusicBody {
+    #[serde(default)]
+    music_length_ms: Option<u64>,
+    #[serde(default)]
+    composition_plan: Option<CompositionPlan>,
+    #[serde(default)]
+    model_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CompositionPlan {
+    sections: Vec<Section>,
+}
+
+#[derive(Deserialize)]
+struct Section {
+    duration_ms: u64,
+}
+
+/// Music is billed per minute of the song: its requested length, else the sum of its
+/// composition plan's sections, else the longest song the API makes.
+fn music(body: &RequestBody<'_>) -> Result<(String, Usage), Refusal> {
+    let b: MusicBody = read(body)?;
+    let planned = b
+        .composition_plan
+        .map(|p| p.sections.iter().fold(0u64, |sum, s| sum.saturating_add(s.duration_ms)));
+    let millis = b.music_length_ms.or(planned).unwrap_or(MUSIC_MAX_MILLIS);
+    Ok((
+        model_or(b.model_id, DEFAULT_MUSIC_MODEL),
+        Usage {
+            audio_millis: millis.max(1),
+            ..Usage::default()
+        },
+    ))
+}
+
+/// Form fields that make the service fetch the audio from elsewhere: its length is then not
+/// bounded by the upload.
+const REMOTE_AUDIO_FIELDS: &[&str] = &["cloud_storage_url", "source_url"];
+
+/// Reads the multipart form of an audio upload and refuses one whose audio is not in it.
+fn audio_form<'a>(req: &RequestInfo<'_>, body: &RequestBody<'a>) -> Result<Form<'a>, Refusal> {
+    let form = Form::parse(req.headers, body.bytes)?;
+    if let Some(field) = REMOTE_AUDIO_FIELDS.iter().find(|f| form.text(f).ok().flatten().is_some()) {
+        return Err(Refusal::NotMetered(format!(
+            "the form's {field} makes the service fetch the audio itself, so its length is unknown before the call"
+        )));
+    }
+    if form.files == 0 {
+        return Err(Refusal::InvalidBody("the form carries no audio file".into()));
+    }
+    Ok(form)
+}
+
+/// The duration an upload of `bytes` can hold at most, in milliseconds.
+fn upload_millis_bound(bytes: usize) -> u64 {
+    (bytes as u64).saturating_mul(1000).div_ceil(MIN_AUDIO_BYTES_PER_SECOND)
+}
+
+/// Calls billed per minute of uploaded audio whose response does not report it: the bound
+/// from the upload's size.
+fn upload_bound(req: &RequestInfo<'_>, body: &RequestBody<'_>, default_model: &str) -> Result<(String, Usage), Refusal> {
+    let form = audio_form(req, body)?;
+    let model = model_or(form.text("model_id")?.map(str::to_string), default_model);
+    Ok((
+        model,
+        Usage {
+            audio_millis: upload_millis_bound(body.bytes.len()),
+            ..Usage::default()
+        },
+    ))
+}
+
+/// Speech to text: reserved from the upload's size and charged the duration the transcript
+/// reports; with `webhook` the transcript comes later, and with `use_multi_channel` every
+/// channel is billed, so those are charged the bound from the upload's size.
+fn speech_to_text(call: &mut Call, req: &RequestInfo<'_>, body: &RequestBody<'_>) -> Result<Estimate, Refusal> {
+    let form = audio_form(req, body)?;
+    call.model = Some(model_or(form.text("model_id")?.map(str::to_string), DEFAULT_STT_MODEL));
+    let bytes = body.bytes.len() as u64;
+    let later = form.flag("webhook")?;
+    let channels = if form.flag("use_multi_channel")? { STT_MAX_CHANNELS } else { 1 };
+    let audio_millis = if later || channels > 1 {
+        call.endpoint = routes::STT_BOUND;
+        upload_millis_bound(body.bytes.len()).saturating_mul(channels)
+    } else {
+        bytes.saturating_mul(1000).div_ceil(STT_BYTES_PER_SECOND)
+    };
+    Ok(Estimate {
+        usage: Usage {
+            audio_millis: audio_millis.max(1),
+            ..Usage::default()
+        },
+        ..Estimate::default()
+    })
+}
+
+/// The credits a response's `character-cost` header reports, if it is readable.
+fn character_cost(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get("character-cost")?.to_str().ok()?.trim();
+    v.parse::<u64>()
+        .ok()
+        .or_else(|| v.parse::<f64>().ok().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f.ceil() as u64))
+}
+
+/// Half-credits per character: Flash and Turbo models cost half a credit per character, the
+/// others one.
+fn half_credits_per_char(model: &str) -> u64 {
+    if model.contains("flash") || model.contains("turbo") {
+        1
+    } else {
+        2
+    }
+}
+
+/// The estimate, its characters raised to what the reported credits pay for.
+fn raise_characters(estimate: &Usage, credits: Option<u64>, model: &str) -> Usage {
+    let mut usage = estimate.clone();
+    if let Some(c) = credits {
+        usage.characters = usage.characters.max(c.saturating_mul(2).div_ceil(half_credits_per_char(model)));
+    }
+    usage
+}
+
+/// The estimate, its audio duration raised to what the reported credits pay for.
+fn raise_millis(estimate: &Usage, credits: Option<u64>, millis_per_credit: u64) -> Usage {
+    let mut usage = estimate.clone();
+    if let Some(c) = credits {
+        usage.audio_millis = usage.audio_millis.max(c.saturating_mul(millis_per_credit));
+    }
+    usage
 }
 
 /// Reads the audio duration out of a transcript: `audio_duration_secs`, else the end of the
@@ -129,6 +351,16 @@ struct Word {
     end: Option<f64>,
 }
 
+impl SpeechToText {
+    fn new(estimate: &Usage) -> Self {
+        Self {
+            scanner: JsonScanner::new(1, &["audio_duration_secs", "words"], &[]),
+            duration_ms: None,
+            estimate: estimate.clone(),
+        }
+    }
+}
+
 impl UsageExtractor for SpeechToText {
     fn feed(&mut self, chunk: &[u8]) {
         let duration = &mut self.duration_ms;
@@ -141,7 +373,7 @@ impl UsageExtractor for SpeechToText {
                     words.iter().rev().find_map(|w| w.end)
                 });
             if let Some(s) = secs.filter(|s| s.is_finite() && *s >= 0.0) {
-                *duration = Some((s * 1000.0).round() as u64);
+                *duration = Some((s * 1000.0).ceil() as u64);
             }
         });
     }
@@ -160,9 +392,9 @@ impl UsageExtractor for SpeechToText {
             None => Settled::estimated(
                 &self.estimate,
                 match end {
-                    BodyEnd::Cut => super::Anomaly::Cut,
-                    BodyEnd::Complete if self.scanner.malformed() => super::Anomaly::Malformed,
-                    BodyEnd::Complete => super::Anomaly::Missing,
+                    BodyEnd::Cut => Anomaly::Cut,
+                    BodyEnd::Complete if self.scanner.malformed() => Anomaly::Malformed,
+                    BodyEnd::Complete => Anomaly::Missing,
                 },
             ),
         }
@@ -170,69 +402,4 @@ impl UsageExtractor for SpeechToText {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info<'a>(path: &'a str, headers: &'a HeaderMap) -> RequestInfo<'a> {
-        RequestInfo {
-            method: &Method::POST,
-            path,
-            query: None,
-            headers,
-        }
-    }
-
-    #[test]
-    fn every_tts_variant_is_metered() {
-        let h = HeaderMap::new();
-        for (path, streaming) in [
-            ("/v1/text-to-speech/voice1", false),
-            ("/v1/text-to-speech/voice1/stream", true),
-            ("/v1/text-to-speech/voice1/with-timestamps", false),
-            ("/v1/text-to-speech/voice1/stream/with-timestamps", true),
-        ] {
-            let call = ElevenLabs.classify(&info(path, &h));
-            assert!(call.metered && call.needs_body, "{path}");
-            assert_eq!(call.streaming, streaming, "{path}");
-        }
-        assert!(!ElevenLabs.classify(&info("/v1/voices", &h)).metered);
-    }
-
-    #[test]
-    fn characters_are_unicode_scalars_and_model_defaults() {
-        let h = HeaderMap::new();
-        let mut call = ElevenLabs.classify(&info("/v1/text-to-speech/v", &h));
-        let est = super::super::estimate_call(
-            &ElevenLabs,
-            &mut call,
-            &info("/v1/text-to-speech/v", &h),
-            "{\"text\":\"héllo ✓\"}".as_bytes(),
-            &ReserveConfig::default(),
-        )
-        .unwrap();
-        assert_eq!(est.usage.characters, 7);
-        assert_eq!(call.model.as_deref(), Some(DEFAULT_TTS_MODEL));
-        let est = super::super::estimate_call(
-            &ElevenLabs,
-            &mut call,
-            &info("/v1/text-to-speech/v", &h),
-            br#"{"text":"ab","model_id":"eleven_flash_v2_5"}"#,
-            &ReserveConfig::default(),
-        )
-        .unwrap();
-        assert_eq!(est.usage.characters, 2);
-        assert_eq!(call.model.as_deref(), Some("eleven_flash_v2_5"));
-    }
-
-    #[test]
-    fn speech_to_text_duration() {
-        let h = HeaderMap::new();
-        let call = ElevenLabs.classify(&info("/v1/speech-to-text", &h));
-        let mut x = ElevenLabs.extractor(&call, StatusCode::OK, &h, &Usage::default());
-        x.feed(br#"{"language_code":"en","text":"hi","words":[{"end":3.5}],"audio_duration_secs":12.48}"#);
-        assert_eq!(x.finish(BodyEnd::Complete).usage.audio_millis, 12_480);
-        let mut x = ElevenLabs.extractor(&call, StatusCode::OK, &h, &Usage::default());
-        x.feed(br#"{"text":"hi","words":[{"end":1.0},{"end":3.5}]}"#);
-        assert_eq!(x.finish(BodyEnd::Complete).usage.audio_millis, 3_500);
-    }
-}
+mod tests;

@@ -1,18 +1,31 @@
 //! Google Gemini (generativelanguage) and Vertex AI: text generation (plain, SSE stream and
-//! JSON-array stream), token counting (free), embeddings, Imagen and Veo.
+//! JSON-array stream), token counting (free), embeddings, Imagen and Veo; the endpoint table
+//! is in [`routes`]. Gemini's OpenAI-compatible endpoints and Claude on Vertex are other wire
+//! formats, served through [`Wire`].
 //!
 //! Usage comes from `usageMetadata`, which streams repeat as a running total: the latest
 //! value of each field wins, and a chunk cut short never counts.
+//!
+//! Fees beyond tokens: grounding with Google Search is billed per grounded prompt on Gemini
+//! 2.x and per search query on later models. It is reserved when the request's tools ask for
+//! it and settled from the distinct `groundingMetadata.webSearchQueries` of the response. The
+//! priority tier (`serviceTier`) is a premium on the whole call. Both are read in either of
+//! the spellings Google's JSON reader accepts (`serviceTier`, `service_tier`).
 
-use http::{HeaderMap, Method, StatusCode};
+mod routes;
+
+use std::collections::BTreeSet;
+
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::json_scan::{JsonScanner, Record};
 use super::sse::SseParser;
+use super::strict_json::Printable;
 use super::{
     estimate_tokens, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, Refusal, RequestBody, RequestInfo, Settled, Source,
-    Usage, UsageExtractor,
+    Usage, UsageExtractor, Wire,
 };
 use crate::config::{ProviderKind, ReserveConfig};
 
@@ -20,6 +33,15 @@ use crate::config::{ProviderKind, ReserveConfig};
 const IMAGEN_DEFAULT_SAMPLES: u64 = 4;
 /// Seconds of video Veo renders when the request does not say (Veo 3.x default).
 const VEO_DEFAULT_SECONDS: u64 = 8;
+/// Veo at 4k costs $0.60 a second against $0.40 at 720p/1080p (Gemini pricing page, as
+/// transcribed 2026-09-20): a 1.5x premium.
+const VEO_4K_PREMIUM: u64 = 500;
+/// The priority tier: +75% to +100% over standard (ai.google.dev/gemini-api/docs/optimization,
+/// read 2026-11-22); the upper end is charged.
+const PRIORITY_PREMIUM: u64 = 1000;
+/// Search queries reserved for a grounded call on models billed per query; the response's
+/// queries are what is charged.
+const GROUNDING_QUERIES_RESERVED: u64 = 5;
 
 /// The Gemini family; `vertex` selects the Vertex AI path shapes.
 pub struct Gemini {
@@ -33,30 +55,6 @@ impl Gemini {
     pub fn vertex() -> Self {
         Self { vertex: true }
     }
-
-    /// `(model, method)` from a model path, for either API surface.
-    fn model_and_method<'a>(&self, path: &'a str) -> Option<(&'a str, &'a str)> {
-        let path = path.trim_start_matches('/');
-        let (version, rest) = path.split_once('/')?;
-        if !version.starts_with('v') {
-            return None;
-        }
-        let rest = if self.vertex {
-            // projects/{p}/locations/{l}/publishers/google/models/{m}:{method}
-            // or the express form publishers/google/models/{m}:{method}
-            let at = rest.find("publishers/")?;
-            let tail = &rest[at..];
-            let (_, models) = tail.split_once("/models/")?;
-            models
-        } else {
-            rest.strip_prefix("models/").or_else(|| rest.strip_prefix("tunedModels/"))?
-        };
-        let (model, method) = rest.rsplit_once(':')?;
-        if model.is_empty() || model.contains('/') {
-            return None;
-        }
-        Some((model, method))
-    }
 }
 
 impl Provider for Gemini {
@@ -68,70 +66,37 @@ impl Provider for Gemini {
         }
     }
 
-    fn classify(&self, req: &RequestInfo<'_>) -> Call {
-        let Some((model, method)) = self.model_and_method(req.path) else {
-            return Call::free("other", None);
+    fn wire_for(&self, req: &RequestInfo<'_>) -> Option<Wire> {
+        let p = routes::parse(req.path).filter(|p| !p.upload)?;
+        let openai = Wire {
+            provider: &super::openai::OpenAi,
+            prices: ProviderKind::Gemini,
         };
-        let model = Some(model.to_string());
-        if *req.method != Method::POST {
-            return Call::free("other", model);
+        match p.resource.as_slice() {
+            ["openai", ..] if !self.vertex => Some(openai),
+            ["endpoints", "openapi", ..] if self.vertex => Some(openai),
+            _ if self.vertex && super::anthropic::is_vertex_path(req.path) => Some(Wire {
+                provider: &super::anthropic::Anthropic,
+                prices: ProviderKind::Anthropic,
+            }),
+            _ => None,
         }
-        let metered = |endpoint, streaming| Call::metered(endpoint).with_model(model.clone()).streaming(streaming);
-        match method {
-            "generateContent" => metered("generateContent", false),
-            "streamGenerateContent" => metered("streamGenerateContent", true),
-            "embedContent" => metered("embedContent", false),
-            "batchEmbedContents" => metered("batchEmbedContents", false),
-            // Imagen renders images; other models served by `predict` (Vertex text
-            // embeddings) are billed by their input.
-            "predict" if model.as_deref().is_some_and(|m| m.starts_with("imagen")) => metered("predict", false),
-            "predict" => metered("predictEmbeddings", false),
-            "predictLongRunning" => metered("predictLongRunning", false),
-            "countTokens" => Call::free("countTokens", model),
-            _ => Call::free("other", model),
-        }
+    }
+
+    fn classify(&self, req: &RequestInfo<'_>) -> Call {
+        routes::classify(req)
     }
 
     fn estimate(&self, call: &mut Call, _req: &RequestInfo<'_>, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
         let json = body.object()?;
         let usage = match call.endpoint {
-            "predict" => {
-                let samples = json
-                    .pointer("/parameters/sampleCount")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(IMAGEN_DEFAULT_SAMPLES);
-                let instances = json.get("instances").and_then(Value::as_array).map_or(1, |a| a.len().max(1) as u64);
-                Usage {
-                    images: samples.saturating_mul(instances),
-                    ..Usage::default()
-                }
-            }
-            "predictLongRunning" => {
-                let params = json.get("parameters");
-                let seconds = params
-                    .and_then(|p| p.get("durationSeconds"))
-                    .and_then(as_u64_lenient)
-                    .unwrap_or(VEO_DEFAULT_SECONDS);
-                let samples = params.and_then(|p| p.get("sampleCount")).and_then(as_u64_lenient).unwrap_or(1).max(1);
-                Usage {
-                    video_seconds: seconds.saturating_mul(samples),
-                    ..Usage::default()
-                }
-            }
-            "embedContent" | "batchEmbedContents" | "predictEmbeddings" => Usage {
+            routes::IMAGEN => imagen(json)?,
+            routes::VEO => veo(json)?,
+            routes::EMBED | routes::BATCH_EMBED | routes::PREDICT_EMBEDDINGS => Usage {
                 input_tokens: estimate_tokens(text_bytes(json), reserve),
                 ..Usage::default()
             },
-            _ => {
-                let max_out = json.pointer("/generationConfig/maxOutputTokens").and_then(Value::as_u64);
-                let input = estimate_tokens(text_bytes(json), reserve);
-                Usage {
-                    input_tokens: input,
-                    output_tokens: reserve_output(max_out, reserve),
-                    prompt_tokens: input,
-                    ..Usage::default()
-                }
-            }
+            _ => generate(json, call.model.as_deref().unwrap_or_default(), reserve)?,
         };
         Ok(Estimate { usage, ..Estimate::default() })
     }
@@ -139,26 +104,176 @@ impl Provider for Gemini {
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
         match call.endpoint {
             // Embedding responses carry no usage; the request-size estimate is the bill.
-            "embedContent" | "batchEmbedContents" | "predictEmbeddings" => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
+            routes::EMBED | routes::BATCH_EMBED | routes::PREDICT_EMBEDDINGS => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
             // Veo is priced at submission: seconds requested.
-            "predictLongRunning" => Box::new(FixedCost::new(estimate.clone(), Source::Reported)),
-            "predict" => Box::new(ImagenImages {
+            routes::VEO => Box::new(FixedCost::new(estimate.clone(), Source::Reported)),
+            routes::IMAGEN => Box::new(ImagenImages {
                 scanner: JsonScanner::new(1, &["error"], &["bytesBase64Encoded"]),
                 images: None,
                 estimate: estimate.clone(),
             }),
             _ => {
                 let sse = call.streaming && !is_json(headers);
-                Box::new(UsageMetadataExtractor::new(estimate.clone(), call.streaming, sse))
+                let per_prompt = grounding_per_prompt(call.model.as_deref().unwrap_or_default());
+                Box::new(UsageMetadataExtractor::new(estimate.clone(), call.streaming, sse, per_prompt))
             }
         }
     }
 }
 
-fn as_u64_lenient(v: &Value) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f.ceil() as u64))
-        .or_else(|| v.as_str()?.trim().parse().ok())
+/// A member under either spelling Google's JSON reader accepts; refused when both are given
+/// (the reader would take one of them).
+fn member<'a>(obj: &'a Value, camel: &str, snake: &str) -> Result<Option<&'a Value>, Refusal> {
+    let snake_value = if snake == camel { None } else { obj.get(snake).filter(|v| !v.is_null()) };
+    match (obj.get(camel).filter(|v| !v.is_null()), snake_value) {
+        (Some(_), Some(_)) => Err(Refusal::InvalidBody(format!(
+            "the members {camel:?} and {snake:?} are the same field, given twice"
+        ))),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// An integer member as Google's JSON reader takes it: a non-negative integer or a decimal
+/// string of one; anything else is refused.
+fn proto_uint(obj: &Value, camel: &str, snake: &str) -> Result<Option<u64>, Refusal> {
+    let wrong = || Refusal::InvalidBody(format!("the member {camel:?} must be a non-negative integer"));
+    match member(obj, camel, snake)? {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(v), _) => Ok(Some(v)),
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f <= 9.0e15 => Ok(Some(f as u64)),
+            _ => Err(wrong()),
+        },
+        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| wrong()),
+        Some(_) => Err(wrong()),
+    }
+}
+
+/// An object member (absent is an empty object); refused when it is another type.
+fn object_member<'a>(obj: &'a Value, camel: &str, snake: &str) -> Result<Option<&'a Value>, Refusal> {
+    match member(obj, camel, snake)? {
+        Some(v) if !v.is_object() => Err(Refusal::InvalidBody(format!("the member {camel:?} must be an object"))),
+        v => Ok(v),
+    }
+}
+
+fn string_member<'a>(obj: &'a Value, camel: &str, snake: &str) -> Result<Option<&'a str>, Refusal> {
+    match member(obj, camel, snake)? {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Refusal::InvalidBody(format!("the member {camel:?} must be a string"))),
+    }
+}
+
+/// Grounding with Google Search is billed per grounded prompt on Gemini 2.x and earlier, per
+/// search query on later models.
+fn grounding_per_prompt(model: &str) -> bool {
+    model.starts_with("gemini-2") || model.starts_with("gemini-1")
+}
+
+/// What the request's tools ask for that is billed beyond tokens: true when Google Search
+/// grounding is on. Grounding sources the proxy has no price for are refused.
+fn search_grounding(json: &Value) -> Result<bool, Refusal> {
+    const SEARCH: &[&str] = &["googleSearch", "google_search", "googleSearchRetrieval", "google_search_retrieval"];
+    const UNPRICED: &[&str] = &["googleMaps", "google_maps", "enterpriseWebSearch", "enterprise_web_search"];
+    let tools = match json.get("tools") {
+        None | Some(Value::Null) => return Ok(false),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(Refusal::InvalidBody("the member \"tools\" must be an array".into())),
+    };
+    let mut search = false;
+    for tool in tools {
+        let Some(tool) = tool.as_object() else {
+            return Err(Refusal::InvalidBody("each tool must be an object".into()));
+        };
+        if let Some(key) = tool.keys().find(|k| UNPRICED.contains(&k.as_str())) {
+            return Err(Refusal::NotMetered(format!(
+                "the tool {:?} carries a grounding fee the proxy has no price for",
+                Printable(key)
+            )));
+        }
+        search |= tool.keys().any(|k| SEARCH.contains(&k.as_str()));
+    }
+    Ok(search)
+}
+
+/// The premium of the requested service tier.
+fn tier_premium(json: &Value) -> Result<u64, Refusal> {
+    let tier = string_member(json, "serviceTier", "service_tier")?.unwrap_or_default();
+    Ok(if tier.to_ascii_lowercase().contains("priority") {
+        PRIORITY_PREMIUM
+    } else {
+        0
+    })
+}
+
+fn generate(json: &Value, model: &str, reserve: &ReserveConfig) -> Result<Usage, Refusal> {
+    let config = object_member(json, "generationConfig", "generation_config")?;
+    let (max_out, candidates) = match config {
+        Some(c) => (
+            proto_uint(c, "maxOutputTokens", "max_output_tokens")?,
+            proto_uint(c, "candidateCount", "candidate_count")?,
+        ),
+        None => (None, None),
+    };
+    let input = estimate_tokens(text_bytes(json), reserve);
+    let searches = match (search_grounding(json)?, grounding_per_prompt(model)) {
+        (false, _) => 0,
+        (true, true) => 1,
+        (true, false) => GROUNDING_QUERIES_RESERVED,
+    };
+    Ok(Usage {
+        input_tokens: input,
+        output_tokens: reserve_output(max_out, reserve).saturating_mul(candidates.unwrap_or(1).max(1)),
+        prompt_tokens: input,
+        web_searches: searches,
+        premium_permille: tier_premium(json)?,
+        ..Usage::default()
+    })
+}
+
+/// The number of `instances` (at least one) and the `parameters` object of a `:predict` body.
+fn predict_shape(json: &Value) -> Result<(u64, Option<&Value>), Refusal> {
+    let instances = match json.get("instances") {
+        None | Some(Value::Null) => 1,
+        Some(Value::Array(a)) => a.len().max(1) as u64,
+        Some(_) => return Err(Refusal::InvalidBody("the member \"instances\" must be an array".into())),
+    };
+    Ok((instances, object_member(json, "parameters", "parameters")?))
+}
+
+fn imagen(json: &Value) -> Result<Usage, Refusal> {
+    let (instances, params) = predict_shape(json)?;
+    let samples = match params {
+        Some(p) => proto_uint(p, "sampleCount", "sample_count")?,
+        None => None,
+    };
+    Ok(Usage {
+        images: samples.unwrap_or(IMAGEN_DEFAULT_SAMPLES).max(1).saturating_mul(instances),
+        ..Usage::default()
+    })
+}
+
+fn veo(json: &Value) -> Result<Usage, Refusal> {
+    let (instances, params) = predict_shape(json)?;
+    let (seconds, samples, resolution) = match params {
+        Some(p) => (
+            proto_uint(p, "durationSeconds", "duration_seconds")?,
+            proto_uint(p, "sampleCount", "sample_count")?,
+            string_member(p, "resolution", "resolution")?,
+        ),
+        None => (None, None, None),
+    };
+    let videos = samples.unwrap_or(1).max(1).saturating_mul(instances);
+    Ok(Usage {
+        video_seconds: seconds.unwrap_or(VEO_DEFAULT_SECONDS).max(1).saturating_mul(videos),
+        premium_permille: if resolution.is_some_and(|r| r.eq_ignore_ascii_case("4k")) {
+            VEO_4K_PREMIUM
+        } else {
+            0
+        },
+        ..Usage::default()
+    })
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -200,6 +315,8 @@ struct UsageMetadata {
     prompt_tokens_details: Option<Vec<ModalityCount>>,
     cache_tokens_details: Option<Vec<ModalityCount>>,
     candidates_tokens_details: Option<Vec<ModalityCount>>,
+    /// Vertex: `ON_DEMAND_PRIORITY` for the priority tier.
+    traffic_type: Option<String>,
 }
 
 impl UsageMetadata {
@@ -215,7 +332,8 @@ impl UsageMetadata {
             tool_use_prompt_token_count,
             prompt_tokens_details,
             cache_tokens_details,
-            candidates_tokens_details
+            candidates_tokens_details,
+            traffic_type
         );
     }
 
@@ -238,6 +356,11 @@ impl UsageMetadata {
             image_output_tokens: image_out,
             audio_output_tokens: audio_out,
             prompt_tokens: prompt,
+            premium_permille: if self.traffic_type.as_deref() == Some("ON_DEMAND_PRIORITY") {
+                PRIORITY_PREMIUM
+            } else {
+                0
+            },
             ..Usage::default()
         }
     }
@@ -249,6 +372,22 @@ struct Chunk {
     usage_metadata: Option<UsageMetadata>,
     model_version: Option<String>,
     error: Option<serde::de::IgnoredAny>,
+    /// Kept raw: a shape the grounding reader does not expect must not lose the usage.
+    candidates: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    #[serde(default)]
+    grounding_metadata: Option<GroundingMetadata>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GroundingMetadata {
+    #[serde(default)]
+    web_search_queries: Option<Vec<String>>,
 }
 
 /// State shared by the three body shapes.
@@ -259,6 +398,10 @@ struct Seen {
     error: bool,
     chunks: u64,
     bad_chunks: u64,
+    /// Distinct Google Search queries the response reports (streams repeat them).
+    queries: BTreeSet<String>,
+    /// Grounding metadata was present but could not be read (too large, unexpected shape).
+    grounding_unreadable: bool,
 }
 
 impl Seen {
@@ -274,6 +417,29 @@ impl Seen {
             self.model = c.model_version;
         }
         self.error |= c.error.is_some();
+        if let Some(candidates) = c.candidates {
+            self.candidates(serde_json::from_value(candidates).ok());
+        }
+    }
+
+    fn candidates(&mut self, candidates: Option<Vec<Candidate>>) {
+        let Some(candidates) = candidates else {
+            self.grounding_unreadable = true;
+            return;
+        };
+        let queries = candidates.into_iter().filter_map(|c| c.grounding_metadata?.web_search_queries).flatten();
+        self.queries.extend(queries);
+    }
+
+    /// The searches to charge: one per grounded prompt, or the distinct queries (never fewer
+    /// than reserved when the grounding could not be read).
+    fn web_searches(&self, per_prompt: bool, reserved: u64) -> u64 {
+        let seen = self.queries.len() as u64;
+        match (per_prompt, self.grounding_unreadable) {
+            (true, unreadable) => u64::from(seen > 0 || unreadable),
+            (false, true) => seen.max(reserved),
+            (false, false) => seen,
+        }
     }
 
     fn record(&mut self, r: Record) {
@@ -289,7 +455,14 @@ impl Seen {
             },
             model_version: r.get("modelVersion").and_then(|v| serde_json::from_slice(v).ok()),
             error: parse("error").and_then(Result::ok).map(|_| serde::de::IgnoredAny),
+            candidates: None,
         };
+        match r.get("candidates") {
+            Some(raw) => self.candidates(serde_json::from_slice(raw).ok()),
+            // Queries were reported in a member too large to keep.
+            None if r.counts[0] > 0 => self.grounding_unreadable = true,
+            None => {}
+        }
         self.chunk(chunk);
     }
 }
@@ -304,21 +477,33 @@ struct UsageMetadataExtractor {
     body: Body,
     seen: Seen,
     estimate: Usage,
+    /// Grounding is billed per prompt (Gemini 2.x) rather than per query.
+    per_prompt: bool,
 }
 
 impl UsageMetadataExtractor {
-    fn new(estimate: Usage, streaming: bool, sse: bool) -> Self {
-        const WANTED: &[&str] = &["usageMetadata", "modelVersion", "error"];
+    fn new(estimate: Usage, streaming: bool, sse: bool, per_prompt: bool) -> Self {
+        const WANTED: &[&str] = &["usageMetadata", "modelVersion", "error", "candidates"];
         let body = if sse {
             Body::Sse(SseParser::default())
         } else {
-            Body::Json(JsonScanner::new(if streaming { 2 } else { 1 }, WANTED, &[]))
+            Body::Json(JsonScanner::new(if streaming { 2 } else { 1 }, WANTED, &["webSearchQueries"]))
         };
         Self {
             body,
             seen: Seen::default(),
             estimate,
+            per_prompt,
         }
+    }
+
+    /// The reported usage with the fees and premium the response implies, never below the
+    /// premium the request asked for.
+    fn reported(&self, u: &UsageMetadata) -> Usage {
+        let mut usage = u.to_usage();
+        usage.web_searches = self.seen.web_searches(self.per_prompt, self.estimate.web_searches);
+        usage.premium_permille = usage.premium_permille.max(self.estimate.premium_permille);
+        usage
     }
 }
 
@@ -347,7 +532,7 @@ impl UsageExtractor for UsageMetadataExtractor {
         } || self.seen.bad_chunks > 0;
         match &self.seen.usage {
             Some(u) => Settled {
-                usage: u.to_usage(),
+                usage: self.reported(u),
                 source: if end == BodyEnd::Complete && !self.seen.error {
                     Source::Reported
                 } else {
@@ -400,83 +585,4 @@ impl UsageExtractor for ImagenImages {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn classify(g: &Gemini, method: Method, path: &str) -> Call {
-        let h = HeaderMap::new();
-        g.classify(&RequestInfo {
-            method: &method,
-            path,
-            query: None,
-            headers: &h,
-        })
-    }
-
-    #[test]
-    fn routes_both_versions_and_vertex() {
-        let g = Gemini::developer_api();
-        for v in ["v1", "v1beta", "v1alpha"] {
-            let c = classify(&g, Method::POST, &format!("/{v}/models/gemini-2.5-flash:generateContent"));
-            assert!(c.metered);
-            assert_eq!(c.model.as_deref(), Some("gemini-2.5-flash"));
-        }
-        assert!(classify(&g, Method::POST, "/v1/models/gemini-2.5-flash:streamGenerateContent").streaming);
-        assert!(!classify(&g, Method::POST, "/v1/models/gemini-2.5-flash:countTokens").metered);
-        assert!(!classify(&g, Method::GET, "/v1beta/models/veo-3.1/operations/abc").metered);
-        assert!(!classify(&g, Method::GET, "/v1beta/models").metered);
-        let v = Gemini::vertex();
-        let c = classify(
-            &v,
-            Method::POST,
-            "/v1beta1/projects/p/locations/us-central1/publishers/google/models/imagen-4.0-generate-001:predict",
-        );
-        assert_eq!(c.endpoint, "predict");
-        assert_eq!(c.model.as_deref(), Some("imagen-4.0-generate-001"));
-        let c = classify(&v, Method::POST, "/v1beta1/publishers/google/models/gemini-2.5-flash:streamGenerateContent");
-        assert!(c.streaming && c.metered);
-        assert!(!classify(&v, Method::POST, "/v1beta1/publishers/google/models/veo-3.1-generate-001:fetchPredictOperation").metered);
-        let c = classify(
-            &v,
-            Method::POST,
-            "/v1/projects/p/locations/l/publishers/google/models/text-embedding-005:predict",
-        );
-        assert_eq!((c.endpoint, c.metered), ("predictEmbeddings", true));
-    }
-
-    #[test]
-    fn sparse_usage_fields_are_merged_latest_wins() {
-        let mut x = UsageMetadataExtractor::new(Usage::default(), true, true);
-        x.feed(b"data: {\"usageMetadata\": {\"promptTokenCount\": 11, \"candidatesTokenCount\": 3}}\r\n\r\n");
-        x.feed(b"data: {\"usageMetadata\": {\"candidatesTokenCount\": 21}}\r\n\r\n");
-        let s = x.finish(BodyEnd::Complete);
-        assert_eq!(s.usage.input_tokens, 11);
-        assert_eq!(s.usage.output_tokens, 21);
-        assert_eq!(s.source, Source::Reported);
-    }
-
-    #[test]
-    fn estimate_counts_text_not_media() {
-        let body = format!(
-            r#"{{"contents":[{{"parts":[{{"text":"abcdefgh"}},{{"inlineData":{{"mimeType":"image/png","data":"{}"}}}}]}}],"generationConfig":{{"maxOutputTokens":100}}}}"#,
-            "A".repeat(100_000)
-        );
-        let g = Gemini::developer_api();
-        let mut call = classify(&g, Method::POST, "/v1/models/m:generateContent");
-        let h = HeaderMap::new();
-        let req = RequestInfo {
-            method: &Method::POST,
-            path: "/v1/models/m:generateContent",
-            query: None,
-            headers: &h,
-        };
-        let json = super::super::strict_json::parse(body.as_bytes()).unwrap();
-        let b = RequestBody {
-            bytes: body.as_bytes(),
-            json: Some(&json),
-        };
-        let e = g.estimate(&mut call, &req, &b, &ReserveConfig::default()).unwrap();
-        assert_eq!(e.usage.output_tokens, 100);
-        assert!(e.usage.input_tokens < 2000, "{}", e.usage.input_tokens);
-    }
-}
+mod tests;

@@ -520,3 +520,63 @@ pub fn text_bytes(v: &Value) -> usize {
         _ => 0,
     }
 }
+
+/// True when a request path (without its query) matches a route pattern, segment by segment:
+/// `*` matches exactly one non-empty segment, a final `**` matches any rest (even none), any
+/// other segment matches itself. Leading and trailing slashes are ignored.
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut path = path.trim_matches('/').split('/');
+    for want in pattern.trim_matches('/').split('/') {
+        if want == "**" {
+            return true;
+        }
+        match path.next() {
+            Some(seg) if !seg.is_empty() && (want == "*" || want == seg) => {}
+            _ => return false,
+        }
+    }
+    path.next().is_none()
+}
+
+/// True for a WebSocket upgrade: a session whose traffic the proxy does not read.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Two price premiums applied one after the other (each in thousandths above list), rounded
+/// up: 1.1x then 6x is 6.6x, 5600.
+pub fn compose_premiums(a: u64, b: u64) -> u64 {
+    ((1000 + u128::from(a)) * (1000 + u128::from(b)))
+        .div_ceil(1000)
+        .saturating_sub(1000)
+        .min(u128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn path_patterns() {
+        assert!(path_matches("v1/text-to-speech/*", "/v1/text-to-speech/abc"));
+        assert!(path_matches("v1/text-to-speech/*", "/v1/text-to-speech/abc/"));
+        assert!(!path_matches("v1/text-to-speech/*", "/v1/text-to-speech/abc/stream"));
+        assert!(!path_matches("v1/text-to-speech/*", "/v1/text-to-speech"));
+        assert!(!path_matches("v1/text-to-speech/*", "/v1/text-to-speech//"));
+        assert!(path_matches("v1/voices/**", "/v1/voices"));
+        assert!(path_matches("v1/voices/**", "/v1/voices/a/b/c"));
+        assert!(!path_matches("v1/voices/**", "/v1/voicesx"));
+        assert!(!path_matches("v1/a/*/c", "/v1/a//c"));
+    }
+
+    #[test]
+    fn premiums_compose() {
+        assert_eq!(compose_premiums(0, 0), 0);
+        assert_eq!(compose_premiums(100, 0), 100);
+        assert_eq!(compose_premiums(100, 5000), 5600);
+        assert_eq!(compose_premiums(1, 1), 3); // 1.001 * 1.001 = 1.002001, rounded up
+    }
+}
