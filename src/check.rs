@@ -279,7 +279,7 @@ limits:
   orgs:
     acme:
       - {metric: requests, window: daily, max: 50, match: {provider: gemini, model: "imagen-*"}}
-      - {metric: requests, window: daily, max: 5, match: {model: "dall-e-*", path: "/v1/images/*"}}
+      - {metric: requests, window: daily, max: 5, match: {model: "davinci-*", path: "/v1/images/*"}}
 "#;
         let config = Config::from_yaml(yaml, "t.yaml").unwrap();
         let out = summary(&config).unwrap();
@@ -287,7 +287,7 @@ limits:
             out.contains("gemini-2.5-flash                 input $0.3/Mtok, output $2.5/Mtok, above 200000 prompt tokens: input $0.6/Mtok"),
             "{out}"
         );
-        assert!(out.contains("match {model: \"dall-e-*\", path: \"/v1/images/*\"}"), "{out}");
+        assert!(out.contains("match {model: \"davinci-*\", path: \"/v1/images/*\"}"), "{out}");
         // A route's lines: its header and the indented lines under it.
         let route = |name: &str| {
             let header = format!("  {name:<12} built-in");
@@ -297,10 +297,10 @@ limits:
             format!("{first}\n{}", rest.join("\n"))
         };
         let openai = route("openai");
-        assert!(openai.contains("unpriced: \"dall-e-*\" (limits.orgs.acme[1].match.model)"), "{openai}");
+        assert!(openai.contains("unpriced: \"davinci-*\" (limits.orgs.acme[1].match.model)"), "{openai}");
         assert!(!openai.contains("imagen"), "{openai}");
         let gemini = route("gemini");
-        assert!(gemini.contains("unpriced: \"dall-e-*\""), "{gemini}");
+        assert!(gemini.contains("unpriced: \"davinci-*\""), "{gemini}");
         assert!(gemini.contains("unpriced: \"free-model\" (pricing.gemini: no rates set, so free)"), "{gemini}");
         assert!(!gemini.contains("imagen"), "{gemini}");
         assert!(gemini.contains("2 overrides"), "{gemini}");

@@ -92,7 +92,9 @@ async fn gemini_fixtures() {
         (
             "/gemini/v1/models/gemini-2.5-pro:generateContent",
             gemini_json("gemini/generate_content_cached_tools.json"),
-            "0.022413",
+            // 0.022413 in tokens, plus the $0.035 fee of one grounded prompt (the response
+            // carries groundingMetadata).
+            "0.057413",
         ),
         (
             "/gemini/v1beta/models/gemini-2.5-flash-image:generateContent",

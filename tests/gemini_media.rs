@@ -159,7 +159,8 @@ async fn vertex_text_generation_uses_gemini_usage_and_prices() {
             format!("{VERTEX}/gemini-2.5-pro:generateContent"),
             "gemini/generate_content_cached_tools.json",
             "application/json",
-            "0.022413",
+            // 0.022413 in tokens, plus the $0.035 fee of one grounded prompt.
+            "0.057413",
         ),
     ];
     for (i, (path, name, content_type, expected)) in cases.iter().enumerate() {

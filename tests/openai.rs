@@ -198,16 +198,19 @@ async fn a_compressed_or_sized_stream_is_restored_too() {
 }
 
 #[tokio::test]
-async fn no_injection_when_the_client_accepts_a_coding_the_proxy_cannot_read() {
+async fn usage_is_injected_whatever_codings_the_client_accepts() {
     let mock = Mock::start(openai_like).await;
     let p = proxy(&mock).await;
     let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Low tide?"}]}"#;
-    let got = post(&p, CHAT, "p-skip", body, &[("accept-encoding", "gzip, compress")]).await;
-    assert_eq!(got.body.to_vec(), fixture("openai/chat_completions_stream_no_usage.sse"));
-    assert_eq!(mock.last().body.as_ref(), body.as_bytes(), "the request is forwarded untouched");
-    // No usage: the estimated input ("gpt-4o-mini" + "user" + "Low tide?" = 24 bytes = 6
-    // tokens) plus the text seen ("Low tide is at 06:40." = 21 bytes = 6 tokens).
-    assert_eq!(monthly_cost(&p, "p-skip").await, 6 * 150 + 6 * 600);
+    for (profile, accepts, upstream) in [("p-ae-1", "gzip, compress", "gzip"), ("p-ae-2", "*", "gzip, deflate, br, zstd"), ("p-ae-3", "compress", "identity")] {
+        let got = post(&p, CHAT, profile, body, &[("accept-encoding", accepts)]).await;
+        assert_eq!(got.body.to_vec(), fixture("openai/chat_completions_stream_no_usage.sse"), "{accepts}");
+        let seen = mock.last();
+        assert_eq!(seen.headers["accept-encoding"], upstream, "{accepts}");
+        let sent: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+        assert_eq!(sent["stream_options"]["include_usage"], true, "{accepts}");
+        assert_eq!(monthly_cost(&p, profile).await, usd("0.00001095"), "{accepts}: priced from the reported usage");
+    }
     p.handle.shutdown().await;
 }
 

@@ -62,7 +62,7 @@ fn set(labels: &[&str]) -> BTreeSet<String> {
 }
 
 const YAML: &str =
-    "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 0.03}\n  default_org:\n    - {metric: requests, window: daily, max: 100}\n";
+    "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 0.065}\n  default_org:\n    - {metric: requests, window: daily, max: 100}\n";
 
 #[tokio::test]
 async fn a_real_scrape_passes_promtool_and_has_every_documented_series() {
