@@ -35,8 +35,18 @@ fn compose_config_is_valid_and_matches_the_compose_file() {
         .iter()
         .map(|p| p.as_str().unwrap())
         .collect();
-    assert!(ports.contains(&format!("{0}:{0}", c.listen.0.port()).as_str()), "{ports:?}");
-    assert!(ports.contains(&"9090:9090"), "{ports:?}");
+    // Published on the host's loopback only: the data plane spends with the injected keys.
+    assert!(ports.contains(&format!("127.0.0.1:{0}:{0}", c.listen.0.port()).as_str()), "{ports:?}");
+    assert!(ports.contains(&"127.0.0.1:9090:9090"), "{ports:?}");
+    for service in ["spendgate", "prometheus", "grafana"] {
+        for p in compose["services"][service]["ports"].as_array().unwrap() {
+            assert!(p.as_str().unwrap().starts_with("127.0.0.1:"), "{service} publishes {p} beyond loopback");
+        }
+    }
+    // Prometheus sends the admin token that /metrics needs.
+    let prom = read("prometheus/prometheus.yml");
+    assert!(prom.contains("credentials_file: /run/secrets/spendgate_admin_token"), "{prom}");
+    assert_eq!(compose["secrets"]["spendgate_admin_token"]["environment"], c.admin.token_env.as_str());
     for service in ["spendgate", "redis", "prometheus", "grafana"] {
         assert!(compose["services"][service].is_object(), "compose has {service}");
     }
@@ -51,6 +61,9 @@ fn kubernetes_sidecar_config_probes_and_annotations_agree() {
     assert_eq!(c.store.backend, Backend::Redis);
     let admin_port = c.admin.listen.0.port();
     assert!(!c.admin.listen.0.ip().is_loopback(), "probes and Prometheus must reach the admin port");
+    assert!(c.listen.0.ip().is_loopback(), "the data plane spends with the injected keys: loopback only");
+    let policy = docs.iter().find(|d| d["kind"] == "NetworkPolicy").expect("a NetworkPolicy for the admin port");
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], admin_port);
 
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
     let pod = &deployment["spec"]["template"];

@@ -202,7 +202,11 @@ async fn usage_is_injected_whatever_codings_the_client_accepts() {
     let mock = Mock::start(openai_like).await;
     let p = proxy(&mock).await;
     let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Low tide?"}]}"#;
-    for (profile, accepts, upstream) in [("p-ae-1", "gzip, compress", "gzip"), ("p-ae-2", "*", "gzip, deflate, br, zstd"), ("p-ae-3", "compress", "identity")] {
+    for (profile, accepts, upstream) in [
+        ("p-ae-1", "gzip, compress", "gzip"),
+        ("p-ae-2", "*", "gzip, deflate, br, zstd"),
+        ("p-ae-3", "compress", "identity"),
+    ] {
         let got = post(&p, CHAT, profile, body, &[("accept-encoding", accepts)]).await;
         assert_eq!(got.body.to_vec(), fixture("openai/chat_completions_stream_no_usage.sse"), "{accepts}");
         let seen = mock.last();

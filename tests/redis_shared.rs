@@ -262,3 +262,39 @@ async fn check_reports_whether_redis_is_reachable() {
     let out = check(&["--skip-store"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A profile limited to 2 requests a day, each request naming another org (or none), over
+/// two processes: one after the other, then all at once. Exactly 2 get through either way.
+async fn org_rotation_cannot_split_a_profiles_limit(url: &str, cluster: bool) {
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits =
+        "  profiles:\n    p-rot:\n      - {metric: requests, window: daily, max: 2}\n    p-rot-burst:\n      - {metric: requests, window: daily, max: 2}\n";
+    let body = config_body(url, cluster, &mock.url(), limits);
+    let (a, b) = (Spendgate::start(&body).await, Spendgate::start(&body).await);
+    let org = |i: usize| match i % 5 {
+        4 => None,
+        k => Some(format!("org-{k}")),
+    };
+    let mut statuses = Vec::new();
+    for i in 0..9 {
+        statuses.extend(burst(&[&a, &b], &[(i % 2, "p-rot".to_string(), org(i))]).await);
+    }
+    assert_eq!(count(&statuses, 200), 2, "{statuses:?}\n{}\n{}", a.log(), b.log());
+    assert_eq!(count(&statuses, 200) + count(&statuses, 402) + count(&statuses, 409), 9, "{statuses:?}");
+    let requests: Vec<_> = (0..30).map(|i| (i % 2, "p-rot-burst".to_string(), org(i))).collect();
+    let statuses = burst(&[&a, &b], &requests).await;
+    assert_eq!(count(&statuses, 200), 2, "{statuses:?}\n{}\n{}", a.log(), b.log());
+    assert_eq!(mock.count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_rotation_cannot_split_a_profiles_limit_on_redis() {
+    let server = RedisServer::start();
+    org_rotation_cannot_split_a_profiles_limit(&server.url(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn org_rotation_cannot_split_a_profiles_limit_on_redis_cluster() {
+    let cluster = RedisCluster::start(3);
+    org_rotation_cannot_split_a_profiles_limit(&cluster.url(), true).await;
+}
