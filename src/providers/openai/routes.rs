@@ -8,7 +8,7 @@
 
 use http::{HeaderMap, Method};
 
-use super::super::{Call, RequestInfo};
+use super::super::{is_websocket_upgrade, path_matches as matches, Call, RequestInfo};
 
 /// How a route is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,25 +211,6 @@ fn vertex_openapi(path: &str) -> Option<&str> {
     Some(tail)
 }
 
-/// Whether a path matches a pattern of literal segments, `*` (one segment) and a final `**`
-/// (one or more segments).
-fn matches(pattern: &str, path: &str) -> bool {
-    let mut pat = pattern.split('/');
-    let mut segs = path.split('/');
-    loop {
-        match (pat.next(), segs.next()) {
-            (None, None) => return true,
-            (Some("**"), Some(s)) => return !s.is_empty(),
-            (Some("*"), Some(s)) if !s.is_empty() => {}
-            (Some(p), Some(s)) if p == s => {}
-            _ => return false,
-        }
-    }
-}
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(http::header::UPGRADE)
-}
 
 fn is_multipart(headers: &HeaderMap) -> bool {
     headers
@@ -250,7 +231,7 @@ fn call(class: Class, headers: &HeaderMap) -> Call {
 
 /// The class of an OpenAI API request.
 pub(super) fn classify(req: &RequestInfo<'_>) -> Call {
-    if is_upgrade(req.headers) {
+    if is_websocket_upgrade(req.headers) {
         return Call::not_metered("websocket", WEBSOCKET);
     }
     let class = match surface(req.path) {
