@@ -93,6 +93,20 @@ fn chunk(delta: Value, finish: Option<&str>, usage: Option<Value>) -> Value {
 fn respond(s: &Seen) -> Reply {
     let json: Value = serde_json::from_slice(&s.body).unwrap_or(Value::Null);
     match s.path.as_str() {
+        "/v1/images/edits" => Reply::json(
+            json!({
+                "created": 1795337760,
+                "data": [{"b64_json": "ZWRpdA=="}],
+                "usage": {
+                    "input_tokens": 1200,
+                    "input_tokens_details": {"text_tokens": 30, "image_tokens": 1170},
+                    "output_tokens": 4160,
+                    "output_tokens_details": {"image_tokens": 4160, "text_tokens": 0},
+                    "total_tokens": 5360
+                }
+            })
+            .to_string(),
+        ),
         "/v1/images/generations" => match json["model"].as_str() {
             Some("dall-e-2") => {
                 let n = json["n"].as_u64().unwrap_or(1);
@@ -199,15 +213,24 @@ async fn openai_sdk_images_generate_is_priced() {
     // gpt-image-1: input 50 tokens at $10/M = 0.0005, image output 4160 tokens at $40/M =
     // 0.1664; 0.0005 + 0.1664 = 0.1669.
     assert_eq!(monthly_cost(&p, "p-img-gpt").await, usd("0.1669"));
+    // The edit: input 1200 tokens (text and image at one rate) at $10/M = 0.012, image output
+    // 4160 at $40/M = 0.1664; 0.012 + 0.1664 = 0.1784.
+    assert_eq!(monthly_cost(&p, "p-img-edit").await, usd("0.1784"));
     let seen = mock.seen.lock().clone();
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    let paths: Vec<_> = seen.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(paths, ["/v1/images/generations", "/v1/images/generations", "/v1/images/edits"]);
     for s in &seen {
-        assert_eq!(s.path, "/v1/images/generations");
         assert_eq!(header(s, "authorization"), Some(format!("Bearer {}", OPENAI_KEY.1).as_str()));
         assert!(!s.headers.contains_key("x-profile-id"));
     }
     let first: Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!((first["model"].as_str(), first["n"].as_u64()), (Some("dall-e-2"), Some(2)));
+    let edit = &seen[2];
+    assert!(header(edit, "content-type").is_some_and(|ct| ct.starts_with("multipart/form-data")));
+    assert!(contains(&edit.body, b"\x89PNG-first") && contains(&edit.body, b"\x89PNG-second"));
+    assert_eq!(form_field(&edit.body, "model").as_deref(), Some("gpt-image-1"));
+    // The SDK sends a list of pictures as `image[]` parts.
+    assert_eq!(edit.body.windows(14).filter(|w| w == b"name=\"image[]\"").count(), 2);
     p.handle.shutdown().await;
 }
 

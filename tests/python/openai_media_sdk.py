@@ -37,6 +37,12 @@ def images():
     check(r.data is not None and len(r.data) == 1 and r.data[0].b64_json == "aW1hZ2U=", f"gpt-image-1 data {r.data}")
     check(r.usage.input_tokens == 50 and r.usage.output_tokens == 4160, f"gpt-image-1 usage {r.usage}")
 
+    # An edit of two pictures: a multipart upload with `image[]` parts.
+    pictures = [("a.png", b"\x89PNG-first", "image/png"), ("b.png", b"\x89PNG-second", "image/png")]
+    r = client.images.edit(model="gpt-image-1", image=pictures, prompt="Merge the tide tables", size="1024x1024", extra_headers=profile("p-img-edit"))
+    check(r.data is not None and r.data[0].b64_json == "ZWRpdA==", f"edit data {r.data}")
+    check(r.usage.input_tokens == 1200, f"edit usage {r.usage}")
+
 
 def transcriptions():
     # whisper-1, verbose: usage of type duration.
