@@ -302,7 +302,7 @@ struct Outcome {
 
 async fn run(a: Attempt, extra_yaml: &str) -> Outcome {
     let provider = Provider::start().await;
-    let yaml = format!("{YAML}{extra_yaml}{}", providers_yaml().replace("{upstream}", "{upstream}"));
+    let yaml = format!("{YAML}{extra_yaml}{}", providers_yaml());
     let p = start_proxy(&yaml, &provider.url()).await;
     let profile = "p-escape";
     let mut headers: Vec<(&str, &str)> = a.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();

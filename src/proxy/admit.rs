@@ -309,7 +309,7 @@ async fn org_of(app: &App, runtime: &Runtime, mut tenant: Tenant) -> Result<Tena
     if cfg.org_header.is_none() && cfg.orgs.is_empty() {
         return Ok(tenant);
     }
-    let configured = cfg.orgs.iter().find(|(_, ps)| ps.iter().any(|p| *p == tenant.profile)).map(|(o, _)| o.clone());
+    let configured = cfg.orgs.iter().find(|(_, ps)| ps.contains(&tenant.profile)).map(|(o, _)| o.clone());
     let bound = match configured {
         Some(org) => Some(org),
         None => match app.orgs.get(&tenant.profile) {

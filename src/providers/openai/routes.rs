@@ -211,7 +211,6 @@ fn vertex_openapi(path: &str) -> Option<&str> {
     Some(tail)
 }
 
-
 fn is_multipart(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
