@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::pricing::PriceTable;
 use crate::proxy::admit::{BodyBudget, OrgCache};
 use crate::proxy::route::Route;
+use crate::proxy::settle::DeferredCalls;
 use crate::quota::limit::LimitSet;
 use crate::quota::Retention;
 use crate::store::memory::MemoryStore;
@@ -84,6 +85,8 @@ pub struct App {
     pub body_budget: BodyBudget,
     /// Profile -> org bindings already read from the store.
     pub orgs: OrgCache,
+    /// Calls charged their reservation until a later answer reports their usage.
+    pub deferred: DeferredCalls,
     /// Where the config came from (None: embedded or given in memory).
     pub config_path: Option<PathBuf>,
 }
@@ -107,6 +110,7 @@ impl App {
             stopping: CancellationToken::new(),
             body_budget: BodyBudget::default(),
             orgs: OrgCache::default(),
+            deferred: DeferredCalls::default(),
             config_path,
         }))
     }

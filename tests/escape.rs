@@ -66,6 +66,9 @@ impl Served {
 const GPT_4O_MINI: (i64, i64) = (150, 600);
 const GEMINI_FLASH: (i64, i64) = (300, 2500);
 const CLAUDE_HAIKU: (i64, i64) = (1000, 5000);
+const GPT_5: (i64, i64) = (1250, 10_000);
+/// Output tokens of the stand-in's background response.
+const BACKGROUND_OUTPUT: i64 = 300;
 /// eleven_multilingual_v2: $0.10 per 1,000 characters.
 const ELEVEN_PER_CHAR: i64 = 100_000;
 /// dall-e-2 at 1024x1024: $0.02 per image.
@@ -107,6 +110,17 @@ fn serve(method: &Method, raw_path: &str, h: &HeaderMap, body: &[u8]) -> Served 
             let data: Vec<Value> = (0..n).map(|_| json!({"b64_json": "aW1n"})).collect();
             Served::json(n * DALLE2_1024, json!({"created": 1, "data": data}))
         }
+        ("POST", "/v1/responses") if json["background"] == json!(true) => {
+            // The work runs after the answer; it is billed when it is done.
+            let usage = PROMPT * GPT_5.0 + BACKGROUND_OUTPUT * GPT_5.1;
+            Served::json(usage, json!({"id": "resp_bg1", "object": "response", "status": "queued", "model": "gpt-5", "usage": null}))
+        }
+        ("GET", "/v1/responses/resp_bg1") => Served::json(
+            0,
+            json!({"id": "resp_bg1", "object": "response", "status": "completed", "model": "gpt-5",
+                "output": [{"type": "message", "content": [{"type": "output_text", "text": "Tides..."}]}],
+                "usage": {"input_tokens": PROMPT, "output_tokens": BACKGROUND_OUTPUT, "total_tokens": PROMPT + BACKGROUND_OUTPUT}}),
+        ),
         ("POST", "/v1/messages/batches") => {
             // Each request of the batch, at half price, billed when the batch runs.
             let n = json["requests"].as_array().map_or(0, Vec::len) as i64;
@@ -760,5 +774,31 @@ async fn an_injected_key_removes_billing_routing_headers() {
     assert!(!seen.headers.contains_key("openai-organization"));
     assert!(!seen.headers.contains_key("openai-project"));
     assert_eq!(seen.headers["authorization"], "Bearer sk-real");
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_background_response_is_charged_its_maximum_until_its_usage_is_fetched() {
+    let provider = Provider::start().await;
+    let p = start_proxy(&format!("{YAML}{}", providers_yaml()), &provider.url()).await;
+    let body = r#"{"model":"gpt-5","input":"Summarize the tides.","background":true,"max_output_tokens":100000}"#;
+    let r = p.client.post(&p.url("/openai/v1/responses"), &[("x-profile-id", "p-bg")], body).await;
+    assert_eq!(r.status, 200);
+    // The request's own maximum, not capped by reserve.max_output_tokens (4096): input
+    // "gpt-5" + "Summarize the tides." = 25 bytes = 7 tokens at $1.25/M, and 100,000 output
+    // tokens at $10/M.
+    let reserved = 7 * 1250 + 100_000 * 10_000;
+    assert_eq!(monthly_cost(&p, "p-bg").await, reserved);
+    assert!(reserved >= provider.billed());
+    assert_eq!(p.handle.app.deferred.len(), 1);
+    // Fetching the finished response through the proxy settles the call to what it used.
+    let r = p.client.get(&p.url("/openai/v1/responses/resp_bg1"), &[("x-profile-id", "p-bg")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(monthly_cost(&p, "p-bg").await, provider.billed());
+    assert_eq!(provider.billed(), PROMPT * GPT_5.0 + BACKGROUND_OUTPUT * GPT_5.1);
+    assert!(p.handle.app.deferred.is_empty());
+    // A second fetch changes nothing.
+    p.client.get(&p.url("/openai/v1/responses/resp_bg1"), &[("x-profile-id", "p-bg")]).await;
+    assert_eq!(monthly_cost(&p, "p-bg").await, provider.billed());
     p.handle.shutdown().await;
 }

@@ -151,6 +151,9 @@ pub struct Call {
     pub json_body: bool,
     /// The response is a stream (SSE, JSON array, chunked audio).
     pub streaming: bool,
+    /// A free call whose answer may carry the final usage of an earlier call billed later
+    /// (see [`UsageExtractor::later`]): that call's id, e.g. a background response's.
+    pub settles: Option<String>,
 }
 
 impl Call {
@@ -164,6 +167,7 @@ impl Call {
             needs_body: true,
             json_body: true,
             streaming: false,
+            settles: None,
         }
     }
 
@@ -177,6 +181,7 @@ impl Call {
             needs_body: false,
             json_body: false,
             streaming: false,
+            settles: None,
         }
     }
 
@@ -186,6 +191,12 @@ impl Call {
             unmetered: Some(why),
             ..Self::free(endpoint, None)
         }
+    }
+
+    /// This (free) call's answer may carry the final usage of the earlier call `id`.
+    pub fn settling(mut self, id: &str) -> Self {
+        self.settles = Some(id.to_string());
+        self
     }
 
     pub fn with_model(mut self, model: Option<String>) -> Self {
@@ -388,6 +399,12 @@ pub trait BodyFilter: Send {
 pub trait UsageExtractor: Send {
     fn feed(&mut self, chunk: &[u8]);
     fn finish(&mut self, end: BodyEnd) -> Settled;
+
+    /// For a call whose bill comes later (a background response): the id under which a later
+    /// call's answer ([`Call::settles`]) reports the final usage. Read once the body ended.
+    fn later(&self) -> Option<String> {
+        None
+    }
 }
 
 /// An extractor for calls whose cost is fixed before forwarding (free calls, exact

@@ -95,9 +95,12 @@ impl Provider for OpenAi {
             "responses" => Box::new(PlainBody::new(estimate, true, true)),
             "images" | "image_edits" => Box::new(JsonUsageBody::<images::ImageUsage>::new(estimate, ErrorMark::ErrorMember)),
             "transcription" if is_json(headers) => Box::new(JsonUsageBody::<audio::TranscriptionUsage>::new(estimate, ErrorMark::ErrorMember)),
-            // Usage arrives with a later GET of the response; text transcripts and translations
-            // carry none: the reservation is the bill.
-            "responses_background" | "transcription" | "translation" => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
+            // Usage arrives with a later GET of the response: the reservation is charged now,
+            // and corrected when that GET passes through the proxy.
+            "responses_background" => Box::new(Background::new(estimate)),
+            routes::RESPONSE_GET => Box::new(PlainBody::new(estimate, true, true)),
+            // Text transcripts and translations carry no usage: the reservation is the bill.
+            "transcription" | "translation" => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
             // Exact from the request.
             images::PER_IMAGE | "videos" => Box::new(FixedCost::new(estimate.clone(), Source::Reported)),
             // Raw audio has no usage: characters are exact; audio tokens are estimated.
@@ -662,6 +665,44 @@ impl PlainBody {
             tools,
             estimate: estimate.clone(),
         }
+    }
+}
+
+/// A background response, answered before any work is done: its reservation (the request's
+/// whole maximum) is charged now, and the answer's `id` names the later `GET /responses/{id}`
+/// whose answer carries the final usage.
+struct Background {
+    charged: FixedCost,
+    top: JsonScanner,
+    id: Option<String>,
+}
+
+impl Background {
+    fn new(estimate: &Usage) -> Self {
+        Self {
+            charged: FixedCost::new(estimate.clone(), Source::Estimated),
+            top: JsonScanner::new(1, &["id"], &[]),
+            id: None,
+        }
+    }
+}
+
+impl UsageExtractor for Background {
+    fn feed(&mut self, chunk: &[u8]) {
+        let id = &mut self.id;
+        self.top.feed(chunk, &mut |r| {
+            if let Some(v) = captured_str(&r, "id") {
+                *id = Some(v);
+            }
+        });
+    }
+
+    fn finish(&mut self, end: BodyEnd) -> Settled {
+        self.charged.finish(end)
+    }
+
+    fn later(&self) -> Option<String> {
+        self.id.clone()
     }
 }
 

@@ -258,6 +258,7 @@ pub async fn admit(
         // Time spent here before forwarding; the time after the upstream's answer, the
         // meter's work on the body and the settlement are added later.
         overhead: started.elapsed(),
+        later: None,
     });
     Ok(Admitted {
         route,

@@ -98,7 +98,11 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
     if let Some(w) = warning {
         parts.headers.insert("x-spendgate-warning", w);
     }
-    let extractor = extractor_for(provider, &call, parts.status, &parts.headers, &estimate.usage);
+    let settles_deferred = call
+        .settles
+        .as_deref()
+        .is_some_and(|id| reservation.settler().app.deferred.waits(&route.name, id));
+    let extractor = extractor_for(provider, &call, settles_deferred, parts.status, &parts.headers, &estimate.usage);
     // A request rewritten to ask for more than the client did gets its response restored.
     let filter = if estimate.filter_response && parts.status.is_success() {
         provider.body_filter(&call, &parts.headers)
@@ -127,8 +131,19 @@ fn set_remaining_headers(headers: &mut http::HeaderMap, metric: Metric, rem: i64
     }
 }
 
-/// The extractor for a response: free calls and errors cost nothing; successes are read.
-fn extractor_for(provider: &dyn Provider, call: &Call, status: StatusCode, headers: &http::HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
+/// The extractor for a response: free calls and errors cost nothing; successes are read, and
+/// so is a free answer that carries the final usage of a call billed later (`settles`).
+fn extractor_for(
+    provider: &dyn Provider,
+    call: &Call,
+    settles: bool,
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    estimate: &Usage,
+) -> Box<dyn UsageExtractor> {
+    if settles && status.is_success() {
+        return provider.extractor(call, status, headers, estimate);
+    }
     if !call.metered {
         // Free calls cost nothing (unmetered ones with a fixed charge get it from the settler).
         return Box::new(FixedCost::new(Usage::default(), Source::Free));

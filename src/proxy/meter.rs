@@ -124,6 +124,7 @@ impl Meter {
 
     fn finish(mut self, end: BodyEnd) {
         let mut settled = self.extractor.finish(end);
+        self.reservation.settler_mut().later = self.extractor.later();
         if self.undecodable && settled.anomaly.is_none() && matches!(settled.source, crate::providers::Source::Reported) {
             // The copy could not be decoded, so "reported" usage is only what was read before.
             settled.anomaly = Some(Anomaly::Malformed);

@@ -16,10 +16,12 @@
 //! Every settlement carries a usage record; every one that charges an estimate is counted in
 //! `spendgate_usage_estimated_total{provider,reason}`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use parking_lot::Mutex;
 
 use super::route::Route;
 use crate::app::{App, Runtime};
@@ -50,6 +52,62 @@ pub struct Settler {
     pub upstream_started: Instant,
     /// Time the proxy itself has spent on this request so far (upstream time excluded).
     pub overhead: Duration,
+    /// The id under which a later answer reports this call's final usage (set by the meter
+    /// from [`crate::providers::UsageExtractor::later`]).
+    pub later: Option<String>,
+}
+
+/// Most calls waiting for their final usage; past it a new one keeps its reservation as its
+/// bill.
+const DEFERRED_MAX: usize = 100_000;
+
+/// A call charged its reservation whose final usage a later answer will report.
+struct Deferred {
+    tenant: Tenant,
+    /// The counters it touched, each holding the amount charged.
+    plan: Plan,
+    charged: Amounts,
+    charged_usage: Usage,
+    prices: ProviderKind,
+    model: Option<String>,
+    path: String,
+}
+
+/// Calls billed later (background responses), by provider and id, until the answer that
+/// carries their usage passes through this process. A later answer read by another replica
+/// leaves the reservation as the bill.
+#[derive(Default)]
+pub struct DeferredCalls(Mutex<HashMap<(String, String), Deferred>>);
+
+impl DeferredCalls {
+    /// True when `id` of `provider` waits for its usage here.
+    pub fn waits(&self, provider: &str, id: &str) -> bool {
+        self.0.lock().contains_key(&(provider.to_string(), id.to_string()))
+    }
+
+    fn insert(&self, provider: &str, id: String, d: Deferred) {
+        let mut map = self.0.lock();
+        if map.len() < DEFERRED_MAX {
+            map.insert((provider.to_string(), id), d);
+        } else {
+            tracing::warn!(
+                provider,
+                "too many calls wait for their final usage; this one keeps its reservation as its bill"
+            );
+        }
+    }
+
+    fn take(&self, provider: &str, id: &str) -> Option<Deferred> {
+        self.0.lock().remove(&(provider.to_string(), id.to_string()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Process-unique settlement ids (with the process start time, unique across restarts).
@@ -140,14 +198,69 @@ impl Settler {
     /// Prices and records the outcome. Never blocks: the store write runs as a tracked task.
     fn settle(self, settled: Settled, end: BodyEnd) {
         let started = Instant::now();
+        self.app
+            .metrics
+            .upstream_duration
+            .with_label_values(&[&self.route.name])
+            .observe(self.upstream_started.elapsed().as_secs_f64());
+
+        if !self.call.metered && self.fixed_cost.is_none() {
+            // A free call; its answer may carry the final usage of a call billed later.
+            if let (Some(id), Source::Reported) = (&self.call.settles, settled.source) {
+                self.correct_deferred(id, &settled);
+            }
+            return self.record(Settled::free(), end, started);
+        }
+        self.record(settled, end, started);
+    }
+
+    /// Replaces the reservation a deferred call was charged with its reported usage.
+    fn correct_deferred(&self, id: &str, settled: &Settled) {
+        let Some(d) = self.app.deferred.take(&self.route.name, id) else { return };
+        let priced = self.runtime.prices.price(
+            &self.route.name,
+            d.prices,
+            &[settled.response_model.as_deref(), d.model.as_deref()],
+            &settled.usage,
+        );
+        let actual = Amounts::new(priced.nanos, &settled.usage, 1);
+        let now = self.app.clock.now();
+        let usage = &settled.usage;
+        let settlement = Settlement {
+            deltas: d.plan.deltas(&actual),
+            // The history gets the difference; the call itself was recorded when it settled.
+            record: UsageRecord {
+                at: now,
+                day: self.runtime.calendar.local_date(now).format("%Y-%m-%d").to_string(),
+                profile: d.tenant.profile.clone(),
+                org: d.tenant.org.clone(),
+                provider: self.route.name.clone(),
+                model: d.model.clone().unwrap_or_else(|| "unknown".into()),
+                path: d.path.clone(),
+                status: 200,
+                totals: Totals {
+                    requests: 0,
+                    cost_nanos: actual.cost_nanos - d.charged.cost_nanos,
+                    input_tokens: usage.input_total() as i64 - d.charged_usage.input_total() as i64,
+                    output_tokens: usage.output_total() as i64 - d.charged_usage.output_total() as i64,
+                    cached_tokens: usage.cached_input_tokens as i64 - d.charged_usage.cached_input_tokens as i64,
+                    characters: 0,
+                },
+            },
+            id: next_id(),
+            expire_daily: d.plan.expire_daily,
+            expire_monthly: d.plan.expire_monthly,
+        };
+        tracing::info!(provider = %self.route.name, id = %super::reply::loggable(id), charged = d.charged.cost_nanos, reported = actual.cost_nanos, "a call billed later settles to its reported usage");
+        spawn_store(&self.app, settlement);
+    }
+
+    /// Records an outcome: metrics, counters, history.
+    fn record(self, settled: Settled, end: BodyEnd, started: Instant) {
         let app = &self.app;
         let m = &app.metrics;
         let model = self.call.model.clone().unwrap_or_else(|| "unknown".into());
         let provider = self.route.name.as_str();
-        m.upstream_duration
-            .with_label_values(&[provider])
-            .observe(self.upstream_started.elapsed().as_secs_f64());
-
         let (usage, cost, unpriced) = self.charge(&settled, end);
         let model_label = super::reply::model_label(app, &self.runtime, &self.route.name, self.prices, self.call.model.as_deref());
         if unpriced {
@@ -191,6 +304,25 @@ impl Settler {
         if let Some(before) = &self.before {
             crate::alerts::on_settled(app, &self.runtime.config.alerts, &plan, before, &actual, now);
         }
+        if let Some(id) = self.later.clone() {
+            let mut charged_plan = plan.clone();
+            for (op, metric) in charged_plan.ops.iter_mut().zip(&plan.metrics) {
+                op.amount = actual.get(*metric);
+            }
+            app.deferred.insert(
+                provider,
+                id,
+                Deferred {
+                    tenant: self.tenant.clone(),
+                    plan: charged_plan,
+                    charged: actual,
+                    charged_usage: usage.clone(),
+                    prices: self.prices,
+                    model: self.call.model.clone(),
+                    path: self.path.clone(),
+                },
+            );
+        }
         let settlement = Settlement {
             deltas: plan.deltas(&actual),
             record: UsageRecord {
@@ -216,16 +348,21 @@ impl Settler {
             expire_monthly: plan.expire_monthly,
         };
         m.overhead.observe((self.overhead + started.elapsed()).as_secs_f64());
-        let store = app.store.clone();
-        let app2 = self.app.clone();
-        app.settlements.spawn(async move {
-            let t = Instant::now();
-            let result = store.settle(&settlement).await;
-            app2.metrics.store_duration.with_label_values(&["settle"]).observe(t.elapsed().as_secs_f64());
-            if let Err(e) = result {
-                app2.metrics.store_errors.with_label_values(&["settle"]).inc();
-                tracing::error!(error = %e, tenant = %settlement.record.profile, "could not record a settlement");
-            }
-        });
+        spawn_store(&self.app, settlement);
     }
+}
+
+/// Writes a settlement to the store as a tracked task (never blocks the caller).
+fn spawn_store(app: &Arc<App>, settlement: Settlement) {
+    let store = app.store.clone();
+    let app2 = app.clone();
+    app.settlements.spawn(async move {
+        let t = Instant::now();
+        let result = store.settle(&settlement).await;
+        app2.metrics.store_duration.with_label_values(&["settle"]).observe(t.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            app2.metrics.store_errors.with_label_values(&["settle"]).inc();
+            tracing::error!(error = %e, tenant = %settlement.record.profile, "could not record a settlement");
+        }
+    });
 }

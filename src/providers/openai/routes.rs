@@ -234,10 +234,26 @@ pub(super) fn classify(req: &RequestInfo<'_>) -> Call {
         return Call::not_metered("websocket", WEBSOCKET);
     }
     let class = match surface(req.path) {
-        Surface::OpenAi(path) => openai_class(req.method, path),
+        Surface::OpenAi(path) => {
+            if let Some(id) = retrieved_response(req.method, path, req.query) {
+                return Call::free(RESPONSE_GET, None).settling(id);
+            }
+            openai_class(req.method, path)
+        }
         Surface::GeminiCompat(path) => gemini_compat_class(req.method, path),
     };
     call(class, req.headers)
+}
+
+/// The endpoint of `GET /responses/{id}` (not streamed): free, but its answer carries the
+/// final usage of a background response.
+pub(super) const RESPONSE_GET: &str = "response_get";
+
+/// The id of a response read back whole with `GET /responses/{id}`.
+fn retrieved_response<'p>(method: &Method, path: &'p str, query: Option<&str>) -> Option<&'p str> {
+    let id = path.strip_prefix("/responses/").filter(|id| !id.is_empty() && !id.contains('/'))?;
+    let streamed = query.is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "stream" && v == "true"));
+    (*method == Method::GET && !streamed).then_some(id)
 }
 
 fn openai_class(method: &Method, path: &str) -> Class {
@@ -309,6 +325,7 @@ mod tests {
         ("POST", "/v1/responses/input_tokens", IsFree),
         ("POST", "/v1/responses/resp_1/cancel", IsFree),
         ("GET", "/v1/responses/resp_1", IsFree),
+        ("GET", "/v1/responses/resp_1/input_items", IsFree),
         ("DELETE", "/v1/responses/resp_1", IsFree),
         ("GET", "/v1/responses/resp_1/input_items", IsFree),
         ("POST", "/v1/chat/completions/chatcmpl-1", IsFree),
