@@ -113,7 +113,10 @@ fn serve(method: &Method, raw_path: &str, h: &HeaderMap, body: &[u8]) -> Served 
         ("POST", "/v1/responses") if json["background"] == json!(true) => {
             // The work runs after the answer; it is billed when it is done.
             let usage = PROMPT * GPT_5.0 + BACKGROUND_OUTPUT * GPT_5.1;
-            Served::json(usage, json!({"id": "resp_bg1", "object": "response", "status": "queued", "model": "gpt-5", "usage": null}))
+            Served::json(
+                usage,
+                json!({"id": "resp_bg1", "object": "response", "status": "queued", "model": "gpt-5", "usage": null}),
+            )
         }
         ("GET", "/v1/responses/resp_bg1") => Served::json(
             0,

@@ -12,16 +12,15 @@
 //! credential usable without the proxy, WebSocket sessions, and paid calls whose unit is not
 //! known (voice design, forced alignment, stem separation).
 
-mod form;
 mod routes;
 
 use http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use self::form::Form;
 use self::routes::Kind;
 use super::json_scan::JsonScanner;
+use super::multipart::Form;
 use super::{Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, Refusal, RequestBody, RequestInfo, Settled, Source, Usage, UsageExtractor};
 use crate::config::{ProviderKind, ReserveConfig};
 
@@ -246,16 +245,30 @@ const REMOTE_AUDIO_FIELDS: &[&str] = &["cloud_storage_url", "source_url"];
 
 /// Reads the multipart form of an audio upload and refuses one whose audio is not in it.
 fn audio_form<'a>(req: &RequestInfo<'_>, body: &RequestBody<'a>) -> Result<Form<'a>, Refusal> {
-    let form = Form::parse(req.headers, body.bytes)?;
-    if let Some(field) = REMOTE_AUDIO_FIELDS.iter().find(|f| form.text(f).ok().flatten().is_some()) {
+    let form = Form::read(req.headers, body.bytes)?;
+    // Present at all, whatever its value or how often: the service may fetch the audio.
+    if let Some(field) = REMOTE_AUDIO_FIELDS.iter().find(|f| form.named(f).next().is_some()) {
         return Err(Refusal::NotMetered(format!(
             "the form's {field} makes the service fetch the audio itself, so its length is unknown before the call"
         )));
     }
-    if form.files == 0 {
+    if form.files() == 0 {
         return Err(Refusal::InvalidBody("the form carries no audio file".into()));
     }
     Ok(form)
+}
+
+/// A boolean form field as the provider's form reader takes it (absent is false); refused when
+/// it is not one of the spellings that reader accepts.
+fn flag(form: &Form<'_>, name: &str) -> Result<bool, Refusal> {
+    let Some(v) = form.text(name)? else {
+        return Ok(false);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "t" | "y" => Ok(true),
+        "false" | "0" | "no" | "off" | "f" | "n" => Ok(false),
+        _ => Err(Refusal::InvalidBody(format!("the form field {name:?} must be true or false"))),
+    }
 }
 
 /// The duration an upload of `bytes` can hold at most, in milliseconds.
@@ -284,8 +297,8 @@ fn speech_to_text(call: &mut Call, req: &RequestInfo<'_>, body: &RequestBody<'_>
     let form = audio_form(req, body)?;
     call.model = Some(model_or(form.text("model_id")?.map(str::to_string), DEFAULT_STT_MODEL));
     let bytes = body.bytes.len() as u64;
-    let later = form.flag("webhook")?;
-    let channels = if form.flag("use_multi_channel")? { STT_MAX_CHANNELS } else { 1 };
+    let later = flag(&form, "webhook")?;
+    let channels = if flag(&form, "use_multi_channel")? { STT_MAX_CHANNELS } else { 1 };
     let audio_millis = if later || channels > 1 {
         call.endpoint = routes::STT_BOUND;
         upload_millis_bound(body.bytes.len()).saturating_mul(channels)

@@ -2,7 +2,8 @@
 //! estimate reserved before forwarding, and the incremental usage extraction on the response.
 //!
 //! The shared pieces are here: the [`Usage`] a call is billed for, the [`Provider`] trait,
-//! and the incremental parsers ([`sse`], [`json_scan`]) and response decoding ([`decode`]).
+//! the incremental parsers ([`sse`], [`json_scan`]), the request body readers ([`strict_json`],
+//! [`multipart`]) and response decoding ([`decode`]).
 
 pub mod anthropic;
 pub mod decode;
@@ -10,6 +11,7 @@ pub mod elevenlabs;
 pub mod gemini;
 pub mod json_body;
 pub mod json_scan;
+pub mod multipart;
 pub mod openai;
 pub mod sse;
 pub mod strict_json;

@@ -25,7 +25,6 @@ mod audio;
 mod fees;
 mod fields;
 mod images;
-mod multipart;
 mod routes;
 mod usage_filter;
 mod videos;
@@ -963,7 +962,7 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
     }
 
     fn form_estimate(path: &str, parts: &[(&str, Option<&str>, &[u8])]) -> (Call, Result<Estimate, Refusal>) {
-        let body = multipart::tests::form("xyzzy", parts);
+        let body = crate::providers::multipart::tests::form("xyzzy", parts);
         estimate_raw(path, "multipart/form-data; boundary=xyzzy", &body)
     }
 

@@ -276,11 +276,29 @@ fn speech_to_text_reserves_from_the_upload_never_zero() {
     // Audio fetched from elsewhere is not bounded by the upload.
     let (h, body) = multipart(&[("cloud_storage_url", "https://example.com/a.mp3")], 0);
     assert!(matches!(estimate(Method::POST, "/v1/speech-to-text", &h, &body).1, Err(Refusal::NotMetered(_))));
+    let (h, body) = multipart(&[("source_url", "https://a.example/1.mp3"), ("source_url", "https://a.example/2.mp3")], 10);
+    assert!(matches!(estimate(Method::POST, "/v1/speech-to-text", &h, &body).1, Err(Refusal::NotMetered(_))));
     let (h, body) = multipart(&[("webhook", "later")], 10);
     assert!(matches!(
         estimate(Method::POST, "/v1/speech-to-text", &h, &body).1,
         Err(Refusal::InvalidBody(_))
     ));
+    // The model given twice: the service's choice between them is unknown.
+    let (h, body) = multipart(&[("model_id", "scribe_v1"), ("model_id", "scribe_v2")], 10);
+    assert!(matches!(
+        estimate(Method::POST, "/v1/speech-to-text", &h, &body).1,
+        Err(Refusal::InvalidBody(_))
+    ));
+}
+
+#[test]
+fn form_flags_take_the_services_spellings() {
+    let (h, body) = multipart(&[("webhook", "True")], 10);
+    let form = Form::read(&h, &body).unwrap();
+    assert!(flag(&form, "webhook").unwrap());
+    assert!(!flag(&form, "use_multi_channel").unwrap());
+    let (h, body) = multipart(&[("webhook", "maybe")], 10);
+    assert!(flag(&Form::read(&h, &body).unwrap(), "webhook").is_err());
 }
 
 fn run(mut x: Box<dyn UsageExtractor>, body: &[u8], piece: usize) -> Settled {

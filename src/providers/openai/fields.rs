@@ -3,9 +3,9 @@
 
 use serde_json::Value;
 
+use super::super::multipart::Form;
 use super::super::strict_json::{opt_bool, opt_str, opt_u64};
 use super::super::{Call, Refusal, RequestBody, RequestInfo};
-use super::multipart::{self, Form};
 
 pub(super) enum Fields<'a> {
     Json(&'a Value),
@@ -22,15 +22,13 @@ impl<'a> Fields<'a> {
         if call.json_body {
             return Ok(Fields::Json(body.object()?));
         }
-        let content_type = req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let boundary = multipart::boundary(content_type).ok_or_else(|| invalid("the request body must be a multipart form"))?;
-        Ok(Fields::Form(multipart::parse(body.bytes, &boundary.map_err(invalid)?).map_err(invalid)?))
+        Ok(Fields::Form(Form::read(req.headers, body.bytes)?))
     }
 
     pub fn str(&self, key: &str) -> Result<Option<&str>, Refusal> {
         match self {
             Fields::Json(v) => Ok(opt_str(v, key)?),
-            Fields::Form(f) => f.text(key).map_err(invalid),
+            Fields::Form(f) => f.text(key),
         }
     }
 
