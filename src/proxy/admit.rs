@@ -174,11 +174,18 @@ pub async fn admit(
             let Either::Left(incoming) = body else {
                 unreachable!("the body is still the client's")
             };
-            let (b, share) = read_body(app, runtime, incoming, &parts.headers)
+            let (b, mut share) = read_body(app, runtime, incoming, &parts.headers)
                 .await
                 .map_err(|f| f.answer(&own, &label(&call)))?;
+            // Parsed JSON takes about as much memory again as its text, until the estimate
+            // is made: that is in the budget too.
+            let parsed = if call.json_body { b.len() as u64 } else { 0 };
+            if !share.grow(parsed) {
+                let max = runtime.config.server.max_buffered_bytes;
+                return Err(BodyFailure::Overloaded(max).answer(&own, &label(&call)));
+            }
             bytes = b;
-            buffered = Some(share);
+            buffered = Some((share, parsed));
             body = Either::Right(Full::new(bytes.clone()));
             // The body is already read: the upstream gets it whole, with no handshake.
             parts.headers.remove(header::EXPECT);
@@ -197,6 +204,11 @@ pub async fn admit(
             body = Either::Right(Full::new(new_body));
         }
     }
+    // The parsed body is gone; the bytes stay in the budget until they are sent.
+    let buffered = buffered.map(|(mut share, parsed)| {
+        share.shrink(parsed);
+        share
+    });
 
     let cost = match (fixed_cost, call.metered) {
         (Some(nanos), _) => nanos,
@@ -534,6 +546,13 @@ impl BudgetShare {
         }
         taken.is_ok()
     }
+
+    /// Gives `n` bytes of this share back.
+    fn shrink(&mut self, n: u64) {
+        let n = n.min(self.bytes);
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        self.bytes -= n;
+    }
 }
 
 impl Drop for BudgetShare {
@@ -601,8 +620,11 @@ mod tests {
         assert!(!b.grow(41));
         assert!(b.grow(40));
         assert_eq!(budget.used(), 100);
+        a.shrink(10);
+        assert_eq!(budget.used(), 90);
+        assert!(b.grow(10));
         drop(a);
-        assert_eq!(budget.used(), 40);
+        assert_eq!(budget.used(), 50);
         drop(b);
         assert_eq!(budget.used(), 0);
     }
