@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Throughput and latency of the proxy, measured with wrk against a local mock upstream:
+# The proxy's cost per request, side by side with nginx, in one run on one machine.
+#
+# Targets, all in front of the same local mock upstream (examples/mock_upstream.rs, an
+# ElevenLabs stand-in) and driven by wrk with the same load (bench/tts.lua: 615-character TTS
+# requests over 100 profiles):
 #   1. the mock directly (the floor),
-#   2. through spendgate with the memory store,
-#   3. through spendgate with the Redis store (a local redis-server).
-# Prints requests/s and p50/p99 latency for each. Builds in release mode first.
+#   2. nginx `proxy_pass` with upstream keepalive (the reference),
+#   3. spendgate with the memory store,
+#   4. spendgate with the Redis store (a local redis-server).
+# For each: requests/s, p50/p99 at CONNECTIONS connections, the CPU time the proxy process
+# (and Redis) spent per request over the measured run (from /proc/<pid>/stat), the ratios to
+# nginx, and the p50 one connection sees (the latency the proxy adds over the mock).
 #
 # Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (3s),
-# CARGO_TARGET_DIR (target). Needs wrk, redis-server, redis-cli, curl, python3.
+# CARGO_TARGET_DIR (target). Needs wrk, nginx, redis-server, redis-cli, curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +23,7 @@ THREADS=${THREADS:-2}
 WARMUP=${WARMUP:-3s}
 TARGET=${CARGO_TARGET_DIR:-target}
 
-for tool in wrk redis-server redis-cli curl python3; do
+for tool in wrk nginx redis-server redis-cli curl python3; do
   command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
 done
 
@@ -44,29 +51,87 @@ wait_port() {
   exit 1
 }
 
+TICKS=$(getconf CLK_TCK)
+
+# CPU time (user + system, in clock ticks) of the processes given, threads included.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+
 MOCK=$(free_port)
 "$TARGET/release/examples/mock_upstream" "127.0.0.1:$MOCK" 2>"$WORK/mock.log" &
 PIDS+=($!)
 REDIS=$(free_port)
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
 wait_port "$MOCK"
 wait_port "$REDIS"
 
-# Runs wrk against a URL; prints "req/s p50 p99 non-2xx".
+# Runs wrk against a URL while measuring the CPU of the given processes; prints
+# "req/s p50 p99 non-2xx cpu_us_per_request [redis_cpu_us_per_request]".
 load() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s bench/tts.lua "$1" >/dev/null
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/tts.lua "$1" >"$WORK/wrk.out"
-  awk '
+  local url=$1
+  shift
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s bench/tts.lua "$url" >/dev/null
+  local before redis_before after redis_after
+  before=$(cpu_ticks "$@")
+  redis_before=$(cpu_ticks "$REDIS_PID")
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/tts.lua "$url" >"$WORK/wrk.out"
+  after=$(cpu_ticks "$@")
+  redis_after=$(cpu_ticks "$REDIS_PID")
+  awk -v cpu=$((after - before)) -v rcpu=$((redis_after - redis_before)) -v hz="$TICKS" '
     /^Requests\/sec:/ { rps = $2 }
+    /requests in/ { n = $1 }
     /^ +50%/ { p50 = $2 }
     /^ +99%/ { p99 = $2 }
     /Non-2xx or 3xx responses:/ { bad = $5 }
-    END { printf "%s %s %s %s\n", rps, p50, p99, (bad == "" ? 0 : bad) }
+    END { printf "%s %s %s %s %.1f %.1f\n", rps, p50, p99, (bad == "" ? 0 : bad), cpu * 1e6 / hz / n, rcpu * 1e6 / hz / n }
   ' "$WORK/wrk.out"
 }
 
-# Starts spendgate with a store section; sets PROXY and ADMIN.
+# p50 with one connection (the latency one request sees).
+single() {
+  wrk -t1 -c1 -d2s -s bench/tts.lua "$1" >/dev/null
+  wrk -t1 -c1 -d"$DURATION" --latency -s bench/tts.lua "$1" | awk '/^ +50%/ { print $2 }'
+}
+
+# nginx: proxy_pass with upstream keepalive, one worker per CPU, no access log.
+NGINX=$(free_port)
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  upstream mock { server 127.0.0.1:$MOCK; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX;
+    location /elevenlabs/ {
+      proxy_pass http://mock/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_port "$NGINX"
+NGINX_PROCS=("$NGINX_PID" $(pgrep -P "$NGINX_PID"))
+
+# Starts spendgate with a store section; sets PROXY, ADMIN and PROXY_PID.
 start_proxy() {
   PROXY=$(free_port)
   ADMIN=$(free_port)
@@ -100,40 +165,49 @@ stop_proxy() {
   wait "$PROXY_PID" 2>/dev/null || true
 }
 
-store_errors() {
-  curl -fs "http://127.0.0.1:$ADMIN/metrics" | awk '/^spendgate_store_errors_total/ { n += $2 } END { print n + 0 }'
-}
-
-declare -A RESULT
+declare -A RESULT SINGLE
 RESULT[mock]=$(load "http://127.0.0.1:$MOCK/v1/text-to-speech/voice")
+SINGLE[mock]=$(single "http://127.0.0.1:$MOCK/v1/text-to-speech/voice")
+RESULT[nginx]=$(load "http://127.0.0.1:$NGINX/elevenlabs/v1/text-to-speech/voice" "${NGINX_PROCS[@]}")
+SINGLE[nginx]=$(single "http://127.0.0.1:$NGINX/elevenlabs/v1/text-to-speech/voice")
 
 start_proxy ""
-RESULT[memory]=$(load "http://127.0.0.1:$PROXY/elevenlabs/v1/text-to-speech/voice")
+RESULT[memory]=$(load "http://127.0.0.1:$PROXY/elevenlabs/v1/text-to-speech/voice" "$PROXY_PID")
+SINGLE[memory]=$(single "http://127.0.0.1:$PROXY/elevenlabs/v1/text-to-speech/voice")
 stop_proxy
 
-redis-cli -p "$REDIS" CONFIG RESETSTAT >/dev/null
 start_proxy "store:
   backend: redis
   url: \"redis://127.0.0.1:$REDIS/0\""
-RESULT[redis]=$(load "http://127.0.0.1:$PROXY/elevenlabs/v1/text-to-speech/voice")
-REDIS_ERRORS=$(store_errors)
+RESULT[redis]=$(load "http://127.0.0.1:$PROXY/elevenlabs/v1/text-to-speech/voice" "$PROXY_PID")
+SINGLE[redis]=$(single "http://127.0.0.1:$PROXY/elevenlabs/v1/text-to-speech/voice")
 stop_proxy
 
+# Latencies as microseconds.
+us() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+    if (u == "us") print n; else if (u == "ms") print n * 1000; else if (u == "s") print n * 1e6; else print n
+  }'
+}
+
+read -r NGINX_RPS _ _ _ NGINX_CPU _ <<<"${RESULT[nginx]}"
+MOCK_P50=$(us "${SINGLE[mock]}")
 echo
-echo "wrk: $THREADS threads, $CONNECTIONS connections, $DURATION after a $WARMUP warm-up;"
+echo "wrk: $THREADS threads, $CONNECTIONS connections, $DURATION after a $WARMUP warm-up; 1-connection p50 over $DURATION."
 echo "ElevenLabs TTS requests (615 characters) over 100 profiles; $(nproc) CPUs shared by everything."
 echo
-printf "%-28s %12s %10s %10s %8s\n" "target" "req/s" "p50" "p99" "non-2xx"
-for name in mock memory redis; do
-  read -r rps p50 p99 bad <<<"${RESULT[$name]}"
+printf "%-26s %10s %8s %9s %9s %7s %12s %11s %12s %10s\n" "target" "req/s" "x nginx" "p50" "p99" "non-2xx" "CPU us/req" "x nginx" "Redis us/req" "+p50 1conn"
+for name in mock nginx memory redis; do
+  read -r rps p50 p99 bad cpu rcpu <<<"${RESULT[$name]}"
   case $name in
-    mock) label="mock upstream directly" ;;
-    memory) label="spendgate, memory store" ;;
+    mock) label="mock upstream directly"; cpu="-"; rcpu="-" ;;
+    nginx) label="nginx proxy_pass"; rcpu="-" ;;
+    memory) label="spendgate, memory store"; rcpu="-" ;;
     redis) label="spendgate, Redis store" ;;
   esac
-  printf "%-28s %12s %10s %10s %8s\n" "$label" "$rps" "$p50" "$p99" "$bad"
+  ratio=$(awk -v a="$rps" -v b="$NGINX_RPS" 'BEGIN { printf "%.2f", a / b }')
+  cratio=$([ "$cpu" = "-" ] && echo "-" || awk -v a="$cpu" -v b="$NGINX_CPU" 'BEGIN { printf "%.2f", a / b }')
+  added=$(awk -v a="$(us "${SINGLE[$name]}")" -v b="$MOCK_P50" 'BEGIN { printf "%+.0f us", a - b }')
+  printf "%-26s %10s %8s %9s %9s %7s %12s %11s %12s %10s\n" "$label" "$rps" "$ratio" "$p50" "$p99" "$bad" "$cpu" "$cratio" "$rcpu" "$added"
 done
-echo
-echo "Redis store: $REDIS_ERRORS store errors (timeouts that fell back to on_error) during the run."
-redis-cli -p "$REDIS" INFO commandstats | tr -d '\r' | awk -F'[:,=]' '
-  /^cmdstat_evalsha:/ { printf "Redis EVALSHA (reserve and apply): %s calls, %s us of Redis time per call\n", $3, $7 }'

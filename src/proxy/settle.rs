@@ -268,7 +268,16 @@ impl Settler {
         }
         if let Some(a) = settled.anomaly {
             m.usage_estimated.with_label_values(&[provider, a.as_str()]).inc();
-            tracing::warn!(provider, model = %model_label, path = %super::reply::loggable(&self.path), reason = a.as_str(), end = ?end, "usage could not be read from the response; the reservation is charged");
+            let path = super::reply::loggable(&self.path);
+            match a {
+                // The client or the process ended the call: expected, and charged as documented.
+                Anomaly::ClientGone | Anomaly::Shutdown => {
+                    tracing::info!(provider, model = %model_label, %path, reason = a.as_str(), "the call ended before its answer; the reservation is charged")
+                }
+                _ => {
+                    tracing::warn!(provider, model = %model_label, %path, reason = a.as_str(), end = ?end, "usage could not be read from the response; the reservation is charged")
+                }
+            }
         }
         let actual = Amounts::new(cost, &usage, 1);
 
