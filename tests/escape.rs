@@ -67,6 +67,11 @@ const GPT_4O_MINI: (i64, i64) = (150, 600);
 const GEMINI_FLASH: (i64, i64) = (300, 2500);
 const CLAUDE_HAIKU: (i64, i64) = (1000, 5000);
 const GPT_5: (i64, i64) = (1250, 10_000);
+const CLAUDE_OPUS_46: (i64, i64) = (5000, 25_000);
+/// What the stand-in bills for a call it does not otherwise know: $1.
+const UNKNOWN_CALL_BILL: i64 = 1_000_000_000;
+/// Seconds of audio in the stand-in's transcription.
+const WHISPER_SECONDS: i64 = 42;
 /// Output tokens of the stand-in's background response.
 const BACKGROUND_OUTPUT: i64 = 300;
 /// eleven_multilingual_v2: $0.10 per 1,000 characters.
@@ -143,7 +148,81 @@ fn serve(method: &Method, raw_path: &str, h: &HeaderMap, body: &[u8]) -> Served 
                 chunk_delay: Duration::ZERO,
             }
         }
-        _ => Served::error(404),
+        ("POST", "/v1/audio/transcriptions") => {
+            // whisper-1 bills the audio's duration: $0.006 a minute.
+            Served::json(
+                WHISPER_SECONDS * 100_000,
+                json!({"text": "Low tide at noon.", "usage": {"type": "duration", "seconds": WHISPER_SECONDS}}),
+            )
+        }
+        ("POST", "/v1/videos") => {
+            // sora-2: $0.10 a second of the seconds asked for (a string in the API).
+            let seconds: i64 = json["seconds"].as_str().and_then(|s| s.parse().ok()).unwrap_or(4);
+            Served::json(
+                seconds * 100_000_000,
+                json!({"id": "video_1", "object": "video", "status": "queued", "seconds": seconds.to_string()}),
+            )
+        }
+        ("POST", "/v1/responses") => {
+            // Tokens, and $0.01 per web search call (gpt-5).
+            let searches = json["tools"].as_array().map_or(0, |t| t.iter().filter(|t| t["type"] == "web_search").count()) as i64;
+            let output: Vec<Value> = (0..searches)
+                .map(|i| json!({"type": "web_search_call", "id": format!("ws_{i}"), "status": "completed"}))
+                .chain(std::iter::once(
+                    json!({"type": "message", "content": [{"type": "output_text", "text": "Tides"}]}),
+                ))
+                .collect();
+            Served::json(
+                PROMPT * GPT_5.0 + COMPLETION * GPT_5.1 + searches * 10_000_000,
+                json!({"id": "resp_1", "object": "response", "status": "completed", "model": "gpt-5", "output": output,
+                    "usage": {"input_tokens": PROMPT, "output_tokens": COMPLETION, "total_tokens": PROMPT + COMPLETION}}),
+            )
+        }
+        ("POST", "/v1/messages") => {
+            // Fast mode bills six times the list price.
+            let (rates, multiplier) = match json["model"].as_str() {
+                Some("claude-opus-4-6") => (CLAUDE_OPUS_46, if json["speed"] == "fast" { 6 } else { 1 }),
+                _ => (CLAUDE_HAIKU, 1),
+            };
+            let speed = if multiplier == 6 { "fast" } else { "standard" };
+            Served::json(
+                (PROMPT * rates.0 + COMPLETION * rates.1) * multiplier,
+                json!({"id": "msg_1", "type": "message", "role": "assistant", "model": json["model"], "content": [{"type": "text", "text": "Tides"}],
+                    "usage": {"input_tokens": PROMPT, "output_tokens": COMPLETION, "speed": speed}}),
+            )
+        }
+        ("POST", p) if p.ends_with("/publishers/anthropic/models/claude-haiku-4-5:rawPredict") => Served::json(
+            PROMPT * CLAUDE_HAIKU.0 + COMPLETION * CLAUDE_HAIKU.1,
+            json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5", "content": [{"type": "text", "text": "Tides"}],
+                "usage": {"input_tokens": PROMPT, "output_tokens": COMPLETION}}),
+        ),
+        ("POST", "/v1beta/models/gemini-2.5-flash:generateContent") => {
+            // Tokens, and $0.035 per grounded prompt (2.5 models).
+            let grounded = json["tools"].as_array().is_some_and(|t| t.iter().any(|t| t.get("google_search").is_some()));
+            let mut answer = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Tides"}]}}],
+                "usageMetadata": {"promptTokenCount": PROMPT, "candidatesTokenCount": COMPLETION, "totalTokenCount": PROMPT + COMPLETION},
+                "modelVersion": "gemini-2.5-flash"});
+            if grounded {
+                answer["candidates"][0]["groundingMetadata"] = json!({"webSearchQueries": ["low tide today"]});
+            }
+            Served::json(PROMPT * GEMINI_FLASH.0 + COMPLETION * GEMINI_FLASH.1 + i64::from(grounded) * 35_000_000, answer)
+        }
+        ("POST", "/v1/sound-generation") => {
+            // $0.12 per generation (5 s of sound).
+            Served {
+                bill: 120_000_000,
+                status: 200,
+                headers: vec![("content-type", "audio/mpeg".into())],
+                chunks: vec![Bytes::from_static(b"ID3sound")],
+                head_delay: Duration::ZERO,
+                chunk_delay: Duration::ZERO,
+            }
+        }
+        // Reading is free, except a signed URL: the conversation it opens is billed elsewhere.
+        ("GET", "/v1/convai/conversation/get-signed-url") => Served::json(UNKNOWN_CALL_BILL, json!({"signed_url": "wss://..."})),
+        ("GET" | "HEAD" | "DELETE", _) => Served::json(0, json!({"object": "list", "data": []})),
+        // Anything else the stand-in serves is paid work the proxy must not let through unseen.
+        _ => Served::json(UNKNOWN_CALL_BILL, json!({"id": "job_1", "status": "queued"})),
     };
     served.head_delay = head_delay;
     if let Some(ms) = header(h, "x-test-chunk-delay-ms").and_then(|v| v.parse().ok()) {
@@ -299,6 +378,7 @@ impl Attempt {
     }
 
     fn header(mut self, k: &'static str, v: &str) -> Self {
+        self.headers.retain(|(name, _)| !name.eq_ignore_ascii_case(k));
         self.headers.push((k, v.into()));
         self
     }
@@ -804,4 +884,121 @@ async fn a_background_response_is_charged_its_maximum_until_its_usage_is_fetched
     p.client.get(&p.url("/openai/v1/responses/resp_bg1"), &[("x-profile-id", "p-bg")]).await;
     assert_eq!(monthly_cost(&p, "p-bg").await, provider.billed());
     p.handle.shutdown().await;
+}
+
+/// A multipart upload, as the SDKs send it.
+fn multipart(fields: &[(&str, &str)], file: &[u8]) -> (String, String) {
+    let boundary = "sgboundary7MA4YWxk";
+    let mut body = String::new();
+    for (k, v) in fields {
+        body.push_str(&format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"));
+    }
+    body.push_str(&format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"tide.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\n{}\r\n--{boundary}--\r\n",
+        String::from_utf8_lossy(file)
+    ));
+    (body, format!("multipart/form-data; boundary={boundary}"))
+}
+
+#[tokio::test]
+async fn newly_metered_endpoints_record_at_least_the_bill() {
+    let (form, form_type) = multipart(&[("model", "whisper-1"), ("response_format", "json")], &[b'a'; 64 * 1024]);
+    let cases: Vec<(&str, Attempt)> = vec![
+        (
+            "openai transcription",
+            Attempt::post("/openai/v1/audio/transcriptions", form).header("content-type", &form_type),
+        ),
+        (
+            "openai video",
+            Attempt::post("/openai/v1/videos", r#"{"model":"sora-2","prompt":"waves","seconds":"8"}"#),
+        ),
+        (
+            "openai responses with web search",
+            Attempt::post("/openai/v1/responses", r#"{"model":"gpt-5","input":"tides","tools":[{"type":"web_search"}]}"#),
+        ),
+        (
+            "anthropic fast mode",
+            Attempt::post(
+                "/anthropic/v1/messages",
+                r#"{"model":"claude-opus-4-6","max_tokens":100,"speed":"fast","messages":[{"role":"user","content":"tides"}]}"#,
+            ),
+        ),
+        (
+            "claude on vertex",
+            Attempt::post(
+                "/vertex/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-haiku-4-5:rawPredict",
+                r#"{"anthropic_version":"vertex-2023-10-16","max_tokens":100,"messages":[{"role":"user","content":"tides"}]}"#,
+            ),
+        ),
+        (
+            "gemini grounding",
+            Attempt::post(
+                "/gemini/v1beta/models/gemini-2.5-flash:generateContent",
+                r#"{"contents":[{"role":"user","parts":[{"text":"tides"}]}],"tools":[{"google_search":{}}]}"#,
+            ),
+        ),
+        (
+            "elevenlabs sound",
+            Attempt::post("/elevenlabs/v1/sound-generation", r#"{"text":"waves","duration_seconds":5}"#),
+        ),
+    ];
+    for (name, attempt) in cases {
+        let o = run(attempt, "").await;
+        check(name, &o);
+        assert_eq!(o.status, Some(200), "{name}: {o:?}");
+        assert!(o.provider_calls == 1 && o.billed > 0, "{name}: {o:?}");
+    }
+}
+
+#[tokio::test]
+async fn endpoints_billed_out_of_sight_are_refused() {
+    let refused: &[(Method, &str, &str)] = &[
+        (
+            Method::POST,
+            "/openai/v1/realtime/client_secrets",
+            r#"{"session":{"type":"realtime","model":"gpt-realtime"}}"#,
+        ),
+        (Method::POST, "/openai/v1/realtime/sessions", r#"{"model":"gpt-realtime"}"#),
+        (Method::POST, "/openai/v1/realtime/calls", "v=0"),
+        (
+            Method::POST,
+            "/openai/v1/batches",
+            r#"{"input_file_id":"file-1","endpoint":"/v1/chat/completions","completion_window":"24h"}"#,
+        ),
+        (
+            Method::POST,
+            "/openai/v1/fine_tuning/jobs",
+            r#"{"model":"gpt-4o-mini","training_file":"file-1"}"#,
+        ),
+        (Method::POST, "/openai/v1/videos/video_1/remix", r#"{"prompt":"more waves"}"#),
+        (
+            Method::POST,
+            "/gemini/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+            r#"{"batch":{"input_config":{}}}"#,
+        ),
+        (Method::POST, "/gemini/v1alpha/auth_tokens", r#"{"uses":1}"#),
+        (
+            Method::POST,
+            "/gemini/v1beta/cachedContents",
+            r#"{"model":"models/gemini-2.5-flash","contents":[]}"#,
+        ),
+        (Method::POST, "/elevenlabs/v1/single-use-token/tts_websocket", ""),
+        (
+            Method::POST,
+            "/elevenlabs/v1/dubbing",
+            r#"{"source_url":"https://example.com/a.mp4","target_lang":"fr"}"#,
+        ),
+        (Method::GET, "/elevenlabs/v1/convai/conversation/get-signed-url?agent_id=a1", ""),
+        (Method::POST, "/anthropic/v1/messages/batches", r#"{"requests":[]}"#),
+        (Method::POST, "/anthropic/v1/new/paid/endpoint", "{}"),
+        (Method::PUT, "/openai/v1/chat/completions", "{}"),
+    ];
+    for (method, path, body) in refused {
+        let mut a = Attempt::post(path, *body);
+        a.method = method.clone();
+        let o = run(a, "").await;
+        check(path, &o);
+        assert_eq!(o.status, Some(403), "{method} {path}: {o:?}");
+        assert_eq!(o.error_type.as_deref(), Some("endpoint_not_metered"), "{method} {path}");
+    }
 }

@@ -288,11 +288,18 @@ pub async fn admit(
     })
 }
 
+/// Longest upstream path accepted.
+const MAX_PATH: usize = 2048;
+
 /// Why a path is not canonical: empty segments (`//`), dot segments (`.`, `..`),
 /// percent-encoded characters or backslashes. Front ends and servers disagree on these, so
 /// the path the proxy classifies could differ from the one the provider serves. A trailing
 /// slash is allowed.
 pub fn canonical(path: &str) -> Result<(), &'static str> {
+    // Paths reach the history and the logs: no API needs more.
+    if path.len() > MAX_PATH {
+        return Err("is longer than 2048 bytes");
+    }
     if path.contains('%') {
         return Err("contains percent-encoded characters");
     }
@@ -606,6 +613,7 @@ mod tests {
             "/v1/chat/completions/..",
             "/v1/chat/%63ompletions",
             "/v1\\chat",
+            &format!("/v1/{}", "a".repeat(3000)),
         ] {
             assert!(canonical(bad).is_err(), "{bad}");
         }
