@@ -53,13 +53,6 @@ impl Served {
             chunk_delay: Duration::ZERO,
         }
     }
-
-    fn error(status: u16) -> Self {
-        Served {
-            status,
-            ..Served::json(0, json!({"error": {"message": "not found", "type": "invalid_request_error"}}))
-        }
-    }
 }
 
 /// List prices the stand-in bills at, in nano-dollars per unit.
