@@ -33,10 +33,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::app::App;
 use crate::config::AlertsConfig;
+use crate::domain::window::Window;
+use crate::domain::{Mode, Scope};
 use crate::metrics::Metrics;
-use crate::quota::limit::{Mode, Scope};
 use crate::quota::{Amounts, Check, Plan};
-use crate::window::Window;
 
 /// Events waiting for delivery; past this, new events are dropped (and counted).
 const QUEUE: usize = 1024;

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::alerts::Alerts;
 use crate::config::{Backend, Config, ConfigError};
+use crate::domain::window::{Calendar, Clock};
 use crate::metrics::Metrics;
 use crate::pricing::PriceTable;
 use crate::proxy::admit::{BodyBudget, OrgCache};
@@ -20,7 +21,6 @@ use crate::quota::Retention;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisStore, StoreMetrics};
 use crate::store::{Store, StoreError};
-use crate::window::{Calendar, Clock};
 
 /// One generation of the configuration, compiled for the request path. Requests take a
 /// reference to the generation current when they arrive and finish under it.

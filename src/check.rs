@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use crate::app::{open_store, Runtime};
 use crate::config::{Config, LimitSpec, MatchSpec, NonNegative, PriceSpec, Unpriced};
+use crate::domain::Scope;
 use crate::pricing;
-use crate::quota::limit::Scope;
 
 /// Renders the summary of a valid config.
 pub fn summary(config: &Config) -> Result<String, String> {
@@ -44,7 +44,7 @@ pub fn summary(config: &Config) -> Result<String, String> {
             let filter = l.matcher.as_ref().map(|m| format!(" match {}", describe_match(m))).unwrap_or_default();
             let state = match (l.enabled, l.mode) {
                 (false, _) => " (disabled)",
-                (true, crate::quota::limit::Mode::Shadow) => " (shadow)",
+                (true, crate::domain::Mode::Shadow) => " (shadow)",
                 _ => "",
             };
             let _ = writeln!(

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Command::Run => runtime.block_on(run(cli.config)),
         Command::Check { skip_store } => runtime.block_on(spendgate::check::run(cli.config.as_deref(), skip_store)),
         Command::Usage { profile, org, range, json } => {
-            use spendgate::quota::limit::Scope;
+            use spendgate::domain::Scope;
             use spendgate::usage::cli::{run, Target};
             let target = match (profile, org) {
                 (Some(p), _) => Target::One(Scope::Profile, p),

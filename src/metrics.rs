@@ -8,8 +8,8 @@ use prometheus::{CounterVec, GaugeVec};
 use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::config::MetricsConfig;
-use crate::quota::limit::{Metric, Scope};
-use crate::window::Window;
+use crate::domain::window::Window;
+use crate::domain::{Metric, Scope};
 
 /// Caps the distinct values of a label; past the cap values fold into `other`.
 pub struct LabelCap {

@@ -15,9 +15,9 @@ use tokio::task::JoinSet;
 
 use crate::app::{open_store, App};
 use crate::config::Config;
+use crate::domain::window::Clock;
 use crate::metrics::Metrics;
 use crate::proxy::{self, DataListener};
-use crate::window::Clock;
 
 /// How long shutdown waits for settlements still being written.
 const SETTLE_WAIT: Duration = Duration::from_secs(10);

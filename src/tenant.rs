@@ -3,9 +3,7 @@
 use http::HeaderMap;
 
 use crate::config::{Missing, TenantConfig};
-
-/// Longest tenant id accepted; ids become store keys and metric labels.
-pub const MAX_ID_LEN: usize = 128;
+use crate::domain::tenant_id::validate_id;
 
 /// The tenant a request is charged to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,20 +28,6 @@ impl TenantError {
             TenantError::Invalid { .. } => "tenant_invalid",
         }
     }
-}
-
-/// Checks an id: 1..=128 bytes of `[A-Za-z0-9._:@-]`.
-pub fn validate_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("the id is empty".into());
-    }
-    if id.len() > MAX_ID_LEN {
-        return Err(format!("the id is {} bytes long; at most {MAX_ID_LEN} are allowed", id.len()));
-    }
-    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-'))) {
-        return Err(format!("the id contains {c:?}; only letters, digits and . _ : @ - are allowed"));
-    }
-    Ok(())
 }
 
 /// Reads the tenant from the request headers.

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use common::*;
-use spendgate::quota::limit::Scope;
+use spendgate::domain::Scope;
 
 /// What the stand-in provider does with one request.
 struct Served {

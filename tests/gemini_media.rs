@@ -120,9 +120,9 @@ async fn veo_is_priced_per_second_requested_and_polling_is_free() {
     assert_eq!(
         counter(
             &p,
-            spendgate::quota::limit::Scope::Profile,
+            spendgate::domain::Scope::Profile,
             "p-poll",
-            spendgate::window::Window::Daily,
+            spendgate::domain::window::Window::Daily,
             "requests"
         )
         .await,

@@ -154,7 +154,7 @@ async fn an_unset_variable_fails_check_and_start_without_revealing_keys() {
         config,
         spendgate::server::Options {
             config_path: None,
-            clock: spendgate::window::Clock::system(),
+            clock: spendgate::domain::window::Clock::system(),
         },
     )
     .await;

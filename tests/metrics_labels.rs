@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use common::ops::*;
 use common::*;
 use spendgate::config::Config;
-use spendgate::window::Clock;
+use spendgate::domain::window::Clock;
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

@@ -348,9 +348,9 @@ async fn unreachable_upstream_answers_502_and_costs_nothing() {
     assert_eq!(
         counter(
             &p,
-            spendgate::quota::limit::Scope::Profile,
+            spendgate::domain::Scope::Profile,
             "p-502",
-            spendgate::window::Window::Daily,
+            spendgate::domain::window::Window::Daily,
             "requests"
         )
         .await,

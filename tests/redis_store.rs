@@ -9,11 +9,11 @@ use chrono::{DateTime, Utc};
 use common::redis::RedisServer;
 use common::*;
 use spendgate::config::Config;
+use spendgate::domain::window::{Clock, Window};
+use spendgate::domain::Scope;
 use spendgate::metrics::Metrics;
-use spendgate::quota::limit::Scope;
 use spendgate::store::redis::{RedisStore, StoreMetrics};
 use spendgate::store::{CounterKey, CounterOp, ReserveOutcome, ReserveRequest, Settlement, Store, Totals, UsageRecord};
-use spendgate::window::{Clock, Window};
 
 /// $0.0615: 615 characters of `eleven_multilingual_v2` at $0.10 per 1K.
 const PRICE: i64 = 61_500_000;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::ops::*;
 use common::*;
-use spendgate::window::Clock;
+use spendgate::domain::window::Clock;
 
 fn yaml(max_requests: u32, extra: &str) -> String {
     format!(

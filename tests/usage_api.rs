@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use common::ops::*;
 use common::*;
 use serde_json::Value;
-use spendgate::window::Clock;
+use spendgate::domain::window::Clock;
 
 /// The store section of each run. `{unique}` becomes a name unique to the run (for a key
 /// prefix on a shared server). Another backend is one more line here.

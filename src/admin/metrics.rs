@@ -13,10 +13,10 @@ use http::{Response, StatusCode};
 
 use super::{respond, AdminBody};
 use crate::app::App;
+use crate::domain::window::Window;
+use crate::domain::{Metric, Scope};
 use crate::metrics::QuotaGauge;
-use crate::quota::limit::{Metric, Scope};
 use crate::usage::limit_statuses_many;
-use crate::window::Window;
 
 /// A scrape never waits longer than this for the store (the gauges keep their last values).
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(1);

@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::app::App;
-use crate::quota::limit::Scope;
+use crate::domain::Scope;
 
 pub type AdminBody = Full<Bytes>;
 

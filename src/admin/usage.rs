@@ -4,7 +4,7 @@ use http::{Response, StatusCode};
 
 use super::{error, json, query_param, AdminBody};
 use crate::app::App;
-use crate::quota::limit::Scope;
+use crate::domain::Scope;
 use crate::store::StoreError;
 use crate::usage::{self, Range};
 

@@ -123,9 +123,9 @@ impl Config {
         let mut org_of: BTreeMap<&str, &str> = BTreeMap::new();
         for (org, profiles) in &self.tenant.orgs {
             let key = format!("tenant.orgs.{org}");
-            crate::tenant::validate_id(org).map_err(|e| (key.clone(), format!("bad org id: {e}")))?;
+            crate::domain::tenant_id::validate_id(org).map_err(|e| (key.clone(), format!("bad org id: {e}")))?;
             for p in profiles {
-                crate::tenant::validate_id(p).map_err(|e| (key.clone(), format!("bad profile id `{p}`: {e}")))?;
+                crate::domain::tenant_id::validate_id(p).map_err(|e| (key.clone(), format!("bad profile id `{p}`: {e}")))?;
                 if let Some(other) = org_of.insert(p, org) {
                     return Err((key, format!("profile `{p}` is also listed under org `{other}`; a profile belongs to one org")));
                 }
@@ -140,7 +140,7 @@ impl Config {
         let mut prefixes: Vec<(String, String)> = Vec::new();
         for (name, p) in &self.providers {
             let key = format!("providers.{name}");
-            crate::tenant::validate_id(name).map_err(|e| (key.clone(), format!("bad provider name: {e}")))?;
+            crate::domain::tenant_id::validate_id(name).map_err(|e| (key.clone(), format!("bad provider name: {e}")))?;
             validate_upstream(&p.upstream).map_err(|m| (format!("{key}.upstream"), m))?;
             if let Some(l) = p.listen {
                 listens.push((format!("{key}.listen"), l.0));
@@ -206,7 +206,7 @@ impl Config {
         .chain(self.limits.orgs.iter().map(|(id, l)| (format!("limits.orgs.{id}"), l)));
         for (key, list) in lists {
             if let Some(id) = key.strip_prefix("limits.profiles.").or_else(|| key.strip_prefix("limits.orgs.")) {
-                crate::tenant::validate_id(id).map_err(|e| (key.clone(), e.to_string()))?;
+                crate::domain::tenant_id::validate_id(id).map_err(|e| (key.clone(), e.to_string()))?;
             }
             let mut seen = BTreeSet::new();
             for (i, limit) in list.iter().enumerate() {

@@ -14,8 +14,8 @@ use serde::Deserialize;
 pub use load::{ConfigError, EMBEDDED_DEFAULT};
 pub use values::{ListenAddr, NonNegative, Pattern, Positive, Ratio, Seconds, TimeZone};
 
-use crate::quota::limit::{Metric, Mode};
-use crate::window::Window;
+use crate::domain::window::Window;
+use crate::domain::{Metric, Mode};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -182,7 +182,7 @@ impl<'de> Deserialize<'de> for Missing {
         if s == "reject" {
             return Ok(Missing::Reject);
         }
-        crate::tenant::validate_id(&s).map_err(|e| serde::de::Error::custom(format!("`{s}` is neither `reject` nor a valid profile id: {e}")))?;
+        crate::domain::tenant_id::validate_id(&s).map_err(|e| serde::de::Error::custom(format!("`{s}` is neither `reject` nor a valid profile id: {e}")))?;
         Ok(Missing::Profile(s))
     }
 }
@@ -315,7 +315,7 @@ impl<'de> Deserialize<'de> for Unmetered {
             serde_norway::Value::String(w) if w == "reject" => Ok(Unmetered::Reject),
             serde_norway::Value::String(w) if w == "allow" => Ok(Unmetered::Allow),
             v @ serde_norway::Value::Mapping(_) => Charge::deserialize(v)
-                .map(|c| Unmetered::Charge(crate::money::usd_to_nanos(c.charge_usd.0)))
+                .map(|c| Unmetered::Charge(crate::domain::money::usd_to_nanos(c.charge_usd.0)))
                 .map_err(|e| D::Error::custom(format!("expected {EXPECTED}: {e}"))),
             _ => Err(D::Error::custom(format!("expected {EXPECTED}"))),
         }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::{Config, NonNegative, Pattern, PriceSpec, ProviderKind, Unpriced};
-use crate::money::{picos_to_nanos_ceil, usd_per_units_to_picos};
+use crate::domain::money::{picos_to_nanos_ceil, usd_per_units_to_picos};
 use crate::providers::Usage;
 
 const BUILTIN: &str = include_str!("builtin.yaml");

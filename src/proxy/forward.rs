@@ -16,8 +16,8 @@ use super::meter::{Meter, MeteredBody};
 use super::reply::{self, ProxyBody};
 use super::route::Route;
 use crate::app::Runtime;
+use crate::domain::Metric;
 use crate::providers::{decode, Anomaly, BodyEnd, Call, FixedCost, Provider, Settled, Source, Usage, UsageExtractor};
-use crate::quota::limit::Metric;
 
 /// Forwards an admitted call and returns the metered answer (or the proxy's failure).
 pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBody> {
@@ -119,7 +119,7 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
 /// `X-Spendgate-Reset` (when its window resets).
 fn set_remaining_headers(headers: &mut http::HeaderMap, metric: Metric, rem: i64, resets_at: chrono::DateTime<chrono::Utc>) {
     let amount = if metric == Metric::CostUsd {
-        format!("{:.6}", crate::money::nanos_to_usd(rem.max(0)))
+        format!("{:.6}", crate::domain::money::nanos_to_usd(rem.max(0)))
     } else {
         rem.max(0).to_string()
     };

@@ -287,7 +287,7 @@ impl Settler {
         if cost > 0 {
             m.cost_usd
                 .with_label_values(&[&tenant_label, &org_label, provider, &model_label])
-                .inc_by(crate::money::nanos_to_usd(cost));
+                .inc_by(crate::domain::money::nanos_to_usd(cost));
         }
         for (kind, n) in [
             ("input", usage.input_total() - usage.cached_input_tokens),

@@ -13,11 +13,12 @@ pub mod refusal;
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::domain::window::{Bucket, Calendar, Window};
+use crate::domain::{Metric, Scope};
 use crate::providers::Usage;
 use crate::store::{CounterKey, CounterOp, ReserveRequest};
 use crate::tenant::Tenant;
-use crate::window::{Bucket, Calendar, Window};
-use limit::{CallKey, Limit, LimitSet, Metric, Scope};
+use limit::{CallKey, Limit, LimitSet};
 pub use refusal::Refusal;
 
 /// A request's amount in each metric.

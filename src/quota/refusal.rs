@@ -5,7 +5,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
-use super::limit::{Limit, Scope};
+use super::limit::Limit;
+use crate::domain::Scope;
 
 /// Why a request was refused.
 #[derive(Debug, Clone)]

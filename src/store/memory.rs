@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot;
 use super::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError, Totals, UsageRecord};
-use crate::quota::limit::Scope;
+use crate::domain::Scope;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct DayAgg {
@@ -106,8 +106,8 @@ impl MemoryStore {
 
 fn expiry(key: &CounterKey, daily: DateTime<Utc>, monthly: DateTime<Utc>) -> i64 {
     match key.window {
-        crate::window::Window::Daily => daily.timestamp(),
-        crate::window::Window::Monthly => monthly.timestamp(),
+        crate::domain::window::Window::Daily => daily.timestamp(),
+        crate::domain::window::Window::Monthly => monthly.timestamp(),
     }
 }
 
@@ -228,7 +228,7 @@ impl Store for MemoryStore {
 mod tests {
     use super::super::CounterOp;
     use super::*;
-    use crate::window::Window;
+    use crate::domain::window::Window;
 
     fn key(field: &str) -> CounterKey {
         CounterKey {

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::quota::limit::Scope;
-use crate::window::Window;
+use crate::domain::window::Window;
+use crate::domain::Scope;
 
 /// One counter: a field of a tenant's window bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

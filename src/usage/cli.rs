@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use crate::app::{open_store, App};
 use crate::config::{Backend, Config};
-use crate::quota::limit::Scope;
-use crate::window::Clock;
+use crate::domain::window::Clock;
+use crate::domain::Scope;
 
 use super::{json, listing, report, table, Range};
 

@@ -7,8 +7,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
 use super::{LimitStatus, Listing, Report, Summary};
-use crate::money::nanos_to_usd;
-use crate::quota::limit::Mode;
+use crate::domain::money::nanos_to_usd;
+use crate::domain::Mode;
 use crate::store::{Totals, UsageRecord};
 
 fn time(t: DateTime<Utc>) -> String {
@@ -103,8 +103,8 @@ fn summary(s: &Summary) -> Value {
 /// `GET /v1/profiles`, `GET /v1/orgs`.
 pub fn listing(l: &Listing) -> Value {
     let key = match l.scope {
-        crate::quota::limit::Scope::Profile => "profiles",
-        crate::quota::limit::Scope::Org => "orgs",
+        crate::domain::Scope::Profile => "profiles",
+        crate::domain::Scope::Org => "orgs",
     };
     json!({
         "scope": l.scope.as_str(),

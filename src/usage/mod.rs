@@ -14,9 +14,10 @@ use chrono::{DateTime, Datelike, Utc};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use crate::app::{App, Runtime};
-use crate::quota::limit::{Limit, Scope};
+use crate::domain::window::{Calendar, Window};
+use crate::domain::Scope;
+use crate::quota::limit::Limit;
 use crate::store::{CounterKey, History, StoreError, Totals, UsageRecord};
-use crate::window::{Calendar, Window};
 
 /// Longest a report's store call may take; admin reads are off the request path, so this is
 /// generous, but an unreachable store must not hang the API.
@@ -220,7 +221,7 @@ async fn is_known(app: &App, runtime: &Runtime, scope: Scope, id: &str, range_hi
 /// A tenant's report, or `None` when the tenant is unknown (not named in the config and
 /// without history).
 pub async fn report(app: &App, scope: Scope, id: &str, range: Range) -> Result<Option<Report>, StoreError> {
-    if crate::tenant::validate_id(id).is_err() {
+    if crate::domain::tenant_id::validate_id(id).is_err() {
         return Ok(None);
     }
     let runtime = app.runtime();

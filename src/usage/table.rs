@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use chrono::SecondsFormat;
 
 use super::{LimitStatus, Listing, Report};
-use crate::money::nanos_to_usd;
-use crate::quota::limit::{Metric, Mode};
+use crate::domain::money::nanos_to_usd;
+use crate::domain::{Metric, Mode};
 use crate::store::Totals;
 
 /// Dollars with the precision small budgets need: `$12.34`, `$0.0151`, `$0.004019`.
@@ -155,8 +155,8 @@ pub fn report(r: &Report) -> String {
 pub fn listing(l: &Listing) -> String {
     let mut out = String::new();
     let title = match l.scope {
-        crate::quota::limit::Scope::Profile => "PROFILE",
-        crate::quota::limit::Scope::Org => "ORG",
+        crate::domain::Scope::Profile => "PROFILE",
+        crate::domain::Scope::Org => "ORG",
     };
     if l.tenants.is_empty() {
         let _ = writeln!(out, "{title}: none known");

@@ -20,8 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use spendgate::config::Config;
+use spendgate::domain::window::Clock;
 use spendgate::server::{self, Handle, Options};
-use spendgate::window::Clock;
 
 /// Path of a fixture file under tests/fixtures.
 pub fn fixture_path(rel: &str) -> PathBuf {
@@ -373,7 +373,7 @@ impl TestClient {
 }
 
 /// Reads a counter from the store: `(scope, tenant, window, field)` in the current bucket.
-pub async fn counter(p: &Proxy, scope: spendgate::quota::limit::Scope, tenant: &str, window: spendgate::window::Window, field: &str) -> i64 {
+pub async fn counter(p: &Proxy, scope: spendgate::domain::Scope, tenant: &str, window: spendgate::domain::window::Window, field: &str) -> i64 {
     p.handle.settled().await;
     let rt = p.handle.app.runtime();
     let bucket = rt.calendar.bucket(window, p.handle.app.clock.now());
@@ -389,7 +389,14 @@ pub async fn counter(p: &Proxy, scope: spendgate::quota::limit::Scope, tenant: &
 
 /// The profile's monthly cost in nano-dollars.
 pub async fn monthly_cost(p: &Proxy, profile: &str) -> i64 {
-    counter(p, spendgate::quota::limit::Scope::Profile, profile, spendgate::window::Window::Monthly, "cost").await
+    counter(
+        p,
+        spendgate::domain::Scope::Profile,
+        profile,
+        spendgate::domain::window::Window::Monthly,
+        "cost",
+    )
+    .await
 }
 
 /// Dollars as nano-dollars, from a decimal string (exact).

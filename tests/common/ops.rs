@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use http::Method;
 use spendgate::config::Config;
+use spendgate::domain::window::Clock;
 use spendgate::server::{self, Options};
-use spendgate::window::Clock;
 
 use super::{fixture, fixture_head, Got, Proxy, Reply, Seen, TestClient};
 

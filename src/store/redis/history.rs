@@ -15,7 +15,7 @@ use redis::{FromRedisValue, Value};
 use super::keys::Tag;
 use super::scripts::add_metric;
 use super::Inner;
-use crate::quota::limit::Scope;
+use crate::domain::Scope;
 use crate::store::{CounterKey, History, StoreError, Totals, UsageRecord};
 
 /// Most (profile, tag) pairs remembered as registered; past it the memory starts over.

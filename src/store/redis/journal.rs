@@ -245,8 +245,8 @@ impl JournalFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::limit::Scope;
-    use crate::window::Window;
+    use crate::domain::window::Window;
+    use crate::domain::Scope;
 
     fn entry(id: &str) -> Entry {
         Entry {

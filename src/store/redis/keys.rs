@@ -9,9 +9,9 @@
 
 use std::fmt;
 
-use crate::quota::limit::Scope;
+use crate::domain::window::Window;
+use crate::domain::Scope;
 use crate::store::CounterKey;
-use crate::window::Window;
 
 /// The hash tag shared by every key of one request, without the braces: `o:<org>` or
 /// `p:<profile>`. Tenant ids never contain braces (see `tenant::validate_id`), so the tag
@@ -45,7 +45,7 @@ impl Tag {
     /// A tag read back from the `homes` index; `None` when it is not one this schema writes.
     pub fn parse(s: &str) -> Option<Tag> {
         let (scope, id) = s.split_once(':')?;
-        let ok = matches!(scope, "o" | "p") && crate::tenant::validate_id(id).is_ok();
+        let ok = matches!(scope, "o" | "p") && crate::domain::tenant_id::validate_id(id).is_ok();
         ok.then(|| Tag(s.to_string()))
     }
 

@@ -47,8 +47,8 @@ use self::outage::{background, guarded, Breaker, Guarded};
 use self::scripts::{ApplyParams, ReserveOp, Scripts};
 use super::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
 use crate::config::{OnError, StoreConfig};
-use crate::quota::limit::Scope;
-use crate::window::Window;
+use crate::domain::window::Window;
+use crate::domain::Scope;
 
 /// How long the set of applied journal ids is kept after its last addition: a replay that is
 /// interrupted and retried within this time is not counted twice.

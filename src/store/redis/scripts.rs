@@ -10,9 +10,9 @@ use redis::{FromRedisValue, RedisResult, Script, Value};
 use super::conn::Conn;
 use super::journal::Entry;
 use super::keys::{Keys, Tag};
-use crate::quota::limit::Scope;
+use crate::domain::window::Window;
+use crate::domain::Scope;
 use crate::store::{ReserveOutcome, Totals};
-use crate::window::Window;
 
 const RESERVE_LUA: &str = include_str!("reserve.lua");
 const APPLY_LUA: &str = include_str!("apply.lua");
