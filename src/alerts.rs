@@ -31,12 +31,12 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::app::App;
 use crate::config::AlertsConfig;
 use crate::domain::window::Window;
 use crate::domain::{Mode, Scope};
 use crate::metrics::Metrics;
 use crate::quota::{Amounts, Check, Plan};
+use prometheus::IntCounterVec;
 
 /// Events waiting for delivery; past this, new events are dropped (and counted).
 const QUEUE: usize = 1024;
@@ -171,7 +171,7 @@ impl Alerts {
         }
     }
 
-    fn take_receiver(&self) -> Option<mpsc::Receiver<Event>> {
+    pub fn take_receiver(&self) -> Option<mpsc::Receiver<Event>> {
         self.rx.lock().take()
     }
 }
@@ -179,8 +179,7 @@ impl Alerts {
 /// After a request is admitted (`before` = the counters before its reservation): fires the
 /// alerts of limits now past their threshold, counts shadow refusals, and returns the
 /// `X-Spendgate-Warning` value for the limit with the highest ratio past its threshold.
-pub fn on_admitted(app: &App, cfg: &AlertsConfig, plan: &Plan, before: &[i64], now: DateTime<Utc>) -> Option<HeaderValue> {
-    let m = &app.metrics;
+pub fn on_admitted(alerts: &Alerts, m: &Metrics, cfg: &AlertsConfig, plan: &Plan, before: &[i64], now: DateTime<Utc>) -> Option<HeaderValue> {
     let mut warn: Option<(f64, &Check)> = None;
     for (i, after) in plan.values_after(before) {
         let check = &plan.checks[i];
@@ -197,7 +196,7 @@ pub fn on_admitted(app: &App, cfg: &AlertsConfig, plan: &Plan, before: &[i64], n
         }
         let r = ratio(after, limit.max);
         if r >= limit.alert_at {
-            app.alerts.observe(m, cfg, check, after, now);
+            alerts.observe(m, cfg, check, after, now);
             if warn.is_none_or(|(best, _)| r > best) {
                 warn = Some((r, check));
             }
@@ -213,32 +212,31 @@ pub fn on_admitted(app: &App, cfg: &AlertsConfig, plan: &Plan, before: &[i64], n
 
 /// After a request is settled: the real usage may push a limit past its threshold where the
 /// estimate did not.
-pub fn on_settled(app: &App, cfg: &AlertsConfig, plan: &Plan, before: &[i64], actual: &Amounts, now: DateTime<Utc>) {
+pub fn on_settled(alerts: &Alerts, m: &Metrics, cfg: &AlertsConfig, plan: &Plan, before: &[i64], actual: &Amounts, now: DateTime<Utc>) {
     for check in &plan.checks {
         let value = before.get(check.op).copied().unwrap_or(0) + actual.get(check.limit.metric);
-        app.alerts.observe(&app.metrics, cfg, check, value, now);
+        alerts.observe(m, cfg, check, value, now);
     }
 }
 
-/// Delivers webhook events until shutdown.
-pub async fn deliver(app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
-    let Some(mut rx) = app.alerts.take_receiver() else { return };
-    let client = crate::proxy::client::build(Duration::from_secs(10));
+/// Delivers the webhook events of `rx` until shutdown, counting each outcome in `counter`
+/// (`spendgate_alerts_total`).
+pub async fn deliver(mut rx: mpsc::Receiver<Event>, counter: IntCounterVec, mut shutdown: watch::Receiver<bool>) {
+    let client = crate::upstream::client::build(Duration::from_secs(10));
     let slots = Arc::new(Semaphore::new(PARALLEL_DELIVERIES));
     loop {
         let event = tokio::select! {
-            _ = crate::proxy::stopped(&mut shutdown) => break,
+            _ = crate::process::stopped(&mut shutdown) => break,
             e = rx.recv() => match e { Some(e) => e, None => break },
         };
         let Ok(slot) = slots.clone().acquire_owned().await else { break };
-        let (client, app) = (client.clone(), app.clone());
+        let (client, counter) = (client.clone(), counter.clone());
         tokio::spawn(async move {
             let outcome = send(&client, &event).await;
-            let m = &app.metrics;
             match outcome {
-                Ok(()) => m.alerts.with_label_values(&["sent"]).inc(),
+                Ok(()) => counter.with_label_values(&["sent"]).inc(),
                 Err(e) => {
-                    m.alerts.with_label_values(&["failed"]).inc();
+                    counter.with_label_values(&["failed"]).inc();
                     tracing::error!(error = %e, url = %event.url, "alert webhook delivery failed");
                 }
             }
@@ -251,7 +249,7 @@ fn backoff(attempt: u32) -> Duration {
     FIRST_BACKOFF.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(MAX_BACKOFF)
 }
 
-async fn send(client: &crate::proxy::client::UpstreamClient, event: &Event) -> Result<(), String> {
+async fn send(client: &crate::upstream::client::UpstreamClient, event: &Event) -> Result<(), String> {
     let body = Bytes::from(serde_json::to_vec(&event.body).map_err(|e| e.to_string())?);
     let mut last = String::new();
     for attempt in 0..=event.retries {

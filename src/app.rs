@@ -13,14 +13,15 @@ use crate::config::{Backend, Config, ConfigError};
 use crate::domain::window::{Calendar, Clock};
 use crate::metrics::Metrics;
 use crate::pricing::PriceTable;
-use crate::proxy::admit::{BodyBudget, OrgCache};
-use crate::proxy::route::Route;
-use crate::proxy::settle::DeferredCalls;
+use crate::process::BodyBudget;
+use crate::quota::deferred::DeferredCalls;
 use crate::quota::limit::LimitSet;
 use crate::quota::Retention;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisStore, StoreMetrics};
 use crate::store::{Store, StoreError};
+use crate::tenant::OrgCache;
+use crate::upstream::route::Route;
 
 /// One generation of the configuration, compiled for the request path. Requests take a
 /// reference to the generation current when they arrive and finish under it.
@@ -148,7 +149,7 @@ impl App {
     /// Installs a new configuration (tests and reload).
     pub fn replace_config(&self, config: Config) -> Result<(), ConfigError> {
         let runtime = Runtime::new(config)?;
-        for key in crate::reload::restart_only_changes(&self.runtime().config, &runtime.config) {
+        for key in crate::config::restart_only_changes(&self.runtime().config, &runtime.config) {
             tracing::warn!(key, "changed in the configuration, but takes effect only after a restart");
         }
         self.metrics.reconfigure(&runtime.config.metrics);

@@ -20,30 +20,6 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{watch, Notify};
 
 use crate::app::App;
-use crate::config::Config;
-
-/// Keys whose new values a running proxy cannot apply (its sockets and store are open): the
-/// ones that differ between `old` and `new`.
-pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    let listens = |c: &Config| c.providers.iter().map(|(n, p)| (n.clone(), p.listen)).collect::<Vec<_>>();
-    let checks: [(&'static str, bool); 8] = [
-        ("listen", old.listen != new.listen),
-        ("admin.listen", old.admin.listen != new.admin.listen),
-        ("store.backend", old.store.backend != new.store.backend),
-        ("store.url", old.store.url != new.store.url),
-        ("store.cluster", old.store.cluster != new.store.cluster),
-        ("store.key_prefix", old.store.key_prefix != new.store.key_prefix),
-        ("store.snapshot", old.store.snapshot != new.store.snapshot),
-        ("providers.*.listen", listens(old) != listens(new)),
-    ];
-    for (key, changed) in checks {
-        if changed {
-            out.push(key);
-        }
-    }
-    out
-}
 
 /// Quiet time after the last event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -96,13 +72,13 @@ async fn run(app: Arc<App>, path: PathBuf, mut last: Option<Vec<u8>>, watcher: R
     let _watcher = watcher;
     loop {
         tokio::select! {
-            _ = crate::proxy::stopped(&mut shutdown) => return,
+            _ = crate::process::stopped(&mut shutdown) => return,
             _ = changed.notified() => {}
         }
         // Wait until the directory has been quiet for a moment (editors write in steps).
         loop {
             tokio::select! {
-                _ = crate::proxy::stopped(&mut shutdown) => return,
+                _ = crate::process::stopped(&mut shutdown) => return,
                 _ = changed.notified() => continue,
                 _ = tokio::time::sleep(DEBOUNCE) => break,
             }
@@ -122,15 +98,6 @@ async fn run(app: Arc<App>, path: PathBuf, mut last: Option<Vec<u8>>, watcher: R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn restart_only_keys_are_named() {
-        let a = Config::from_yaml("limits:\n  default_profile:\n    - {metric: requests, window: daily, max: 1}\n", "a").unwrap();
-        let b = Config::from_yaml("limits:\n  default_profile:\n    - {metric: requests, window: daily, max: 2}\n", "b").unwrap();
-        assert!(restart_only_changes(&a, &b).is_empty());
-        let c = Config::from_yaml("listen: \"127.0.0.1:8181\"\nstore:\n  key_prefix: other\n", "c").unwrap();
-        assert_eq!(restart_only_changes(&a, &c), ["listen", "store.key_prefix"]);
-    }
 
     #[test]
     fn reads_are_not_changes() {

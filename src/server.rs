@@ -84,7 +84,9 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
     }));
 
     // Alert webhook deliveries.
-    tasks.spawn(crate::alerts::deliver(app.clone(), rx.clone()));
+    if let Some(events) = app.alerts.take_receiver() {
+        tasks.spawn(crate::alerts::deliver(events, app.metrics.alerts.clone(), rx.clone()));
+    }
 
     // Reload on file change (SIGHUP and POST /v1/reload also reload).
     if let Some(path) = app.config_path.clone() {
@@ -105,7 +107,7 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
         tick.tick().await;
         loop {
             tokio::select! {
-                _ = proxy::stopped(&mut flush_rx) => break,
+                _ = crate::process::stopped(&mut flush_rx) => break,
                 _ = tick.tick() => {}
             }
             if let Err(e) = flush_app.store.flush().await {

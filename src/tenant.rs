@@ -1,6 +1,9 @@
 //! Who pays for a request: the profile (and optional org) named by the tenant headers.
 
+use std::collections::HashMap;
+
 use http::HeaderMap;
+use parking_lot::Mutex;
 
 use crate::config::{Missing, TenantConfig};
 use crate::domain::tenant_id::validate_id;
@@ -61,6 +64,28 @@ pub fn identify(headers: &HeaderMap, cfg: &TenantConfig) -> Result<Tenant, Tenan
         None => None,
     };
     Ok(Tenant { profile, org })
+}
+
+/// Most profile -> org bindings kept in memory; past it the cache starts afresh (the store
+/// keeps them all).
+const ORG_CACHE_MAX: usize = 100_000;
+
+/// Profile -> org bindings already read from the store (they never change once made).
+#[derive(Default)]
+pub struct OrgCache(Mutex<HashMap<String, Option<String>>>);
+
+impl OrgCache {
+    pub fn get(&self, profile: &str) -> Option<Option<String>> {
+        self.0.lock().get(profile).cloned()
+    }
+
+    pub fn insert(&self, profile: &str, org: Option<String>) {
+        let mut map = self.0.lock();
+        if map.len() >= ORG_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(profile.to_string(), org);
+    }
 }
 
 #[cfg(test)]

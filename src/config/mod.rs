@@ -3,6 +3,7 @@
 //! `config.example.yaml` at the repository root documents every key. Every key has a
 //! default, so a short file (or none at all) works.
 
+mod diff;
 mod load;
 mod values;
 
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use diff::restart_only_changes;
 pub use load::{ConfigError, EMBEDDED_DEFAULT};
 pub use values::{ListenAddr, NonNegative, Pattern, Positive, Ratio, Seconds, TimeZone};
 

@@ -10,8 +10,6 @@
 //! `invalid_request_body`); estimate and price it (`model_unpriced`); and reserve it against
 //! every matching limit atomically (`quota_exceeded`).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,22 +18,20 @@ use chrono::{DateTime, Utc};
 use http::{header, request, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use parking_lot::Mutex;
 
 use super::reply::{self, Own, ProxyBody};
-use super::route::Route;
 use super::settle::{Reservation, Settler};
 use crate::app::{App, Runtime};
 use crate::config::{OnError, Unmetered, Unpriced};
 use crate::domain::{Metric, Scope};
+use crate::process::BudgetShare;
 use crate::providers::{self, Call, Estimate, Provider, Refusal, RequestInfo, Wire};
 use crate::quota::limit::CallKey;
 use crate::quota::{Amounts, Plan};
 use crate::store::{ReserveOutcome, StoreError};
 use crate::tenant::{self, Tenant};
-
-/// The request body as it goes upstream: the client's stream, or the buffered bytes.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+use crate::upstream::client::UpstreamBody;
+use crate::upstream::route::Route;
 
 /// A call admitted and reserved, ready to be forwarded.
 pub struct Admitted {
@@ -249,7 +245,7 @@ pub async fn admit(
 
     let warning = before
         .as_ref()
-        .and_then(|b| crate::alerts::on_admitted(app, &runtime.config.alerts, &plan, b, now));
+        .and_then(|b| crate::alerts::on_admitted(&app.alerts, &app.metrics, &runtime.config.alerts, &plan, b, now));
     let remaining = before.as_ref().and_then(|b| plan.tightest(b)).map(|(i, rem)| {
         let c = &plan.checks[i];
         (c.limit.metric, rem, c.resets_at)
@@ -515,82 +511,6 @@ async fn read_body(app: &App, runtime: &Runtime, mut incoming: Incoming, headers
     Ok((buf.freeze(), share))
 }
 
-/// The bytes of request bodies buffered at once, over all requests.
-#[derive(Debug, Default)]
-pub struct BodyBudget {
-    used: Arc<AtomicU64>,
-}
-
-impl BodyBudget {
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
-    }
-}
-
-/// One request's share of the [`BodyBudget`], given back when dropped.
-#[derive(Debug)]
-pub struct BudgetShare {
-    used: Arc<AtomicU64>,
-    max: u64,
-    bytes: u64,
-}
-
-impl BudgetShare {
-    fn new(budget: &BodyBudget, max: u64) -> Self {
-        Self {
-            used: budget.used.clone(),
-            max,
-            bytes: 0,
-        }
-    }
-
-    /// Takes `n` more bytes of the budget; false (and nothing taken) when it would overflow.
-    fn grow(&mut self, n: u64) -> bool {
-        let taken = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(n).filter(|t| *t <= self.max));
-        if taken.is_ok() {
-            self.bytes += n;
-        }
-        taken.is_ok()
-    }
-
-    /// Gives `n` bytes of this share back.
-    fn shrink(&mut self, n: u64) {
-        let n = n.min(self.bytes);
-        self.used.fetch_sub(n, Ordering::AcqRel);
-        self.bytes -= n;
-    }
-}
-
-impl Drop for BudgetShare {
-    fn drop(&mut self) {
-        self.used.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
-
-/// Most profile -> org bindings kept in memory; past it the cache starts afresh (the store
-/// keeps them all).
-const ORG_CACHE_MAX: usize = 100_000;
-
-/// Profile -> org bindings already read from the store (they never change once made).
-#[derive(Default)]
-pub struct OrgCache(Mutex<HashMap<String, Option<String>>>);
-
-impl OrgCache {
-    fn get(&self, profile: &str) -> Option<Option<String>> {
-        self.0.lock().get(profile).cloned()
-    }
-
-    fn insert(&self, profile: &str, org: Option<String>) {
-        let mut map = self.0.lock();
-        if map.len() >= ORG_CACHE_MAX {
-            map.clear();
-        }
-        map.insert(profile.to_string(), org);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,23 +538,5 @@ mod tests {
         ] {
             assert!(canonical(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn budget_shares_are_bounded_and_given_back() {
-        let budget = BodyBudget::default();
-        let mut a = BudgetShare::new(&budget, 100);
-        assert!(a.grow(60));
-        let mut b = BudgetShare::new(&budget, 100);
-        assert!(!b.grow(41));
-        assert!(b.grow(40));
-        assert_eq!(budget.used(), 100);
-        a.shrink(10);
-        assert_eq!(budget.used(), 90);
-        assert!(b.grow(10));
-        drop(a);
-        assert_eq!(budget.used(), 50);
-        drop(b);
-        assert_eq!(budget.used(), 0);
     }
 }

@@ -10,14 +10,15 @@ use chrono::SecondsFormat;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Either;
 
-use super::admit::{Admitted, UpstreamBody};
+use super::admit::Admitted;
 use super::headers::remove_hop_by_hop;
 use super::meter::{Meter, MeteredBody};
 use super::reply::{self, ProxyBody};
-use super::route::Route;
 use crate::app::Runtime;
 use crate::domain::Metric;
 use crate::providers::{decode, Anomaly, BodyEnd, Call, FixedCost, Provider, Settled, Source, Usage, UsageExtractor};
+use crate::upstream::client::UpstreamBody;
+use crate::upstream::route::Route;
 
 /// Forwards an admitted call and returns the metered answer (or the proxy's failure).
 pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBody> {

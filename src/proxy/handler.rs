@@ -10,9 +10,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::reply::ProxyBody;
-use super::route::Route;
 use super::{admit, forward};
 use crate::app::App;
+use crate::upstream::route::Route;
 
 /// Handles one data-plane request. `fixed_route` is set on a provider's dedicated listener.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>, fixed_route: Option<Arc<Route>>) -> Response<ProxyBody> {

@@ -2,15 +2,12 @@
 //! [`handler`], in three phases: [`admit`], [`forward`], [`meter`] (which [`settle`]s).
 
 pub mod admit;
-pub mod client;
-pub mod credentials;
 pub mod forward;
 pub mod handler;
 pub mod headers;
 mod idle;
 pub mod meter;
 pub mod reply;
-pub mod route;
 pub mod settle;
 
 use std::convert::Infallible;
@@ -27,8 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::App;
+use crate::upstream::route::Route;
 use idle::Activity;
-use route::Route;
 
 /// Limits of client connections.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +73,7 @@ where
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = stopped(&mut shutdown) => break,
+            _ = crate::process::stopped(&mut shutdown) => break,
             a = listener.accept() => a,
         };
         let (stream, _peer) = match accepted {
@@ -125,11 +122,6 @@ where
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(limits.grace) => tracing::warn!("shutdown grace period over; closing the remaining connections"),
     }
-}
-
-/// Resolves once `rx` reads true (or its sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// A bound data-plane listener: the shared one (routes by prefix) or a provider's own.

@@ -16,20 +16,19 @@
 //! Every settlement carries a usage record; every one that charges an estimate is counted in
 //! `spendgate_usage_estimated_total{provider,reason}`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use parking_lot::Mutex;
 
-use super::route::Route;
 use crate::app::{App, Runtime};
 use crate::config::ProviderKind;
 use crate::providers::{Anomaly, BodyEnd, Call, Settled, Source, Usage};
+use crate::quota::deferred::Deferred;
 use crate::quota::{Amounts, Plan};
 use crate::store::{Settlement, Totals, UsageRecord};
 use crate::tenant::Tenant;
+use crate::upstream::route::Route;
 
 /// Everything needed to settle one admitted request.
 pub struct Settler {
@@ -55,59 +54,6 @@ pub struct Settler {
     /// The id under which a later answer reports this call's final usage (set by the meter
     /// from [`crate::providers::UsageExtractor::later`]).
     pub later: Option<String>,
-}
-
-/// Most calls waiting for their final usage; past it a new one keeps its reservation as its
-/// bill.
-const DEFERRED_MAX: usize = 100_000;
-
-/// A call charged its reservation whose final usage a later answer will report.
-struct Deferred {
-    tenant: Tenant,
-    /// The counters it touched, each holding the amount charged.
-    plan: Plan,
-    charged: Amounts,
-    charged_usage: Usage,
-    prices: ProviderKind,
-    model: Option<String>,
-    path: String,
-}
-
-/// Calls billed later (background responses), by provider and id, until the answer that
-/// carries their usage passes through this process. A later answer read by another replica
-/// leaves the reservation as the bill.
-#[derive(Default)]
-pub struct DeferredCalls(Mutex<HashMap<(String, String), Deferred>>);
-
-impl DeferredCalls {
-    /// True when `id` of `provider` waits for its usage here.
-    pub fn waits(&self, provider: &str, id: &str) -> bool {
-        self.0.lock().contains_key(&(provider.to_string(), id.to_string()))
-    }
-
-    fn insert(&self, provider: &str, id: String, d: Deferred) {
-        let mut map = self.0.lock();
-        if map.len() < DEFERRED_MAX {
-            map.insert((provider.to_string(), id), d);
-        } else {
-            tracing::warn!(
-                provider,
-                "too many calls wait for their final usage; this one keeps its reservation as its bill"
-            );
-        }
-    }
-
-    fn take(&self, provider: &str, id: &str) -> Option<Deferred> {
-        self.0.lock().remove(&(provider.to_string(), id.to_string()))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Process-unique settlement ids (with the process start time, unique across restarts).
@@ -311,7 +257,7 @@ impl Settler {
         }
         let now = app.clock.now();
         if let Some(before) = &self.before {
-            crate::alerts::on_settled(app, &self.runtime.config.alerts, &plan, before, &actual, now);
+            crate::alerts::on_settled(&app.alerts, &app.metrics, &self.runtime.config.alerts, &plan, before, &actual, now);
         }
         if let Some(id) = self.later.clone() {
             let mut charged_plan = plan.clone();

@@ -8,6 +8,7 @@
 //! a window is therefore at most one request's cost past the max; with estimates, the
 //! overshoot also includes the estimate error of the requests in flight.
 
+pub mod deferred;
 pub mod limit;
 pub mod refusal;
 

@@ -1,0 +1,7 @@
+//! The upstream side, shared by the whole process: each configured provider mount
+//! ([`route`]: prefix, upstream URL, provider module), the pooled HTTPS client that reaches
+//! them ([`client`]), and the key injected in place of the client's ([`credentials`]).
+
+pub mod client;
+pub mod credentials;
+pub mod route;
