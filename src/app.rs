@@ -15,11 +15,12 @@ use crate::metrics::Metrics;
 use crate::pricing::PriceTable;
 use crate::process::BodyBudget;
 use crate::quota::deferred::DeferredCalls;
+use crate::quota::ledger::{Store, StoreError};
 use crate::quota::limit::LimitSet;
 use crate::quota::Retention;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisStore, StoreMetrics};
-use crate::store::{Store, StoreError};
+use crate::store::timed::Timed;
 use crate::tenant::OrgCache;
 use crate::upstream::route::Route;
 
@@ -101,6 +102,8 @@ impl App {
     /// [`App::new`] with metrics created beforehand (the store records into them too).
     pub fn with_metrics(config: Config, config_path: Option<PathBuf>, store: Arc<dyn Store>, clock: Clock, metrics: Metrics) -> Result<Arc<App>, ConfigError> {
         let runtime = Runtime::new(config)?;
+        // Every store call is timed and counted in one place.
+        let store = Arc::new(Timed::new(store, metrics.store_errors.clone(), metrics.store_duration.clone()));
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(runtime),
             store,

@@ -111,7 +111,6 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
                 _ = tick.tick() => {}
             }
             if let Err(e) = flush_app.store.flush().await {
-                flush_app.metrics.store_errors.with_label_values(&["flush"]).inc();
                 tracing::error!(error = %e, "store flush failed");
             }
         }

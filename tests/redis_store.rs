@@ -12,8 +12,8 @@ use spendgate::config::Config;
 use spendgate::domain::window::{Clock, Window};
 use spendgate::domain::Scope;
 use spendgate::metrics::Metrics;
+use spendgate::quota::ledger::{CounterKey, CounterOp, ReserveOutcome, ReserveRequest, Settlement, Store, Totals, UsageRecord};
 use spendgate::store::redis::{RedisStore, StoreMetrics};
-use spendgate::store::{CounterKey, CounterOp, ReserveOutcome, ReserveRequest, Settlement, Store, Totals, UsageRecord};
 
 /// $0.0615: 615 characters of `eleven_multilingual_v2` at $0.10 per 1K.
 const PRICE: i64 = 61_500_000;

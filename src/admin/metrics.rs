@@ -31,7 +31,7 @@ pub async fn render(app: &App) -> Response<AdminBody> {
 }
 
 /// The current quota gauges, or `None` when the store cannot be read (the previous values
-/// stay; the failure is counted in `store_errors_total{op="read"}`).
+/// stay; the store counts the failure in `store_errors_total{op="read"}`).
 async fn quota_gauges(app: &App) -> Option<Vec<QuotaGauge>> {
     let runtime = app.runtime();
     if !runtime.config.metrics.tenant_labels {
@@ -51,7 +51,6 @@ async fn quota_gauges(app: &App) -> Option<Vec<QuotaGauge>> {
             return None;
         }
         Err(_) => {
-            app.metrics.store_errors.with_label_values(&["read"]).inc();
             tracing::debug!("quota gauges not refreshed: the store did not answer in time");
             return None;
         }

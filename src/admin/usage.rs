@@ -5,7 +5,7 @@ use http::{Response, StatusCode};
 use super::{error, json, query_param, AdminBody};
 use crate::app::App;
 use crate::domain::Scope;
-use crate::store::StoreError;
+use crate::quota::ledger::StoreError;
 use crate::usage::{self, Range};
 
 fn store_failed(e: &StoreError) -> Response<AdminBody> {

@@ -26,9 +26,9 @@ use crate::config::{OnError, Unmetered, Unpriced};
 use crate::domain::{Metric, Scope};
 use crate::process::BudgetShare;
 use crate::providers::{self, Call, Estimate, Provider, Refusal, RequestInfo, Wire};
+use crate::quota::ledger::{ReserveOutcome, StoreError};
 use crate::quota::limit::CallKey;
 use crate::quota::{Amounts, Plan};
-use crate::store::{ReserveOutcome, StoreError};
 use crate::tenant::{self, Tenant};
 use crate::upstream::client::UpstreamBody;
 use crate::upstream::route::Route;
@@ -337,7 +337,6 @@ async fn org_of(app: &App, runtime: &Runtime, mut tenant: Tenant) -> Result<Tena
                     bound
                 }
                 Err(e) => {
-                    app.metrics.store_errors.with_label_values(&["bind"]).inc();
                     if runtime.config.store.on_error == OnError::Closed {
                         return Err((
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -375,12 +374,7 @@ fn org_conflict(profile: &str, named: &str, org: Option<&str>) -> Answer {
 
 /// Reserves a call; `Ok(None)` when the store is down and `on_error: open` lets it through.
 async fn reserve(app: &App, runtime: &Runtime, plan: &Plan, tenant: &Tenant, now: DateTime<Utc>) -> Result<Option<Vec<i64>>, Response<ProxyBody>> {
-    let store_started = Instant::now();
     let outcome = app.store.reserve(&plan.reserve_request()).await;
-    app.metrics
-        .store_duration
-        .with_label_values(&["reserve"])
-        .observe(store_started.elapsed().as_secs_f64());
     app.metrics.note_quota_tenant(Scope::Profile, &tenant.profile);
     if let Some(org) = &tenant.org {
         app.metrics.note_quota_tenant(Scope::Org, org);
@@ -404,7 +398,6 @@ async fn reserve(app: &App, runtime: &Runtime, plan: &Plan, tenant: &Tenant, now
             Err(r)
         }
         Err(e) => {
-            app.metrics.store_errors.with_label_values(&["reserve"]).inc();
             // A saturated store cannot count what it would forward: refuse even when open.
             let on_error = if matches!(e, StoreError::Saturated(_)) {
                 OnError::Closed

@@ -25,8 +25,8 @@ use crate::app::{App, Runtime};
 use crate::config::ProviderKind;
 use crate::providers::{Anomaly, BodyEnd, Call, Settled, Source, Usage};
 use crate::quota::deferred::Deferred;
+use crate::quota::ledger::{Settlement, Totals, UsageRecord};
 use crate::quota::{Amounts, Plan};
-use crate::store::{Settlement, Totals, UsageRecord};
 use crate::tenant::Tenant;
 use crate::upstream::route::Route;
 
@@ -310,13 +310,8 @@ impl Settler {
 /// Writes a settlement to the store as a tracked task (never blocks the caller).
 fn spawn_store(app: &Arc<App>, settlement: Settlement) {
     let store = app.store.clone();
-    let app2 = app.clone();
     app.settlements.spawn(async move {
-        let t = Instant::now();
-        let result = store.settle(&settlement).await;
-        app2.metrics.store_duration.with_label_values(&["settle"]).observe(t.elapsed().as_secs_f64());
-        if let Err(e) = result {
-            app2.metrics.store_errors.with_label_values(&["settle"]).inc();
+        if let Err(e) = store.settle(&settlement).await {
             tracing::error!(error = %e, tenant = %settlement.record.profile, "could not record a settlement");
         }
     });

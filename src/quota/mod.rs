@@ -9,6 +9,7 @@
 //! overshoot also includes the estimate error of the requests in flight.
 
 pub mod deferred;
+pub mod ledger;
 pub mod limit;
 pub mod refusal;
 
@@ -17,8 +18,8 @@ use chrono::{DateTime, Duration, Utc};
 use crate::domain::window::{Bucket, Calendar, Window};
 use crate::domain::{Metric, Scope};
 use crate::providers::Usage;
-use crate::store::{CounterKey, CounterOp, ReserveRequest};
 use crate::tenant::Tenant;
+use ledger::{CounterKey, CounterOp, ReserveRequest};
 use limit::{CallKey, Limit, LimitSet};
 pub use refusal::Refusal;
 

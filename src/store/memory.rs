@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::snapshot;
-use super::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError, Totals, UsageRecord};
 use crate::domain::Scope;
+use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError, Totals, UsageRecord};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct DayAgg {
@@ -226,9 +226,9 @@ impl Store for MemoryStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::CounterOp;
     use super::*;
     use crate::domain::window::Window;
+    use crate::quota::ledger::CounterOp;
 
     fn key(field: &str) -> CounterKey {
         CounterKey {

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use super::{LimitStatus, Listing, Report, Summary};
 use crate::domain::money::nanos_to_usd;
 use crate::domain::Mode;
-use crate::store::{Totals, UsageRecord};
+use crate::quota::ledger::{Totals, UsageRecord};
 
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)

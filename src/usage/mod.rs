@@ -8,7 +8,7 @@ pub mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Utc};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -16,8 +16,8 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use crate::app::{App, Runtime};
 use crate::domain::window::{Calendar, Window};
 use crate::domain::Scope;
+use crate::quota::ledger::{CounterKey, History, StoreError, Totals, UsageRecord};
 use crate::quota::limit::Limit;
-use crate::store::{CounterKey, History, StoreError, Totals, UsageRecord};
 
 /// Longest a report's store call may take; admin reads are off the request path, so this is
 /// generous, but an unreachable store must not hang the API.
@@ -122,18 +122,12 @@ pub struct Listing {
     pub tenants: Vec<Summary>,
 }
 
-/// Runs a store call with a timeout, recording its latency and failures in the metrics.
-async fn timed<T>(app: &App, op: &'static str, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-    let started = Instant::now();
-    let result = match tokio::time::timeout(READ_TIMEOUT, fut).await {
+/// Runs a store call with a timeout (the store itself times and counts it).
+async fn bounded<T>(fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    match tokio::time::timeout(READ_TIMEOUT, fut).await {
         Ok(r) => r,
         Err(_) => Err(StoreError::Timeout(READ_TIMEOUT)),
-    };
-    app.metrics.store_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
-    if result.is_err() {
-        app.metrics.store_errors.with_label_values(&[op]).inc();
     }
-    result
 }
 
 /// The day ids of the current local month up to today, newest first.
@@ -171,11 +165,7 @@ pub async fn limit_statuses_many(app: &App, runtime: &Runtime, tenants: &[(Scope
             });
         }
     }
-    let values = if keys.is_empty() {
-        Vec::new()
-    } else {
-        timed(app, "read", app.store.read(&keys)).await?
-    };
+    let values = if keys.is_empty() { Vec::new() } else { bounded(app.store.read(&keys)).await? };
     if values.len() != keys.len() {
         return Err(StoreError::Other(format!(
             "the store answered {} values for {} counters",
@@ -207,7 +197,7 @@ pub async fn limit_statuses_many(app: &App, runtime: &Runtime, tenants: &[(Scope
 }
 
 async fn history(app: &App, scope: Scope, id: &str, days: &[String], recent: usize) -> Result<History, StoreError> {
-    timed(app, "history", app.store.history(scope, id, days, recent)).await
+    bounded(app.store.history(scope, id, days, recent)).await
 }
 
 /// True when the tenant is named in the config or has history in the store.
@@ -215,7 +205,7 @@ async fn is_known(app: &App, runtime: &Runtime, scope: Scope, id: &str, range_hi
     if runtime.limits.named(scope).any(|n| n == id) || !range_history.days.is_empty() || !range_history.recent.is_empty() {
         return Ok(true);
     }
-    Ok(timed(app, "tenants", app.store.tenants(scope)).await?.iter().any(|t| t == id))
+    Ok(bounded(app.store.tenants(scope)).await?.iter().any(|t| t == id))
 }
 
 /// A tenant's report, or `None` when the tenant is unknown (not named in the config and
@@ -281,7 +271,7 @@ async fn summary(app: &App, runtime: &Runtime, scope: Scope, id: String, now: Da
 pub async fn listing(app: &App, scope: Scope, offset: usize, limit: Option<usize>) -> Result<Listing, StoreError> {
     let runtime = app.runtime();
     let now = app.clock.now();
-    let mut ids: BTreeSet<String> = timed(app, "tenants", app.store.tenants(scope)).await?.into_iter().collect();
+    let mut ids: BTreeSet<String> = bounded(app.store.tenants(scope)).await?.into_iter().collect();
     ids.extend(runtime.limits.named(scope).cloned());
     let total = ids.len();
     let page: Vec<String> = ids.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect();

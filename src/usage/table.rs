@@ -7,7 +7,7 @@ use chrono::SecondsFormat;
 use super::{LimitStatus, Listing, Report};
 use crate::domain::money::nanos_to_usd;
 use crate::domain::{Metric, Mode};
-use crate::store::Totals;
+use crate::quota::ledger::Totals;
 
 /// Dollars with the precision small budgets need: `$12.34`, `$0.0151`, `$0.004019`.
 fn format_usd(nanos: i64) -> String {

@@ -377,7 +377,7 @@ pub async fn counter(p: &Proxy, scope: spendgate::domain::Scope, tenant: &str, w
     p.handle.settled().await;
     let rt = p.handle.app.runtime();
     let bucket = rt.calendar.bucket(window, p.handle.app.clock.now());
-    let key = spendgate::store::CounterKey {
+    let key = spendgate::quota::ledger::CounterKey {
         scope,
         tenant: tenant.to_string(),
         window,

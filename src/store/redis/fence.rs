@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use crate::store::ReserveOutcome;
+use crate::quota::ledger::ReserveOutcome;
 
 /// A counter: its Redis key and field.
 pub type Cell = (String, String);

@@ -16,7 +16,7 @@ use super::keys::Tag;
 use super::scripts::add_metric;
 use super::Inner;
 use crate::domain::Scope;
-use crate::store::{CounterKey, History, StoreError, Totals, UsageRecord};
+use crate::quota::ledger::{CounterKey, History, StoreError, Totals, UsageRecord};
 
 /// Most (profile, tag) pairs remembered as registered; past it the memory starts over.
 const MAX_REGISTERED: usize = 100_000;
@@ -97,7 +97,7 @@ impl Inner {
                 }
                 Ok(())
             };
-            if inner.timed("register", write).await.is_err() {
+            if inner.own_work("register", write).await.is_err() {
                 inner.registered.lock().seen.remove(&pair);
             }
         });
@@ -113,7 +113,7 @@ impl Inner {
         }
         let mut c = self.conn.clone();
         let homes: Vec<String> = self
-            .timed("read", redis::cmd("ZRANGE").arg(self.keys.homes(tenant)).arg(0).arg(-1).query_async(&mut c))
+            .bounded(redis::cmd("ZRANGE").arg(self.keys.homes(tenant)).arg(0).arg(-1).query_async(&mut c))
             .await?;
         let mut tags: Vec<Tag> = homes.iter().filter_map(|h| Tag::parse(h)).collect();
         if !tags.contains(&own) {
@@ -142,7 +142,7 @@ impl Inner {
                 pipe.cmd("HGET").arg(key).arg(field);
             }
             let mut c = self.conn.clone();
-            self.timed("read", pipe.query_async::<Vec<Option<i64>>>(&mut c)).await
+            self.bounded(pipe.query_async::<Vec<Option<i64>>>(&mut c)).await
         });
         let results = futures_util::future::join_all(reads).await;
         let mut out = vec![0i64; keys.len()];
@@ -169,7 +169,7 @@ impl Inner {
                 pipe.cmd("LRANGE").arg(self.keys.recent(tag, scope, tenant)).arg(0).arg(recent - 1);
             }
             let mut c = self.conn.clone();
-            self.timed("history", pipe.query_async::<Vec<Value>>(&mut c)).await
+            self.bounded(pipe.query_async::<Vec<Value>>(&mut c)).await
         });
         let results = futures_util::future::join_all(reads).await;
         let mut out = History::default();
@@ -203,8 +203,7 @@ impl Inner {
         let since = Utc::now().timestamp() - self.registry_retention_secs();
         let mut c = self.conn.clone();
         let mut ids: Vec<String> = self
-            .timed(
-                "tenants",
+            .bounded(
                 redis::cmd("ZRANGEBYSCORE")
                     .arg(self.keys.registry(scope))
                     .arg(since)

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::quota::ledger::{CounterKey, UsageRecord};
 use crate::store::snapshot;
-use crate::store::{CounterKey, UsageRecord};
 
 /// One unit of counting to apply to Redis: counter deltas, and for a settlement the record
 /// for the history.

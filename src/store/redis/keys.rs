@@ -11,7 +11,7 @@ use std::fmt;
 
 use crate::domain::window::Window;
 use crate::domain::Scope;
-use crate::store::CounterKey;
+use crate::quota::ledger::CounterKey;
 
 /// The hash tag shared by every key of one request, without the braces: `o:<org>` or
 /// `p:<profile>`. Tenant ids never contain braces (see `tenant::validate_id`), so the tag

@@ -45,10 +45,10 @@ use self::journal::{Entry, Journal};
 use self::keys::{Keys, Tag};
 use self::outage::{background, guarded, Breaker, Guarded};
 use self::scripts::{ApplyParams, ReserveOp, Scripts};
-use super::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
 use crate::config::{OnError, StoreConfig};
 use crate::domain::window::Window;
 use crate::domain::Scope;
+use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
 
 /// How long the set of applied journal ids is kept after its last addition: a replay that is
 /// interrupted and retried within this time is not counted twice.
@@ -180,27 +180,31 @@ impl Inner {
         (self.keys.counter(tag, key), key.field.clone())
     }
 
-    /// Runs a read-side call under `read_timeout`, timed and counted as `op`.
-    async fn timed<T>(&self, op: &str, fut: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let result = tokio::time::timeout(self.read_timeout, fut).await;
-        self.metrics.observe(op, started);
-        match result {
+    /// Runs a read-side call under `read_timeout`. Calls made for a caller of the store are
+    /// timed and counted by the store wrapper (`crate::store::timed`), not here.
+    async fn bounded<T>(&self, fut: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.read_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.metrics.error(op);
-                Err(StoreError::Unavailable(e.to_string()))
-            }
-            Err(_) => {
-                self.metrics.error(op);
-                Err(StoreError::Timeout(self.read_timeout))
-            }
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Timeout(self.read_timeout)),
         }
+    }
+
+    /// [`Inner::bounded`] for the store's own background work, which no caller times: timed
+    /// and counted as `op`.
+    async fn own_work<T>(&self, op: &str, fut: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = self.bounded(fut).await;
+        self.metrics.observe(op, started);
+        if result.is_err() {
+            self.metrics.error(op);
+        }
+        result
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        let pong: String = self.timed("ping", redis::cmd("PING").query_async(&mut c)).await?;
+        let pong: String = self.bounded(redis::cmd("PING").query_async(&mut c)).await?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -214,7 +218,7 @@ impl Inner {
 
     async fn load_scripts(&self) {
         let mut c = self.conn.clone();
-        match self.timed("scripts", self.scripts.load(&mut c)).await {
+        match self.own_work("scripts", self.scripts.load(&mut c)).await {
             Ok(()) => {
                 self.scripts_loaded.store(true, Ordering::Relaxed);
             }
@@ -432,7 +436,7 @@ impl Store for RedisStore {
             .cmd("GET")
             .arg(&key);
         let mut c = inner.conn.clone();
-        let (bound,): (Option<String>,) = inner.timed("bind", pipe.query_async(&mut c)).await?;
+        let (bound,): (Option<String>,) = inner.bounded(pipe.query_async(&mut c)).await?;
         Ok(bound.filter(|o| !o.is_empty()))
     }
 

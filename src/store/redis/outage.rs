@@ -17,7 +17,7 @@ use super::journal::{self, Entry};
 use super::keys::Tag;
 use super::{scripts, tenants_of, Inner};
 use crate::config::OnError;
-use crate::store::{ReserveOutcome, ReserveRequest, StoreError};
+use crate::quota::ledger::{ReserveOutcome, ReserveRequest, StoreError};
 
 /// Consecutive failed calls after which the store stops calling Redis until a ping succeeds.
 const TRIP_AFTER: u32 = 3;
@@ -238,7 +238,6 @@ impl Inner {
             }
             return Err(why);
         }
-        self.metrics.error("reserve");
         let entry = Entry {
             id,
             tag: tag.as_str().to_string(),
@@ -259,6 +258,9 @@ impl Inner {
                     "Redis is unreachable ({why}) and the outage journal is full; nothing more can be counted"
                 )));
             }
+            // The Redis call failed and the fence decides instead: a failure the store absorbs,
+            // so no caller counts it.
+            self.metrics.error("reserve");
             let mut fence = self.fence.lock();
             let ops: Vec<FenceOp<'_>> = req
                 .ops

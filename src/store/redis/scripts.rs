@@ -12,7 +12,7 @@ use super::journal::Entry;
 use super::keys::{Keys, Tag};
 use crate::domain::window::Window;
 use crate::domain::Scope;
-use crate::store::{ReserveOutcome, Totals};
+use crate::quota::ledger::{ReserveOutcome, Totals};
 
 const RESERVE_LUA: &str = include_str!("reserve.lua");
 const APPLY_LUA: &str = include_str!("apply.lua");
@@ -278,7 +278,7 @@ fn first_of_next_month(d: NaiveDate) -> NaiveDate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{CounterKey, UsageRecord};
+    use crate::quota::ledger::{CounterKey, UsageRecord};
 
     fn ck(scope: Scope, tenant: &str, window: Window, field: &str) -> CounterKey {
         CounterKey {

@@ -1,0 +1,171 @@
+//! The ledger: the counters a request touches, the settlement that corrects them, the usage
+//! history, and the [`Store`] trait its backends (`crate::store`) implement. The quota plans
+//! which counters a request touches and which maxima apply; a store applies the plan
+//! atomically.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::window::Window;
+use crate::domain::Scope;
+
+/// One counter: a field of a tenant's window bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CounterKey {
+    pub scope: Scope,
+    pub tenant: String,
+    pub window: Window,
+    /// `2026-11-22` or `2026-11`.
+    pub bucket: String,
+    /// `cost`, `tokens`, `requests`, `chars`, or one of those with `#<match id>`.
+    pub field: String,
+}
+
+/// One counter a request touches.
+#[derive(Debug, Clone)]
+pub struct CounterOp {
+    pub key: CounterKey,
+    /// Added when the request is admitted.
+    pub amount: i64,
+    /// When set, the request is refused if the counter is already at or above this value
+    /// (and `amount` is positive).
+    pub max: Option<i64>,
+}
+
+/// The atomic check-and-reserve of one request.
+#[derive(Debug, Clone)]
+pub struct ReserveRequest {
+    pub ops: Vec<CounterOp>,
+    /// When the buckets may be deleted (per window).
+    pub expire_daily: DateTime<Utc>,
+    pub expire_monthly: DateTime<Utc>,
+}
+
+/// The answer to a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// Admitted; every op was applied. `before[i]` is op i's value before this request.
+    Admitted { before: Vec<i64> },
+    /// Refused by op `index`, whose value was `current`; nothing was applied.
+    Refused { index: usize, current: i64 },
+}
+
+/// Totals of usage over some span.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub requests: i64,
+    pub cost_nanos: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub characters: i64,
+}
+
+impl Totals {
+    pub fn add(&mut self, o: &Totals) {
+        self.requests += o.requests;
+        self.cost_nanos += o.cost_nanos;
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cached_tokens += o.cached_tokens;
+        self.characters += o.characters;
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Totals::default()
+    }
+}
+
+/// What one finished request adds to its tenants' history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub at: DateTime<Utc>,
+    /// The local day of `at` in the configured zone (history is kept per day).
+    pub day: String,
+    pub profile: String,
+    pub org: Option<String>,
+    pub provider: String,
+    pub model: String,
+    pub path: String,
+    pub status: u16,
+    pub totals: Totals,
+}
+
+/// What settles a request: the correction of every reserved counter, and the record.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    /// `(counter, actual - reserved)`; zero deltas may be omitted.
+    pub deltas: Vec<(CounterKey, i64)>,
+    pub record: UsageRecord,
+    /// Id of this settlement, so a replay after an outage applies it once.
+    pub id: String,
+    pub expire_daily: DateTime<Utc>,
+    pub expire_monthly: DateTime<Utc>,
+}
+
+/// A tenant's history over a set of days.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// Day id -> totals, for the days that had traffic.
+    pub days: BTreeMap<String, Totals>,
+    pub by_provider: BTreeMap<String, Totals>,
+    pub by_model: BTreeMap<String, Totals>,
+    /// Newest first.
+    pub recent: Vec<UsageRecord>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("store error: {0}")]
+    Other(String),
+    /// The store can neither reach its backend nor count locally any more (the outage
+    /// journal is full): the request must be refused whatever `on_error` says, since
+    /// forwarding it would spend money that is never recorded.
+    #[error("store saturated: {0}")]
+    Saturated(String),
+}
+
+/// A ledger backend.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Checks every op's max and, if none refuses, adds every op's amount, atomically.
+    async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError>;
+
+    /// Applies a settlement (counter corrections and history).
+    async fn settle(&self, s: &Settlement) -> Result<(), StoreError>;
+
+    /// Current values of counters (0 when absent).
+    async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError>;
+
+    /// A tenant's history over `days` (day ids), with at most `recent` recent records. The
+    /// Redis store also accepts month ids (`2026-11`) and reads its monthly history for them,
+    /// which reaches further back than the daily history's retention.
+    async fn history(&self, scope: Scope, tenant: &str, days: &[String], recent: usize) -> Result<History, StoreError>;
+
+    /// Every tenant of a scope that has history.
+    async fn tenants(&self, scope: Scope) -> Result<Vec<String>, StoreError>;
+
+    /// The org a profile belongs to, shared by every replica: the one already remembered, or
+    /// else `org`, which is remembered from now on (`None` remembers that the profile belongs
+    /// to no org). Bindings never expire.
+    async fn bind_org(&self, profile: &str, org: Option<&str>) -> Result<Option<String>, StoreError>;
+
+    /// Reachability, for `/readyz` and `spendgate check`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Persists what must survive a restart (snapshot, journal). Called periodically and on
+    /// shutdown.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The backend's name for logs and metrics.
+    fn name(&self) -> &'static str;
+}

@@ -1,0 +1,156 @@
+//! The one place store calls are timed and counted: a wrapper around any [`Store`] that
+//! records every call's latency in `spendgate_store_duration_seconds{op}` and every failed
+//! call in `spendgate_store_errors_total{op}`. Backends count only what no caller sees: work
+//! of their own (a journal replay, script loading) and failures they absorb (a Redis call
+//! that timed out but was journaled).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use prometheus::{HistogramVec, IntCounterVec};
+
+use crate::domain::Scope;
+use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
+
+/// A store whose calls are timed and counted.
+pub struct Timed {
+    inner: Arc<dyn Store>,
+    errors: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl Timed {
+    pub fn new(inner: Arc<dyn Store>, errors: IntCounterVec, duration: HistogramVec) -> Self {
+        Self { inner, errors, duration }
+    }
+
+    async fn call<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let mut record = Record {
+            timed: self,
+            op,
+            started: Instant::now(),
+            failed: true,
+        };
+        let result = fut.await;
+        record.failed = result.is_err();
+        result
+    }
+}
+
+/// Records one call when it ends, also when its caller gives up on it (a timeout drops the
+/// call: counted as failed).
+struct Record<'a> {
+    timed: &'a Timed,
+    op: &'static str,
+    started: Instant,
+    failed: bool,
+}
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        let t = self.timed;
+        t.duration.with_label_values(&[self.op]).observe(self.started.elapsed().as_secs_f64());
+        if self.failed {
+            t.errors.with_label_values(&[self.op]).inc();
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Timed {
+    async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        self.call("reserve", self.inner.reserve(req)).await
+    }
+
+    async fn settle(&self, s: &Settlement) -> Result<(), StoreError> {
+        self.call("settle", self.inner.settle(s)).await
+    }
+
+    async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
+        self.call("read", self.inner.read(keys)).await
+    }
+
+    async fn history(&self, scope: Scope, tenant: &str, days: &[String], recent: usize) -> Result<History, StoreError> {
+        self.call("history", self.inner.history(scope, tenant, days, recent)).await
+    }
+
+    async fn tenants(&self, scope: Scope) -> Result<Vec<String>, StoreError> {
+        self.call("tenants", self.inner.tenants(scope)).await
+    }
+
+    async fn bind_org(&self, profile: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {
+        self.call("bind", self.inner.bind_org(profile, org)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call("ping", self.inner.ping()).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.call("flush", self.inner.flush()).await
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// A store whose reservations fail and whose reads never answer.
+    struct Broken;
+
+    #[async_trait]
+    impl Store for Broken {
+        async fn reserve(&self, _: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+            Err(StoreError::Saturated("full".into()))
+        }
+        async fn settle(&self, _: &Settlement) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn read(&self, _: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
+            std::future::pending().await
+        }
+        async fn history(&self, _: Scope, _: &str, _: &[String], _: usize) -> Result<History, StoreError> {
+            Ok(History::default())
+        }
+        async fn tenants(&self, _: Scope) -> Result<Vec<String>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn bind_org(&self, _: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {
+            Ok(org.map(str::to_string))
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+    }
+
+    #[tokio::test]
+    async fn every_call_is_timed_and_each_failure_counted_once() {
+        let m = Metrics::new(&crate::config::MetricsConfig::default());
+        let store = Timed::new(Arc::new(Broken), m.store_errors.clone(), m.store_duration.clone());
+        let req = ReserveRequest {
+            ops: Vec::new(),
+            expire_daily: chrono::Utc::now(),
+            expire_monthly: chrono::Utc::now(),
+        };
+        assert!(store.reserve(&req).await.is_err());
+        assert_eq!(m.store_errors.with_label_values(&["reserve"]).get(), 1);
+        store.ping().await.unwrap();
+        assert_eq!(m.store_errors.with_label_values(&["ping"]).get(), 0);
+        assert_eq!(m.store_duration.with_label_values(&["ping"]).get_sample_count(), 1);
+        // A caller that gives up on a call (a timeout) still has it counted, as failed.
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(10), store.read(&[])).await;
+        assert!(gave_up.is_err());
+        assert_eq!(m.store_errors.with_label_values(&["read"]).get(), 1);
+        assert_eq!(m.store_duration.with_label_values(&["read"]).get_sample_count(), 1);
+    }
+}
