@@ -55,7 +55,7 @@ async fn refuses_with_402_and_the_documented_body_once_the_limit_is_used_up() {
     let retry: i64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=86_400).contains(&retry), "{retry}");
     let b = refused.json();
-    let msg = "Daily cost limit reached for profile p-123: used $0.02 of $0.02";
+    let msg = "Daily cost limit reached for profile p-123: used $0.0222 of $0.0200";
     assert_eq!(b["type"], "error");
     assert_eq!(b["error"]["type"], "quota_exceeded");
     assert_eq!(b["error"]["code"], "quota_exceeded");

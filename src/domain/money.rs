@@ -41,14 +41,21 @@ pub fn picos_to_nanos_ceil(picos: i128) -> i64 {
     i64::try_from(nanos).unwrap_or(i64::MAX)
 }
 
-/// Formats nano-dollars as `$1.23` (two decimals, more when the amount is smaller than a cent).
+/// Formats nano-dollars exactly (integer arithmetic, rounded half up) with the precision
+/// small budgets need: `$12.34` from a dollar up, `$0.0151` from a cent, `$0.004019` below.
 pub fn format_usd(nanos: i64) -> String {
-    let usd = nanos_to_usd(nanos);
-    if nanos != 0 && usd.abs() < 0.01 {
-        format!("${usd:.6}")
-    } else {
-        format!("${usd:.2}")
-    }
+    let abs = nanos.unsigned_abs();
+    let digits: u32 = match abs {
+        0 => 2,
+        a if a >= NANOS_PER_USD as u64 => 2,
+        a if a >= NANOS_PER_USD as u64 / 100 => 4,
+        _ => 6,
+    };
+    let scale = 10u64.pow(9 - digits);
+    let units = (abs + scale / 2) / scale;
+    let one = 10u64.pow(digits);
+    let sign = if nanos < 0 { "-" } else { "" };
+    format!("{sign}${}.{:0width$}", units / one, units % one, width = digits as usize)
 }
 
 #[cfg(test)]
@@ -80,5 +87,14 @@ mod tests {
     fn formats_dollars() {
         assert_eq!(format_usd(10_020_000_000), "$10.02");
         assert_eq!(format_usd(2_009_700), "$0.002010");
+        assert_eq!(format_usd(0), "$0.00");
+        assert_eq!(format_usd(15_100_000), "$0.0151");
+        assert_eq!(format_usd(4_019_000), "$0.004019");
+        assert_eq!(format_usd(1_234_567_890_123), "$1234.57");
+        assert_eq!(format_usd(-22_200_000), "-$0.0222");
+        // Rounded half up on the exact integer, never through a float.
+        assert_eq!(format_usd(9_999_999_995), "$10.00");
+        assert_eq!(format_usd(5), "$0.000000");
+        assert_eq!(format_usd(500), "$0.000001");
     }
 }

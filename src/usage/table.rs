@@ -5,19 +5,9 @@ use std::fmt::Write as _;
 use chrono::SecondsFormat;
 
 use super::{LimitStatus, Listing, Report};
-use crate::domain::money::nanos_to_usd;
+use crate::domain::money::format_usd;
 use crate::domain::{Metric, Mode};
 use crate::quota::ledger::Totals;
-
-/// Dollars with the precision small budgets need: `$12.34`, `$0.0151`, `$0.004019`.
-fn format_usd(nanos: i64) -> String {
-    let usd = nanos_to_usd(nanos);
-    match usd.abs() {
-        a if a == 0.0 || a >= 1.0 => format!("${usd:.2}"),
-        a if a >= 0.01 => format!("${usd:.4}"),
-        _ => format!("${usd:.6}"),
-    }
-}
 
 /// Left-aligned first column, right-aligned numbers, two spaces between columns.
 fn render(header: &[&str], rows: &[Vec<String>]) -> String {
