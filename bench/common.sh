@@ -1,0 +1,32 @@
+# Shared by the bench scripts (sourced, not run): builds the release binaries, makes a work
+# directory cleaned up on exit with every started process, and starts the mock upstream.
+# Sets WORK, PIDS and MOCK (the mock's port). Needs TARGET.
+
+cargo build --release --bin spendgate --example mock_upstream >&2
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  exit 1
+}
+
+MOCK=$(free_port)
+"$TARGET/release/examples/mock_upstream" "127.0.0.1:$MOCK" 2>"$WORK/mock.log" &
+PIDS+=($!)
+wait_port "$MOCK"
