@@ -24,3 +24,4 @@ pub mod store;
 pub mod tenant;
 pub mod usage;
 pub mod window;
+pub mod wire;

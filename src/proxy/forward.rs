@@ -16,8 +16,9 @@ use super::meter::{Meter, MeteredBody};
 use super::reply::{self, ProxyBody};
 use super::route::Route;
 use crate::app::Runtime;
-use crate::providers::{decode, Anomaly, BodyEnd, Call, FixedCost, Provider, Settled, Source, Usage, UsageExtractor};
+use crate::providers::{Anomaly, BodyEnd, Call, FixedCost, Provider, Settled, Source, Usage, UsageExtractor};
 use crate::quota::limit::Metric;
+use crate::wire::decode;
 
 /// Forwards an admitted call and returns the metered answer (or the proxy's failure).
 pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBody> {
