@@ -27,6 +27,7 @@ pub mod store;
 pub mod tenant;
 pub mod upstream;
 pub mod usage;
+pub mod wire;
 
 #[cfg(test)]
 mod layers {
@@ -35,6 +36,7 @@ mod layers {
 
     const LAYERS: &[(&str, u8)] = &[
         ("domain", 0),
+        ("wire", 0),
         ("config", 1),
         ("tenant", 2),
         ("providers", 2),

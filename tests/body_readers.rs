@@ -10,7 +10,8 @@ use spendgate::config::ReserveConfig;
 use spendgate::providers::anthropic::Anthropic;
 use spendgate::providers::elevenlabs::ElevenLabs;
 use spendgate::providers::openai::OpenAi;
-use spendgate::providers::{estimate_call, strict_json, Provider, RequestInfo};
+use spendgate::providers::{estimate_call, Provider, RequestInfo};
+use spendgate::wire::strict_json;
 
 /// A JSON value whose objects may repeat a key.
 #[derive(Debug, Clone)]

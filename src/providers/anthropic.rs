@@ -22,14 +22,13 @@
 use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 
-use super::json_body::{ErrorMark, JsonUsageBody, ToUsage};
-use super::sse::{Event, SseParser};
-use super::strict_json::{opt_bool, opt_str, opt_u64};
+use super::metered::{ErrorMark, Extra, Metered, Noted, Reader, Report, ToUsage, UsageMember};
 use super::{
-    compose_premiums, estimate_tokens, is_event_stream, is_websocket_upgrade, output_tokens_from_text, path_matches, reserve_output, text_bytes, Anomaly,
-    BodyEnd, Call, Estimate, Provider, Refusal, RequestBody, RequestInfo, Settled, Source, Usage, UsageExtractor,
+    compose_premiums, estimate_tokens, is_event_stream, is_websocket_upgrade, path_matches, reserve_output, text_bytes, Call, Estimate, Provider, Refusal,
+    RequestBody, RequestInfo, Usage, UsageExtractor,
 };
 use crate::config::{ProviderKind, ReserveConfig};
+use crate::wire::strict_json::{opt_bool, opt_str, opt_u64};
 
 /// Fast mode's premium: 6x list (platform.claude.com/docs/en/build-with-claude/fast-mode,
 /// Opus 4.6, read 2026-11-22). Third-party listings show Opus 5's fast mode at 2x
@@ -44,10 +43,32 @@ const US_INFERENCE_PREMIUM: u64 = 100;
 /// 4.5 and later; UNVERIFIED). Applied to every model on a regional endpoint (conservative).
 const VERTEX_REGIONAL_PREMIUM: u64 = 100;
 
-/// Endpoint names: Anthropic's API, Vertex's global endpoint, a Vertex regional endpoint.
-const MESSAGES: &str = "messages";
-const VERTEX_MESSAGES: &str = "vertex_messages";
-const VERTEX_REGIONAL_MESSAGES: &str = "vertex_regional_messages";
+/// An Anthropic call: the messages endpoint it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ctx {
+    /// Anthropic's API: the model is the body's.
+    Messages,
+    /// Vertex AI (the model is the path's); a regional endpoint costs a premium.
+    Vertex { regional: bool },
+}
+
+impl Ctx {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Ctx::Messages => "messages",
+            Ctx::Vertex { regional: false } => "vertex_messages",
+            Ctx::Vertex { regional: true } => "vertex_regional_messages",
+        }
+    }
+
+    /// The premium of the endpoint itself (Vertex regional endpoints).
+    fn premium(self) -> u64 {
+        match self {
+            Ctx::Vertex { regional: true } => VERTEX_REGIONAL_PREMIUM,
+            _ => 0,
+        }
+    }
+}
 
 const BATCH: &str = "message batches are billed when their results are produced, out of sight of the proxy";
 const MANAGED: &str = "managed agent sessions, deployments and dreams are billed as they run, out of sight of the proxy";
@@ -57,7 +78,7 @@ pub struct Anthropic;
 
 /// How a route is treated.
 enum Class {
-    Metered,
+    Metered(Ctx),
     Free,
     Refused(&'static str),
 }
@@ -65,7 +86,7 @@ enum Class {
 /// Anthropic's API routes (`anthropic` 2.14.0), POST only: the first match decides. Reads
 /// and deletes (GET, HEAD, DELETE) are free; any other write no route matches is refused.
 const ROUTES: &[(&str, &str, Class)] = &[
-    ("v1/messages", MESSAGES, Class::Metered),
+    ("v1/messages", "messages", Class::Metered(Ctx::Messages)),
     ("v1/messages/count_tokens", "count_tokens", Class::Free),
     ("v1/messages/batches", "message_batch", Class::Refused(BATCH)),
     ("v1/messages/batches/*/cancel", "message_batch_cancel", Class::Free),
@@ -130,7 +151,7 @@ fn classify_vertex(method: &Method, v: &VertexPath<'_>) -> Call {
     if *method != Method::POST {
         return Call::not_metered("vertex_other", UNKNOWN);
     }
-    let endpoint = if v.regional { VERTEX_REGIONAL_MESSAGES } else { VERTEX_MESSAGES };
+    let endpoint = Ctx::Vertex { regional: v.regional };
     match (v.model, v.method) {
         ("count-tokens", "rawPredict") => Call::free("count_tokens", None),
         (_, "rawPredict") => Call::metered(endpoint).with_model(Some(v.model.to_string())),
@@ -153,15 +174,6 @@ fn modifiers_premium(speed: Option<&str>, geo: Option<&str>) -> u64 {
     compose_premiums(fast, geo)
 }
 
-/// The premium of the endpoint itself (Vertex regional endpoints).
-fn endpoint_premium(endpoint: &str) -> u64 {
-    if endpoint == VERTEX_REGIONAL_MESSAGES {
-        VERTEX_REGIONAL_PREMIUM
-    } else {
-        0
-    }
-}
-
 impl Provider for Anthropic {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Anthropic
@@ -181,17 +193,18 @@ impl Provider for Anthropic {
             };
         }
         match ROUTES.iter().find(|(pattern, _, _)| path_matches(pattern, req.path)) {
-            Some((_, endpoint, Class::Metered)) => Call::metered(endpoint),
-            Some((_, endpoint, Class::Free)) => Call::free(endpoint, None),
+            Some((_, _, Class::Metered(ctx))) => Call::metered(*ctx),
+            Some((_, endpoint, Class::Free)) => Call::free(*endpoint, None),
             Some((_, endpoint, Class::Refused(why))) => Call::not_metered(endpoint, why),
             None => Call::not_metered("other", UNKNOWN),
         }
     }
 
     fn estimate(&self, call: &mut Call, _req: &RequestInfo<'_>, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
+        let ctx = *call.context_of::<Ctx>()?;
         let json = body.object()?;
         let model = opt_str(json, "model")?;
-        if call.endpoint == MESSAGES {
+        if ctx == Ctx::Messages {
             // On Vertex the model is the path's; the body carries none.
             call.model = model.filter(|m| !m.is_empty()).map(str::to_string);
         }
@@ -202,7 +215,7 @@ impl Provider for Anthropic {
                 input_tokens: input,
                 output_tokens: reserve_output(opt_u64(json, "max_tokens")?, reserve),
                 prompt_tokens: input,
-                premium_permille: compose_premiums(endpoint_premium(call.endpoint), request_premium(json)?),
+                premium_permille: compose_premiums(ctx.premium(), request_premium(json)?),
                 ..Usage::default()
             },
             ..Estimate::default()
@@ -210,42 +223,25 @@ impl Provider for Anthropic {
     }
 
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
-        let inner: Box<dyn UsageExtractor> = if call.streaming && is_event_stream(headers) {
-            Box::new(StreamExtractor::new(estimate))
+        let premium = Premium(call.own_context::<Ctx>().premium());
+        if call.streaming && is_event_stream(headers) {
+            Box::new(Metered::sse(Stream::new(premium), estimate))
         } else {
-            Box::new(JsonUsageBody::<WireUsage>::new(estimate, ErrorMark::TypeIsError))
-        };
-        Box::new(Premium {
-            inner,
-            base: endpoint_premium(call.endpoint),
-            asked: estimate.premium_permille,
-        })
-    }
-}
-
-/// Applies the premiums to what a response reports: the endpoint's on top of what the response
-/// says ran (fast mode, geography), and never less than the estimate's, which holds what the
-/// request asked for (a response that does not say keeps it).
-struct Premium {
-    inner: Box<dyn UsageExtractor>,
-    base: u64,
-    /// The estimate's premium: the endpoint's composed with the request's.
-    asked: u64,
-}
-
-impl UsageExtractor for Premium {
-    fn feed(&mut self, chunk: &[u8]) {
-        self.inner.feed(chunk);
-    }
-
-    fn finish(&mut self, end: BodyEnd) -> Settled {
-        let mut settled = self.inner.finish(end);
-        // An estimate standing in carries its premium already.
-        if matches!(settled.source, Source::Reported | Source::Partial) {
-            let ran = compose_premiums(self.base, settled.usage.premium_permille);
-            settled.usage.premium_permille = ran.max(self.asked);
+            Box::new(UsageMember::<WireUsage, _>::metered(ErrorMark::TypeIsError, premium, estimate))
         }
-        settled
+    }
+}
+
+/// Applies the premiums to what a response reports (an estimate standing in carries its
+/// premium already): the endpoint's (held here) on top of what the response says ran (fast
+/// mode, geography), and never less than the estimate's, which holds what the request asked
+/// for (a response that does not say keeps it).
+struct Premium(u64);
+
+impl Extra for Premium {
+    fn fees(&self, usage: &mut Usage, estimate: &Usage) {
+        let ran = compose_premiums(self.0, usage.premium_permille);
+        usage.premium_permille = ran.max(estimate.premium_permille);
     }
 }
 
@@ -354,48 +350,36 @@ struct ContentDelta {
     partial_json: Option<String>,
 }
 
-struct StreamExtractor {
-    parser: SseParser,
+/// Reads the stream's events: the input side of `message_start`, the cumulative counts of
+/// the `message_delta`s, the text of the content deltas.
+struct Stream {
     start: Option<WireUsage>,
     /// The merged `message_delta` reports, once one arrived.
     delta: Option<WireUsage>,
-    model: Option<String>,
-    text_bytes: u64,
-    events: u64,
-    bad_events: u64,
-    error: bool,
-    estimate: Usage,
+    noted: Noted,
+    premium: Premium,
 }
 
-impl StreamExtractor {
-    fn new(estimate: &Usage) -> Self {
+impl Stream {
+    fn new(premium: Premium) -> Self {
         Self {
-            parser: SseParser::default(),
             start: None,
             delta: None,
-            model: None,
-            text_bytes: 0,
-            events: 0,
-            bad_events: 0,
-            error: false,
-            estimate: estimate.clone(),
+            noted: Noted::default(),
+            premium,
         }
     }
+}
 
-    fn event(&mut self, ev: Event) {
-        self.events += 1;
-        if ev.oversized {
-            self.bad_events += 1;
-            return;
-        }
-        let Ok(e) = serde_json::from_slice::<StreamEvent>(&ev.data) else {
-            self.bad_events += 1;
-            return;
+impl Reader for Stream {
+    fn event(&mut self, data: &[u8]) -> bool {
+        let Ok(e) = serde_json::from_slice::<StreamEvent>(data) else {
+            return false;
         };
         match e.kind.as_str() {
             "message_start" => {
                 if let Some(m) = e.message {
-                    self.model = m.model.or(self.model.take());
+                    self.noted.model = m.model.or(self.noted.model.take());
                     self.start = m.usage;
                 }
             }
@@ -407,71 +391,44 @@ impl StreamExtractor {
             "content_block_delta" => {
                 if let Some(d) = &e.delta {
                     let len = |s: &Option<String>| s.as_deref().map_or(0, str::len) as u64;
-                    self.text_bytes += len(&d.text) + len(&d.thinking) + len(&d.partial_json);
+                    self.noted.text_bytes += len(&d.text) + len(&d.thinking) + len(&d.partial_json);
                 }
             }
-            "error" => self.error = true,
+            "error" => self.noted.error = true,
             _ => {}
         }
-    }
-}
-
-impl UsageExtractor for StreamExtractor {
-    fn feed(&mut self, chunk: &[u8]) {
-        let mut events = Vec::new();
-        self.parser.feed(chunk, &mut |ev| events.push(ev));
-        for ev in events {
-            self.event(ev);
-        }
+        true
     }
 
-    fn finish(&mut self, end: BodyEnd) -> Settled {
-        let anomaly = match end {
-            BodyEnd::Cut => Some(Anomaly::Cut),
-            // An in-band error is documented behaviour, not an anomaly.
-            BodyEnd::Complete if self.error => None,
-            BodyEnd::Complete if self.bad_events > 0 => Some(Anomaly::Malformed),
-            BodyEnd::Complete => Some(Anomaly::Missing),
-        };
-        let model = self.model.take();
-        match (self.start.take(), self.delta.take()) {
-            (start, Some(delta)) => {
-                let mut usage = start.unwrap_or_default();
-                usage.merge(&delta);
-                let complete = end == BodyEnd::Complete && !self.error;
-                Settled {
-                    usage: usage.to_usage(),
-                    source: if complete { Source::Reported } else { Source::Partial },
-                    response_model: model,
-                    anomaly: if complete { None } else { anomaly },
-                }
-            }
-            (Some(start), None) => {
-                let mut usage = start.to_usage();
-                usage.output_tokens = usage.output_tokens.max(output_tokens_from_text(self.text_bytes));
-                Settled {
-                    usage,
-                    source: Source::Partial,
-                    response_model: model,
-                    anomaly,
-                }
-            }
-            (None, None) if self.error && end == BodyEnd::Complete => Settled::upstream_error(),
-            (None, None) => Settled::estimated(
-                &self.estimate,
-                match end {
-                    BodyEnd::Cut => Anomaly::Cut,
-                    BodyEnd::Complete if self.events == 0 || self.bad_events > 0 => Anomaly::Malformed,
-                    BodyEnd::Complete => Anomaly::Missing,
-                },
-            ),
-        }
+    /// The `message_delta` counts (over `message_start`'s): cumulative, so a cut stream's are
+    /// a running total.
+    fn reported(&mut self) -> Option<Report> {
+        let delta = self.delta.take()?;
+        let mut usage = self.start.take().unwrap_or_default();
+        usage.merge(&delta);
+        Some(Report {
+            usage: usage.to_usage(),
+            last: false,
+        })
+    }
+
+    fn input_seen(&mut self) -> Option<Usage> {
+        self.start.take().map(|s| s.to_usage())
+    }
+
+    fn noted(&mut self) -> &mut Noted {
+        &mut self.noted
+    }
+
+    fn fees(&self, usage: &mut Usage, estimate: &Usage) {
+        self.premium.fees(usage, estimate);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::{Anomaly, BodyEnd, Settled, Source};
 
     fn run(x: &mut dyn UsageExtractor, body: &[u8], piece: usize, end: BodyEnd) -> Settled {
         for c in body.chunks(piece) {
@@ -495,7 +452,7 @@ mod tests {
         assert!(!Anthropic.classify(&info("/v1/messages/batches")).metered);
         let mut call = Anthropic.classify(&info("/v1/messages"));
         let body = br#"{"model":"claude-haiku-4-5","max_tokens":64000,"stream":true,"messages":[{"role":"user","content":"abcdefgh"}]}"#;
-        let json = super::super::strict_json::parse(body).unwrap();
+        let json = crate::wire::strict_json::parse(body).unwrap();
         let b = RequestBody {
             bytes: body,
             json: Some(&json),
@@ -530,7 +487,7 @@ event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_toke
 event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":87}}\n\n\
 event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         for piece in [1, 9, 4096] {
-            let mut x = StreamExtractor::new(&Usage::default());
+            let mut x = Metered::sse(Stream::new(Premium(0)), &Usage::default());
             let s = run(&mut x, body, piece, BodyEnd::Complete);
             assert_eq!(s.source, Source::Reported);
             assert_eq!(
@@ -546,7 +503,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let body = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1200,\"output_tokens\":1}}}\n\n\
 event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"0123456789abcdefghij\"}}\n\n\
 event: content_block_delta\ndata: {\"type\":\"content_bl";
-        let mut x = StreamExtractor::new(&Usage::default());
+        let mut x = Metered::sse(Stream::new(Premium(0)), &Usage::default());
         let s = run(&mut x, body, 5, BodyEnd::Cut);
         assert_eq!(s.source, Source::Partial);
         assert_eq!((s.usage.input_tokens, s.usage.output_tokens), (1200, 5));
@@ -557,11 +514,11 @@ event: content_block_delta\ndata: {\"type\":\"content_bl";
             output_tokens: 99,
             ..Usage::default()
         };
-        let mut x = StreamExtractor::new(&estimate);
+        let mut x = Metered::sse(Stream::new(Premium(0)), &estimate);
         let s = run(&mut x, b"event: ping\n", 5, BodyEnd::Cut);
         assert_eq!((s.source, s.usage.output_tokens), (Source::Estimated, 99));
         // An error before anything: free.
-        let mut x = StreamExtractor::new(&estimate);
+        let mut x = Metered::sse(Stream::new(Premium(0)), &estimate);
         let s = run(
             &mut x,
             b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n",
@@ -573,13 +530,11 @@ event: content_block_delta\ndata: {\"type\":\"content_bl";
 
     #[test]
     fn error_body_is_free() {
-        let mut x = JsonUsageBody::<WireUsage>::new(
-            &Usage {
-                input_tokens: 3,
-                ..Usage::default()
-            },
-            ErrorMark::TypeIsError,
-        );
+        let estimate = Usage {
+            input_tokens: 3,
+            ..Usage::default()
+        };
+        let mut x = UsageMember::<WireUsage, _>::metered(ErrorMark::TypeIsError, Premium(0), &estimate);
         let s = run(
             &mut x,
             br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
@@ -742,7 +697,7 @@ event: content_block_delta\ndata: {\"type\":\"content_bl";
 
     #[test]
     fn response_modifiers_settle_the_premium_never_below_the_request() {
-        let call = Call::metered(MESSAGES);
+        let call = Call::metered(Ctx::Messages);
         let plain = br#"{"type":"message","model":"claude-opus-4-6","usage":{"input_tokens":10,"output_tokens":5,"speed":"fast","inference_geo":"us","service_tier":"standard"}}"#;
         for piece in [1, 3, 64] {
             let s = settle(&call, &Usage::default(), "application/json", plain, piece);
@@ -756,7 +711,7 @@ event: content_block_delta\ndata: {\"type\":\"content_bl";
         let quiet = br#"{"type":"message","usage":{"input_tokens":10,"output_tokens":5}}"#;
         assert_eq!(settle(&call, &asked, "application/json", quiet, 7).usage.premium_permille, 5000);
         // A regional Vertex endpoint adds its premium to what the stream reports.
-        let regional = Call::metered(VERTEX_REGIONAL_MESSAGES).streaming(true);
+        let regional = Call::metered(Ctx::Vertex { regional: true }).streaming(true);
         let stream = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-opus-4-6\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1,\"speed\":\"fast\"}}}\n\n\
 event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":30}}\n\n";
         let est = Usage {

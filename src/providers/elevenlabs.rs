@@ -18,11 +18,12 @@ use http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use self::routes::Kind;
-use super::json_scan::JsonScanner;
-use super::multipart::Form;
-use super::{Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, Refusal, RequestBody, RequestInfo, Settled, Source, Usage, UsageExtractor};
+pub use self::routes::Kind;
+use super::metered::{Metered, Noted, Reader, Report};
+use super::{Call, Estimate, FixedCost, Provider, Refusal, RequestBody, RequestInfo, Source, Usage, UsageExtractor};
 use crate::config::{ProviderKind, ReserveConfig};
+use crate::wire::json_scan::{JsonScanner, Record};
+use crate::wire::multipart::Form;
 
 /// The model ElevenLabs uses for text to speech when the request names none.
 pub const DEFAULT_TTS_MODEL: &str = "eleven_multilingual_v2";
@@ -64,6 +65,26 @@ const MUSIC_MAX_MILLIS: u64 = 600_000;
 
 pub struct ElevenLabs;
 
+/// An ElevenLabs call: how it is estimated, and whether its charge is the bound from the
+/// upload (speech to text delivered by webhook, or over several channels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ctx {
+    pub kind: Kind,
+    /// The route's name, for logs.
+    pub name: &'static str,
+    pub upload_bound: bool,
+}
+
+impl Ctx {
+    pub fn name(&self) -> &'static str {
+        if self.upload_bound {
+            routes::STT_BOUND
+        } else {
+            self.name
+        }
+    }
+}
+
 impl Provider for ElevenLabs {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Elevenlabs
@@ -74,10 +95,7 @@ impl Provider for ElevenLabs {
     }
 
     fn estimate(&self, call: &mut Call, req: &RequestInfo<'_>, body: &RequestBody<'_>, _reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
-        let Some(kind) = routes::kind_of(call.endpoint) else {
-            return Err(Refusal::NotMetered(format!("the endpoint {} has no estimate", call.endpoint)));
-        };
-        let (model, usage) = match kind {
+        let (model, usage) = match call.context_of::<Ctx>()?.kind {
             Kind::Tts => tts(body)?,
             Kind::Dialogue => dialogue(body)?,
             Kind::Sound => sound(body)?,
@@ -93,13 +111,18 @@ impl Provider for ElevenLabs {
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
         let model = call.model.as_deref().unwrap_or_default();
         let credits = character_cost(headers);
-        match routes::kind_of(call.endpoint) {
-            Some(Kind::SpeechToText) if call.endpoint == routes::STT_SYNC => Box::new(SpeechToText::new(estimate)),
-            Some(Kind::Tts | Kind::Dialogue) => exact(raise_characters(estimate, credits, model)),
-            Some(Kind::Sound) => exact(raise_millis(estimate, credits, SOUND_MILLIS_PER_CREDIT)),
-            Some(Kind::VoiceChanger | Kind::Isolation) => bound(raise_millis(estimate, credits, AUDIO_MILLIS_PER_CREDIT)),
+        let ctx = call.own_context::<Ctx>();
+        match ctx.kind {
+            Kind::SpeechToText if !ctx.upload_bound => Box::new(Metered::json(
+                SpeechToText::default(),
+                JsonScanner::new(1, &["audio_duration_secs", "words"], &[]),
+                estimate,
+            )),
+            Kind::Tts | Kind::Dialogue => exact(raise_characters(estimate, credits, model)),
+            Kind::Sound => exact(raise_millis(estimate, credits, SOUND_MILLIS_PER_CREDIT)),
+            Kind::VoiceChanger | Kind::Isolation => bound(raise_millis(estimate, credits, AUDIO_MILLIS_PER_CREDIT)),
             // Music, and speech to text whose transcript is not read: the bound stands.
-            _ => bound(estimate.clone()),
+            Kind::Music | Kind::SpeechToText => bound(estimate.clone()),
         }
     }
 }
@@ -300,7 +323,8 @@ fn speech_to_text(call: &mut Call, req: &RequestInfo<'_>, body: &RequestBody<'_>
     let later = flag(&form, "webhook")?;
     let channels = if flag(&form, "use_multi_channel")? { STT_MAX_CHANNELS } else { 1 };
     let audio_millis = if later || channels > 1 {
-        call.endpoint = routes::STT_BOUND;
+        let ctx = *call.context_of::<Ctx>()?;
+        call.context = Ctx { upload_bound: true, ..ctx }.into();
         upload_millis_bound(body.bytes.len()).saturating_mul(channels)
     } else {
         bytes.saturating_mul(1000).div_ceil(STT_BYTES_PER_SECOND)
@@ -352,10 +376,10 @@ fn raise_millis(estimate: &Usage, credits: Option<u64>, millis_per_credit: u64) 
 
 /// Reads the audio duration out of a transcript: `audio_duration_secs`, else the end of the
 /// last word.
+#[derive(Default)]
 struct SpeechToText {
-    scanner: JsonScanner,
     duration_ms: Option<u64>,
-    estimate: Usage,
+    noted: Noted,
 }
 
 #[derive(Deserialize)]
@@ -364,53 +388,33 @@ struct Word {
     end: Option<f64>,
 }
 
-impl SpeechToText {
-    fn new(estimate: &Usage) -> Self {
-        Self {
-            scanner: JsonScanner::new(1, &["audio_duration_secs", "words"], &[]),
-            duration_ms: None,
-            estimate: estimate.clone(),
+impl Reader for SpeechToText {
+    fn record(&mut self, record: &Record) -> bool {
+        let secs = record
+            .get("audio_duration_secs")
+            .and_then(|v| serde_json::from_slice::<f64>(v).ok())
+            .or_else(|| {
+                let words: Vec<Word> = serde_json::from_slice(record.get("words")?).ok()?;
+                words.iter().rev().find_map(|w| w.end)
+            });
+        if let Some(s) = secs.filter(|s| s.is_finite() && *s >= 0.0) {
+            self.duration_ms = Some((s * 1000.0).ceil() as u64);
         }
-    }
-}
-
-impl UsageExtractor for SpeechToText {
-    fn feed(&mut self, chunk: &[u8]) {
-        let duration = &mut self.duration_ms;
-        self.scanner.feed(chunk, &mut |record| {
-            let secs = record
-                .get("audio_duration_secs")
-                .and_then(|v| serde_json::from_slice::<f64>(v).ok())
-                .or_else(|| {
-                    let words: Vec<Word> = serde_json::from_slice(record.get("words")?).ok()?;
-                    words.iter().rev().find_map(|w| w.end)
-                });
-            if let Some(s) = secs.filter(|s| s.is_finite() && *s >= 0.0) {
-                *duration = Some((s * 1000.0).ceil() as u64);
-            }
-        });
+        true
     }
 
-    fn finish(&mut self, end: BodyEnd) -> Settled {
-        match self.duration_ms {
-            Some(ms) => Settled {
-                usage: Usage {
-                    audio_millis: ms,
-                    ..Usage::default()
-                },
-                source: Source::Reported,
-                response_model: None,
-                anomaly: None,
+    fn reported(&mut self) -> Option<Report> {
+        self.duration_ms.map(|audio_millis| Report {
+            usage: Usage {
+                audio_millis,
+                ..Usage::default()
             },
-            None => Settled::estimated(
-                &self.estimate,
-                match end {
-                    BodyEnd::Cut => Anomaly::Cut,
-                    BodyEnd::Complete if self.scanner.malformed() => Anomaly::Malformed,
-                    BodyEnd::Complete => Anomaly::Missing,
-                },
-            ),
-        }
+            last: true,
+        })
+    }
+
+    fn noted(&mut self) -> &mut Noted {
+        &mut self.noted
     }
 }
 

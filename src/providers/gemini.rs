@@ -20,14 +20,13 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::json_scan::{JsonScanner, Record};
-use super::sse::SseParser;
-use super::strict_json::Printable;
+use super::metered::{Metered, Noted, Reader, Report};
 use super::{
-    estimate_tokens, reserve_output, text_bytes, Anomaly, BodyEnd, Call, Estimate, FixedCost, Provider, Refusal, RequestBody, RequestInfo, Settled, Source,
-    Usage, UsageExtractor, Wire,
+    estimate_tokens, reserve_output, text_bytes, Call, Estimate, FixedCost, Provider, Refusal, RequestBody, RequestInfo, Source, Usage, UsageExtractor, Wire,
 };
 use crate::config::{ProviderKind, ReserveConfig};
+use crate::wire::json_scan::{JsonScanner, Record};
+use crate::wire::strict_json::Printable;
 
 /// Images Imagen returns when the request does not say (`sampleCount` default).
 const IMAGEN_DEFAULT_SAMPLES: u64 = 4;
@@ -42,6 +41,52 @@ const PRIORITY_PREMIUM: u64 = 1000;
 /// Search queries reserved for a grounded call on models billed per query; the response's
 /// queries are what is charged.
 const GROUNDING_QUERIES_RESERVED: u64 = 5;
+
+/// The endpoints this family meters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Generate,
+    StreamGenerate,
+    Embed,
+    BatchEmbed,
+    /// Vertex's `:predict` of an embedding model.
+    PredictEmbeddings,
+    Imagen,
+    Veo,
+}
+
+/// A Gemini call: its endpoint and how its grounding is billed (known once the model is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ctx {
+    pub endpoint: Endpoint,
+    /// Google Search grounding is billed per grounded prompt (Gemini 2.x and earlier) rather
+    /// than per search query; set by the estimate.
+    pub grounding_per_prompt: bool,
+}
+
+impl From<Endpoint> for super::CallContext {
+    fn from(endpoint: Endpoint) -> Self {
+        Ctx {
+            endpoint,
+            grounding_per_prompt: false,
+        }
+        .into()
+    }
+}
+
+impl Ctx {
+    pub fn name(&self) -> &'static str {
+        match self.endpoint {
+            Endpoint::Generate => routes::GENERATE,
+            Endpoint::StreamGenerate => routes::STREAM_GENERATE,
+            Endpoint::Embed => routes::EMBED,
+            Endpoint::BatchEmbed => routes::BATCH_EMBED,
+            Endpoint::PredictEmbeddings => routes::PREDICT_EMBEDDINGS,
+            Endpoint::Imagen => routes::IMAGEN,
+            Endpoint::Veo => routes::VEO,
+        }
+    }
+}
 
 /// The Gemini family; `vertex` selects the Vertex AI path shapes.
 pub struct Gemini {
@@ -88,34 +133,38 @@ impl Provider for Gemini {
     }
 
     fn estimate(&self, call: &mut Call, _req: &RequestInfo<'_>, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
+        let mut ctx = *call.context_of::<Ctx>()?;
         let json = body.object()?;
-        let usage = match call.endpoint {
-            routes::IMAGEN => imagen(json)?,
-            routes::VEO => veo(json)?,
-            routes::EMBED | routes::BATCH_EMBED | routes::PREDICT_EMBEDDINGS => Usage {
+        let model = call.model.as_deref().unwrap_or_default();
+        ctx.grounding_per_prompt = grounding_per_prompt(model);
+        let usage = match ctx.endpoint {
+            Endpoint::Imagen => imagen(json)?,
+            Endpoint::Veo => veo(json)?,
+            Endpoint::Embed | Endpoint::BatchEmbed | Endpoint::PredictEmbeddings => Usage {
                 input_tokens: estimate_tokens(text_bytes(json), reserve),
                 ..Usage::default()
             },
-            _ => generate(json, call.model.as_deref().unwrap_or_default(), reserve)?,
+            Endpoint::Generate | Endpoint::StreamGenerate => generate(json, model, reserve)?,
         };
+        call.context = ctx.into();
         Ok(Estimate { usage, ..Estimate::default() })
     }
 
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
-        match call.endpoint {
+        let ctx = call.own_context::<Ctx>();
+        match ctx.endpoint {
             // Embedding responses carry no usage; the request-size estimate is the bill.
-            routes::EMBED | routes::BATCH_EMBED | routes::PREDICT_EMBEDDINGS => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
+            Endpoint::Embed | Endpoint::BatchEmbed | Endpoint::PredictEmbeddings => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
             // Veo is priced at submission: seconds requested.
-            routes::VEO => Box::new(FixedCost::new(estimate.clone(), Source::Reported)),
-            routes::IMAGEN => Box::new(ImagenImages {
-                scanner: JsonScanner::new(1, &["error"], &["bytesBase64Encoded"]),
-                images: None,
-                estimate: estimate.clone(),
-            }),
-            _ => {
+            Endpoint::Veo => Box::new(FixedCost::new(estimate.clone(), Source::Reported)),
+            Endpoint::Imagen => Box::new(Metered::json(
+                ImagenImages::default(),
+                JsonScanner::new(1, &["error"], &["bytesBase64Encoded"]),
+                estimate,
+            )),
+            Endpoint::Generate | Endpoint::StreamGenerate => {
                 let sse = call.streaming && !is_json(headers);
-                let per_prompt = grounding_per_prompt(call.model.as_deref().unwrap_or_default());
-                Box::new(UsageMetadataExtractor::new(estimate.clone(), call.streaming, sse, per_prompt))
+                Box::new(usage_metadata(estimate, call.streaming, sse, ctx.grounding_per_prompt))
             }
         }
     }
@@ -390,23 +439,34 @@ struct GroundingMetadata {
     web_search_queries: Option<Vec<String>>,
 }
 
-/// State shared by the three body shapes.
+/// Reads `usageMetadata` (a running total), the model, the grounding queries and an in-band
+/// error out of a plain JSON body, an SSE stream or a JSON-array stream.
 #[derive(Default)]
 struct Seen {
     usage: Option<UsageMetadata>,
-    model: Option<String>,
-    error: bool,
-    chunks: u64,
-    bad_chunks: u64,
+    noted: Noted,
     /// Distinct Google Search queries the response reports (streams repeat them).
     queries: BTreeSet<String>,
     /// Grounding metadata was present but could not be read (too large, unexpected shape).
     grounding_unreadable: bool,
+    /// Grounding is billed per prompt (Gemini 2.x) rather than per query.
+    per_prompt: bool,
+}
+
+/// The extractor of a generate call's answer: an SSE stream, a JSON-array stream (records
+/// are the array's elements) or a plain JSON body.
+fn usage_metadata(estimate: &Usage, streaming: bool, sse: bool, per_prompt: bool) -> Metered<Seen> {
+    const WANTED: &[&str] = &["usageMetadata", "modelVersion", "error", "candidates"];
+    let seen = Seen { per_prompt, ..Seen::default() };
+    if sse {
+        Metered::sse(seen, estimate)
+    } else {
+        Metered::json(seen, JsonScanner::new(if streaming { 2 } else { 1 }, WANTED, &["webSearchQueries"]), estimate)
+    }
 }
 
 impl Seen {
     fn chunk(&mut self, c: Chunk) {
-        self.chunks += 1;
         if let Some(u) = c.usage_metadata {
             match &mut self.usage {
                 Some(prev) => prev.merge(u),
@@ -414,9 +474,9 @@ impl Seen {
             }
         }
         if c.model_version.is_some() {
-            self.model = c.model_version;
+            self.noted.model = c.model_version;
         }
-        self.error |= c.error.is_some();
+        self.noted.error |= c.error.is_some();
         if let Some(candidates) = c.candidates {
             self.candidates(serde_json::from_value(candidates).ok());
         }
@@ -433,26 +493,27 @@ impl Seen {
 
     /// The searches to charge: one per grounded prompt, or the distinct queries (never fewer
     /// than reserved when the grounding could not be read).
-    fn web_searches(&self, per_prompt: bool, reserved: u64) -> u64 {
+    fn web_searches(&self, reserved: u64) -> u64 {
         let seen = self.queries.len() as u64;
-        match (per_prompt, self.grounding_unreadable) {
+        match (self.per_prompt, self.grounding_unreadable) {
             (true, unreadable) => u64::from(seen > 0 || unreadable),
             (false, true) => seen.max(reserved),
             (false, false) => seen,
         }
     }
+}
 
-    fn record(&mut self, r: Record) {
+impl Reader for Seen {
+    fn event(&mut self, data: &[u8]) -> bool {
+        serde_json::from_slice::<Chunk>(data).map(|c| self.chunk(c)).is_ok()
+    }
+
+    fn record(&mut self, r: &Record) -> bool {
         let parse = |k: &str| r.get(k).map(serde_json::from_slice::<Value>);
+        let usage = r.get("usageMetadata").map(serde_json::from_slice::<UsageMetadata>);
+        let readable = !matches!(usage, Some(Err(_)));
         let chunk = Chunk {
-            usage_metadata: match r.get("usageMetadata").map(serde_json::from_slice::<UsageMetadata>) {
-                Some(Ok(u)) => Some(u),
-                Some(Err(_)) => {
-                    self.bad_chunks += 1;
-                    None
-                }
-                None => None,
-            },
+            usage_metadata: usage.and_then(Result::ok),
             model_version: r.get("modelVersion").and_then(|v| serde_json::from_slice(v).ok()),
             error: parse("error").and_then(Result::ok).map(|_| serde::de::IgnoredAny),
             candidates: None,
@@ -464,123 +525,54 @@ impl Seen {
             None => {}
         }
         self.chunk(chunk);
-    }
-}
-
-enum Body {
-    Sse(SseParser),
-    Json(JsonScanner),
-}
-
-/// Extracts `usageMetadata` from a plain JSON body, an SSE stream or a JSON-array stream.
-struct UsageMetadataExtractor {
-    body: Body,
-    seen: Seen,
-    estimate: Usage,
-    /// Grounding is billed per prompt (Gemini 2.x) rather than per query.
-    per_prompt: bool,
-}
-
-impl UsageMetadataExtractor {
-    fn new(estimate: Usage, streaming: bool, sse: bool, per_prompt: bool) -> Self {
-        const WANTED: &[&str] = &["usageMetadata", "modelVersion", "error", "candidates"];
-        let body = if sse {
-            Body::Sse(SseParser::default())
-        } else {
-            Body::Json(JsonScanner::new(if streaming { 2 } else { 1 }, WANTED, &["webSearchQueries"]))
-        };
-        Self {
-            body,
-            seen: Seen::default(),
-            estimate,
-            per_prompt,
-        }
+        readable
     }
 
-    /// The reported usage with the fees and premium the response implies, never below the
-    /// premium the request asked for.
-    fn reported(&self, u: &UsageMetadata) -> Usage {
-        let mut usage = u.to_usage();
-        usage.web_searches = self.seen.web_searches(self.per_prompt, self.estimate.web_searches);
-        usage.premium_permille = usage.premium_permille.max(self.estimate.premium_permille);
-        usage
-    }
-}
-
-impl UsageExtractor for UsageMetadataExtractor {
-    fn feed(&mut self, chunk: &[u8]) {
-        let seen = &mut self.seen;
-        match &mut self.body {
-            Body::Sse(p) => p.feed(chunk, &mut |ev| {
-                if ev.oversized {
-                    seen.bad_chunks += 1;
-                    return;
-                }
-                match serde_json::from_slice::<Chunk>(&ev.data) {
-                    Ok(c) => seen.chunk(c),
-                    Err(_) => seen.bad_chunks += 1,
-                }
-            }),
-            Body::Json(s) => s.feed(chunk, &mut |r| seen.record(r)),
-        }
+    /// A running total: a cut stream's is what was reported so far.
+    fn reported(&mut self) -> Option<Report> {
+        self.usage.as_ref().map(|u| Report {
+            usage: u.to_usage(),
+            last: false,
+        })
     }
 
-    fn finish(&mut self, end: BodyEnd) -> Settled {
-        let malformed = match &self.body {
-            Body::Json(s) => s.malformed(),
-            Body::Sse(_) => false,
-        } || self.seen.bad_chunks > 0;
-        match &self.seen.usage {
-            Some(u) => Settled {
-                usage: self.reported(u),
-                source: if end == BodyEnd::Complete && !self.seen.error {
-                    Source::Reported
-                } else {
-                    Source::Partial
-                },
-                response_model: self.seen.model.clone(),
-                anomaly: None,
-            },
-            None if self.seen.error && end == BodyEnd::Complete => Settled::upstream_error(),
-            None => Settled::estimated(
-                &self.estimate,
-                match end {
-                    BodyEnd::Cut => Anomaly::Cut,
-                    BodyEnd::Complete if malformed || self.seen.chunks == 0 => Anomaly::Malformed,
-                    BodyEnd::Complete => Anomaly::Missing,
-                },
-            ),
-        }
+    fn noted(&mut self) -> &mut Noted {
+        &mut self.noted
+    }
+
+    /// The fees and premium the response implies, never below the premium the request
+    /// asked for.
+    fn fees(&self, usage: &mut Usage, estimate: &Usage) {
+        usage.web_searches = self.web_searches(estimate.web_searches);
+        usage.premium_permille = usage.premium_permille.max(estimate.premium_permille);
     }
 }
 
 /// Imagen: one image per prediction that carries image bytes (RAI-filtered ones are free).
+#[derive(Default)]
 struct ImagenImages {
-    scanner: JsonScanner,
     images: Option<u64>,
-    estimate: Usage,
+    noted: Noted,
 }
 
-impl UsageExtractor for ImagenImages {
-    fn feed(&mut self, chunk: &[u8]) {
-        let images = &mut self.images;
-        self.scanner.feed(chunk, &mut |r| {
-            if r.get("error").is_none() {
-                *images = Some(r.counts[0]);
-            }
-        });
+impl Reader for ImagenImages {
+    fn record(&mut self, r: &Record) -> bool {
+        match r.get("error") {
+            None => self.images = Some(r.counts[0]),
+            Some(_) => self.noted.error = true,
+        }
+        true
     }
 
-    fn finish(&mut self, end: BodyEnd) -> Settled {
-        match self.images {
-            Some(n) => Settled {
-                usage: Usage { images: n, ..Usage::default() },
-                source: Source::Reported,
-                response_model: None,
-                anomaly: None,
-            },
-            None => Settled::estimated(&self.estimate, if end == BodyEnd::Cut { Anomaly::Cut } else { Anomaly::Malformed }),
-        }
+    fn reported(&mut self) -> Option<Report> {
+        self.images.map(|images| Report {
+            usage: Usage { images, ..Usage::default() },
+            last: true,
+        })
+    }
+
+    fn noted(&mut self) -> &mut Noted {
+        &mut self.noted
     }
 }
 

@@ -1,20 +1,15 @@
 //! Provider families. Each module owns, for its API: which calls are metered (routing), the
 //! estimate reserved before forwarding, and the incremental usage extraction on the response.
 //!
-//! The shared pieces are here: the [`Usage`] a call is billed for, the [`Provider`] trait,
-//! the incremental parsers ([`sse`], [`json_scan`]), the request body readers ([`strict_json`],
-//! [`multipart`]) and response decoding ([`decode`]).
+//! The shared pieces are here: the [`Usage`] a call is billed for and the [`Provider`] trait.
+//! The byte-level readers they build on (SSE, JSON scanning, strict request bodies, response
+//! decoding) are in [`crate::wire`].
 
 pub mod anthropic;
-pub mod decode;
 pub mod elevenlabs;
 pub mod gemini;
-pub mod json_body;
-pub mod json_scan;
-pub mod multipart;
+pub mod metered;
 pub mod openai;
-pub mod sse;
-pub mod strict_json;
 
 use std::sync::Arc;
 
@@ -24,6 +19,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{ProviderKind, ReserveConfig};
+use crate::wire::{strict_json, BodyError};
 
 /// What a call is billed for, in the units the price table multiplies.
 ///
@@ -137,8 +133,9 @@ pub struct RequestInfo<'a> {
 /// cannot charge, refused unless the provider's `unmetered` setting allows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
-    /// Short endpoint name for logs, e.g. `tts`, `generateContent`.
-    pub endpoint: &'static str,
+    /// The endpoint, and what its provider keeps of the call from classifying to reading the
+    /// answer (see [`CallContext`]).
+    pub context: CallContext,
     /// The model the call uses, once known (from the path, else from the body).
     pub model: Option<String>,
     /// True for calls that are priced.
@@ -158,11 +155,78 @@ pub struct Call {
     pub settles: Option<String>,
 }
 
+/// A provider family's typed state of one call: made by `classify`, filled in by `estimate`
+/// (streaming, background, speech format, premium...), read by `extractor`. Each family reads
+/// only its own variant; a call of another family reaching it is a programming error.
+pub trait Context: Sized + Into<CallContext> {
+    /// The family's name, for the error message of a misrouted call.
+    const FAMILY: &'static str;
+    fn of(context: &CallContext) -> Option<&Self>;
+    /// The endpoint's name for logs and metrics.
+    fn name(&self) -> &'static str;
+}
+
+macro_rules! call_contexts {
+    ($($variant:ident($ty:ty) = $family:literal),* $(,)?) => {
+        /// What a provider keeps of a call (see [`Context`]).
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum CallContext {
+            /// A call no provider reads further (free or not metered): its name only.
+            Named(&'static str),
+            $($variant($ty),)*
+        }
+
+        impl CallContext {
+            /// The endpoint's name for logs and metrics, e.g. `chat`, `generateContent`.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    CallContext::Named(name) => name,
+                    $(CallContext::$variant(c) => c.name(),)*
+                }
+            }
+        }
+
+        $(
+            impl From<$ty> for CallContext {
+                fn from(c: $ty) -> Self {
+                    CallContext::$variant(c)
+                }
+            }
+
+            impl Context for $ty {
+                const FAMILY: &'static str = $family;
+                fn of(context: &CallContext) -> Option<&Self> {
+                    match context {
+                        CallContext::$variant(c) => Some(c),
+                        _ => None,
+                    }
+                }
+                fn name(&self) -> &'static str {
+                    <$ty>::name(self)
+                }
+            }
+        )*
+    };
+}
+
+call_contexts!(
+    OpenAi(openai::Ctx) = "OpenAI",
+    Anthropic(anthropic::Ctx) = "Anthropic",
+    Gemini(gemini::Ctx) = "Gemini",
+    ElevenLabs(elevenlabs::Ctx) = "ElevenLabs",
+);
+
+impl From<&'static str> for CallContext {
+    fn from(name: &'static str) -> Self {
+        CallContext::Named(name)
+    }
+}
+
 impl Call {
     /// A metered call whose estimate reads the JSON body.
-    pub fn metered(endpoint: &'static str) -> Self {
+    pub fn metered(context: impl Into<CallContext>) -> Self {
         Self {
-            endpoint,
+            context: context.into(),
             model: None,
             metered: true,
             unmetered: None,
@@ -174,9 +238,9 @@ impl Call {
     }
 
     /// A free call: forwarded and counted as a request, but never priced.
-    pub fn free(endpoint: &'static str, model: Option<String>) -> Self {
+    pub fn free(context: impl Into<CallContext>, model: Option<String>) -> Self {
         Self {
-            endpoint,
+            context: context.into(),
             model,
             metered: false,
             unmetered: None,
@@ -192,6 +256,32 @@ impl Call {
         Self {
             unmetered: Some(why),
             ..Self::free(endpoint, None)
+        }
+    }
+
+    /// The endpoint's name for logs and metrics.
+    pub fn endpoint_name(&self) -> &'static str {
+        self.context.name()
+    }
+
+    /// The family's own context of this call. A call classified by another family (or not
+    /// read by any) is refused: a programming error, never a call to let through unread.
+    pub fn context_of<C: Context>(&self) -> Result<&C, Refusal> {
+        C::of(&self.context).ok_or_else(|| {
+            Refusal::NotMetered(format!(
+                "the {} call reached the {} provider, which did not classify it",
+                self.context.name(),
+                C::FAMILY
+            ))
+        })
+    }
+
+    /// The family's own context of a call it classified; see [`Call::context_of`]. For the
+    /// answer's side, where a call can no longer be refused.
+    pub fn own_context<C: Context>(&self) -> &C {
+        match self.context_of::<C>() {
+            Ok(c) => c,
+            Err(e) => unreachable!("{e:?}"),
         }
     }
 
@@ -255,8 +345,8 @@ pub enum Refusal {
     NotMetered(String),
 }
 
-impl From<strict_json::BodyError> for Refusal {
-    fn from(e: strict_json::BodyError) -> Self {
+impl From<BodyError> for Refusal {
+    fn from(e: BodyError) -> Self {
         Refusal::InvalidBody(e.0)
     }
 }

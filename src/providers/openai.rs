@@ -35,15 +35,14 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::json_body::{ErrorMark, JsonUsageBody, ToUsage};
-use super::json_scan::JsonScanner;
-use super::sse::{Event, SseParser};
-use super::strict_json::{opt_bool, opt_str, opt_u64};
+use super::metered::{ErrorMark, Extra, Metered, Noted, Reader, Report, ToUsage, UsageMember};
 use super::{
-    estimate_tokens, is_event_stream, output_tokens_from_text, reserve_output, text_bytes, Anomaly, BodyEnd, BodyFilter, Call, Estimate, FixedCost, Provider,
-    Refusal, RequestBody, RequestInfo, Settled, Source, Usage, UsageExtractor,
+    estimate_tokens, is_event_stream, reserve_output, text_bytes, BodyEnd, BodyFilter, Call, Estimate, FixedCost, Provider, Refusal, RequestBody, RequestInfo,
+    Settled, Source, Usage, UsageExtractor,
 };
 use crate::config::{ProviderKind, ReserveConfig};
+use crate::wire::json_scan::{JsonScanner, Record};
+use crate::wire::strict_json::{opt_bool, opt_str, opt_u64};
 
 use fees::Extras;
 use fields::Fields;
@@ -63,6 +62,79 @@ const SPEECH_AUDIO_TOKENS_PER_CHAR: (u64, u64) = (25, 18);
 /// The OpenAI API family (also Gemini's OpenAI-compatible endpoints, see [`routes`]).
 pub struct OpenAi;
 
+/// The endpoints whose answers this family reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Responses,
+    ResponsesCompact,
+    Embeddings,
+    Speech,
+    Images,
+    ImageEdits,
+    ImageVariations,
+    Transcription,
+    Translation,
+    Videos,
+    /// `GET /responses/{id}` (not streamed): free, but its answer may carry the final usage of
+    /// a background response.
+    ResponseGet,
+}
+
+/// An OpenAI call: its endpoint and what the estimate learnt from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ctx {
+    pub endpoint: Endpoint,
+    /// A `background: true` response: answered before the work, billed later.
+    pub background: bool,
+    /// Speech asked as an SSE stream (`stream_format: "sse"`), which reports its usage.
+    pub speech_sse: bool,
+    /// Images priced per image (DALL·E), exact from the request.
+    pub per_image: bool,
+}
+
+impl From<Endpoint> for Ctx {
+    fn from(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            background: false,
+            speech_sse: false,
+            per_image: false,
+        }
+    }
+}
+
+impl From<Endpoint> for super::CallContext {
+    fn from(endpoint: Endpoint) -> Self {
+        Ctx::from(endpoint).into()
+    }
+}
+
+impl Ctx {
+    pub fn name(&self) -> &'static str {
+        use Endpoint::*;
+        match self.endpoint {
+            Responses if self.background => "responses_background",
+            Speech if self.speech_sse => "speech_sse",
+            Images | ImageEdits | ImageVariations if self.per_image => images::PER_IMAGE,
+            Chat => "chat",
+            Completions => "completions",
+            Responses => "responses",
+            ResponsesCompact => "responses_compact",
+            Embeddings => "embeddings",
+            Speech => "speech",
+            Images => "images",
+            ImageEdits => "image_edits",
+            ImageVariations => "image_variations",
+            Transcription => "transcription",
+            Translation => "translation",
+            Videos => "videos",
+            ResponseGet => "response_get",
+        }
+    }
+}
+
 impl Provider for OpenAi {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Openai
@@ -73,47 +145,53 @@ impl Provider for OpenAi {
     }
 
     fn estimate(&self, call: &mut Call, req: &RequestInfo<'_>, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
-        match call.endpoint {
-            "images" | "image_edits" | "image_variations" => images::estimate(call, &Fields::read(call, req, body)?, reserve),
-            "transcription" | "translation" => audio::estimate(call, &Fields::read(call, req, body)?, reserve),
-            "videos" => videos::estimate(call, &Fields::read(call, req, body)?),
-            _ => json_estimate(call, body, reserve),
-        }
+        let mut ctx = *call.context_of::<Ctx>()?;
+        let estimate = match ctx.endpoint {
+            Endpoint::Images | Endpoint::ImageEdits | Endpoint::ImageVariations => images::estimate(call, &mut ctx, &Fields::read(call, req, body)?, reserve),
+            Endpoint::Transcription | Endpoint::Translation => audio::estimate(call, &Fields::read(call, req, body)?, reserve),
+            Endpoint::Videos => videos::estimate(call, &Fields::read(call, req, body)?),
+            _ => json_estimate(call, &mut ctx, body, reserve),
+        }?;
+        call.context = ctx.into();
+        Ok(estimate)
     }
 
     fn extractor(&self, call: &Call, _status: StatusCode, headers: &HeaderMap, estimate: &Usage) -> Box<dyn UsageExtractor> {
+        use Endpoint::*;
+        let ctx = call.own_context::<Ctx>();
         let sse = call.streaming && is_event_stream(headers);
-        let stream = |kind| Box::new(StreamExtractor::new(kind, estimate)) as Box<dyn UsageExtractor>;
-        match call.endpoint {
-            "chat" | "completions" if sse => stream(StreamKind::Chat),
-            "responses" if sse => stream(StreamKind::Responses),
-            "speech_sse" if is_event_stream(headers) => stream(StreamKind::Speech),
-            "images" | "image_edits" if sse => stream(StreamKind::Image),
-            "transcription" if sse => stream(StreamKind::Transcript),
-            "chat" | "completions" => Box::new(PlainBody::new(estimate, false, false)),
-            "responses" => Box::new(PlainBody::new(estimate, true, true)),
-            "images" | "image_edits" => Box::new(JsonUsageBody::<images::ImageUsage>::new(estimate, ErrorMark::ErrorMember)),
-            "transcription" if is_json(headers) => Box::new(JsonUsageBody::<audio::TranscriptionUsage>::new(estimate, ErrorMark::ErrorMember)),
+        let stream = |kind| Box::new(Metered::sse(Stream::new(kind), estimate)) as Box<dyn UsageExtractor>;
+        let plain = |tools| Box::new(UsageMember::<WireUsage, _>::metered(ErrorMark::ErrorMember, Tools::new(tools), estimate));
+        match ctx.endpoint {
             // Usage arrives with a later GET of the response: the reservation is charged now,
             // and corrected when that GET passes through the proxy.
-            "responses_background" => Box::new(Background::new(estimate)),
-            routes::RESPONSE_GET => Box::new(PlainBody::new(estimate, true, true)),
-            // Text transcripts and translations carry no usage: the reservation is the bill.
-            "transcription" | "translation" => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
+            Responses if ctx.background => Box::new(Background::new(estimate)),
             // Exact from the request.
-            images::PER_IMAGE | "videos" => Box::new(FixedCost::new(estimate.clone(), Source::Reported)),
+            Images | ImageEdits | ImageVariations if ctx.per_image => Box::new(FixedCost::new(estimate.clone(), Source::Reported)),
+            Videos => Box::new(FixedCost::new(estimate.clone(), Source::Reported)),
+            Chat | Completions if sse => stream(StreamKind::Chat),
+            Responses if sse => stream(StreamKind::Responses),
+            Speech if ctx.speech_sse && is_event_stream(headers) => stream(StreamKind::Speech),
+            Images | ImageEdits if sse => stream(StreamKind::Image),
+            Transcription if sse => stream(StreamKind::Transcript),
+            Chat | Completions => plain(false),
+            Responses | ResponseGet => plain(true),
+            Images | ImageEdits => Box::new(UsageMember::<images::ImageUsage>::metered(ErrorMark::ErrorMember, (), estimate)),
+            Transcription if is_json(headers) => Box::new(UsageMember::<audio::TranscriptionUsage>::metered(ErrorMark::ErrorMember, (), estimate)),
+            // Text transcripts and translations carry no usage: the reservation is the bill.
+            Transcription | Translation => Box::new(FixedCost::new(estimate.clone(), Source::Estimated)),
             // Raw audio has no usage: characters are exact; audio tokens are estimated.
-            "speech" | "speech_sse" => {
+            Speech => {
                 let source = if estimate.characters > 0 { Source::Reported } else { Source::Estimated };
                 Box::new(FixedCost::new(estimate.clone(), source))
             }
-            _ => Box::new(JsonUsageBody::<WireUsage>::new(estimate, ErrorMark::ErrorMember)),
+            Embeddings | ResponsesCompact | ImageVariations => Box::new(UsageMember::<WireUsage>::metered(ErrorMark::ErrorMember, (), estimate)),
         }
     }
 
     fn body_filter(&self, call: &Call, headers: &HeaderMap) -> Option<Box<dyn BodyFilter>> {
-        (matches!(call.endpoint, "chat" | "completions") && call.streaming && is_event_stream(headers))
-            .then(|| Box::new(UsageFilter::default()) as Box<dyn BodyFilter>)
+        let chat = matches!(call.own_context::<Ctx>().endpoint, Endpoint::Chat | Endpoint::Completions);
+        (chat && call.streaming && is_event_stream(headers)).then(|| Box::new(UsageFilter::default()) as Box<dyn BodyFilter>)
     }
 }
 
@@ -125,28 +203,28 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// The estimate of the JSON endpoints: chat, completions, responses, embeddings, speech.
-fn json_estimate(call: &mut Call, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
+fn json_estimate(call: &mut Call, ctx: &mut Ctx, body: &RequestBody<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
     let json = body.object()?;
     call.model = opt_str(json, "model")?.filter(|m| !m.is_empty()).map(str::to_string);
     call.streaming = opt_bool(json, "stream")? == Some(true);
-    let usage = match call.endpoint {
-        "embeddings" => Usage {
+    let usage = match ctx.endpoint {
+        Endpoint::Embeddings => Usage {
             input_tokens: json.get("input").map_or(0, |i| embedding_tokens(i, reserve)),
             ..Usage::default()
         },
-        "speech" => return Ok(speech_estimate(call, json, reserve)),
-        "responses" => responses_usage(call, json, reserve)?,
-        "responses_compact" => llm_usage(json, None, reserve),
+        Endpoint::Speech => return Ok(speech_estimate(call, ctx, json, reserve)),
+        Endpoint::Responses => responses_usage(call, ctx, json, reserve)?,
+        Endpoint::ResponsesCompact => llm_usage(json, None, reserve),
         _ => return chat_estimate(call, body.bytes, json, reserve),
     };
     Ok(Estimate { usage, ..Estimate::default() })
 }
 
 /// Responses: tokens, tool fees and tier; a background response reserves its whole output.
-fn responses_usage(call: &mut Call, json: &Value, reserve: &ReserveConfig) -> Result<Usage, Refusal> {
+fn responses_usage(call: &mut Call, ctx: &mut Ctx, json: &Value, reserve: &ReserveConfig) -> Result<Usage, Refusal> {
     let max = opt_u64(json, "max_output_tokens")?;
     let mut usage = if opt_bool(json, "background")? == Some(true) {
-        call.endpoint = "responses_background";
+        ctx.background = true;
         call.streaming = false;
         Usage {
             output_tokens: max.unwrap_or(BACKGROUND_MAX_OUTPUT),
@@ -200,7 +278,7 @@ fn embedding_tokens(v: &Value, reserve: &ReserveConfig) -> u64 {
 
 /// `tts-1` and `tts-1-hd` are billed per character (exact); the token-priced models are
 /// estimated unless the stream reports usage (`stream_format: "sse"`).
-fn speech_estimate(call: &mut Call, json: &Value, reserve: &ReserveConfig) -> Estimate {
+fn speech_estimate(call: &mut Call, ctx: &mut Ctx, json: &Value, reserve: &ReserveConfig) -> Estimate {
     let text = json.get("input").and_then(Value::as_str).unwrap_or("");
     let per_character = call.model.as_deref().is_none_or(|m| m.starts_with("tts-1"));
     let usage = if per_character {
@@ -210,7 +288,7 @@ fn speech_estimate(call: &mut Call, json: &Value, reserve: &ReserveConfig) -> Es
         }
     } else {
         if json.get("stream_format").and_then(Value::as_str) == Some("sse") {
-            call.endpoint = "speech_sse";
+            ctx.speech_sse = true;
             call.streaming = true;
         }
         let instructions = json.get("instructions").and_then(Value::as_str).unwrap_or("");
@@ -461,93 +539,49 @@ struct OutputItem {
     container_id: Option<String>,
 }
 
-/// Reads the usage out of an SSE stream; on a stream that ends without it, charges the
-/// estimated input plus the output text seen.
-struct StreamExtractor {
+/// Reads an SSE stream's events: the usage, the text streamed, the fees, an in-band error.
+struct Stream {
     kind: StreamKind,
-    parser: SseParser,
     usage: Option<Usage>,
-    model: Option<String>,
-    text_bytes: u64,
-    events: u64,
-    bad_events: u64,
-    error: bool,
+    noted: Noted,
     extras: Extras,
-    estimate: Usage,
 }
 
-impl StreamExtractor {
-    fn new(kind: StreamKind, estimate: &Usage) -> Self {
+impl Stream {
+    fn new(kind: StreamKind) -> Self {
         Self {
             kind,
-            parser: SseParser::default(),
             usage: None,
-            model: None,
-            text_bytes: 0,
-            events: 0,
-            bad_events: 0,
-            error: false,
+            noted: Noted::default(),
             extras: Extras::default(),
-            estimate: estimate.clone(),
         }
     }
 
-    fn event(&mut self, ev: Event) {
-        self.events += 1;
-        if ev.oversized {
-            self.bad_events += 1;
-            return;
-        }
-        if ev.data.trim_ascii() == b"[DONE]" {
-            return;
-        }
-        match self.kind {
-            StreamKind::Chat => match serde_json::from_slice::<ChatChunk>(&ev.data) {
-                Ok(c) => {
-                    self.text_bytes += c.text_bytes() as u64;
-                    if let Some(u) = &c.usage {
-                        self.usage = Some(u.to_usage());
-                    }
-                    if c.model.is_some() {
-                        self.model = c.model;
-                    }
-                    if c.service_tier.is_some() {
-                        self.extras.tier = c.service_tier;
-                    }
-                    self.error |= c.error.is_some();
-                }
-                Err(_) => self.bad_events += 1,
-            },
-            _ => match serde_json::from_slice::<TypedEvent>(&ev.data) {
-                Ok(e) => self.typed_event(e),
-                Err(_) => self.bad_events += 1,
-            },
-        }
-    }
-
-    fn typed_event(&mut self, mut e: TypedEvent) {
+    fn typed_event(&mut self, mut e: TypedEvent) -> bool {
         let kind = std::mem::take(&mut e.kind);
         match kind.as_str() {
-            "error" => self.error = true,
+            "error" => self.noted.error = true,
             "speech.audio.done" => self.usage = e.usage.and_then(|u| serde_json::from_value::<WireUsage>(u).ok()).map(|u| u.to_speech_usage()),
-            "transcript.text.done" => self.read_usage::<audio::TranscriptionUsage>(e.usage),
+            "transcript.text.done" => return self.read_usage::<audio::TranscriptionUsage>(e.usage),
             "image_generation.completed" | "image_edit.completed" => {
                 let before = self.usage.take().unwrap_or_default();
-                self.read_usage::<images::ImageUsage>(e.usage);
+                let readable = self.read_usage::<images::ImageUsage>(e.usage);
                 if let Some(u) = &mut self.usage {
                     images::ImageUsage::add(u, &before);
                 }
+                return readable;
             }
             "transcript.text.delta" => self.text_delta(&e.delta),
             kind if kind.starts_with("response.") => self.response_event(kind, e),
             _ => {}
         }
+        true
     }
 
     fn response_event(&mut self, kind: &str, e: TypedEvent) {
         if let Some(r) = e.response {
             if r.model.is_some() {
-                self.model = r.model;
+                self.noted.model = r.model;
             }
             if r.service_tier.is_some() {
                 self.extras.tier = r.service_tier;
@@ -560,7 +594,7 @@ impl StreamExtractor {
         if let (Some(item), "response.output_item.added") = (&e.item, kind) {
             self.extras.item(&item.kind, item.container_id.as_deref());
         }
-        self.error |= kind == "response.failed";
+        self.noted.error |= kind == "response.failed";
         // Text, reasoning summaries, refusals, tool arguments; not audio.
         if kind.ends_with(".delta") && !kind.contains("audio") {
             self.text_delta(&e.delta);
@@ -569,101 +603,102 @@ impl StreamExtractor {
 
     fn text_delta(&mut self, delta: &Option<Value>) {
         if let Some(Value::String(s)) = delta {
-            self.text_bytes += s.len() as u64;
+            self.noted.text_bytes += s.len() as u64;
         }
     }
 
-    /// A usage of the wire type `W`; one that cannot be read makes the stream malformed.
-    fn read_usage<W: ToUsage>(&mut self, usage: Option<Value>) {
+    /// A usage of the wire type `W`; false when it cannot be read.
+    fn read_usage<W: ToUsage>(&mut self, usage: Option<Value>) -> bool {
         match usage.map(serde_json::from_value::<W>) {
             Some(Ok(u)) => self.usage = Some(u.to_usage()),
-            Some(Err(_)) => self.bad_events += 1,
+            Some(Err(_)) => return false,
             None => {}
         }
+        true
+    }
+}
+
+impl Reader for Stream {
+    fn event(&mut self, data: &[u8]) -> bool {
+        if data.trim_ascii() == b"[DONE]" {
+            return true;
+        }
+        if self.kind != StreamKind::Chat {
+            return serde_json::from_slice::<TypedEvent>(data).is_ok_and(|e| self.typed_event(e));
+        }
+        let Ok(c) = serde_json::from_slice::<ChatChunk>(data) else {
+            return false;
+        };
+        self.noted.text_bytes += c.text_bytes() as u64;
+        if let Some(u) = &c.usage {
+            self.usage = Some(u.to_usage());
+        }
+        if c.model.is_some() {
+            self.noted.model = c.model;
+        }
+        if c.service_tier.is_some() {
+            self.extras.tier = c.service_tier;
+        }
+        self.noted.error |= c.error.is_some();
+        true
+    }
+
+    /// Every kind's usage event is the stream's last word.
+    fn reported(&mut self) -> Option<Report> {
+        Report::last(self.usage.take())
+    }
+
+    /// Speech and image streams carry media, not text: what they show is never counted as
+    /// text (the estimate stands).
+    fn noted(&mut self) -> &mut Noted {
+        &mut self.noted
     }
 
     /// Fees on top of the tokens: tier and tools (chat and responses streams).
-    fn fees(&self, usage: &mut Usage) {
+    fn fees(&self, usage: &mut Usage, estimate: &Usage) {
         match self.kind {
-            StreamKind::Chat => self.extras.apply(usage, &self.estimate, false),
-            StreamKind::Responses => self.extras.apply(usage, &self.estimate, true),
+            StreamKind::Chat => self.extras.apply(usage, estimate, false),
+            StreamKind::Responses => self.extras.apply(usage, estimate, true),
             _ => {}
         }
     }
 }
 
-impl UsageExtractor for StreamExtractor {
-    fn feed(&mut self, chunk: &[u8]) {
-        let mut events = Vec::new();
-        self.parser.feed(chunk, &mut |ev| events.push(ev));
-        for ev in events {
-            self.event(ev);
-        }
-    }
-
-    fn finish(&mut self, end: BodyEnd) -> Settled {
-        if let Some(mut usage) = self.usage.take() {
-            self.fees(&mut usage);
-            return Settled {
-                usage,
-                source: Source::Reported,
-                response_model: self.model.take(),
-                anomaly: None,
-            };
-        }
-        let anomaly = match end {
-            BodyEnd::Cut => Anomaly::Cut,
-            BodyEnd::Complete if self.bad_events > 0 || self.events == 0 => Anomaly::Malformed,
-            BodyEnd::Complete => Anomaly::Missing,
-        };
-        if self.text_bytes == 0 {
-            // Nothing billable was seen: an in-band error costs nothing, anything else
-            // (including a cut before any output) is charged the reservation.
-            if self.error && end == BodyEnd::Complete {
-                return Settled::upstream_error();
-            }
-            return Settled::estimated(&self.estimate, anomaly);
-        }
-        if matches!(self.kind, StreamKind::Speech | StreamKind::Image) {
-            // Media seen cannot be converted to tokens: the estimate stands.
-            return Settled::estimated(&self.estimate, anomaly);
-        }
-        let mut usage = self.estimate.input_side();
-        usage.output_tokens = output_tokens_from_text(self.text_bytes);
-        self.fees(&mut usage);
-        Settled {
-            usage,
-            source: Source::Partial,
-            response_model: self.model.take(),
-            // An upstream that reports an in-band error is behaving as documented.
-            anomaly: (!self.error).then_some(anomaly),
-        }
-    }
-}
-
-/// A plain JSON completion or response: the usage (see [`JsonUsageBody`]), plus the
-/// `service_tier` it was served at and, for responses, the tool calls of its `output`.
-struct PlainBody {
-    usage: JsonUsageBody<WireUsage>,
-    /// Top-level members the usage reader does not keep.
-    top: JsonScanner,
+/// What a plain completion or response bills beyond its usage: the `service_tier` it was
+/// served at and, for responses, the tool calls of its `output`.
+struct Tools {
     /// The items of `output` (objects three levels down: `{"output": [{...}]}`).
     items: Option<JsonScanner>,
     extras: Extras,
-    tools: bool,
-    estimate: Usage,
 }
 
-impl PlainBody {
-    fn new(estimate: &Usage, tools: bool, items: bool) -> Self {
+impl Tools {
+    fn new(tools: bool) -> Self {
         Self {
-            usage: JsonUsageBody::new(estimate, ErrorMark::ErrorMember),
-            top: JsonScanner::new(1, &["service_tier"], &[]),
-            items: items.then(|| JsonScanner::new(3, &["type", "container_id"], &[])),
+            items: tools.then(|| JsonScanner::new(3, &["type", "container_id"], &[])),
             extras: Extras::default(),
-            tools,
-            estimate: estimate.clone(),
         }
+    }
+}
+
+impl Extra for Tools {
+    fn bytes(&mut self, chunk: &[u8]) {
+        let extras = &mut self.extras;
+        if let Some(items) = &mut self.items {
+            items.feed(chunk, &mut |r| {
+                if let Some(kind) = captured_str(&r, "type") {
+                    extras.item(&kind, captured_str(&r, "container_id").as_deref());
+                }
+            });
+        }
+    }
+
+    fn record(&mut self, r: &Record) {
+        self.extras.tier = captured_str(r, "service_tier");
+    }
+
+    fn fees(&self, usage: &mut Usage, estimate: &Usage) {
+        self.extras.apply(usage, estimate, self.items.is_some());
     }
 }
 
@@ -706,36 +741,14 @@ impl UsageExtractor for Background {
 }
 
 /// A captured JSON string member.
-fn captured_str(r: &super::json_scan::Record, key: &str) -> Option<String> {
+fn captured_str(r: &Record, key: &str) -> Option<String> {
     r.get(key).and_then(|v| serde_json::from_slice(v).ok())
-}
-
-impl UsageExtractor for PlainBody {
-    fn feed(&mut self, chunk: &[u8]) {
-        self.usage.feed(chunk);
-        let extras = &mut self.extras;
-        self.top.feed(chunk, &mut |r| extras.tier = captured_str(&r, "service_tier"));
-        if let Some(items) = &mut self.items {
-            items.feed(chunk, &mut |r| {
-                if let Some(kind) = captured_str(&r, "type") {
-                    extras.item(&kind, captured_str(&r, "container_id").as_deref());
-                }
-            });
-        }
-    }
-
-    fn finish(&mut self, end: BodyEnd) -> Settled {
-        let mut settled = self.usage.finish(end);
-        if settled.source == Source::Reported {
-            self.extras.apply(&mut settled.usage, &self.estimate, self.tools);
-        }
-        settled
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::{Anomaly, BodyEnd};
     use http::Method;
 
     fn req<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> RequestInfo<'a> {
@@ -751,7 +764,7 @@ mod tests {
         let p = OpenAi;
         let post = Method::POST;
         let mut call = p.classify(&req(&post, path, headers));
-        let json = super::super::strict_json::parse(body.as_bytes()).unwrap();
+        let json = crate::wire::strict_json::parse(body.as_bytes()).unwrap();
         let b = RequestBody {
             bytes: body.as_bytes(),
             json: Some(&json),
@@ -775,7 +788,7 @@ mod tests {
             ("/v1/moderations", "moderations", false),
         ] {
             let c = OpenAi.classify(&req(&post, path, &h));
-            assert_eq!((c.endpoint, c.metered), (endpoint, metered), "{path}");
+            assert_eq!((c.endpoint_name(), c.metered), (endpoint, metered), "{path}");
         }
         assert!(!OpenAi.classify(&req(&Method::GET, "/v1/responses/resp_1", &h)).metered);
     }
@@ -840,13 +853,13 @@ mod tests {
     fn speech_is_characters_for_tts1_and_tokens_otherwise() {
         let h = HeaderMap::new();
         let (call, e) = estimate_for("/v1/audio/speech", r#"{"model":"tts-1","input":"héllo","voice":"alloy"}"#, &h);
-        assert_eq!((call.endpoint, e.usage.characters, e.usage.tokens()), ("speech", 5, 0));
+        assert_eq!((call.endpoint_name(), e.usage.characters, e.usage.tokens()), ("speech", 5, 0));
         let (call, e) = estimate_for(
             "/v1/audio/speech",
             r#"{"model":"gpt-4o-mini-tts","input":"Gates open at eight sharp.","voice":"coral","stream_format":"sse"}"#,
             &h,
         );
-        assert_eq!(call.endpoint, "speech_sse");
+        assert_eq!(call.endpoint_name(), "speech_sse");
         assert_eq!(e.usage.characters, 0);
         assert_eq!(e.usage.audio_output_tokens, (26 * 25u64).div_ceil(18));
     }
@@ -900,7 +913,7 @@ mod tests {
         };
         let body = b"data: {\"model\":\"gpt-4o-mini\",\"choices\":[{\"delta\":{\"content\":\"Low tide\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\" is at\"}}]}\n\ndata: {\"choi";
         for piece in [1, 7, 1000] {
-            let mut x = StreamExtractor::new(StreamKind::Chat, &estimate);
+            let mut x = Metered::sse(Stream::new(StreamKind::Chat), &estimate);
             let s = run(&mut x, body, piece, BodyEnd::Cut);
             assert_eq!(s.source, Source::Partial);
             assert_eq!(s.usage.input_tokens, 40);
@@ -909,11 +922,11 @@ mod tests {
             assert_eq!(s.response_model.as_deref(), Some("gpt-4o-mini"));
         }
         // Nothing seen: the reservation.
-        let mut x = StreamExtractor::new(StreamKind::Chat, &estimate);
+        let mut x = Metered::sse(Stream::new(StreamKind::Chat), &estimate);
         let s = run(&mut x, b"", 1, BodyEnd::Cut);
         assert_eq!((s.source, s.usage.output_tokens), (Source::Estimated, 4096));
         // Only an in-band error: free.
-        let mut x = StreamExtractor::new(StreamKind::Chat, &estimate);
+        let mut x = Metered::sse(Stream::new(StreamKind::Chat), &estimate);
         let s = run(&mut x, b"data: {\"error\":{\"message\":\"boom\"}}\n\n", 5, BodyEnd::Complete);
         assert_eq!(s.source, Source::UpstreamError);
     }
@@ -923,7 +936,7 @@ mod tests {
         let body = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"model\":\"gpt-5\",\"usage\":null}}\n\n\
 event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n\
 event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-5\",\"usage\":{\"input_tokens\":10,\"input_tokens_details\":{\"cached_tokens\":4},\"output_tokens\":3}}}\n\n";
-        let mut x = StreamExtractor::new(StreamKind::Responses, &Usage::default());
+        let mut x = Metered::sse(Stream::new(StreamKind::Responses), &Usage::default());
         let s = run(&mut x, body, 3, BodyEnd::Complete);
         assert_eq!(s.source, Source::Reported);
         assert_eq!((s.usage.input_tokens, s.usage.cached_input_tokens, s.usage.output_tokens), (6, 4, 3));
@@ -931,22 +944,14 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
 
     #[test]
     fn json_body_errors_and_garbage() {
-        let mut x = JsonUsageBody::<WireUsage>::new(
-            &Usage {
-                input_tokens: 7,
-                ..Usage::default()
-            },
-            ErrorMark::ErrorMember,
-        );
+        let estimate = Usage {
+            input_tokens: 7,
+            ..Usage::default()
+        };
+        let mut x = UsageMember::<WireUsage>::metered(ErrorMark::ErrorMember, (), &estimate);
         let s = run(&mut x, br#"{"error":{"message":"x"}}"#, 4, BodyEnd::Complete);
         assert_eq!(s.source, Source::UpstreamError);
-        let mut x = JsonUsageBody::<WireUsage>::new(
-            &Usage {
-                input_tokens: 7,
-                ..Usage::default()
-            },
-            ErrorMark::ErrorMember,
-        );
+        let mut x = UsageMember::<WireUsage>::metered(ErrorMark::ErrorMember, (), &estimate);
         let s = run(&mut x, b"<html>", 4, BodyEnd::Complete);
         assert_eq!((s.source, s.anomaly, s.usage.input_tokens), (Source::Estimated, Some(Anomaly::Malformed), 7));
     }
@@ -962,7 +967,7 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
     }
 
     fn form_estimate(path: &str, parts: &[(&str, Option<&str>, &[u8])]) -> (Call, Result<Estimate, Refusal>) {
-        let body = crate::providers::multipart::tests::form("xyzzy", parts);
+        let body = crate::wire::multipart::tests::form("xyzzy", parts);
         estimate_raw(path, "multipart/form-data; boundary=xyzzy", &body)
     }
 
@@ -998,7 +1003,7 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
         ] {
             let (call, e) = json_estimate_of("/v1/images/generations", body);
             let e = e.unwrap();
-            assert_eq!(call.endpoint, images::PER_IMAGE);
+            assert_eq!(call.endpoint_name(), images::PER_IMAGE);
             assert_eq!(nanos(call.model.as_deref().unwrap(), &e.usage), cost, "{body}");
             let s = extract(&call, "application/json", &e.usage, br#"{"created":1,"data":[]}"#, 3, BodyEnd::Complete);
             assert_eq!((s.source, s.usage), (Source::Reported, e.usage));
@@ -1049,7 +1054,7 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
         let e = e.unwrap();
         // 2 x 7024 image tokens; "abcdefgh" is 2 tokens.
         assert_eq!((e.usage.image_output_tokens, e.usage.input_tokens), (14_048, 2));
-        assert_eq!(call.endpoint, "images");
+        assert_eq!(call.endpoint_name(), "images");
         let body = br#"{"created":1,"data":[{"b64_json":"AAAA"}],"usage":{"input_tokens":50,"input_tokens_details":{"text_tokens":10,"image_tokens":40},"output_tokens":4160,"total_tokens":4210}}"#;
         for piece in [1, 7, 4096] {
             let s = extract(&call, "application/json", &e.usage, body, piece, BodyEnd::Complete);
@@ -1194,14 +1199,14 @@ data: {\"type\":\"transcript.text.done\",\"text\":\"Gates open.\",\"usage\":{\"t
             r#"{"model":"gpt-5","input":"abcd","service_tier":"priority","tools":[{"type":"web_search"},{"type":"code_interpreter","container":{"type":"auto"}}],"max_tool_calls":2}"#,
         );
         let e = e.unwrap();
-        assert_eq!(call.endpoint, "responses");
+        assert_eq!(call.endpoint_name(), "responses");
         assert_eq!((e.usage.web_searches, e.usage.code_sessions, e.usage.premium_permille), (2, 1, 1000));
         let (call, e) = json_estimate_of(
             "/v1/responses",
             r#"{"model":"gpt-5","input":"abcd","background":true,"max_output_tokens":1000000}"#,
         );
         let e = e.unwrap();
-        assert_eq!((call.endpoint, e.usage.output_tokens), ("responses_background", 1_000_000));
+        assert_eq!((call.endpoint_name(), e.usage.output_tokens), ("responses_background", 1_000_000));
         let (_, e) = json_estimate_of("/v1/responses", r#"{"model":"gpt-5","input":"abcd","background":true}"#);
         assert_eq!(e.unwrap().usage.output_tokens, BACKGROUND_MAX_OUTPUT);
         let s = extract(
@@ -1237,7 +1242,7 @@ data: {\"type\":\"transcript.text.done\",\"text\":\"Gates open.\",\"usage\":{\"t
             code_sessions: 1,
             ..Usage::default()
         };
-        let call = Call::metered("responses");
+        let call = Call::metered(Endpoint::Responses);
         let body = br#"{"id":"resp_1","model":"gpt-5-2025-08-07","service_tier":"priority","tools":[{"type":"web_search"}],
 "output":[{"type":"web_search_call","id":"ws_1","action":{"type":"search","query":"tides"}},{"type":"web_search_call","id":"ws_2"},
 {"type":"code_interpreter_call","container_id":"cntr_1","code":"print(1)","outputs":[{"type":"logs","logs":"1"}]},
@@ -1251,7 +1256,7 @@ data: {\"type\":\"transcript.text.done\",\"text\":\"Gates open.\",\"usage\":{\"t
             assert_eq!(nanos("gpt-5", &s.usage), 100_650_000);
         }
         // Chat: the tier of the answer; no tool counting.
-        let chat = Call::metered("chat");
+        let chat = Call::metered(Endpoint::Chat);
         let s = extract(
             &chat,
             "application/json",
@@ -1273,7 +1278,7 @@ data: {\"type\":\"transcript.text.done\",\"text\":\"Gates open.\",\"usage\":{\"t
             file_searches: 8,
             ..Usage::default()
         };
-        let call = Call::metered("responses").streaming(true);
+        let call = Call::metered(Endpoint::Responses).streaming(true);
         let body = b"event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"item\":{\"type\":\"file_search_call\",\"id\":\"fs_1\"}}\n\n\
 event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"item\":{\"type\":\"file_search_call\",\"id\":\"fs_1\"}}\n\n\
 event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Low tide at six\"}\n\n\
@@ -1303,7 +1308,7 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
             &h,
         );
         assert_eq!((e.usage.web_searches, e.usage.premium_permille), (1, 1000));
-        let call = Call::metered("chat").streaming(true);
+        let call = Call::metered(Endpoint::Chat).streaming(true);
         let body = b"data: {\"model\":\"gpt-4o-search-preview\",\"service_tier\":\"priority\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n\
 data: {\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
         let s = extract(&call, "text/event-stream", &e.usage, body, 6, BodyEnd::Complete);
@@ -1324,9 +1329,12 @@ data: {\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":2}}\
             &h,
         );
         assert_eq!(
-            (call.endpoint, call.model.as_deref(), e.filter_response),
+            (call.endpoint_name(), call.model.as_deref(), e.filter_response),
             ("chat", Some("gemini-2.5-flash"), true)
         );
-        assert_eq!(FAMILY.classify(&req(&Method::POST, "/v1beta/openai/embeddings", &h)).endpoint, "embeddings");
+        assert_eq!(
+            FAMILY.classify(&req(&Method::POST, "/v1beta/openai/embeddings", &h)).endpoint_name(),
+            "embeddings"
+        );
     }
 }

@@ -16,9 +16,10 @@ use super::meter::{Meter, MeteredBody};
 use super::reply::{self, ProxyBody};
 use crate::app::Runtime;
 use crate::domain::Metric;
-use crate::providers::{decode, Anomaly, BodyEnd, Call, FixedCost, Provider, Settled, Source, Usage, UsageExtractor};
+use crate::providers::{Anomaly, BodyEnd, Call, FixedCost, Provider, Settled, Source, Usage, UsageExtractor};
 use crate::upstream::client::UpstreamBody;
 use crate::upstream::route::Route;
+use crate::wire::decode;
 
 /// Forwards an admitted call and returns the metered answer (or the proxy's failure).
 pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBody> {

@@ -26,8 +26,8 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::settle::Reservation;
-use crate::providers::decode::{Decoded, Decoder};
 use crate::providers::{Anomaly, BodyEnd, BodyFilter, UsageExtractor};
+use crate::wire::decode::{Decoded, Decoder};
 
 /// Most decoded bytes read for usage from one body (a bound against decompression bombs).
 const MAX_DECODED: u64 = 1 << 30;

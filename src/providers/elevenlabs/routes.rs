@@ -4,6 +4,7 @@
 
 use http::Method;
 
+use super::Ctx;
 use crate::providers::{is_websocket_upgrade, path_matches, Call, RequestInfo};
 
 /// How a metered call is estimated.
@@ -208,7 +209,12 @@ fn method_matches(methods: &str, method: &Method) -> bool {
 fn call(route: &Route) -> Call {
     match route.class {
         Class::Metered(kind, streaming) => {
-            let call = Call::metered(route.endpoint).streaming(streaming);
+            let ctx = Ctx {
+                kind,
+                name: route.endpoint,
+                upload_bound: false,
+            };
+            let call = Call::metered(ctx).streaming(streaming);
             match kind {
                 VoiceChanger | Isolation | SpeechToText => call.raw_body(),
                 Tts | Dialogue | Sound | Music => call,
@@ -231,15 +237,4 @@ pub fn classify(req: &RequestInfo<'_>) -> Call {
         None if matches!(*req.method, Method::GET | Method::HEAD | Method::DELETE) => Call::free("other", None),
         None => Call::not_metered("other", UNKNOWN),
     }
-}
-
-/// The estimate a metered endpoint takes.
-pub fn kind_of(endpoint: &str) -> Option<Kind> {
-    if endpoint == STT_BOUND {
-        return Some(SpeechToText);
-    }
-    ROUTES.iter().find_map(|r| match r.class {
-        Class::Metered(kind, _) if r.endpoint == endpoint => Some(kind),
-        _ => None,
-    })
 }

@@ -3,7 +3,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use super::*;
 use crate::config::{Config, ProviderKind};
 use crate::pricing::PriceTable;
-use crate::providers::estimate_call;
+use crate::providers::{estimate_call, Anomaly, BodyEnd, Settled};
 
 fn info<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> RequestInfo<'a> {
     RequestInfo {
@@ -252,13 +252,13 @@ fn speech_to_text_reserves_from_the_upload_never_zero() {
     assert_eq!(body.len(), 160_000);
     let (call, e) = estimate(Method::POST, "/v1/speech-to-text", &h, &body);
     assert_eq!(e.unwrap().usage.audio_millis, 10_000, "160,000 bytes at 16,000 bytes/s");
-    assert_eq!((call.endpoint, call.model.as_deref()), (routes::STT_SYNC, Some("scribe_v2")));
+    assert_eq!((call.endpoint_name(), call.model.as_deref()), (routes::STT_SYNC, Some("scribe_v2")));
     // A webhook delivers the transcript later: the bound is charged.
     let (h, body) = multipart(&[("webhook", "true")], 9_854);
     assert_eq!(body.len(), 10_000);
     let (call, e) = estimate(Method::POST, "/v1/speech-to-text", &h, &body);
     assert_eq!(e.unwrap().usage.audio_millis, 20_000);
-    assert_eq!((call.endpoint, call.model.as_deref()), (routes::STT_BOUND, Some(DEFAULT_STT_MODEL)));
+    assert_eq!((call.endpoint_name(), call.model.as_deref()), (routes::STT_BOUND, Some(DEFAULT_STT_MODEL)));
     let x = ElevenLabs.extractor(
         &call,
         StatusCode::OK,

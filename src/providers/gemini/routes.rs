@@ -7,6 +7,7 @@
 
 use http::Method;
 
+use super::Endpoint;
 use crate::providers::{is_websocket_upgrade, path_matches, Call, RequestInfo};
 
 const WEBSOCKET: &str = "Live API sessions are WebSockets billed per message, and the proxy does not read them";
@@ -20,7 +21,7 @@ const UNKNOWN_MODEL: &str = "the proxy does not know how this model is billed";
 const UNKNOWN: &str = "the proxy does not know whether or how it is billed";
 const OTHER_WIRE: &str = "this path is served in another family's wire format, which this provider does not read";
 
-/// Metered endpoint names the estimate and extractor dispatch on.
+/// The RPCs of the metered endpoints, as they end a path (and name the endpoint in logs).
 pub const GENERATE: &str = "generateContent";
 pub const STREAM_GENERATE: &str = "streamGenerateContent";
 pub const EMBED: &str = "embedContent";
@@ -98,13 +99,13 @@ fn model_call(method: &Method, model: &str, rpc: Option<&str>) -> Call {
         return Call::not_metered("model", UNKNOWN);
     }
     match rpc {
-        GENERATE => with(Call::metered(GENERATE)),
-        STREAM_GENERATE => with(Call::metered(STREAM_GENERATE).streaming(true)),
-        EMBED => with(Call::metered(EMBED)),
-        BATCH_EMBED => with(Call::metered(BATCH_EMBED)),
-        "predict" if is_imagen(model) => with(Call::metered(IMAGEN)),
-        "predict" if is_embedding(model) => with(Call::metered(PREDICT_EMBEDDINGS)),
-        "predictLongRunning" if model.starts_with("veo") => with(Call::metered(VEO)),
+        GENERATE => with(Call::metered(Endpoint::Generate)),
+        STREAM_GENERATE => with(Call::metered(Endpoint::StreamGenerate).streaming(true)),
+        EMBED => with(Call::metered(Endpoint::Embed)),
+        BATCH_EMBED => with(Call::metered(Endpoint::BatchEmbed)),
+        "predict" if is_imagen(model) => with(Call::metered(Endpoint::Imagen)),
+        "predict" if is_embedding(model) => with(Call::metered(Endpoint::PredictEmbeddings)),
+        "predictLongRunning" if model.starts_with("veo") => with(Call::metered(Endpoint::Veo)),
         "predict" | "predictLongRunning" => Call::not_metered("predict", UNKNOWN_MODEL),
         "countTokens" | "computeTokens" => Call::free("countTokens", Some(model.to_string())),
         "fetchPredictOperation" => Call::free("fetchPredictOperation", Some(model.to_string())),
@@ -187,7 +188,7 @@ pub fn classify(req: &RequestInfo<'_>) -> Call {
     });
     match route {
         Some((_, _, _, endpoint, Some(why))) => Call::not_metered(endpoint, why),
-        Some((_, _, _, endpoint, None)) => Call::free(endpoint, None),
+        Some((_, _, _, endpoint, None)) => Call::free(*endpoint, None),
         None if is_read(req.method) => Call::free("other", None),
         None => Call::not_metered("other", UNKNOWN),
     }

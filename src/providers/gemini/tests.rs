@@ -3,7 +3,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use super::*;
 use crate::config::Config;
 use crate::pricing::PriceTable;
-use crate::providers::estimate_call;
+use crate::providers::{estimate_call, BodyEnd, Settled};
 
 fn req<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> RequestInfo<'a> {
     RequestInfo {
@@ -294,7 +294,7 @@ fn estimate_counts_text_not_media() {
     assert!(u.input_tokens < 2000, "{}", u.input_tokens);
 }
 
-fn run(mut x: UsageMetadataExtractor, body: &[u8], piece: usize) -> Settled {
+fn run(mut x: Metered<Seen>, body: &[u8], piece: usize) -> Settled {
     for c in body.chunks(piece) {
         x.feed(c);
     }
@@ -313,7 +313,7 @@ fn reserved(web_searches: u64, premium_permille: u64) -> Usage {
 fn sparse_usage_fields_are_merged_latest_wins() {
     let body = b"data: {\"usageMetadata\": {\"promptTokenCount\": 11, \"candidatesTokenCount\": 3}}\r\n\r\ndata: {\"usageMetadata\": {\"candidatesTokenCount\": 21}}\r\n\r\n";
     for piece in [1, 7, 512] {
-        let s = run(UsageMetadataExtractor::new(Usage::default(), true, true, false), body, piece);
+        let s = run(usage_metadata(&Usage::default(), true, true, false), body, piece);
         assert_eq!((s.usage.input_tokens, s.usage.output_tokens, s.source), (11, 21, Source::Reported));
     }
 }
@@ -324,37 +324,37 @@ fn search_queries_are_settled_from_the_response() {
 data: {\"candidates\":[{\"groundingMetadata\":{\"webSearchQueries\":[\"q1\",\"q2\"]}}]}\n\n\
 data: {\"candidates\":[{\"groundingMetadata\":{\"webSearchQueries\":[\"q1\",\"q2\",\"q3\"]}}],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":9}}\n\n";
     for piece in [1, 3, 10, 4096] {
-        let s = run(UsageMetadataExtractor::new(reserved(5, 0), true, true, false), sse, piece);
+        let s = run(usage_metadata(&reserved(5, 0), true, true, false), sse, piece);
         assert_eq!((s.usage.web_searches, s.usage.output_tokens), (3, 9), "{piece}");
-        let s = run(UsageMetadataExtractor::new(reserved(1, 0), true, true, true), sse, piece);
+        let s = run(usage_metadata(&reserved(1, 0), true, true, true), sse, piece);
         assert_eq!(s.usage.web_searches, 1, "per prompt, {piece}");
     }
     let array = br#"[{"candidates":[{"groundingMetadata":{"webSearchQueries":["a"]}}]},
 {"candidates":[{"groundingMetadata":{"webSearchQueries":["b"]}}],"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":4}}]"#;
     for piece in [1, 5, 999] {
-        let s = run(UsageMetadataExtractor::new(reserved(5, 0), true, false, false), array, piece);
+        let s = run(usage_metadata(&reserved(5, 0), true, false, false), array, piece);
         assert_eq!(s.usage.web_searches, 2, "{piece}");
     }
     // Searched but not grounded: nothing to charge.
     let plain = br#"{"candidates":[{"content":{"parts":[{"text":"hi"}]}}],"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":4}}"#;
-    let s = run(UsageMetadataExtractor::new(reserved(5, 0), false, false, false), plain, 2);
+    let s = run(usage_metadata(&reserved(5, 0), false, false, false), plain, 2);
     assert_eq!(s.usage.web_searches, 0);
     // Queries in a candidates member too large to keep: the reservation stands.
     let big = format!(
         r#"{{"candidates":[{{"content":{{"parts":[{{"text":"{}"}}]}},"groundingMetadata":{{"webSearchQueries":["q"]}}}}],"usageMetadata":{{"promptTokenCount":2,"candidatesTokenCount":4}}}}"#,
         "x".repeat(300 * 1024)
     );
-    let s = run(UsageMetadataExtractor::new(reserved(5, 0), false, false, false), big.as_bytes(), 4096);
+    let s = run(usage_metadata(&reserved(5, 0), false, false, false), big.as_bytes(), 4096);
     assert_eq!(s.usage.web_searches, 5);
 }
 
 #[test]
 fn priority_premium_is_kept_or_reported() {
     let plain = br#"{"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":4}}"#;
-    let s = run(UsageMetadataExtractor::new(reserved(0, 1000), false, false, false), plain, 3);
+    let s = run(usage_metadata(&reserved(0, 1000), false, false, false), plain, 3);
     assert_eq!(s.usage.premium_permille, 1000, "the request's tier stands when the response does not say");
     let vertex = br#"{"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":4,"trafficType":"ON_DEMAND_PRIORITY"}}"#;
-    let s = run(UsageMetadataExtractor::new(Usage::default(), false, false, false), vertex, 1);
+    let s = run(usage_metadata(&Usage::default(), false, false, false), vertex, 1);
     assert_eq!(s.usage.premium_permille, 1000);
 }
 

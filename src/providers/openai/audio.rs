@@ -9,7 +9,7 @@
 
 use serde::Deserialize;
 
-use super::super::json_body::ToUsage;
+use super::super::metered::ToUsage;
 use super::super::{estimate_tokens, Call, Estimate, Refusal, Usage};
 use super::fields::{self, Fields};
 use crate::config::ReserveConfig;

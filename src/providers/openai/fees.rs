@@ -17,8 +17,8 @@
 
 use serde_json::Value;
 
-use super::super::strict_json::{opt_str, opt_u64};
 use super::super::{Refusal, Usage};
+use crate::wire::strict_json::{opt_str, opt_u64};
 
 /// The priority tier's premium, in permille above list price.
 pub(super) const PRIORITY_PREMIUM: u64 = 1000;
@@ -62,7 +62,7 @@ pub(super) fn reserve_tools(json: &Value, usage: &mut Usage) -> Result<(), Refus
             k => {
                 return Err(Refusal::NotMetered(format!(
                     "the tool {:?} has a fee the proxy cannot read from the response",
-                    super::super::strict_json::Printable(k)
+                    crate::wire::strict_json::Printable(k)
                 )))
             }
         }
@@ -90,7 +90,7 @@ fn container_gb(tool: &Value) -> Result<u64, Refusal> {
             "64g" => Ok(64),
             m => Err(Refusal::NotMetered(format!(
                 "a code interpreter container of {:?} is not priced",
-                super::super::strict_json::Printable(m)
+                crate::wire::strict_json::Printable(m)
             ))),
         },
         _ => Ok(UNKNOWN_CONTAINER_GB),

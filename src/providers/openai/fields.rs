@@ -3,9 +3,9 @@
 
 use serde_json::Value;
 
-use super::super::multipart::Form;
-use super::super::strict_json::{opt_bool, opt_str, opt_u64};
 use super::super::{Call, Refusal, RequestBody, RequestInfo};
+use crate::wire::multipart::Form;
+use crate::wire::strict_json::{opt_bool, opt_str, opt_u64};
 
 pub(super) enum Fields<'a> {
     Json(&'a Value),
@@ -28,7 +28,7 @@ impl<'a> Fields<'a> {
     pub fn str(&self, key: &str) -> Result<Option<&str>, Refusal> {
         match self {
             Fields::Json(v) => Ok(opt_str(v, key)?),
-            Fields::Form(f) => f.text(key),
+            Fields::Form(f) => Ok(f.text(key)?),
         }
     }
 

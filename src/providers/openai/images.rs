@@ -10,9 +10,10 @@
 
 use serde::Deserialize;
 
-use super::super::json_body::ToUsage;
+use super::super::metered::ToUsage;
 use super::super::{estimate_tokens, Call, Estimate, Refusal, Usage};
 use super::fields::{self, Fields};
+use super::{Ctx, Endpoint};
 use crate::config::ReserveConfig;
 
 /// Image output tokens per megapixel that bound one GPT Image picture at any quality: the
@@ -32,8 +33,8 @@ const IMAGE_INPUTS: &[&str] = &["image", "image[]", "images"];
 /// The endpoint name of DALL·E calls, whose cost is exact from the request.
 pub(super) const PER_IMAGE: &str = "images_per_image";
 
-pub(super) fn estimate(call: &mut Call, f: &Fields<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
-    let variation = call.endpoint == "image_variations";
+pub(super) fn estimate(call: &mut Call, ctx: &mut Ctx, f: &Fields<'_>, reserve: &ReserveConfig) -> Result<Estimate, Refusal> {
+    let variation = ctx.endpoint == Endpoint::ImageVariations;
     let model = fields::model(f, call, variation.then_some("dall-e-2"))?;
     let n = f.u64("n")?.unwrap_or(1);
     if n == 0 {
@@ -42,7 +43,7 @@ pub(super) fn estimate(call: &mut Call, f: &Fields<'_>, reserve: &ReserveConfig)
     let size = f.str("size")?;
     let quality = f.str("quality")?;
     let usage = if model.starts_with("dall-e-") {
-        call.endpoint = PER_IMAGE;
+        ctx.per_image = true;
         Usage {
             images: n,
             premium_permille: dalle_premium(&model, size, quality)?,

@@ -9,14 +9,15 @@
 use http::{HeaderMap, Method};
 
 use super::super::{is_websocket_upgrade, path_matches as matches, Call, RequestInfo};
+use super::Endpoint::{self, *};
 
 /// How a route is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     /// A JSON body.
-    Json(&'static str),
+    Json(Endpoint),
     /// A multipart form (or JSON, when the content type says so).
-    Form(&'static str),
+    Form(Endpoint),
     Free(&'static str),
     NotMetered(&'static str, &'static str),
 }
@@ -31,25 +32,25 @@ const UNKNOWN: &str = "it is not an OpenAI API endpoint the proxy knows";
 
 /// POST routes, first match wins; `*` is one path segment, a trailing `**` any rest.
 const POST: &[(&str, Class)] = &[
-    ("/chat/completions", Json("chat")),
+    ("/chat/completions", Json(Chat)),
     ("/chat/completions/*", Free("chat_update")),
-    ("/completions", Json("completions")),
-    ("/responses", Json("responses")),
-    ("/responses/compact", Json("responses_compact")),
+    ("/completions", Json(Completions)),
+    ("/responses", Json(Responses)),
+    ("/responses/compact", Json(ResponsesCompact)),
     ("/responses/input_tokens", Free("responses_input_tokens")),
     ("/responses/*/cancel", Free("responses_cancel")),
-    ("/embeddings", Json("embeddings")),
+    ("/embeddings", Json(Embeddings)),
     ("/moderations", Free("moderations")),
-    ("/audio/speech", Json("speech")),
-    ("/audio/transcriptions", Form("transcription")),
-    ("/audio/translations", Form("translation")),
+    ("/audio/speech", Json(Speech)),
+    ("/audio/transcriptions", Form(Transcription)),
+    ("/audio/translations", Form(Translation)),
     ("/audio/voices", NotMetered("audio_voices", UNPRICED)),
     ("/audio/voice_consents", Free("voice_consents")),
     ("/audio/voice_consents/*", Free("voice_consents")),
-    ("/images/generations", Json("images")),
-    ("/images/edits", Form("image_edits")),
-    ("/images/variations", Form("image_variations")),
-    ("/videos", Form("videos")),
+    ("/images/generations", Json(Images)),
+    ("/images/edits", Form(ImageEdits)),
+    ("/images/variations", Form(ImageVariations)),
+    ("/videos", Form(Videos)),
     (
         "/videos/**",
         NotMetered(
@@ -236,7 +237,7 @@ pub(super) fn classify(req: &RequestInfo<'_>) -> Call {
     let class = match surface(req.path) {
         Surface::OpenAi(path) => {
             if let Some(id) = retrieved_response(req.method, path, req.query) {
-                return Call::free(RESPONSE_GET, None).settling(id);
+                return Call::free(ResponseGet, None).settling(id);
             }
             openai_class(req.method, path)
         }
@@ -244,10 +245,6 @@ pub(super) fn classify(req: &RequestInfo<'_>) -> Call {
     };
     call(class, req.headers)
 }
-
-/// The endpoint of `GET /responses/{id}` (not streamed): free, but its answer carries the
-/// final usage of a background response.
-pub(super) const RESPONSE_GET: &str = "response_get";
 
 /// The id of a response read back whole with `GET /responses/{id}`.
 fn retrieved_response<'p>(method: &Method, path: &'p str, query: Option<&str>) -> Option<&'p str> {
@@ -275,8 +272,8 @@ fn openai_class(method: &Method, path: &str) -> Class {
 fn gemini_compat_class(method: &Method, path: &str) -> Class {
     const ONLY: &str = "only chat completions and embeddings of the OpenAI-compatible API are metered";
     match (method, path) {
-        (&Method::POST, "/chat/completions") => Json("chat"),
-        (&Method::POST, "/embeddings") => Json("embeddings"),
+        (&Method::POST, "/chat/completions") => Json(Chat),
+        (&Method::POST, "/embeddings") => Json(Embeddings),
         (&Method::GET, p) if matches("/models", p) || matches("/models/**", p) => Free("models"),
         _ => NotMetered("openai_compat", ONLY),
     }
@@ -294,7 +291,7 @@ mod tests {
             query: Some("beta=true"),
             headers,
         });
-        (c.metered, c.unmetered, c.endpoint)
+        (c.metered, c.unmetered, c.endpoint_name())
     }
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use http::HeaderMap;
 use memchr::memmem;
 
 use super::strict_json::Printable;
-use super::Refusal;
+use super::BodyError;
 
 /// Most parts in one form (the largest real form, an edit with 16 images, has about 30).
 const MAX_PARTS: usize = 256;
@@ -44,13 +44,13 @@ pub struct Form<'a> {
 }
 
 /// A body that is not a form the proxy reads as the upstream does.
-fn unreadable(why: &str) -> Refusal {
-    Refusal::InvalidBody(format!("the request body is not a readable multipart form: {why}"))
+fn unreadable(why: &str) -> BodyError {
+    BodyError(format!("the request body is not a readable multipart form: {why}"))
 }
 
 impl<'a> Form<'a> {
     /// Reads a request's form: its boundary from the content type, then the body.
-    pub fn read(headers: &HeaderMap, body: &'a [u8]) -> Result<Form<'a>, Refusal> {
+    pub fn read(headers: &HeaderMap, body: &'a [u8]) -> Result<Form<'a>, BodyError> {
         let content_type = headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -59,7 +59,7 @@ impl<'a> Form<'a> {
     }
 
     /// Splits a buffered form into its parts.
-    pub fn parse(body: &'a [u8], boundary: &str) -> Result<Form<'a>, Refusal> {
+    pub fn parse(body: &'a [u8], boundary: &str) -> Result<Form<'a>, BodyError> {
         let delimiter = [b"--", boundary.as_bytes()].concat();
         let separator = [b"\r\n", delimiter.as_slice()].concat();
         // The first delimiter may follow a preamble; the others follow a CRLF.
@@ -99,19 +99,19 @@ impl<'a> Form<'a> {
 
     /// The text of a field given at most once: `None` when absent; refused when given twice
     /// (the upstream's choice between two values is unknown), given as a file, or not UTF-8.
-    pub fn text(&self, name: &str) -> Result<Option<&'a str>, Refusal> {
+    pub fn text(&self, name: &str) -> Result<Option<&'a str>, BodyError> {
         let mut found = self.named(name);
         let Some(part) = found.next() else { return Ok(None) };
         let field = Printable(name);
         if found.next().is_some() {
-            return Err(Refusal::InvalidBody(format!("the form field {field:?} is given more than once")));
+            return Err(BodyError(format!("the form field {field:?} is given more than once")));
         }
         if part.filename.is_some() {
-            return Err(Refusal::InvalidBody(format!("the form field {field:?} is a file, not text")));
+            return Err(BodyError(format!("the form field {field:?} is a file, not text")));
         }
         std::str::from_utf8(part.body)
             .map(Some)
-            .map_err(|_| Refusal::InvalidBody(format!("the form field {field:?} is not UTF-8 text")))
+            .map_err(|_| BodyError(format!("the form field {field:?} is not UTF-8 text")))
     }
 
     /// How many parts are files (carry a file name).
@@ -122,10 +122,10 @@ impl<'a> Form<'a> {
 
 /// The boundary of a `multipart/form-data` content type: refused when the type is another,
 /// or the boundary is absent, given twice, or not 1 to 70 of the characters RFC 2046 allows.
-pub fn boundary(content_type: &str) -> Result<String, Refusal> {
+pub fn boundary(content_type: &str) -> Result<String, BodyError> {
     let (essence, params) = content_type.split_once(';').unwrap_or((content_type, ""));
     if !essence.trim().eq_ignore_ascii_case("multipart/form-data") {
-        return Err(Refusal::InvalidBody("the request body must be a multipart form".into()));
+        return Err(BodyError("the request body must be a multipart form".into()));
     }
     let mut found = params
         .split(';')
@@ -149,7 +149,7 @@ fn after_line_end(s: &[u8]) -> Option<&[u8]> {
 }
 
 /// `name` and `filename` from a part's `Content-Disposition: form-data` header.
-fn disposition(head: &[u8]) -> Result<(String, Option<String>), Refusal> {
+fn disposition(head: &[u8]) -> Result<(String, Option<String>), BodyError> {
     let head = std::str::from_utf8(head).map_err(|_| unreadable("a part's headers are not UTF-8"))?;
     let mut found = None;
     for line in head.split("\r\n") {
@@ -174,7 +174,7 @@ fn disposition(head: &[u8]) -> Result<(String, Option<String>), Refusal> {
 
 /// `; key=value` parameters, values plain or quoted (with backslash escapes); refused when a
 /// key is given twice.
-fn parameters(mut s: &str) -> Result<Vec<(String, String)>, Refusal> {
+fn parameters(mut s: &str) -> Result<Vec<(String, String)>, BodyError> {
     let mut out: Vec<(String, String)> = Vec::new();
     loop {
         s = s.trim_start_matches([' ', '\t', ';']);
@@ -199,7 +199,7 @@ fn parameters(mut s: &str) -> Result<Vec<(String, String)>, Refusal> {
 }
 
 /// A quoted string's value and what follows its closing quote.
-fn unquote(s: &str) -> Result<(String, &str), Refusal> {
+fn unquote(s: &str) -> Result<(String, &str), BodyError> {
     let mut value = String::new();
     let mut chars = s.char_indices();
     while let Some((i, c)) = chars.next() {
@@ -238,9 +238,9 @@ pub(crate) mod tests {
         h
     }
 
-    fn refused<T: std::fmt::Debug>(r: Result<T, Refusal>) -> String {
+    fn refused<T: std::fmt::Debug>(r: Result<T, BodyError>) -> String {
         match r {
-            Err(Refusal::InvalidBody(m)) => m,
+            Err(BodyError(m)) => m,
             other => panic!("not refused as an invalid body: {other:?}"),
         }
     }

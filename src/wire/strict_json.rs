@@ -16,15 +16,7 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-/// Why a body was refused (the message of a 400 `invalid_request_body`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BodyError(pub String);
-
-impl fmt::Display for BodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use super::BodyError;
 
 /// Parses one JSON document strictly (see the module docs).
 pub fn parse(body: &[u8]) -> Result<Value, BodyError> {
