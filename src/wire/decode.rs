@@ -31,7 +31,6 @@ enum Codec {
     Zstd(Box<zstd::stream::write::Decoder<'static, Sink>>),
 }
 
-
 /// The content codings the proxy asks the upstream for: those the client accepts (a wildcard
 /// accepts all) that the proxy can also decode, so that the usage can always be read and a
 /// rewritten stream restored, while the client still gets a coding it accepts. `identity`
