@@ -586,7 +586,7 @@ async fn a_client_leaving_mid_stream_settles_the_streams_reported_usage() {
     loop {
         let h = app
             .store
-            .history(spendgate::quota::limit::Scope::Profile, "p-gone", &[day.clone()], 10)
+            .history(spendgate::quota::limit::Scope::Profile, "p-gone", std::slice::from_ref(&day), 10)
             .await
             .unwrap();
         if !h.recent.is_empty() {
