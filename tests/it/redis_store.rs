@@ -1,13 +1,11 @@
 //! The Redis store against real `redis-server` processes: the scripts' semantics, history,
 //! outages (open and closed), the exactly-once replay, timeouts, and calendar roll-over.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::redis::RedisServer;
+use crate::common::*;
 use chrono::{DateTime, Utc};
-use common::redis::RedisServer;
-use common::*;
 use spendgate::config::Config;
 use spendgate::domain::window::{Clock, Window};
 use spendgate::domain::Scope;
@@ -353,8 +351,27 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn this_month() -> String {
-    Utc::now().format("%Y-%m").to_string()
+/// The proxy on a clock fixed at the test's start: the month it counts in is the one the
+/// test builds its keys from, even when the wall clock crosses midnight at the end of a
+/// month meanwhile.
+async fn start_fixed(yaml: &str, upstream: &str) -> Proxy {
+    start_proxy_with_clock(yaml, upstream, Clock::fixed(Utc::now())).await
+}
+
+/// The month bucket the proxy counts in, from its own calendar and clock.
+fn this_month(p: &Proxy) -> String {
+    p.handle.app.runtime().calendar.bucket(Window::Monthly, p.handle.app.clock.now()).id
+}
+
+/// A journal file for the store: it is truncated whenever nothing is left to apply to
+/// Redis, which is the signal that no replay or late call can still change a counter.
+fn journal_in(dir: &tempfile::TempDir) -> (String, std::path::PathBuf) {
+    let path = dir.path().join("journal.ndjson");
+    (format!("  journal: \"{}\"\n", path.display()), path)
+}
+
+fn journal_empty(path: &std::path::Path) -> bool {
+    std::fs::metadata(path).map_or(true, |m| m.len() == 0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,11 +379,13 @@ async fn outage_open_forwards_everything_and_replays_its_cost_once() {
     let mut server = RedisServer::start();
     let mock = Mock::start(|_| tts_reply()).await;
     let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 100}\n";
-    let p = start_proxy(&proxy_yaml(&server.url(), "", limits), &mock.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (journal_yaml, journal) = journal_in(&dir);
+    let p = start_fixed(&proxy_yaml(&server.url(), &journal_yaml, limits), &mock.url()).await;
     for _ in 0..3 {
         assert_eq!(tts(&p, "p-out").await.status, 200);
     }
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
 
     // Redis is killed during traffic: ten requests reserved in Redis are still streaming
     // their responses, so they settle while Redis is gone.
@@ -389,20 +408,21 @@ async fn outage_open_forwards_everything_and_replays_its_cost_once() {
         during.iter().chain(&in_flight).map(|g| g.status).collect::<Vec<_>>()
     );
     assert_eq!(mock.count(), 33);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
 
     // Redis comes back empty: what was counted during the outage is replayed, once. The
     // reservations of the ten in flight went down with the old Redis; their settlements
     // (the estimate was exact, so their counter corrections are zero) bring their history.
     server.restart_empty();
-    let key = format!("sg:{{p:p-out}}:c:p:p-out:m:{}", this_month());
-    let hist = format!("sg:{{p:p-out}}:h:p:p-out:m:{}", this_month());
+    let key = format!("sg:{{p:p-out}}:c:p:p-out:m:{}", this_month(&p));
+    let hist = format!("sg:{{p:p-out}}:h:p:p-out:m:{}", this_month(&p));
     let mut c = server.conn();
     eventually("the outage reaches Redis", || {
         hget(&mut c, &key, "cost") == 20 * PRICE && hist_total(&mut c, &hist, "requests") == 30
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing is left to replay: the values are final.
+    eventually("the journal is drained", || journal_empty(&journal)).await;
     assert_eq!(hget(&mut c, &key, "cost"), 20 * PRICE, "exactly once");
     assert_eq!(hget(&mut c, &key, "requests"), 20);
     assert_eq!(hist_total(&mut c, &hist, "requests"), 30);
@@ -410,7 +430,7 @@ async fn outage_open_forwards_everything_and_replays_its_cost_once() {
 
     // And Redis is used again directly.
     assert_eq!(tts(&p, "p-out").await.status, 200);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     assert_eq!(hget(&mut c, &key, "cost"), 21 * PRICE);
     let metrics = p.metrics().await;
     assert!(metric(&metrics, "spendgate_store_errors_total{op=\"reserve\"}") >= 1.0, "{metrics}");
@@ -426,11 +446,11 @@ async fn outage_open_still_enforces_last_read_plus_counted_since() {
     let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 1}\n";
     // A timeout no request reaches while Redis is up: this test is about the fence's values,
     // not about timeouts.
-    let p = start_proxy(&proxy_yaml(&server.url(), "  timeout: 0.25\n", limits), &mock.url()).await;
+    let p = start_fixed(&proxy_yaml(&server.url(), "  timeout: 0.25\n", limits), &mock.url()).await;
     for _ in 0..10 {
         assert_eq!(tts(&p, "p-fence").await.status, 200);
     }
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     server.kill();
     let mut statuses = Vec::new();
     for _ in 0..20 {
@@ -440,9 +460,9 @@ async fn outage_open_still_enforces_last_read_plus_counted_since() {
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 7, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 13, "{statuses:?}");
     assert_eq!(mock.count(), 17);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     server.restart_empty();
-    let key = format!("sg:{{p:p-fence}}:c:p:p-fence:m:{}", this_month());
+    let key = format!("sg:{{p:p-fence}}:c:p:p-fence:m:{}", this_month(&p));
     let mut c = server.conn();
     eventually("the outage's cost reaches Redis", || hget(&mut c, &key, "cost") == 7 * PRICE).await;
     p.handle.shutdown().await;
@@ -453,9 +473,9 @@ async fn outage_closed_answers_503_and_recovers_by_itself() {
     let mut server = RedisServer::start();
     let mock = Mock::start(|_| tts_reply()).await;
     let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 100}\n";
-    let p = start_proxy(&proxy_yaml(&server.url(), "  on_error: closed\n", limits), &mock.url()).await;
+    let p = start_fixed(&proxy_yaml(&server.url(), "  on_error: closed\n", limits), &mock.url()).await;
     assert_eq!(tts(&p, "p-closed").await.status, 200);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     server.kill();
     for _ in 0..5 {
         let g = tts(&p, "p-closed").await;
@@ -477,13 +497,13 @@ async fn a_full_journal_refuses_even_when_open() {
     let mut server = RedisServer::start();
     let mock = Mock::start(|_| tts_reply()).await;
     let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 100}\n";
-    let p = start_proxy(&proxy_yaml(&server.url(), "  journal_max_entries: 8\n", limits), &mock.url()).await;
+    let p = start_fixed(&proxy_yaml(&server.url(), "  journal_max_entries: 8\n", limits), &mock.url()).await;
     p.client.get(&p.admin_url("/readyz"), &[]).await;
     server.kill();
     let mut statuses = Vec::new();
     for _ in 0..5 {
         let g = tts(&p, "p-full").await;
-        p.handle.settled().await;
+        settled_or_fail(&p.handle).await;
         statuses.push(g.status.as_u16());
     }
     // Each request journals its reservation and its settlement; reservations stop at 6 of 8
@@ -491,8 +511,8 @@ async fn a_full_journal_refuses_even_when_open() {
     assert_eq!(statuses, [200, 200, 200, 503, 503]);
     assert_eq!(mock.count(), 3);
     server.restart_empty();
-    let key = format!("sg:{{p:p-full}}:c:p:p-full:m:{}", this_month());
-    let hist = format!("sg:{{p:p-full}}:h:p:p-full:m:{}", this_month());
+    let key = format!("sg:{{p:p-full}}:c:p:p-full:m:{}", this_month(&p));
+    let hist = format!("sg:{{p:p-full}}:h:p:p-full:m:{}", this_month(&p));
     let mut c = server.conn();
     eventually("the journal is replayed", || {
         hget(&mut c, &key, "cost") == 3 * PRICE && hist_total(&mut c, &hist, "requests") == 3
@@ -506,27 +526,30 @@ async fn a_slow_redis_hits_the_timeout_and_a_late_success_counts_once() {
     let server = RedisServer::start();
     let mock = Mock::start(|_| tts_reply()).await;
     let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 100}\n";
-    let p = start_proxy(&proxy_yaml(&server.url(), "  timeout: 0.05\n", limits), &mock.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (journal_yaml, journal) = journal_in(&dir);
+    let p = start_fixed(&proxy_yaml(&server.url(), &format!("  timeout: 0.05\n{journal_yaml}"), limits), &mock.url()).await;
     assert_eq!(tts(&p, "p-slow").await.status, 200);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     // Redis stops answering everyone else for a while; the request does not wait for it.
     let mut c = server.conn();
     let _: () = ::redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("ALL").query(&mut c).unwrap();
     let paused_at = Instant::now();
     assert_eq!(tts(&p, "p-slow").await.status, 200);
     assert!(paused_at.elapsed() < Duration::from_millis(1500), "answered while Redis was still paused");
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     let metrics = p.metrics().await;
     assert!(metric(&metrics, "spendgate_store_errors_total{op=\"reserve\"}") >= 1.0, "{metrics}");
     // Once Redis answers, the calls that were given up on complete: the reservation and the
     // settlement are in Redis once, and their journal entries were withdrawn.
-    let key = format!("sg:{{p:p-slow}}:c:p:p-slow:m:{}", this_month());
-    let hist = format!("sg:{{p:p-slow}}:h:p:p-slow:m:{}", this_month());
+    let key = format!("sg:{{p:p-slow}}:c:p:p-slow:m:{}", this_month(&p));
+    let hist = format!("sg:{{p:p-slow}}:h:p:p-slow:m:{}", this_month(&p));
     eventually("the late calls land", || {
         hget(&mut c, &key, "cost") == 2 * PRICE && hist_total(&mut c, &hist, "requests") == 2
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Nothing is left to replay or to land late: the values are final.
+    eventually("the journal is drained", || journal_empty(&journal)).await;
     assert_eq!(hget(&mut c, &key, "cost"), 2 * PRICE);
     assert_eq!(hist_total(&mut c, &hist, "requests"), 2);
     p.handle.shutdown().await;
@@ -569,7 +592,7 @@ async fn calendar_rolls_over_at_the_zones_midnight_and_old_buckets_stay() {
     }
     let day3 = statuses(day3);
     assert_eq!(day3, [200, 402]);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
 
     let read = |w, b: &str| ck(Scope::Profile, "p-cal", w, b, "requests");
     let values = p
@@ -601,8 +624,8 @@ async fn calendar_rolls_over_at_the_zones_midnight_and_old_buckets_stay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_private_ca() {
-    let files = common::redis::TlsFiles::generate();
-    let server = common::redis::RedisServer::start_tls(&files);
+    let files = crate::common::redis::TlsFiles::generate();
+    let server = crate::common::redis::RedisServer::start_tls(&files);
     let url = format!("rediss://127.0.0.1:{}/0", server.port);
     let mock = Mock::start(|_| tts_reply()).await;
     let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 100}\n";

@@ -1,12 +1,11 @@
 //! Live reload: on file change (watcher), on `POST /v1/reload`, and what a broken file does.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::ops::*;
-use common::*;
-use spendgate::domain::window::Clock;
+use crate::common::ops::*;
+use crate::common::*;
+use spendgate::domain::window::{Clock, Window};
+use spendgate::domain::Scope;
 
 fn yaml(max_requests: u32, extra: &str) -> String {
     format!(
@@ -29,11 +28,20 @@ async fn reloads(p: &Proxy, result: &str) -> f64 {
 
 /// Waits (bounded) until `reloads(result)` reaches `n`.
 async fn wait_reloads(p: &Proxy, result: &str, n: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_reloads_within(p, result, n, Duration::from_secs(10)).await;
+}
+
+async fn wait_reloads_within(p: &Proxy, result: &str, n: f64, limit: Duration) {
+    let deadline = Instant::now() + limit;
     while reloads(p, result).await < n {
-        assert!(Instant::now() < deadline, "no {result} reload counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(Instant::now() < deadline, "reload {n} ({result}) was not counted within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The profile's daily request counter, read from the store.
+async fn requests_today(p: &Proxy, profile: &str) -> i64 {
+    counter(p, Scope::Profile, profile, Window::Daily, "requests").await
 }
 
 #[tokio::test]
@@ -45,43 +53,45 @@ async fn a_limit_edited_in_the_file_refuses_the_next_request_within_two_seconds(
     for _ in 0..3 {
         assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
     }
+    assert_eq!(requests_today(&p, "p-1").await, 3);
 
-    // Edited in place: the next request after the change is refused within 2 s.
+    // Edited in place: the reload is in force within 2 s. No request is sent meanwhile, so
+    // the counters the new limit meets are exactly the ones from before the reload.
     std::fs::write(&path, complete_yaml(&yaml(3, ""), &mock.url())).unwrap();
-    let edited = Instant::now();
-    loop {
-        let r = send(&p, GEMINI_FLASH, "p-1", None).await;
-        if r.status == 402 {
-            assert_eq!(r.json()["error"]["limit"]["max"], 3.0);
-            break;
-        }
-        assert_eq!(r.status, 200);
-        assert!(edited.elapsed() < Duration::from_secs(2), "the edited limit was not in force within 2 s");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_reloads_within(&p, "success", 1.0, Duration::from_secs(2)).await;
+    assert_eq!(requests_today(&p, "p-1").await, 3, "the reload kept the counters");
+    assert_eq!(monthly_cost(&p, "p-1").await, 3 * GEMINI_FLASH_NANOS, "the reload kept the counters");
+    // The very next request meets the 3 counted before the reload.
+    let r = send(&p, GEMINI_FLASH, "p-1", None).await;
+    assert_eq!(r.status, 402, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["limit"]["max"], 3.0);
+    assert_eq!(mock.count(), 3);
+    assert_eq!(requests_today(&p, "p-1").await, 3, "a refusal counts nothing");
     assert_eq!(reloads(&p, "success").await, 1.0);
 
     // Replaced the way editors and config managers do it: a new file renamed over the old.
     let tmp = dir.path().join(".spendgate.yaml.swp");
-    std::fs::write(&tmp, complete_yaml(&yaml(1000, ""), &mock.url())).unwrap();
+    std::fs::write(&tmp, complete_yaml(&yaml(4, ""), &mock.url())).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
-    let replaced = Instant::now();
-    loop {
-        let r = send(&p, GEMINI_FLASH, "p-1", None).await;
-        if r.status == 200 {
-            break;
-        }
-        assert_eq!(r.status, 402);
-        assert!(replaced.elapsed() < Duration::from_secs(2), "the replaced file was not in force within 2 s");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    wait_reloads(&p, "success", 2.0).await;
+    wait_reloads_within(&p, "success", 2.0, Duration::from_secs(2)).await;
+    // Max 4 over the 3 counted: exactly one more request gets through.
+    assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
+    assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 402);
+    assert_eq!(requests_today(&p, "p-1").await, 4);
+    assert_eq!(monthly_cost(&p, "p-1").await, 4 * GEMINI_FLASH_NANOS);
 
-    // Other files in the directory (a snapshot, say) do not reload anything.
+    // Other files in the directory (a snapshot, say) do not reload anything. Let the
+    // watcher's debounce pass, then change the config: once that reload is counted the
+    // watcher has handled the snapshot's event too, and there must be exactly one more.
     std::fs::write(dir.path().join("state.json"), b"{}").unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(reloads(&p, "success").await, 2.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&path, complete_yaml(&yaml(5, ""), &mock.url())).unwrap();
+    wait_reloads_within(&p, "success", 3.0, Duration::from_secs(2)).await;
+    assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
+    assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 402);
+    assert_eq!(reloads(&p, "success").await, 3.0);
     assert_eq!(reloads(&p, "error").await, 0.0);
+    assert_eq!(requests_today(&p, "p-1").await, 5);
     p.handle.shutdown().await;
 }
 

@@ -1,6 +1,5 @@
 //! Shared test harness: a hyper mock upstream on 127.0.0.1 serving fixtures, the proxy
 //! started in-process on ephemeral ports, and a small HTTP client.
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -132,6 +131,7 @@ pub struct Mock {
 
 impl Mock {
     pub async fn start(responder: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Mock {
+        env::init();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -279,6 +279,7 @@ pub async fn start_proxy(yaml: &str, upstream: &str) -> Proxy {
 }
 
 pub async fn start_proxy_with_clock(yaml: &str, upstream: &str, clock: Clock) -> Proxy {
+    env::init();
     let mut text = yaml.replace("{upstream}", upstream);
     if !text.contains("\nlisten:") && !text.starts_with("listen:") {
         text = format!("listen: \"127.0.0.1:0\"\n{text}");
@@ -299,9 +300,29 @@ pub fn providers_yaml() -> &'static str {
     "providers:\n  elevenlabs: {kind: elevenlabs, prefix: /elevenlabs, upstream: \"{upstream}\"}\n  gemini: {kind: gemini, prefix: /gemini, upstream: \"{upstream}\"}\n  openai: {kind: openai, prefix: /openai, upstream: \"{upstream}\"}\n  anthropic: {kind: anthropic, prefix: /anthropic, upstream: \"{upstream}\"}\n  vertex: {kind: vertex, prefix: /vertex, upstream: \"{upstream}\"}\n"
 }
 
+pub mod env;
 pub mod ops;
+pub mod process;
 pub mod python;
 pub mod redis;
+
+/// How long the settlements of finished requests may take before a test fails.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Waits until every settlement already started has been written; PANICS past
+/// [`SETTLE_DEADLINE`]. (`Handle::settled` returns silently at its deadline, so a lost or
+/// stuck settlement would pass a "costs nothing" assertion made after it.)
+pub async fn settled_or_fail(handle: &Handle) {
+    let deadline = tokio::time::Instant::now() + SETTLE_DEADLINE;
+    while !handle.app.settlements.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} settlement(s) still running after {SETTLE_DEADLINE:?}",
+            handle.app.settlements.len()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
 
 /// A response read whole.
 #[derive(Debug)]
@@ -330,6 +351,7 @@ impl Default for TestClient {
 
 impl TestClient {
     pub fn new() -> Self {
+        env::init();
         Self {
             inner: Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http(),
         }
@@ -357,12 +379,6 @@ impl TestClient {
         }
     }
 
-    /// GET that tolerates a refused connection (for polling a starting process).
-    pub async fn get_opt(self, url: &str) -> Option<u16> {
-        let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
-        self.inner.request(req).await.ok().map(|r| r.status().as_u16())
-    }
-
     pub async fn post(&self, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Got {
         self.request(Method::POST, url, headers, body).await
     }
@@ -374,7 +390,7 @@ impl TestClient {
 
 /// Reads a counter from the store: `(scope, tenant, window, field)` in the current bucket.
 pub async fn counter(p: &Proxy, scope: spendgate::domain::Scope, tenant: &str, window: spendgate::domain::window::Window, field: &str) -> i64 {
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     let rt = p.handle.app.runtime();
     let bucket = rt.calendar.bucket(window, p.handle.app.clock.now());
     let key = spendgate::quota::ledger::CounterKey {

@@ -1,29 +1,16 @@
 //! `api_key_env`: the proxy sets the provider's real key and removes every credential the
 //! client sent; the mock checks which key it received.
 
-mod common;
-
-use std::sync::Once;
-
-use common::*;
+use crate::common::*;
 use http::HeaderMap;
 
 /// The real keys, as the proxy's environment holds them.
-const KEYS: [(&str, &str); 5] = [
-    ("SPENDGATE_TEST_KEY_OPENAI", "sk-real-openai"),
-    ("SPENDGATE_TEST_KEY_ANTHROPIC", "sk-ant-real"),
-    ("SPENDGATE_TEST_KEY_ELEVENLABS", "xi-real"),
-    ("SPENDGATE_TEST_KEY_GEMINI", "AIza-real-gemini"),
-    ("SPENDGATE_TEST_KEY_VERTEX", "AIza-real-vertex"),
-];
+use crate::common::env::{KEY_ANTHROPIC, KEY_ELEVENLABS, KEY_GEMINI, KEY_OPENAI, KEY_VERTEX};
+const KEYS: [(&str, &str); 5] = [KEY_OPENAI, KEY_ANTHROPIC, KEY_ELEVENLABS, KEY_GEMINI, KEY_VERTEX];
 
+/// The variables are set with every other one the suite needs (see `common::env`).
 fn set_keys() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        for (var, key) in KEYS {
-            std::env::set_var(var, key);
-        }
-    });
+    crate::common::env::init();
 }
 
 fn yaml() -> String {
@@ -116,6 +103,38 @@ async fn every_client_credential_is_replaced_by_the_configured_key() {
         }
     }
     assert_eq!(mock.count(), 5);
+    p.handle.shutdown().await;
+}
+
+/// The proxy decodes query parameter names: a client key spelled with percent escapes
+/// (`k%65y=`) is a `key` parameter too, and must not reach the upstream next to the injected
+/// key (Gemini would bill whichever it reads).
+#[tokio::test]
+async fn a_percent_encoded_key_parameter_is_stripped_when_the_gemini_key_is_injected() {
+    set_keys();
+    let mock = Mock::start(|_| Reply::json(r#"{"ok": true}"#)).await;
+    let p = start_proxy(&yaml(), &mock.url()).await;
+    let queries = [
+        "k%65y=client-fake&alt=sse",
+        "%6B%65%79=client-fake&alt=sse",
+        "alt=sse&ke%79=client-fake",
+        "%6b%65%79=client-fake&key=client-fake&alt=sse",
+    ];
+    for query in queries {
+        let url = p.url(&format!("/gemini/v1beta/models/gemini-2.5-flash:countTokens?{query}"));
+        let got = p.client.post(&url, &[("x-profile-id", "p-keys")], "{}").await;
+        assert_eq!(got.status, 200, "{query}: {}", String::from_utf8_lossy(&got.body));
+        let seen = mock.last();
+        assert_eq!(seen.query.as_deref(), Some("alt=sse"), "{query}: only the client's key is removed");
+        assert_eq!(seen.headers["x-goog-api-key"], KEY_GEMINI.1, "{query}");
+        for (name, value) in &seen.headers {
+            assert!(
+                !value.as_bytes().windows(11).any(|w| w == b"client-fake"),
+                "{query}: {name} carries the client key"
+            );
+        }
+    }
+    assert_eq!(mock.count(), queries.len());
     p.handle.shutdown().await;
 }
 

@@ -2,15 +2,14 @@
 //! concurrent requests over both never slip past a limit, and every admitted request is
 //! recorded once. Also `spendgate check` against Redis.
 
-mod common;
-
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use common::redis::{free_port, RedisCluster, RedisServer};
-use common::*;
+use crate::common::process::{output_within, Spendgate};
+use crate::common::redis::{RedisCluster, RedisServer};
+use crate::common::*;
+use chrono::{DateTime, Utc};
+use spendgate::domain::window::{Calendar, Window};
 use tempfile::TempDir;
 
 /// $0.0615: 615 characters of `eleven_multilingual_v2` at $0.10 per 1K.
@@ -27,69 +26,29 @@ fn tts_reply() -> Reply {
         .body(vec![0u8; 256])
 }
 
-/// One `spendgate` process with its own config file, killed on drop.
-struct Spendgate {
-    child: Child,
-    data: u16,
-    log: PathBuf,
+/// One `spendgate` process with its own config file (it picks its own ports), killed on
+/// drop.
+struct Proc {
+    sg: Spendgate,
     _dir: TempDir,
 }
 
-impl Spendgate {
-    async fn start(body: &str) -> Spendgate {
+impl Proc {
+    async fn start(body: &str) -> Proc {
         let dir = tempfile::tempdir().unwrap();
-        let (data, admin) = (free_port(), free_port());
         let config = dir.path().join("spendgate.yaml");
-        std::fs::write(
-            &config,
-            format!("listen: \"127.0.0.1:{data}\"\nadmin:\n  listen: \"127.0.0.1:{admin}\"\n{body}"),
-        )
-        .unwrap();
-        let log = dir.path().join("spendgate.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_spendgate"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut p = Spendgate { child, data, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if status_of(&format!("http://127.0.0.1:{admin}/readyz")).await == Some(200) {
-                return p;
-            }
-            if let Some(status) = p.child.try_wait().unwrap() {
-                panic!("spendgate exited with {status}: {}", std::fs::read_to_string(&p.log).unwrap_or_default());
-            }
-            assert!(Instant::now() < deadline, "spendgate did not become ready: {}", p.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        std::fs::write(&config, format!("listen: \"127.0.0.1:0\"\nadmin:\n  listen: \"127.0.0.1:0\"\n{body}")).unwrap();
+        let sg = tokio::task::spawn_blocking(move || Spendgate::start(&config, &[])).await.unwrap();
+        Proc { sg, _dir: dir }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.data)
+        self.sg.url(path)
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.sg.log()
     }
-}
-
-impl Drop for Spendgate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The status of a GET, `None` when nothing answers.
-async fn status_of(url: &str) -> Option<u16> {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let req = http::Request::get(url).body(http_body_util::Empty::new()).ok()?;
-    let r = tokio::time::timeout(Duration::from_secs(1), client.request(req)).await.ok()?.ok()?;
-    Some(r.status().as_u16())
 }
 
 fn config_body(url: &str, cluster: bool, upstream: &str, limits: &str) -> String {
@@ -101,7 +60,7 @@ fn config_body(url: &str, cluster: bool, upstream: &str, limits: &str) -> String
 }
 
 /// Sends `(process index, profile, org)` requests all at once; returns the statuses.
-async fn burst(procs: &[&Spendgate], requests: &[(usize, String, Option<String>)]) -> Vec<u16> {
+async fn burst(procs: &[&Proc], requests: &[(usize, String, Option<String>)]) -> Vec<u16> {
     let client = TestClient::new();
     let body = tts_body();
     let futures = requests.iter().map(|(i, profile, org)| {
@@ -122,12 +81,19 @@ fn count(statuses: &[u16], s: u16) -> usize {
     statuses.iter().filter(|x| **x == s).count()
 }
 
-fn day() -> String {
-    Utc::now().format("%Y-%m-%d").to_string()
+/// The buckets of `window` the processes (UTC, the default zone) may have counted in since
+/// `from`: one, or two when the day or month ended meanwhile. Values are summed over them,
+/// so the totals hold across midnight.
+fn buckets(window: Window, from: DateTime<Utc>) -> Vec<String> {
+    let cal = Calendar::new(chrono_tz::UTC);
+    let mut ids = vec![cal.bucket(window, from).id, cal.bucket(window, Utc::now()).id];
+    ids.dedup();
+    ids
 }
 
-fn month() -> String {
-    Utc::now().format("%Y-%m").to_string()
+/// The sum of `f(bucket)` over the buckets of `window` since `from`.
+fn over(window: Window, from: DateTime<Utc>, mut f: impl FnMut(&str) -> i64) -> i64 {
+    buckets(window, from).iter().map(|b| f(b)).sum()
 }
 
 /// Reads a hash field through any connection (standalone or cluster).
@@ -155,22 +121,29 @@ async fn two_processes_sharing_one_redis_admit_exactly_17() {
     let mock = Mock::start(|_| tts_reply()).await;
     let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 1}\n";
     let body = config_body(&server.url(), false, &mock.url(), limits);
-    let (a, b) = (Spendgate::start(&body).await, Spendgate::start(&body).await);
+    let (a, b) = (Proc::start(&body).await, Proc::start(&body).await);
     let requests: Vec<_> = (0..300).map(|i| (i % 2, "p-shared".to_string(), None)).collect();
+    let from = Utc::now();
     let statuses = burst(&[&a, &b], &requests).await;
     assert_eq!(count(&statuses, 200), 17, "{statuses:?}\n{}\n{}", a.log(), b.log());
     assert_eq!(count(&statuses, 402), 283);
     assert_eq!(mock.count(), 17);
 
     let mut c = server.conn();
-    let hist = format!("sg:{{p:p-shared}}:h:p:p-shared:d:{}", day());
-    eventually("every settlement is recorded", || hist_total(&mut c, &hist, "requests") == 17).await;
+    let hist = |d: &str| format!("sg:{{p:p-shared}}:h:p:p-shared:d:{d}");
+    eventually("every settlement is recorded", || {
+        over(Window::Daily, from, |d| hist_total(&mut c, &hist(d), "requests")) == 17
+    })
+    .await;
     let counter = |w: &str, b: &str| format!("sg:{{p:p-shared}}:c:p:p-shared:{w}:{b}");
-    assert_eq!(hget(&mut c, &counter("m", &month()), "cost"), 17 * PRICE);
-    assert_eq!(hget(&mut c, &counter("d", &day()), "cost"), 17 * PRICE);
-    assert_eq!(hget(&mut c, &counter("m", &month()), "requests"), 17);
-    assert_eq!(hist_total(&mut c, &hist, "cost"), 17 * PRICE);
-    assert_eq!(hget(&mut c, &hist, "cost|elevenlabs|eleven_multilingual_v2"), 17 * PRICE);
+    assert_eq!(over(Window::Monthly, from, |m| hget(&mut c, &counter("m", m), "cost")), 17 * PRICE);
+    assert_eq!(over(Window::Daily, from, |d| hget(&mut c, &counter("d", d), "cost")), 17 * PRICE);
+    assert_eq!(over(Window::Monthly, from, |m| hget(&mut c, &counter("m", m), "requests")), 17);
+    assert_eq!(over(Window::Daily, from, |d| hist_total(&mut c, &hist(d), "cost")), 17 * PRICE);
+    assert_eq!(
+        over(Window::Daily, from, |d| hget(&mut c, &hist(d), "cost|elevenlabs|eleven_multilingual_v2")),
+        17 * PRICE
+    );
 }
 
 /// Profile ids whose keys fall on each of the cluster's masters, `per_master` of each.
@@ -198,37 +171,54 @@ async fn cluster_profiles_on_every_master_and_an_org_shared_by_three_profiles() 
     let mock = Mock::start(|_| tts_reply()).await;
     let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 1}\n  orgs:\n    acme:\n      - {metric: requests, window: daily, max: 50}\n  profiles:\n    q-1: [{metric: requests, window: daily, max: 1000}]\n    q-2: [{metric: requests, window: daily, max: 1000}]\n    q-3: [{metric: requests, window: daily, max: 1000}]\n";
     let body = config_body(&cluster.url(), true, &mock.url(), limits);
-    let (a, b) = (Spendgate::start(&body).await, Spendgate::start(&body).await);
+    let (a, b) = (Proc::start(&body).await, Proc::start(&body).await);
 
     // Six profiles, two on each master, 50 requests each, all at once over both processes.
     let profiles = profiles_on_every_master(&cluster, 2);
     let requests: Vec<_> = (0..300).map(|i| (i % 2, profiles[i % profiles.len()].clone(), None)).collect();
+    let from = Utc::now();
     let statuses = burst(&[&a, &b], &requests).await;
     assert_eq!(count(&statuses, 200), 17 * profiles.len(), "{}\n{}", a.log(), b.log());
     let mut c = cluster.conn();
-    let month_keys: Vec<String> = profiles.iter().map(|p| format!("sg:{{p:{p}}}:c:p:{p}:m:{}", month())).collect();
-    for (p, key) in profiles.iter().zip(&month_keys) {
-        let hist = format!("sg:{{p:{p}}}:h:p:{p}:d:{}", day());
-        eventually("every settlement is recorded", || hist_total(&mut c, &hist, "requests") == 17).await;
-        assert_eq!(hget(&mut c, key, "cost"), 17 * PRICE, "{p}");
-        assert_eq!(hist_total(&mut c, &hist, "cost"), 17 * PRICE, "{p}");
+    let month_key = |p: &str, m: &str| format!("sg:{{p:{p}}}:c:p:{p}:m:{m}");
+    let month_keys: Vec<String> = profiles
+        .iter()
+        .flat_map(|p| buckets(Window::Monthly, from).into_iter().map(move |m| month_key(p, &m)))
+        .collect();
+    for p in &profiles {
+        let hist = |d: &str| format!("sg:{{p:{p}}}:h:p:{p}:d:{d}");
+        eventually("every settlement is recorded", || {
+            over(Window::Daily, from, |d| hist_total(&mut c, &hist(d), "requests")) == 17
+        })
+        .await;
+        assert_eq!(over(Window::Monthly, from, |m| hget(&mut c, &month_key(p, m), "cost")), 17 * PRICE, "{p}");
+        assert_eq!(over(Window::Daily, from, |d| hist_total(&mut c, &hist(d), "cost")), 17 * PRICE, "{p}");
     }
     assert_eq!(cluster.masters_holding(&month_keys), 3, "the profiles' keys are spread over every master");
 
     // Three profiles of one org, 30 requests each: the org's daily request limit (50) holds
     // across all of them and both processes.
     let requests: Vec<_> = (0..90).map(|i| (i % 2, format!("q-{}", i % 3 + 1), Some("acme".to_string()))).collect();
+    let from = Utc::now();
     let statuses = burst(&[&a, &b], &requests).await;
     assert_eq!(count(&statuses, 200), 50, "{statuses:?}");
     assert_eq!(count(&statuses, 402), 40);
-    let org_day = format!("sg:{{o:acme}}:c:o:acme:d:{}", day());
-    let org_hist = format!("sg:{{o:acme}}:h:o:acme:d:{}", day());
-    eventually("every settlement is recorded", || hist_total(&mut c, &org_hist, "requests") == 50).await;
-    assert_eq!(hget(&mut c, &org_day, "requests"), 50);
-    assert_eq!(hget(&mut c, &org_day, "cost"), 50 * PRICE);
-    let per_profile: i64 = (1..=3).map(|i| hget(&mut c, &format!("sg:{{o:acme}}:c:p:q-{i}:d:{}", day()), "requests")).sum();
-    assert_eq!(per_profile, 50, "the profiles' counters live in the org's slot and add up");
-    assert_eq!(hist_total(&mut c, &org_hist, "cost"), 50 * PRICE);
+    let org_day = |d: &str| format!("sg:{{o:acme}}:c:o:acme:d:{d}");
+    let org_hist = |d: &str| format!("sg:{{o:acme}}:h:o:acme:d:{d}");
+    eventually("every settlement is recorded", || {
+        over(Window::Daily, from, |d| hist_total(&mut c, &org_hist(d), "requests")) == 50
+    })
+    .await;
+    // A day that ended during the burst would leave its own org counter; the limit is per day.
+    if buckets(Window::Daily, from).len() == 1 {
+        assert_eq!(over(Window::Daily, from, |d| hget(&mut c, &org_day(d), "requests")), 50);
+        assert_eq!(over(Window::Daily, from, |d| hget(&mut c, &org_day(d), "cost")), 50 * PRICE);
+        let per_profile: i64 = over(Window::Daily, from, |d| {
+            (1..=3).map(|i| hget(&mut c, &format!("sg:{{o:acme}}:c:p:q-{i}:d:{d}"), "requests")).sum()
+        });
+        assert_eq!(per_profile, 50, "the profiles' counters live in the org's slot and add up");
+        assert_eq!(over(Window::Daily, from, |d| hist_total(&mut c, &org_hist(d), "cost")), 50 * PRICE);
+    }
     // The usage API finds each profile's data under the org through the profile's index.
     let homes: Vec<String> = ::redis::cmd("ZRANGE").arg("sg:{p:q-1}:homes").arg(0).arg(-1).query(&mut c).unwrap();
     assert_eq!(homes, ["o:acme"]);
@@ -241,14 +231,16 @@ async fn check_reports_whether_redis_is_reachable() {
     let config = dir.path().join("c.yaml");
     std::fs::write(&config, format!("store:\n  backend: redis\n  url: \"{}\"\n  read_timeout: 1\n", server.url())).unwrap();
     let check = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_spendgate"))
-            .arg("check")
-            .arg("--config")
-            .arg(&config)
-            .args(extra)
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap()
+        output_within(
+            Command::new(env!("CARGO_BIN_EXE_spendgate"))
+                .arg("check")
+                .arg("--config")
+                .arg(&config)
+                .args(extra)
+                .env("RUST_LOG", "error"),
+            None,
+            Duration::from_secs(60),
+        )
     };
     let out = check(&[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -270,7 +262,7 @@ async fn org_rotation_cannot_split_a_profiles_limit(url: &str, cluster: bool) {
     let limits =
         "  profiles:\n    p-rot:\n      - {metric: requests, window: daily, max: 2}\n    p-rot-burst:\n      - {metric: requests, window: daily, max: 2}\n";
     let body = config_body(url, cluster, &mock.url(), limits);
-    let (a, b) = (Spendgate::start(&body).await, Spendgate::start(&body).await);
+    let (a, b) = (Proc::start(&body).await, Proc::start(&body).await);
     let org = |i: usize| match i % 5 {
         4 => None,
         k => Some(format!("org-{k}")),

@@ -1,14 +1,13 @@
 //! The dashboard page in headless Chromium (Debian's `chromium` package), after real traffic
 //! through the proxy, behind the admin token.
 
-mod common;
-
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::ops::*;
-use common::*;
+use crate::common::ops::*;
+use crate::common::process::output_within;
+use crate::common::*;
 
 const TOKEN: &str = "dash-7c41e0b9";
 
@@ -22,38 +21,28 @@ fn chromium() -> PathBuf {
 /// The DOM of `url` after the page's scripts ran (virtual time lets its fetches finish).
 fn dump_dom(url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
-    let mut child = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-extensions",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("chromium starts");
-    // A hang detector, not a speed check.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("chromium did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    // A hang detector, not a speed check; chromium is killed if the test fails.
+    let out = output_within(
+        Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--virtual-time-budget=5000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("--dump-dom")
+            .arg(url),
+        None,
+        Duration::from_secs(90),
+    );
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         dom.contains("</html>"),
@@ -77,7 +66,8 @@ const LIMITS: &str = "limits:\n  default_profile:\n    - {metric: requests, wind
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_tenants_limits_providers_and_recent_requests() {
-    std::env::set_var("SPENDGATE_TEST_ADMIN_TOKEN_DASH", TOKEN);
+    crate::common::env::init();
+    assert_eq!(std::env::var(crate::common::env::ADMIN_TOKEN_DASH.0).as_deref(), Ok(TOKEN));
     let mock = Mock::start(fixture_upstream).await;
     let yaml = format!(
         "{}{LIMITS}admin:\n  listen: \"127.0.0.1:0\"\n  token_env: SPENDGATE_TEST_ADMIN_TOKEN_DASH\n",
@@ -88,7 +78,7 @@ async fn dashboard_shows_tenants_limits_providers_and_recent_requests() {
         assert_eq!(send(&p, path, "p-1", Some("acme")).await.status, 200);
     }
     assert_eq!(send(&p, GEMINI_STREAM, "p-2", None).await.status, 200);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
 
     let url = p.admin_url(&format!("/?token={TOKEN}"));
     let dom = tokio::task::spawn_blocking(move || dump_dom(&url)).await.unwrap();

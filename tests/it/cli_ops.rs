@@ -1,16 +1,14 @@
 //! The `spendgate` binary: reload on SIGHUP, the snapshot written on SIGTERM, and
 //! `spendgate usage` reading it back as a table (and as JSON).
 
-mod common;
-
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::ops::*;
-use common::*;
+use crate::common::ops::*;
+use crate::common::process::{output_within, Spendgate};
+use crate::common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_spendgate");
 
@@ -22,39 +20,12 @@ fn yaml(dir: &Path, max_requests: u32) -> String {
     )
 }
 
-/// Starts the binary; returns it with its data and admin addresses (read from its log).
-fn start(config: &Path) -> (Child, SocketAddr, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .env("SPENDGATE_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spendgate starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (data, admin) = loop {
-        let line = lines.next().expect("spendgate logged that it serves").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "spendgate is serving" {
-            let addr = |k: &str| v["fields"][k].as_str().unwrap().parse::<SocketAddr>().unwrap();
-            break (addr("data_addr"), addr("admin_addr"));
-        }
-    };
-    // Keep draining the log so the process never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, data, admin)
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
-    assert!(status.success());
-}
-
 fn usage(config: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN).arg("usage").arg("--config").arg(config).args(args).output().unwrap();
+    let out = output_within(
+        Command::new(BIN).arg("usage").arg("--config").arg(config).args(args),
+        None,
+        Duration::from_secs(60),
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -80,12 +51,13 @@ async fn sighup_reloads_and_usage_reads_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start(fixture_upstream).await;
     let config = write_config(dir.path(), &yaml(dir.path(), 100), &mock.url());
-    let (mut child, data, admin) = tokio::task::spawn_blocking({
+    let mut sg = tokio::task::spawn_blocking({
         let c = config.clone();
-        move || start(&c)
+        move || Spendgate::start(&c, &[])
     })
     .await
     .unwrap();
+    let (data, admin) = (sg.data, sg.admin);
     let client = TestClient::new();
     for path in [GEMINI_FLASH, GEMINI_FLASH, ELEVENLABS_TTS] {
         assert_eq!(post(&client, data, path, "p-1", Some("acme")).await, 200);
@@ -106,7 +78,7 @@ async fn sighup_reloads_and_usage_reads_the_snapshot() {
             }
         }
     };
-    signal(&child, "HUP");
+    sg.process.signal("HUP");
     reloads(1).await;
     // ...and so does a change of the file; the new limit refuses the next request.
     std::fs::write(&config, complete_yaml(&yaml(dir.path(), 3), &mock.url())).unwrap();
@@ -114,9 +86,11 @@ async fn sighup_reloads_and_usage_reads_the_snapshot() {
     assert_eq!(post(&client, data, GEMINI_FLASH, "p-1", None).await, 402);
 
     // SIGTERM drains and writes the snapshot.
-    signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "{status}");
+    sg.process.signal("TERM");
+    let (status, log) = tokio::task::spawn_blocking(move || (sg.process.wait_within(Duration::from_secs(30)), sg.log()))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}\n{log}");
     assert!(dir.path().join("state.json").is_file());
 
     let cfg = config.clone();

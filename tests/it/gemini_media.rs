@@ -1,11 +1,9 @@
 //! Imagen, Veo and the Vertex AI path shapes through the proxy against the mock: the exact
 //! cost of each fixture (EXPECTED.md), and free polling.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const YAML_LIMITS: &str = "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 1000}\n";
 const VERTEX: &str = "/vertex/v1beta1/projects/my-project/locations/us-central1/publishers/google/models";

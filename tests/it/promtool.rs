@@ -2,15 +2,14 @@
 //! their unit tests) and the Prometheus config in deploy/; every metric of DESIGN.md is
 //! emitted with its label set; the Grafana dashboard only queries metrics that exist.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
-use common::ops::*;
-use common::*;
+use crate::common::ops::*;
+use crate::common::process::output_within;
+use crate::common::*;
 
 fn promtool() -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("promtool")).find(|p| p.is_file()));
@@ -23,17 +22,7 @@ fn deploy(rel: &str) -> PathBuf {
 
 /// Runs promtool; panics with its output unless it succeeds.
 fn run_promtool(args: &[&str], stdin: Option<&[u8]>) -> String {
-    let mut child = Command::new(promtool())
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool runs");
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(Command::new(promtool()).args(args), stdin, Duration::from_secs(60));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
     text
@@ -94,7 +83,7 @@ async fn a_real_scrape_passes_promtool_and_has_every_documented_series() {
     );
     // ...and a refusal: p-1 is past its $0.03 ($0.022413 + $0.0111).
     assert_eq!(send(&p, GEMINI_FLASH, "p-1", Some("acme")).await.status, 402);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
 
     let scrape = p.metrics().await;
     run_promtool(&["check", "metrics"], Some(scrape.as_bytes()));

@@ -2,24 +2,16 @@
 //! streamed and not, with the real key injected; after each run, what every profile was
 //! charged is checked exactly.
 
-mod common;
-
-use std::sync::Once;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use http::HeaderMap;
 
-const OPENAI_KEY: (&str, &str) = ("SPENDGATE_SDK_TEST_OPENAI_KEY", "sk-real-openai-sdk");
-const ANTHROPIC_KEY: (&str, &str) = ("SPENDGATE_SDK_TEST_ANTHROPIC_KEY", "sk-ant-real-sdk");
+use crate::common::env::{SDK_ANTHROPIC_KEY as ANTHROPIC_KEY, SDK_OPENAI_KEY as OPENAI_KEY};
 
+/// The variables are set with every other one the suite needs (see `common::env`).
 fn set_keys() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        for (var, key) in [OPENAI_KEY, ANTHROPIC_KEY] {
-            std::env::set_var(var, key);
-        }
-    });
+    crate::common::env::init();
 }
 
 fn yaml() -> String {

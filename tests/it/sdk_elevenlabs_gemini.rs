@@ -1,10 +1,8 @@
 //! The official `elevenlabs` and `google-genai` Python SDKs through the proxy against the
 //! mock, streamed and not, and a 402 surfacing as each SDK's error with the body readable.
 
-mod common;
-
-use common::python::run_ok;
-use common::*;
+use crate::common::python::run_ok;
+use crate::common::*;
 
 fn limits() -> &'static str {
     "limits:\n  profiles:\n    p-broke:\n      - {metric: requests, window: daily, max: 1}\n"

@@ -1,11 +1,9 @@
 //! The quota gauges follow the store (windows, reloads, match limits), and the `metrics`
 //! section switches tenant labels off or caps them.
 
-mod common;
-
+use crate::common::ops::*;
+use crate::common::*;
 use chrono::{DateTime, Utc};
-use common::ops::*;
-use common::*;
 use spendgate::config::Config;
 use spendgate::domain::window::Clock;
 
@@ -43,7 +41,7 @@ async fn quota_gauges_read_the_store_at_scrape_time() {
         assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
     }
     assert_eq!(send(&p, ELEVENLABS_TTS, "p-1", None).await.status, 200);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
 
     let m = p.metrics().await;
     let cost = (2 * GEMINI_FLASH_NANOS + ELEVENLABS_TTS_NANOS) as f64 / 1e9;
@@ -83,7 +81,7 @@ async fn tenant_labels_can_be_switched_off() {
     let yaml = format!("{}{LIMITS}metrics:\n  tenant_labels: false\n", providers_yaml());
     let p = start_proxy(&yaml, &mock.url()).await;
     assert_eq!(send(&p, GEMINI_FLASH, "p-secret", Some("org-secret")).await.status, 200);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     let m = p.metrics().await;
     assert!(!m.contains("secret"), "no tenant id in any label:\n{m}");
     assert!(
@@ -105,7 +103,7 @@ async fn tenant_labels_are_capped_with_the_rest_folded_into_other() {
     for t in ["p-a", "p-b", "p-c", "p-d", "p-a"] {
         assert_eq!(send(&p, GEMINI_FLASH, t, None).await.status, 200);
     }
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     let m = p.metrics().await;
     let tokens = |t: &str| {
         sample(
@@ -120,5 +118,77 @@ async fn tenant_labels_are_capped_with_the_rest_folded_into_other() {
     // Quota gauges only for tenants with a label of their own.
     assert_eq!(ratio(&m, "p-a", "profile", "requests", "daily"), Some(0.02));
     assert_eq!(ratio(&m, "other", "profile", "requests", "daily"), None);
+    p.handle.shutdown().await;
+}
+
+/// Every request answered with the generateContent fixture (24 input tokens).
+fn generate_content(_: &Seen) -> Reply {
+    Reply::json(fixture("gemini/generate_content.json"))
+}
+
+fn input_tokens(m: &str, model: &str, tenant: &str) -> Option<f64> {
+    sample(
+        m,
+        &format!("spendgate_tokens_total{{kind=\"input\",model=\"{model}\",provider=\"gemini\",tenant=\"{tenant}\"}} "),
+    )
+}
+
+#[tokio::test]
+async fn an_unpriced_model_is_labelled_other() {
+    let mock = Mock::start(generate_content).await;
+    let p = start_proxy(providers_yaml(), &mock.url()).await;
+    let path = "/gemini/v1beta/models/made-up-model-7f3a:generateContent";
+    let r = p
+        .client
+        .post(
+            &p.url(path),
+            &[("x-profile-id", "p-unk"), ("content-type", "application/json")],
+            "{\"contents\": []}",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    settled_or_fail(&p.handle).await;
+    let m = p.metrics().await;
+    assert!(!m.contains("made-up-model-7f3a"), "an unpriced model name never becomes a label:\n{m}");
+    assert_eq!(input_tokens(&m, "other", "p-unk"), Some(24.0), "{m}");
+    p.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_500_priced_models_the_rest_are_labelled_other() {
+    const MODELS: usize = 505;
+    let mock = Mock::start(generate_content).await;
+    let mut yaml = format!("{}pricing:\n  gemini:\n", providers_yaml());
+    for i in 0..MODELS {
+        yaml.push_str(&format!("    \"cap-model-{i}\": {{input_per_mtok: 0.30, output_per_mtok: 2.50}}\n"));
+    }
+    let p = start_proxy(&yaml, &mock.url()).await;
+    for i in 0..MODELS {
+        let r = p
+            .client
+            .post(
+                &p.url(&format!("/gemini/v1beta/models/cap-model-{i}:generateContent")),
+                &[("x-profile-id", "p-cap"), ("content-type", "application/json")],
+                "{\"contents\": []}",
+            )
+            .await;
+        assert_eq!(r.status, 200, "cap-model-{i}");
+    }
+    settled_or_fail(&p.handle).await;
+    let m = p.metrics().await;
+    // The first 500 models have labels of their own; the last five share `other`.
+    for i in [0, 1, 250, 499] {
+        assert_eq!(input_tokens(&m, &format!("cap-model-{i}"), "p-cap"), Some(24.0), "cap-model-{i}");
+    }
+    for i in 500..MODELS {
+        assert!(!m.contains(&format!("\"cap-model-{i}\"")), "cap-model-{i} has a label past the cap");
+    }
+    assert_eq!(input_tokens(&m, "other", "p-cap"), Some(24.0 * 5.0));
+    let own: std::collections::BTreeSet<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("spendgate_tokens_total{"))
+        .filter_map(|l| l.split("model=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(own.len(), 501, "500 models and `other`");
     p.handle.shutdown().await;
 }

@@ -1,10 +1,8 @@
 //! The admin token: `/v1/*` and `/` need it when `admin.token_env` names a set variable;
 //! `/metrics` and the probes never do.
 
-mod common;
-
-use common::ops::*;
-use common::*;
+use crate::common::ops::*;
+use crate::common::*;
 
 const TOKEN: &str = "tok-3f9a7c1e-5b2d";
 
@@ -17,12 +15,13 @@ fn yaml(env: &str) -> String {
 
 #[tokio::test]
 async fn token_guards_the_api_and_the_page_but_not_probes() {
-    // A variable only this test uses.
-    std::env::set_var("SPENDGATE_TEST_ADMIN_TOKEN_GUARD", TOKEN);
+    // A variable only this test uses, set with every other one before anything starts.
+    crate::common::env::init();
+    assert_eq!(std::env::var(env::ADMIN_TOKEN_GUARD.0).as_deref(), Ok(TOKEN));
     let mock = Mock::start(fixture_upstream).await;
     let p = start_proxy(&yaml("SPENDGATE_TEST_ADMIN_TOKEN_GUARD"), &mock.url()).await;
     assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
 
     for open in ["/healthz", "/readyz"] {
         assert_eq!(admin_get(&p, open, None).await.status, 200, "{open} stays open");
@@ -87,7 +86,8 @@ async fn no_token_variable_means_open() {
 
 #[tokio::test]
 async fn an_empty_token_locks_the_api() {
-    std::env::set_var("SPENDGATE_TEST_ADMIN_TOKEN_EMPTY", "");
+    crate::common::env::init();
+    assert_eq!(std::env::var(env::ADMIN_TOKEN_EMPTY.0).as_deref(), Ok(""));
     let mock = Mock::start(fixture_upstream).await;
     let p = start_proxy(&yaml("SPENDGATE_TEST_ADMIN_TOKEN_EMPTY"), &mock.url()).await;
     assert_eq!(admin_get(&p, "/v1/profiles", None).await.status, 401);

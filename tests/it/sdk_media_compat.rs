@@ -4,25 +4,17 @@
 //! proxy refuses before the upstream sees them. Costs are checked exactly, against constants
 //! worked out by hand from `src/pricing/builtin.yaml`.
 
-mod common;
-
-use std::sync::Once;
 use std::time::Duration;
 
-use common::python::run_ok;
-use common::*;
+use crate::common::python::run_ok;
+use crate::common::*;
 use serde_json::{json, Value};
 
-const OPENAI_KEY: (&str, &str) = ("SPENDGATE_SDK_MEDIA_OPENAI_KEY", "sk-real-openai-media");
-const ANTHROPIC_KEY: (&str, &str) = ("SPENDGATE_SDK_MEDIA_ANTHROPIC_KEY", "sk-ant-real-media");
+use crate::common::env::{SDK_MEDIA_ANTHROPIC_KEY as ANTHROPIC_KEY, SDK_MEDIA_OPENAI_KEY as OPENAI_KEY};
 
+/// The variables are set with every other one the suite needs (see `common::env`).
 fn set_keys() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        for (var, key) in [OPENAI_KEY, ANTHROPIC_KEY] {
-            std::env::set_var(var, key);
-        }
-    });
+    crate::common::env::init();
 }
 
 /// OpenAI and Anthropic with their keys injected; Gemini passes the client's key through.

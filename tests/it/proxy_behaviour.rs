@@ -1,12 +1,11 @@
 //! The data plane's behaviour: refusals, streaming without buffering, header hygiene,
 //! compression, bad upstream bodies, tenant errors, upstream failures.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::ops::{GEMINI_FLASH_NANOS, GEMINI_STREAM_NANOS};
+use crate::common::*;
 use http::Method;
 use http_body_util::BodyExt;
 
@@ -23,14 +22,13 @@ fn yaml(limits: &str) -> String {
     format!("{}limits:\n{limits}", providers_yaml())
 }
 
-/// The estimate the proxy reserves for GEN_BODY on gemini-2.5-flash: input from the text
-/// at 4 bytes per token, output the request's maxOutputTokens (1024).
-fn gen_estimate_nanos() -> i64 {
-    let json: serde_json::Value = serde_json::from_str(GEN_BODY).unwrap();
-    let input = (spendgate::providers::text_bytes(&json) as i64 + 3) / 4;
-    // $0.30/M input, $2.50/M output, in pico-dollars per token, rounded up to nanos.
-    (input * 300_000 + 1024 * 2_500_000 + 999) / 1000
-}
+/// The estimate the proxy reserves for GEN_BODY on gemini-2.5-flash, in nano-dollars:
+/// input from the request's text at 4 bytes per token, output the request's
+/// maxOutputTokens (1024). The text is "user" (4 bytes) + "Write a haiku about tides."
+/// (26 bytes) = 30 bytes -> ceil(30 / 4) = 8 tokens. At $0.30/M input and $2.50/M output,
+/// in pico-dollars: 8 * 300_000 + 1024 * 2_500_000 = 2_562_400_000 pico = 2_562_400 nanos
+/// (exact, no rounding).
+const GEN_ESTIMATE_NANOS: i64 = 2_562_400;
 
 #[tokio::test]
 async fn refuses_with_402_and_the_documented_body_once_the_limit_is_used_up() {
@@ -239,7 +237,7 @@ async fn malformed_upstream_body_passes_through_and_is_charged_the_estimate() {
     let got = p.client.post(&p.url(GEN), &[("x-profile-id", "p-bad")], GEN_BODY).await;
     assert_eq!(got.status, 200);
     assert_eq!(&got.body[..], b"<html>upstream proxy error</html>");
-    assert_eq!(monthly_cost(&p, "p-bad").await, gen_estimate_nanos());
+    assert_eq!(monthly_cost(&p, "p-bad").await, GEN_ESTIMATE_NANOS);
     assert!(p
         .metrics()
         .await
@@ -284,7 +282,7 @@ async fn cut_sse_stream_passes_through_and_is_charged_the_estimate() {
     }
     assert_eq!(received, partial, "what the upstream sent reaches the client");
     assert!(failed, "the client sees the stream fail, not end cleanly");
-    assert_eq!(monthly_cost(&p, "p-cut").await, gen_estimate_nanos());
+    assert_eq!(monthly_cost(&p, "p-cut").await, GEN_ESTIMATE_NANOS);
     let m = p.metrics().await;
     assert!(m.contains(r#"spendgate_usage_estimated_total{provider="gemini",reason="cut"} 1"#), "{m}");
     p.handle.shutdown().await;
@@ -474,7 +472,7 @@ async fn admin_probes_and_metric_names() {
     p.client
         .post(&p.url("/gemini/v1/models/gemini-2.5-pro:generateContent"), &[("x-profile-id", "p-m")], GEN_BODY)
         .await;
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     let m = p.metrics().await;
     for line in [
         r#"spendgate_requests_total{model="eleven_multilingual_v2",provider="elevenlabs",status="200"} 1"#,
@@ -487,5 +485,120 @@ async fn admin_probes_and_metric_names() {
     ] {
         assert!(m.contains(line), "missing `{line}` in\n{m}");
     }
+    p.handle.shutdown().await;
+}
+
+/// `body` compressed with `encoding` as an upstream would send it.
+fn compress(encoding: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match encoding {
+        "br" => {
+            let mut w = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+            w.write_all(body).unwrap();
+            w.into_inner()
+        }
+        "zstd" => zstd::stream::encode_all(body, 3).unwrap(),
+        // `deflate` is zlib-wrapped by the standard, raw by some servers: both are seen.
+        "deflate" => {
+            let mut w = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            w.write_all(body).unwrap();
+            w.finish().unwrap()
+        }
+        "deflate-raw" => {
+            let mut w = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            w.write_all(body).unwrap();
+            w.finish().unwrap()
+        }
+        other => panic!("no encoder for {other}"),
+    }
+}
+
+#[tokio::test]
+async fn br_zstd_and_deflate_responses_are_priced_exactly() {
+    for encoding in ["br", "zstd", "deflate", "deflate-raw"] {
+        let header = encoding.trim_end_matches("-raw").to_string();
+        let json = compress(encoding, &fixture("gemini/generate_content.json"));
+        let sse = compress(encoding, &fixture("gemini/stream_generate_content.sse"));
+        let (json2, sse2, h) = (json.clone(), sse.clone(), header.clone());
+        let mock = Mock::start(move |s| {
+            let (ct, body) = if s.path.ends_with(":streamGenerateContent") {
+                ("text/event-stream", &sse2)
+            } else {
+                ("application/json", &json2)
+            };
+            Reply::new(200)
+                .header("content-type", ct)
+                .header("content-encoding", &h)
+                .pieces(body, 37, Duration::ZERO)
+        })
+        .await;
+        let p = start_proxy(&yaml(""), &mock.url()).await;
+        let headers = [("x-profile-id", "p-enc"), ("accept-encoding", "gzip, deflate, br, zstd")];
+        let got = p.client.post(&p.url(GEN), &headers, GEN_BODY).await;
+        assert_eq!(got.status, 200, "{encoding}");
+        assert_eq!(got.headers["content-encoding"], header.as_str(), "{encoding}");
+        assert_eq!(got.body.to_vec(), json, "{encoding}: the client gets the compressed bytes as sent");
+        assert_eq!(monthly_cost(&p, "p-enc").await, GEMINI_FLASH_NANOS, "{encoding}: generateContent");
+        let stream = "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+        let got = p.client.post(&p.url(stream), &headers, GEN_BODY).await;
+        assert_eq!(got.status, 200, "{encoding}");
+        assert_eq!(got.body.to_vec(), sse, "{encoding}");
+        assert_eq!(
+            monthly_cost(&p, "p-enc").await,
+            GEMINI_FLASH_NANOS + GEMINI_STREAM_NANOS,
+            "{encoding}: streamGenerateContent"
+        );
+        p.handle.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_settles_the_streams_reported_usage() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let sse = fixture("gemini/stream_generate_content.sse");
+    let mock = Mock::start(move |_| {
+        Reply::new(200)
+            .header("content-type", "text/event-stream")
+            .pieces(&sse, 97, Duration::ZERO)
+            .gate(g.clone())
+    })
+    .await;
+    let p = start_proxy(&yaml(""), &mock.url()).await;
+    let stream = "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+    let r = p.client.send(Method::POST, &p.url(stream), &[("x-profile-id", "p-gone")], GEN_BODY).await;
+    assert_eq!(r.status(), 200);
+    let mut body = r.into_body();
+    body.frame().await.expect("a first piece").expect("a first piece");
+    // The client leaves with the rest of the stream (and its usage) still upstream.
+    drop(body);
+    // The upstream then finishes; the proxy reads it to the end without the client.
+    let g = gate.clone();
+    let opener = tokio::spawn(async move {
+        loop {
+            g.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let app = p.handle.app.clone();
+    let day = app.runtime().calendar.local_date(app.clock.now()).format("%Y-%m-%d").to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = app
+            .store
+            .history(spendgate::domain::Scope::Profile, "p-gone", std::slice::from_ref(&day), 10)
+            .await
+            .unwrap();
+        if !h.recent.is_empty() {
+            assert_eq!(h.recent.len(), 1, "settled exactly once");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the abandoned stream was never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    opener.abort();
+    // The usage the stream reported at its end, not the reservation.
+    assert_eq!(monthly_cost(&p, "p-gone").await, GEMINI_STREAM_NANOS);
+    assert_eq!(mock.count(), 1);
     p.handle.shutdown().await;
 }

@@ -1,10 +1,8 @@
 //! Anthropic through the proxy against the mock: every fixture's exact cost (EXPECTED.md).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const YAML_LIMITS: &str = "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 1000}\n";
 const MESSAGES: &str = "/anthropic/v1/messages";

@@ -1,6 +1,5 @@
 //! Helpers for the ops-plane tests: a proxy run from a real config file, the admin API with
 //! or without a token, and a fixed mix of traffic whose exact costs are known (EXPECTED.md).
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +32,7 @@ pub fn write_config(dir: &Path, yaml: &str, upstream: &str) -> PathBuf {
 /// Starts the proxy from a config file, as `spendgate --config FILE` does (file watcher
 /// included).
 pub async fn start_proxy_file(path: &Path, clock: Clock) -> Proxy {
+    super::env::init();
     let config = Config::from_file(path).unwrap_or_else(|e| panic!("test config: {e}"));
     let handle = server::start(
         config,

@@ -1,14 +1,12 @@
 //! Alerts at `alert_at`: the warning header, the webhook (once per window, retried, never in
 //! the way of the proxied request), and shadow limits.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::ops::*;
-use common::*;
+use crate::common::ops::*;
+use crate::common::*;
 
 fn yaml(webhook: &str, timeout: &str, retries: u32) -> String {
     format!(
@@ -22,6 +20,20 @@ fn sample(metrics: &str, series: &str) -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or(0.0)
+}
+
+/// Waits (bounded) until every fired alert has been delivered, given up or dropped.
+async fn wait_deliveries_done(p: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = p.metrics().await;
+        let result = |r: &str| sample(&m, &format!("spendgate_alerts_total{{result=\"{r}\"}} "));
+        if result("sent") + result("failed") + result("dropped") >= result("fired") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "alert deliveries still pending:\n{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -79,11 +91,16 @@ async fn crossing_alert_at_warns_and_posts_once_per_window_with_retries() {
     for _ in 0..3 {
         assert!(send(&p, GEMINI_FLASH, "p-1", None).await.headers.contains_key("x-spendgate-warning"));
     }
-    p.handle.settled().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(hook.count(), 2, "once per window");
+    // Alerts fire synchronously when a request is admitted or settled: once every
+    // settlement is written, `fired` is final; each fired event ends as sent, failed or
+    // dropped, and once they add up no more webhook calls can come.
+    settled_or_fail(&p.handle).await;
+    assert_eq!(sample(&p.metrics().await, "spendgate_alerts_total{result=\"fired\"} "), 1.0, "once per window");
+    wait_deliveries_done(&p).await;
+    assert_eq!(hook.count(), 2, "once per window (one retry)");
     let m = p.metrics().await;
     assert_eq!(sample(&m, "spendgate_alerts_total{result=\"fired\"} "), 1.0);
+    assert_eq!(sample(&m, "spendgate_alerts_total{result=\"sent\"} "), 1.0);
     assert_eq!(sample(&m, "spendgate_alerts_total{result=\"failed\"} "), 0.0);
 
     // Another tenant crossing its own threshold is its own event.
@@ -120,6 +137,7 @@ async fn a_webhook_that_never_answers_does_not_delay_requests() {
             .expect("a request waited for the webhook");
         assert_eq!(r.status, 200);
     }
+    settled_or_fail(&p.handle).await;
     assert_eq!(sample(&p.metrics().await, "spendgate_alerts_total{result=\"fired\"} "), 1.0);
     p.handle.shutdown().await;
 }

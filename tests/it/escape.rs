@@ -8,8 +8,6 @@
 //! recorded at least what the provider billed, with exactly one usage record (an unanswered
 //! call: at least its reservation, never nothing).
 
-mod common;
-
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -26,7 +24,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use common::*;
+use crate::common::*;
 use spendgate::domain::Scope;
 
 /// What the stand-in provider does with one request.
@@ -326,7 +324,7 @@ impl Provider {
     }
 }
 
-fn respond(s: Served) -> Response<StreamBody<common::tokio_stream_shim::Receiver>> {
+fn respond(s: Served) -> Response<StreamBody<crate::common::tokio_stream_shim::Receiver>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let delay = s.chunk_delay;
     let chunks = s.chunks;
@@ -338,7 +336,7 @@ fn respond(s: Served) -> Response<StreamBody<common::tokio_stream_shim::Receiver
             }
         }
     });
-    let mut r = Response::new(StreamBody::new(common::tokio_stream_shim::Receiver(rx)));
+    let mut r = Response::new(StreamBody::new(crate::common::tokio_stream_shim::Receiver(rx)));
     *r.status_mut() = StatusCode::from_u16(s.status).unwrap();
     for (k, v) in s.headers {
         r.headers_mut().insert(k, v.parse().unwrap());
@@ -433,7 +431,7 @@ async fn run(a: Attempt, extra_yaml: &str) -> Outcome {
     // Let abandoned calls finish upstream and settle.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        p.handle.settled().await;
+        settled_or_fail(&p.handle).await;
         let reached = provider.calls();
         let records = records(&p, profile).await;
         if records >= reached.min(1) || tokio::time::Instant::now() > deadline {
@@ -638,7 +636,7 @@ async fn an_upstream_slower_than_read_idle_is_charged_its_reservation() {
         )
         .await;
     assert_eq!(r.status, 504);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     let o = Outcome {
         status: Some(504),
         error_type: None,
@@ -763,7 +761,7 @@ async fn huge_strings_are_refused_and_never_become_labels() {
         )
         .await;
     assert_eq!(r.status, 200);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     let m = p.metrics().await;
     assert!(!m.contains("gpt-made-up-by-a-client"), "{m}");
     assert!(m.contains(r#"spendgate_requests_total{model="other",provider="openai",status="200"} 1"#), "{m}");
@@ -828,7 +826,8 @@ async fn bodies_past_the_buffering_budget_get_overloaded() {
 async fn an_injected_key_removes_billing_routing_headers() {
     // Exercised through the headers the upstream sees.
     let mock = Mock::start(|_| Reply::json(r#"{"object":"list","data":[]}"#)).await;
-    std::env::set_var("SPENDGATE_TEST_ESCAPE_OPENAI_KEY", "sk-real");
+    crate::common::env::init();
+    assert_eq!(crate::common::env::ESCAPE_OPENAI_KEY.1, "sk-real");
     let yaml = providers_yaml().replace(
         "openai, prefix: /openai, upstream: \"{upstream}\"",
         "openai, prefix: /openai, upstream: \"{upstream}\", api_key_env: SPENDGATE_TEST_ESCAPE_OPENAI_KEY",

@@ -1,13 +1,12 @@
 //! The binary: `check`, and a graceful drain on SIGTERM that settles in-flight requests and
 //! keeps their cost across a restart through the snapshot file.
 
-mod common;
-
-use std::process::{Command, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::process::{output_within, Spendgate};
+use crate::common::*;
 use http::Method;
 use http_body_util::BodyExt;
 
@@ -15,12 +14,14 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_spendgate"))
 }
 
+/// Runs the binary to completion, bounded in time.
+fn run(cmd: &mut Command) -> Output {
+    output_within(cmd, None, Duration::from_secs(60))
+}
+
 #[test]
 fn check_accepts_the_example_config() {
-    let out = bin()
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml")])
-        .output()
-        .unwrap();
+    let out = run(bin().args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml")]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(
@@ -39,28 +40,15 @@ fn check_names_the_offending_key_and_line() {
         "listen: \"127.0.0.1:8080\"\nlimits:\n  default_profile:\n    - {metric: cost_usd, window: fortnightly, max: 5}\n",
     )
     .unwrap();
-    let out = bin().args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = run(bin().args(["check", "--config"]).arg(&path));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("bad.yaml:4") && stderr.contains("limits.default_profile[0].window") && stderr.contains("fortnightly"),
         "{stderr}"
     );
-    let out = bin().arg("--config").arg(dir.path().join("missing.yaml")).output().unwrap();
+    let out = run(bin().arg("--config").arg(dir.path().join("missing.yaml")));
     assert!(!out.status.success(), "a missing file is a start-up error");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,49 +65,46 @@ async fn sigterm_drains_in_flight_requests_and_the_snapshot_keeps_their_cost() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("state.json");
-    let (data, admin) = (free_port(), free_port());
     let config = dir.path().join("spendgate.yaml");
+    // Port 0: the process picks its ports and logs them.
     std::fs::write(
         &config,
         format!(
-            "listen: \"127.0.0.1:{data}\"\nadmin:\n  listen: \"127.0.0.1:{admin}\"\nstore:\n  snapshot: \"{}\"\nserver:\n  shutdown_grace: 20\n{}",
+            "listen: \"127.0.0.1:0\"\nadmin:\n  listen: \"127.0.0.1:0\"\nstore:\n  snapshot: \"{}\"\nserver:\n  shutdown_grace: 20\n{}",
             snapshot.display(),
             providers_yaml().replace("{upstream}", &mock.url())
         ),
     )
     .unwrap();
-    let mut child = Child(bin().arg("--config").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let c = config.clone();
+    let mut sg = tokio::task::spawn_blocking(move || Spendgate::start(&c, &[])).await.unwrap();
+    let data = sg.data;
     let client = TestClient::new();
-    let ready = format!("http://127.0.0.1:{admin}/readyz");
-    for _ in 0..200 {
-        if client.clone().get_opt(&ready).await == Some(200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
     let resp = client
         .send(
             Method::POST,
-            &format!("http://127.0.0.1:{data}/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
+            &sg.url("/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
             &[("x-profile-id", "p-drain")],
             "{}",
         )
         .await;
     let mut body = resp.into_body();
     body.frame().await.unwrap().unwrap();
-    // The stream is in flight: ask the process to stop.
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", data)).await.is_err(),
-        "no new connections after SIGTERM"
-    );
+    // The stream is in flight: ask the process to stop. It stops accepting at once.
+    sg.process.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(data).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting connections 10 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(sg.process.exited().is_none(), "the process waits for the stream in flight");
     gate.notify_one();
     let rest = body.collect().await.expect("the in-flight stream finishes").to_bytes();
     assert!(!rest.is_empty());
-    let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap()).await.unwrap();
-    assert!(status.success(), "{status:?}");
+    let (status, log) = tokio::task::spawn_blocking(move || (sg.process.wait_within(Duration::from_secs(30)), sg.log()))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
 
     // A new process on the same snapshot has the drained request's cost.
     let p = start_proxy(&format!("store:\n  snapshot: \"{}\"\n{}", snapshot.display(), providers_yaml()), &mock.url()).await;

@@ -1,12 +1,10 @@
 //! OpenAI through the proxy against the mock: every fixture's exact cost (EXPECTED.md), and the
 //! stream a client that did not ask for usage receives.
 
-mod common;
-
 use std::io::Write;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const YAML_LIMITS: &str = "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 1000}\n";
 

@@ -1,11 +1,9 @@
 //! The usage API after real traffic through the proxy: every number equals the exact cost of
 //! that traffic (EXPECTED.md), on every store backend listed in `STORES`.
 
-mod common;
-
+use crate::common::ops::*;
+use crate::common::*;
 use chrono::{DateTime, Utc};
-use common::ops::*;
-use common::*;
 use serde_json::Value;
 use spendgate::domain::window::Clock;
 
@@ -52,7 +50,7 @@ async fn usage_api_equals_the_cost_of_real_traffic() {
         usage_api_on(name, &store.replace("{unique}", &unique())).await;
     }
     // The same traffic and the same numbers on a real redis-server.
-    let redis = common::redis::RedisServer::start();
+    let redis = crate::common::redis::RedisServer::start();
     let store = format!("store:\n  backend: redis\n  url: \"{}\"\n  key_prefix: \"{}\"\n", redis.url(), unique());
     usage_api_on("redis", &store).await;
 }
@@ -64,7 +62,7 @@ async fn usage_api_on(store_name: &str, store: &str) {
     let p = start_proxy_with_clock(&yaml(store), &mock.url(), clock.clone()).await;
 
     assert_eq!(send(&p, GEMINI_FLASH, "p-1", Some("acme")).await.status, 200);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
     clock.set(at("2026-11-22T10:00:00Z"));
     for _ in 0..2 {
         assert_eq!(send(&p, GEMINI_FLASH, "p-1", Some("acme")).await.status, 200);
@@ -73,7 +71,7 @@ async fn usage_api_on(store_name: &str, store: &str) {
     assert_eq!(tts.status, 200);
     assert_eq!(send(&p, GEMINI_STREAM, "p-2", None).await.status, 200);
     assert_eq!(send(&p, GEMINI_FAILING, "p-2", None).await.status, 500);
-    p.handle.settled().await;
+    settled_or_fail(&p.handle).await;
 
     let today = 2 * GEMINI_FLASH_NANOS + ELEVENLABS_TTS_NANOS;
     let month = today + GEMINI_FLASH_NANOS;

@@ -1,0 +1,29 @@
+//! The integration tests, in one binary so that the shared harness (`common`) and the
+//! library are compiled and linked once. One module per area.
+
+mod common;
+
+mod admin_auth;
+mod alerts;
+mod anthropic;
+mod body_readers;
+mod cli;
+mod cli_ops;
+mod concurrency;
+mod dashboard;
+mod deploy;
+mod escape;
+mod fixtures_cost;
+mod gemini_media;
+mod key_injection;
+mod metrics_labels;
+mod openai;
+mod promtool;
+mod proxy_behaviour;
+mod redis_shared;
+mod redis_store;
+mod reload;
+mod sdk_elevenlabs_gemini;
+mod sdk_media_compat;
+mod sdk_openai_anthropic;
+mod usage_api;
