@@ -152,10 +152,16 @@ impl Handle {
     }
 
     /// Waits for the settlements already started (tests use this before reading the store).
-    pub async fn settled(&self) {
+    /// Settlements still running after the shutdown's wait are an error, not something to
+    /// wait out: one that never ends is a lost charge.
+    pub async fn settled(&self) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
-        while !self.app.settlements.is_empty() && tokio::time::Instant::now() < deadline {
+        while !self.app.settlements.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("{} settlement(s) still running after {SETTLE_WAIT:?}", self.app.settlements.len()));
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        Ok(())
     }
 }
