@@ -2,7 +2,6 @@
 //! keeps their cost across a restart through the snapshot file.
 
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::process::{output_within, Spendgate};
@@ -53,16 +52,7 @@ fn check_names_the_offending_key_and_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_the_snapshot_keeps_their_cost() {
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let g = gate.clone();
-    let sse = fixture("gemini/stream_generate_content.sse");
-    let mock = Mock::start(move |_| {
-        Reply::new(200)
-            .header("content-type", "text/event-stream")
-            .pieces(&sse, 100, Duration::ZERO)
-            .gate(g.clone())
-    })
-    .await;
+    let (mock, gate) = gated_stream("gemini/stream_generate_content.sse", 100).await;
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("state.json");
     let config = dir.path().join("spendgate.yaml");

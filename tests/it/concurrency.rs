@@ -147,16 +147,7 @@ fn stream_body(max: u32) -> Vec<u8> {
 
 /// Gemini streams whose reported usage differs from the reservation, all in flight at once.
 async fn llm_burst(max_output_tokens: u32, limit_usd: &str, n: usize, admitted: usize) -> (Proxy, Mock, i64, Vec<u16>) {
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let g = gate.clone();
-    let sse = fixture("gemini/stream_generate_content.sse");
-    let mock = Mock::start(move |_| {
-        Reply::new(200)
-            .header("content-type", "text/event-stream")
-            .pieces(&sse, 97, Duration::ZERO)
-            .gate(g.clone())
-    })
-    .await;
+    let (mock, gate) = gated_stream("gemini/stream_generate_content.sse", 97).await;
     let yaml = format!(
         "{}limits:\n  profiles:\n    p-llm:\n      - {{metric: cost_usd, window: monthly, max: {limit_usd}}}\n",
         providers_yaml()

@@ -1,7 +1,6 @@
 //! The data plane's behaviour: refusals, streaming without buffering, header hygiene,
 //! compression, bad upstream bodies, tenant errors, upstream failures.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::ops::{GEMINI_FLASH_NANOS, GEMINI_STREAM_NANOS};
@@ -113,16 +112,7 @@ async fn org_limits_refuse_every_profile_of_the_org() {
 
 #[tokio::test]
 async fn first_chunk_reaches_the_client_while_the_upstream_is_still_sending() {
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let g = gate.clone();
-    let body = fixture("gemini/stream_generate_content.sse");
-    let mock = Mock::start(move |_| {
-        Reply::new(200)
-            .header("content-type", "text/event-stream")
-            .pieces(&body, 200, Duration::ZERO)
-            .gate(g.clone())
-    })
-    .await;
+    let (mock, gate) = gated_stream("gemini/stream_generate_content.sse", 200).await;
     let p = start_proxy(&yaml(""), &mock.url()).await;
     let resp = p
         .client
@@ -554,16 +544,7 @@ async fn br_zstd_and_deflate_responses_are_priced_exactly() {
 
 #[tokio::test]
 async fn a_client_leaving_mid_stream_settles_the_streams_reported_usage() {
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let g = gate.clone();
-    let sse = fixture("gemini/stream_generate_content.sse");
-    let mock = Mock::start(move |_| {
-        Reply::new(200)
-            .header("content-type", "text/event-stream")
-            .pieces(&sse, 97, Duration::ZERO)
-            .gate(g.clone())
-    })
-    .await;
+    let (mock, gate) = gated_stream("gemini/stream_generate_content.sse", 97).await;
     let p = start_proxy(&yaml(""), &mock.url()).await;
     let stream = "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
     let r = p.client.send(Method::POST, &p.url(stream), &[("x-profile-id", "p-gone")], GEN_BODY).await;

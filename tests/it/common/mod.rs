@@ -306,6 +306,22 @@ pub mod process;
 pub mod python;
 pub mod redis;
 
+/// A mock that streams a fixture as SSE in pieces of `piece` bytes, holding everything after
+/// the first piece until the returned gate is notified.
+pub async fn gated_stream(fixture_name: &str, piece: usize) -> (Mock, Arc<tokio::sync::Notify>) {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let body = fixture(fixture_name);
+    let mock = Mock::start(move |_| {
+        Reply::new(200)
+            .header("content-type", "text/event-stream")
+            .pieces(&body, piece, Duration::ZERO)
+            .gate(g.clone())
+    })
+    .await;
+    (mock, gate)
+}
+
 /// Waits until every settlement already started has been written; PANICS when one is still
 /// running at `Handle::settled`'s deadline (a stuck settlement must not let a "costs
 /// nothing" assertion made after it pass).
