@@ -553,16 +553,6 @@ event: content_block_delta\ndata: {\"type\":\"content_bl";
         })
     }
 
-    /// `m`etered, `s`treamed, `f`ree, `r`efused.
-    fn class(c: &Call) -> char {
-        match (c.metered, c.streaming, c.unmetered.is_some()) {
-            (true, true, _) => 's',
-            (true, false, _) => 'm',
-            (false, _, false) => 'f',
-            (false, _, true) => 'r',
-        }
-    }
-
     #[test]
     fn every_sdk_route_has_its_class() {
         use Method as M;
@@ -628,7 +618,7 @@ event: content_block_delta\ndata: {\"type\":\"content_bl";
             (M::POST, "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-x:predict", 'r'),
             (M::GET, "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-x:rawPredict", 'r'),
         ] {
-            assert_eq!(class(&request(method.clone(), path)), want, "{method} {path}");
+            assert_eq!(request(method.clone(), path).class_letter(), want, "{method} {path}");
         }
     }
 

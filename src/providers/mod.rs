@@ -315,6 +315,20 @@ impl Call {
     }
 }
 
+#[cfg(test)]
+impl Call {
+    /// One letter per class, for the endpoint tables' tests: `m`etered, `s`treamed (metered),
+    /// `f`ree, `r`efused (not metered).
+    pub(crate) fn class_letter(&self) -> char {
+        match (self.metered, self.streaming, self.unmetered.is_some()) {
+            (true, true, _) => 's',
+            (true, false, _) => 'm',
+            (false, _, false) => 'f',
+            (false, _, true) => 'r',
+        }
+    }
+}
+
 /// The buffered request body of a metered call.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestBody<'a> {

@@ -18,16 +18,6 @@ fn classify(method: Method, path: &str) -> Call {
     ElevenLabs.classify(&info(&method, path, &HeaderMap::new()))
 }
 
-/// `m`etered, `s`treamed, `f`ree, `r`efused.
-fn class(c: &Call) -> char {
-    match (c.metered, c.streaming, c.unmetered.is_some()) {
-        (true, true, _) => 's',
-        (true, false, _) => 'm',
-        (false, _, false) => 'f',
-        (false, _, true) => 'r',
-    }
-}
-
 #[test]
 fn every_sdk_route_has_its_class() {
     use Method as M;
@@ -117,7 +107,7 @@ fn every_sdk_route_has_its_class() {
         (M::POST, "/v1/brand-new-paid-thing", 'r'),
         (M::PUT, "/v1/brand-new-paid-thing", 'r'),
     ] {
-        assert_eq!(class(&classify(method.clone(), path)), want, "{method} {path}");
+        assert_eq!(classify(method.clone(), path).class_letter(), want, "{method} {path}");
     }
 }
 

@@ -18,16 +18,6 @@ fn classify(g: &Gemini, method: Method, path: &str) -> Call {
     g.classify(&req(&method, path, &HeaderMap::new()))
 }
 
-/// `m`etered, `s`treamed, `f`ree, `r`efused.
-fn class(c: &Call) -> char {
-    match (c.metered, c.streaming, c.unmetered.is_some()) {
-        (true, true, _) => 's',
-        (true, false, _) => 'm',
-        (false, _, false) => 'f',
-        (false, _, true) => 'r',
-    }
-}
-
 const V: &str = "/v1beta1/projects/p/locations/us-central1";
 
 #[test]
@@ -166,7 +156,7 @@ fn every_sdk_route_has_its_class() {
         (M::POST, format!("{V}/endpoints/e1:predict"), 'r', None),
     ] {
         let c = classify(&g, method.clone(), &path);
-        assert_eq!(class(&c), want, "{method} {path}");
+        assert_eq!(c.class_letter(), want, "{method} {path}");
         if want != 'r' {
             assert_eq!(c.model.as_deref(), model, "{path}");
         }
