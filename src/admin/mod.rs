@@ -144,6 +144,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<AdminBody
         Endpoint::Healthz => json(StatusCode::OK, &json!({"status": "ok"})),
         Endpoint::Readyz => match app.store.ping().await {
             Ok(()) => json(StatusCode::OK, &json!({"status": "ready", "store": app.store.name()})),
+            // With `on_error: open` the proxy keeps serving through a store outage: still
+            // ready (so an outage does not pull every replica out of its Service at once),
+            // but degraded. With `closed` it refuses paid calls: not ready.
+            Err(e) if runtime.config.store.on_error == crate::config::OnError::Open => json(
+                StatusCode::OK,
+                &json!({"status": "degraded", "store": app.store.name(), "error": e.to_string()}),
+            ),
             Err(e) => json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"status": "unavailable", "store": app.store.name(), "error": e.to_string()}),

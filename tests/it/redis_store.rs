@@ -409,6 +409,10 @@ async fn outage_open_forwards_everything_and_replays_its_cost_once() {
     );
     assert_eq!(mock.count(), 33);
     settled_or_fail(&p.handle).await;
+    // Still serving: ready, but degraded.
+    let ready = p.client.get(&p.admin_url("/readyz"), &[]).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["status"], "degraded");
 
     // Redis comes back empty: what was counted during the outage is replayed, once. The
     // reservations of the ten in flight went down with the old Redis; their settlements
@@ -483,6 +487,10 @@ async fn outage_closed_answers_503_and_recovers_by_itself() {
         assert_eq!(g.json()["error"]["type"], "quota_store_unavailable");
     }
     assert_eq!(mock.count(), 1, "nothing is forwarded");
+    // Refusing paid calls: not ready.
+    let ready = p.client.get(&p.admin_url("/readyz"), &[]).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["status"], "unavailable");
     server.restart_empty();
     let deadline = Instant::now() + Duration::from_secs(15);
     while tts(&p, "p-closed").await.status != 200 {
