@@ -431,6 +431,18 @@ async fn outage_open_forwards_everything_and_replays_its_cost_once() {
     assert_eq!(hget(&mut c, &key, "requests"), 20);
     assert_eq!(hist_total(&mut c, &hist, "requests"), 30);
     assert_eq!(hist_total(&mut c, &hist, "cost"), 30 * PRICE);
+    // The usage API finds the tenant counted during the outage, with the exact cost, though
+    // Redis came back without its registry.
+    let usage = crate::common::ops::admin_get(&p, "/v1/profiles/p-out/usage?range=30d", None).await;
+    assert_eq!(usage.status, 200, "{}", String::from_utf8_lossy(&usage.body));
+    assert_eq!(usage.json()["month"]["requests"], 30);
+    assert_eq!(usage.json()["month"]["cost_usd"], spendgate::domain::money::nanos_to_usd(30 * PRICE));
+    let listing = crate::common::ops::admin_get(&p, "/v1/profiles", None).await;
+    assert!(
+        String::from_utf8_lossy(&listing.body).contains("\"p-out\""),
+        "{}",
+        String::from_utf8_lossy(&listing.body)
+    );
 
     // And Redis is used again directly.
     assert_eq!(tts(&p, "p-out").await.status, 200);

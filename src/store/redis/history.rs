@@ -28,6 +28,13 @@ pub struct Registered {
     seen: HashSet<(String, String)>,
 }
 
+impl Registered {
+    /// Forgets what was registered: the next write of each tenant registers it again.
+    pub fn forget(&mut self) {
+        self.seen.clear();
+    }
+}
+
 impl Inner {
     /// Seconds a registry entry is kept after the tenant was last seen: as long as any of
     /// its history.

@@ -132,6 +132,10 @@ impl Inner {
     /// A call failed: count it towards the breaker; once it trips, wake the background task
     /// so that it starts probing for Redis's return at once.
     pub(super) fn failed(&self) {
+        // Redis may come back empty (a restart, a failover to a replica without the latest
+        // writes): the tenant registry and the profiles' homes are written again, by the
+        // replay and by the next settlements, rather than assumed from before.
+        self.registered.lock().forget();
         self.breaker.failure();
         if self.breaker.is_open() {
             self.wake.notify_one();
