@@ -15,19 +15,12 @@ fn yaml(webhook: &str, timeout: &str, retries: u32) -> String {
     )
 }
 
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 /// Waits (bounded) until every fired alert has been delivered, given up or dropped.
 async fn wait_deliveries_done(p: &Proxy) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let m = p.metrics().await;
-        let result = |r: &str| sample(&m, &format!("spendgate_alerts_total{{result=\"{r}\"}} "));
+        let result = |r: &str| sample(&m, &format!("spendgate_alerts_total{{result=\"{r}\"}} ")).unwrap_or(0.0);
         if result("sent") + result("failed") + result("dropped") >= result("fired") {
             return;
         }
@@ -82,7 +75,7 @@ async fn crossing_alert_at_warns_and_posts_once_per_window_with_retries() {
     assert_eq!(event["ratio"], 0.5);
     assert_eq!(event["alert_at"], 0.5);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while sample(&p.metrics().await, "spendgate_alerts_total{result=\"sent\"} ") < 1.0 {
+    while sample(&p.metrics().await, "spendgate_alerts_total{result=\"sent\"} ").unwrap_or(0.0) < 1.0 {
         assert!(Instant::now() < deadline, "delivery not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -95,13 +88,17 @@ async fn crossing_alert_at_warns_and_posts_once_per_window_with_retries() {
     // settlement is written, `fired` is final; each fired event ends as sent, failed or
     // dropped, and once they add up no more webhook calls can come.
     settled_or_fail(&p.handle).await;
-    assert_eq!(sample(&p.metrics().await, "spendgate_alerts_total{result=\"fired\"} "), 1.0, "once per window");
+    assert_eq!(
+        sample(&p.metrics().await, "spendgate_alerts_total{result=\"fired\"} ").unwrap_or(0.0),
+        1.0,
+        "once per window"
+    );
     wait_deliveries_done(&p).await;
     assert_eq!(hook.count(), 2, "once per window (one retry)");
     let m = p.metrics().await;
-    assert_eq!(sample(&m, "spendgate_alerts_total{result=\"fired\"} "), 1.0);
-    assert_eq!(sample(&m, "spendgate_alerts_total{result=\"sent\"} "), 1.0);
-    assert_eq!(sample(&m, "spendgate_alerts_total{result=\"failed\"} "), 0.0);
+    assert_eq!(sample(&m, "spendgate_alerts_total{result=\"fired\"} ").unwrap_or(0.0), 1.0);
+    assert_eq!(sample(&m, "spendgate_alerts_total{result=\"sent\"} ").unwrap_or(0.0), 1.0);
+    assert_eq!(sample(&m, "spendgate_alerts_total{result=\"failed\"} ").unwrap_or(0.0), 0.0);
 
     // Another tenant crossing its own threshold is its own event.
     for _ in 0..5 {
@@ -138,7 +135,7 @@ async fn a_webhook_that_never_answers_does_not_delay_requests() {
         assert_eq!(r.status, 200);
     }
     settled_or_fail(&p.handle).await;
-    assert_eq!(sample(&p.metrics().await, "spendgate_alerts_total{result=\"fired\"} "), 1.0);
+    assert_eq!(sample(&p.metrics().await, "spendgate_alerts_total{result=\"fired\"} ").unwrap_or(0.0), 1.0);
     p.handle.shutdown().await;
 }
 
@@ -156,14 +153,16 @@ async fn shadow_limits_alert_and_count_but_never_refuse() {
         sample(
             &m,
             "spendgate_shadow_refusals_total{metric=\"requests\",scope=\"profile\",tenant=\"p-shadow\",window=\"daily\"} "
-        ),
+        )
+        .unwrap_or(0.0),
         2.0
     );
     assert_eq!(
         sample(
             &m,
             "spendgate_quota_rejections_total{metric=\"requests\",scope=\"profile\",tenant=\"p-shadow\",window=\"daily\"} "
-        ),
+        )
+        .unwrap_or(0.0),
         0.0
     );
     let deadline = Instant::now() + Duration::from_secs(10);

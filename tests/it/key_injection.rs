@@ -8,11 +8,6 @@ use http::HeaderMap;
 use crate::common::env::{KEY_ANTHROPIC, KEY_ELEVENLABS, KEY_GEMINI, KEY_OPENAI, KEY_VERTEX};
 const KEYS: [(&str, &str); 5] = [KEY_OPENAI, KEY_ANTHROPIC, KEY_ELEVENLABS, KEY_GEMINI, KEY_VERTEX];
 
-/// The variables are set with every other one the suite needs (see `common::env`).
-fn set_keys() {
-    crate::common::env::init();
-}
-
 fn yaml() -> String {
     let mut y = String::from("providers:\n");
     for (name, kind) in [
@@ -72,7 +67,7 @@ fn expected_for(path: &str) -> (&'static str, &'static str) {
 
 #[tokio::test]
 async fn every_client_credential_is_replaced_by_the_configured_key() {
-    set_keys();
+    crate::common::env::init();
     let mock = Mock::start(|s| match check_credentials(&s.headers, s.query.as_deref(), expected_for(&s.path)) {
         Ok(()) => Reply::json(r#"{"ok": true}"#),
         Err(why) => Reply::new(401).header("content-type", "text/plain").body(why),
@@ -111,7 +106,7 @@ async fn every_client_credential_is_replaced_by_the_configured_key() {
 /// key (Gemini would bill whichever it reads).
 #[tokio::test]
 async fn a_percent_encoded_key_parameter_is_stripped_when_the_gemini_key_is_injected() {
-    set_keys();
+    crate::common::env::init();
     let mock = Mock::start(|_| Reply::json(r#"{"ok": true}"#)).await;
     let p = start_proxy(&yaml(), &mock.url()).await;
     let queries = [
@@ -161,7 +156,7 @@ async fn without_api_key_env_the_client_credentials_pass_unchanged() {
 
 #[tokio::test]
 async fn an_unset_variable_fails_check_and_start_without_revealing_keys() {
-    set_keys();
+    crate::common::env::init();
     let unset = "providers:\n  openai: {kind: openai, prefix: /openai, upstream: \"http://127.0.0.1:1\", api_key_env: SPENDGATE_TEST_KEY_NEVER_SET}\n";
     let config = spendgate::config::Config::from_yaml(unset, "t.yaml").unwrap();
     let err = spendgate::check::summary(&config).unwrap_err();

@@ -11,10 +11,6 @@ fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-}
-
 fn ratio(m: &str, tenant: &str, scope: &str, metric: &str, window: &str) -> Option<f64> {
     sample(
         m,

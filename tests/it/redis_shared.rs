@@ -3,10 +3,10 @@
 //! recorded once. Also `spendgate check` against Redis.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::process::{output_within, Spendgate};
-use crate::common::redis::{RedisCluster, RedisServer};
+use crate::common::redis::{hist_total, RedisCluster, RedisServer};
 use crate::common::*;
 use chrono::{DateTime, Utc};
 use spendgate::domain::window::{Calendar, Window};
@@ -99,20 +99,6 @@ fn over(window: Window, from: DateTime<Utc>, mut f: impl FnMut(&str) -> i64) -> 
 /// Reads a hash field through any connection (standalone or cluster).
 fn hget(c: &mut impl ::redis::ConnectionLike, key: &str, field: &str) -> i64 {
     ::redis::cmd("HGET").arg(key).arg(field).query::<Option<i64>>(c).unwrap().unwrap_or(0)
-}
-
-/// A metric's total in a history hash (fields are `<metric>|<provider>|<model>`).
-fn hist_total(c: &mut impl ::redis::ConnectionLike, key: &str, metric: &str) -> i64 {
-    let fields: Vec<(String, i64)> = ::redis::cmd("HGETALL").arg(key).query(c).unwrap();
-    fields.iter().filter(|(f, _)| f.split('|').next() == Some(metric)).map(|(_, v)| v).sum()
-}
-
-async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::redis::RedisServer;
+use crate::common::redis::{hist_total, RedisServer};
 use crate::common::*;
 use chrono::{DateTime, Utc};
 use spendgate::config::Config;
@@ -63,20 +63,6 @@ fn reserve_req(ops: Vec<CounterOp>) -> ReserveRequest {
 
 fn hget(c: &mut ::redis::Connection, key: &str, field: &str) -> i64 {
     ::redis::cmd("HGET").arg(key).arg(field).query::<Option<i64>>(c).unwrap().unwrap_or(0)
-}
-
-/// A metric's total in a history hash (fields are `<metric>|<provider>|<model>`).
-fn hist_total(c: &mut ::redis::Connection, key: &str, metric: &str) -> i64 {
-    let fields: Vec<(String, i64)> = ::redis::cmd("HGETALL").arg(key).query(c).unwrap();
-    fields.iter().filter(|(f, _)| f.split('|').next() == Some(metric)).map(|(_, v)| v).sum()
-}
-
-async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,13 +330,6 @@ async fn tts(p: &Proxy, profile: &str) -> Got {
         .await
 }
 
-/// The value of one series in the Prometheus text format (0 when absent).
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 /// The proxy on a clock fixed at the test's start: the month it counts in is the one the
 /// test builds its keys from, even when the wall clock crosses midnight at the end of a
 /// month meanwhile.
@@ -449,9 +428,18 @@ async fn outage_open_forwards_everything_and_replays_its_cost_once() {
     settled_or_fail(&p.handle).await;
     assert_eq!(hget(&mut c, &key, "cost"), 21 * PRICE);
     let metrics = p.metrics().await;
-    assert!(metric(&metrics, "spendgate_store_errors_total{op=\"reserve\"}") >= 1.0, "{metrics}");
-    assert!(metric(&metrics, "spendgate_store_errors_total{op=\"settle\"}") >= 10.0, "{metrics}");
-    assert!(metric(&metrics, "spendgate_store_duration_seconds_count{op=\"replay\"}") >= 30.0, "{metrics}");
+    assert!(
+        sample(&metrics, "spendgate_store_errors_total{op=\"reserve\"}").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "spendgate_store_errors_total{op=\"settle\"}").unwrap_or(0.0) >= 10.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "spendgate_store_duration_seconds_count{op=\"replay\"}").unwrap_or(0.0) >= 30.0,
+        "{metrics}"
+    );
     p.handle.shutdown().await;
 }
 
@@ -559,7 +547,10 @@ async fn a_slow_redis_hits_the_timeout_and_a_late_success_counts_once() {
     assert!(paused_at.elapsed() < Duration::from_millis(1500), "answered while Redis was still paused");
     settled_or_fail(&p.handle).await;
     let metrics = p.metrics().await;
-    assert!(metric(&metrics, "spendgate_store_errors_total{op=\"reserve\"}") >= 1.0, "{metrics}");
+    assert!(
+        sample(&metrics, "spendgate_store_errors_total{op=\"reserve\"}").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
     // Once Redis answers, the calls that were given up on complete: the reservation and the
     // settlement are in Redis once, and their journal entries were withdrawn.
     let key = format!("sg:{{p:p-slow}}:c:p:p-slow:m:{}", this_month(&p));

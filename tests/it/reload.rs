@@ -14,16 +14,8 @@ fn yaml(max_requests: u32, extra: &str) -> String {
     )
 }
 
-/// The value of a sample line in the metrics text, 0 when absent.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 async fn reloads(p: &Proxy, result: &str) -> f64 {
-    sample(&p.metrics().await, &format!("spendgate_config_reloads_total{{result=\"{result}\"}} "))
+    sample(&p.metrics().await, &format!("spendgate_config_reloads_total{{result=\"{result}\"}} ")).unwrap_or(0.0)
 }
 
 /// Waits (bounded) until `reloads(result)` reaches `n`.

@@ -12,11 +12,6 @@ use serde_json::{json, Value};
 
 use crate::common::env::{SDK_MEDIA_ANTHROPIC_KEY as ANTHROPIC_KEY, SDK_MEDIA_OPENAI_KEY as OPENAI_KEY};
 
-/// The variables are set with every other one the suite needs (see `common::env`).
-fn set_keys() {
-    crate::common::env::init();
-}
-
 /// OpenAI and Anthropic with their keys injected; Gemini passes the client's key through.
 fn yaml() -> String {
     format!(
@@ -189,7 +184,7 @@ fn respond(s: &Seen) -> Reply {
 }
 
 async fn start() -> (Mock, Proxy) {
-    set_keys();
+    crate::common::env::init();
     let mock = Mock::start(respond).await;
     let p = start_proxy(&yaml(), &mock.url()).await;
     (mock, p)

@@ -9,11 +9,6 @@ use http::HeaderMap;
 
 use crate::common::env::{SDK_ANTHROPIC_KEY as ANTHROPIC_KEY, SDK_OPENAI_KEY as OPENAI_KEY};
 
-/// The variables are set with every other one the suite needs (see `common::env`).
-fn set_keys() {
-    crate::common::env::init();
-}
-
 fn yaml() -> String {
     format!(
         r#"
@@ -71,7 +66,7 @@ fn respond(s: &Seen) -> Reply {
 }
 
 async fn run_sdk(script: &'static str, env_var: &'static str, mount: &str, expected: &[(&str, &str)]) {
-    set_keys();
+    crate::common::env::init();
     let mock = Mock::start(respond).await;
     let p = start_proxy(&yaml(), &mock.url()).await;
     let out = python::run_ok(script, vec![(env_var, p.url(mount))]).await;

@@ -322,6 +322,21 @@ pub async fn gated_stream(fixture_name: &str, piece: usize) -> (Mock, Arc<tokio:
     (mock, gate)
 }
 
+/// The value of one series in the Prometheus text format (`series` includes its labels and
+/// the space before the value); `None` when absent.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+/// Polls `ok` until it holds; fails the test after 20 s.
+pub async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until every settlement already started has been written; PANICS when one is still
 /// running at `Handle::settled`'s deadline (a stuck settlement must not let a "costs
 /// nothing" assertion made after it pass).

@@ -10,6 +10,12 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// A loopback port that was free a moment ago.
+/// A metric's total in a history hash (fields are `<metric>|<provider>|<model>`).
+pub fn hist_total(c: &mut impl ::redis::ConnectionLike, key: &str, metric: &str) -> i64 {
+    let fields: Vec<(String, i64)> = ::redis::cmd("HGETALL").arg(key).query(c).unwrap();
+    fields.iter().filter(|(f, _)| f.split('|').next() == Some(metric)).map(|(_, v)| v).sum()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
