@@ -52,6 +52,11 @@ impl LabelCap {
         None
     }
 
+    /// True when `value` already has a label of its own.
+    pub fn has(&self, value: &str) -> bool {
+        self.enabled && self.seen.lock().contains(value)
+    }
+
     pub fn reconfigure(&mut self, enabled: bool, max: usize) {
         self.enabled = enabled;
         self.max = max;

@@ -54,6 +54,8 @@ pub fn error(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBod
 pub fn model_label(app: &App, runtime: &Runtime, provider: &str, prices: ProviderKind, model: Option<&str>) -> String {
     match model {
         None => app.metrics.model("unknown"),
+        // A model labelled before was priced then: no second price lookup per request.
+        Some(m) if app.metrics.models.has(m) => m.to_string(),
         Some(m) if runtime.prices.rates(provider, prices, m).is_some() => app.metrics.model(m),
         Some(_) => app.metrics.model("other"),
     }
