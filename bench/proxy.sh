@@ -8,9 +8,11 @@
 #   2. nginx `proxy_pass` with upstream keepalive (the reference),
 #   3. spendgate with the memory store,
 #   4. spendgate with the Redis store (a local redis-server).
+# Then an LLM-shaped load (OpenAI chat completions, JSON and SSE streams with usage) through
+# nginx and the memory store, and the TTS load spread over 100,000 profiles instead of 100.
 # For each: requests/s, p50/p99 at CONNECTIONS connections, the CPU time the proxy process
 # (and Redis) spent per request over the measured run (from /proc/<pid>/stat), the ratios to
-# nginx, and the p50 one connection sees (the latency the proxy adds over the mock).
+# nginx on the same load, and the p50 one connection sees (added over the mock).
 #
 # Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (3s),
 # CARGO_TARGET_DIR (target). Needs wrk, nginx, redis-server, redis-cli, curl, python3.
@@ -29,22 +31,34 @@ done
 
 # shellcheck source=bench/common.sh
 source bench/common.sh
+
+TICKS=$(getconf CLK_TCK)
+
+# CPU time (user + system, in clock ticks) of the processes given, threads included.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
 REDIS=$(free_port)
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
 REDIS_PID=$!
 PIDS+=("$REDIS_PID")
 wait_port "$REDIS"
 
-# Runs wrk against a URL while measuring the CPU of the given processes; prints
-# "req/s p50 p99 non-2xx cpu_us_per_request [redis_cpu_us_per_request]".
+# Runs wrk with a script against a URL while measuring the CPU of the given processes;
+# prints "req/s p50 p99 non-2xx cpu_us_per_request redis_cpu_us_per_request".
 load() {
-  local url=$1
-  shift
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s bench/tts.lua "$url" >/dev/null
+  local script=$1 url=$2
+  shift 2
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$script" "$url" >/dev/null
   local before redis_before after redis_after
   before=$(cpu_ticks "$@")
   redis_before=$(cpu_ticks "$REDIS_PID")
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/tts.lua "$url" >"$WORK/wrk.out"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "$url" >"$WORK/wrk.out"
   after=$(cpu_ticks "$@")
   redis_after=$(cpu_ticks "$REDIS_PID")
   awk -v cpu=$((after - before)) -v rcpu=$((redis_after - redis_before)) -v hz="$TICKS" '
@@ -57,10 +71,10 @@ load() {
   ' "$WORK/wrk.out"
 }
 
-# p50 with one connection (the latency one request sees).
+# p50 with one connection (the latency one request sees), for a script and a URL.
 single() {
-  wrk -t1 -c1 -d2s -s bench/tts.lua "$1" >/dev/null
-  wrk -t1 -c1 -d"$DURATION" --latency -s bench/tts.lua "$1" | awk '/^ +50%/ { print $2 }'
+  wrk -t1 -c1 -d2s -s "$1" "$2" >/dev/null
+  wrk -t1 -c1 -d"$DURATION" --latency -s "$1" "$2" | awk '/^ +50%/ { print $2 }'
 }
 
 # nginx: proxy_pass with upstream keepalive, one worker per CPU, no access log.
@@ -79,6 +93,12 @@ http {
   server {
     listen 127.0.0.1:$NGINX;
     location /elevenlabs/ {
+      proxy_pass http://mock/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+    location /openai/ {
       proxy_pass http://mock/;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -103,6 +123,7 @@ admin:
   listen: "127.0.0.1:$ADMIN"
 providers:
   elevenlabs: {kind: elevenlabs, prefix: /elevenlabs, upstream: "http://127.0.0.1:$MOCK"}
+  openai: {kind: openai, prefix: /openai, upstream: "http://127.0.0.1:$MOCK"}
 limits:
   default_profile:
     - {metric: cost_usd, window: monthly, max: 1000000000}
@@ -128,21 +149,40 @@ stop_proxy() {
 }
 
 declare -A RESULT SINGLE
-RESULT[mock]=$(load "http://127.0.0.1:$MOCK/v1/text-to-speech/voice")
-SINGLE[mock]=$(single "http://127.0.0.1:$MOCK/v1/text-to-speech/voice")
-RESULT[nginx]=$(load "http://127.0.0.1:$NGINX/elevenlabs/v1/text-to-speech/voice" "${NGINX_PROCS[@]}")
-SINGLE[nginx]=$(single "http://127.0.0.1:$NGINX/elevenlabs/v1/text-to-speech/voice")
+TTS=bench/tts.lua
+CHAT=bench/chat.lua
+tts_path=/v1/text-to-speech/voice
+chat_path=/v1/chat/completions
+RESULT[mock]=$(load $TTS "http://127.0.0.1:$MOCK$tts_path")
+SINGLE[mock]=$(single $TTS "http://127.0.0.1:$MOCK$tts_path")
+SINGLE[mock_chat]=$(single $CHAT "http://127.0.0.1:$MOCK$chat_path")
+SINGLE[mock_sse]=$(STREAM=1 single $CHAT "http://127.0.0.1:$MOCK$chat_path")
+RESULT[nginx]=$(load $TTS "http://127.0.0.1:$NGINX/elevenlabs$tts_path" "${NGINX_PROCS[@]}")
+SINGLE[nginx]=$(single $TTS "http://127.0.0.1:$NGINX/elevenlabs$tts_path")
+RESULT[nginx_chat]=$(load $CHAT "http://127.0.0.1:$NGINX/openai$chat_path" "${NGINX_PROCS[@]}")
+SINGLE[nginx_chat]=$(single $CHAT "http://127.0.0.1:$NGINX/openai$chat_path")
+RESULT[nginx_sse]=$(STREAM=1 load $CHAT "http://127.0.0.1:$NGINX/openai$chat_path" "${NGINX_PROCS[@]}")
+SINGLE[nginx_sse]=$(STREAM=1 single $CHAT "http://127.0.0.1:$NGINX/openai$chat_path")
 
 start_proxy ""
-RESULT[memory]=$(load "http://127.0.0.1:$PROXY/elevenlabs/v1/text-to-speech/voice" "$PROXY_PID")
-SINGLE[memory]=$(single "http://127.0.0.1:$PROXY/elevenlabs/v1/text-to-speech/voice")
+RESULT[memory]=$(load $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path" "$PROXY_PID")
+SINGLE[memory]=$(single $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path")
+RESULT[memory_chat]=$(load $CHAT "http://127.0.0.1:$PROXY/openai$chat_path" "$PROXY_PID")
+SINGLE[memory_chat]=$(single $CHAT "http://127.0.0.1:$PROXY/openai$chat_path")
+RESULT[memory_sse]=$(STREAM=1 load $CHAT "http://127.0.0.1:$PROXY/openai$chat_path" "$PROXY_PID")
+SINGLE[memory_sse]=$(STREAM=1 single $CHAT "http://127.0.0.1:$PROXY/openai$chat_path")
+stop_proxy
+
+start_proxy ""
+RESULT[memory_100k]=$(TENANTS=100000 load $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path" "$PROXY_PID")
+SINGLE[memory_100k]=$(TENANTS=100000 single $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path")
 stop_proxy
 
 start_proxy "store:
   backend: redis
   url: \"redis://127.0.0.1:$REDIS/0\""
-RESULT[redis]=$(load "http://127.0.0.1:$PROXY/elevenlabs/v1/text-to-speech/voice" "$PROXY_PID")
-SINGLE[redis]=$(single "http://127.0.0.1:$PROXY/elevenlabs/v1/text-to-speech/voice")
+RESULT[redis]=$(load $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path" "$PROXY_PID")
+SINGLE[redis]=$(single $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path")
 stop_proxy
 
 # Latencies as microseconds.
@@ -153,23 +193,30 @@ us() {
   }'
 }
 
-read -r NGINX_RPS _ _ _ NGINX_CPU _ <<<"${RESULT[nginx]}"
-MOCK_P50=$(us "${SINGLE[mock]}")
 echo
 echo "wrk: $THREADS threads, $CONNECTIONS connections, $DURATION after a $WARMUP warm-up; 1-connection p50 over $DURATION."
-echo "ElevenLabs TTS requests (615 characters) over 100 profiles; $(nproc) CPUs shared by everything."
+echo "TTS: ElevenLabs requests (615 characters) over 100 profiles (or 100,000); chat: OpenAI chat"
+echo "completions over 100 profiles, JSON or SSE. $(nproc) CPUs shared by everything."
 echo
-printf "%-26s %10s %8s %9s %9s %7s %12s %11s %12s %10s\n" "target" "req/s" "x nginx" "p50" "p99" "non-2xx" "CPU us/req" "x nginx" "Redis us/req" "+p50 1conn"
-for name in mock nginx memory redis; do
+printf "%-34s %10s %8s %9s %9s %7s %11s %8s %13s %11s\n" "target" "req/s" "x nginx" "p50" "p99" "non-2xx" "CPU us/req" "x nginx" "Redis us/req" "+p50 1conn"
+# name | label | the nginx row it is compared with | the mock's 1-connection p50 on that load
+for row in \
+  "mock|mock upstream directly (TTS)|nginx|mock" \
+  "nginx|nginx proxy_pass, TTS|nginx|mock" \
+  "memory|spendgate memory, TTS|nginx|mock" \
+  "memory_100k|spendgate memory, TTS, 100k tenants|nginx|mock" \
+  "redis|spendgate Redis, TTS|nginx|mock" \
+  "nginx_chat|nginx proxy_pass, chat JSON|nginx_chat|mock_chat" \
+  "memory_chat|spendgate memory, chat JSON|nginx_chat|mock_chat" \
+  "nginx_sse|nginx proxy_pass, chat SSE|nginx_sse|mock_sse" \
+  "memory_sse|spendgate memory, chat SSE|nginx_sse|mock_sse"; do
+  IFS='|' read -r name label ref mock <<<"$row"
   read -r rps p50 p99 bad cpu rcpu <<<"${RESULT[$name]}"
-  case $name in
-    mock) label="mock upstream directly"; cpu="-"; rcpu="-" ;;
-    nginx) label="nginx proxy_pass"; rcpu="-" ;;
-    memory) label="spendgate, memory store"; rcpu="-" ;;
-    redis) label="spendgate, Redis store" ;;
-  esac
-  ratio=$(awk -v a="$rps" -v b="$NGINX_RPS" 'BEGIN { printf "%.2f", a / b }')
-  cratio=$([ "$cpu" = "-" ] && echo "-" || awk -v a="$cpu" -v b="$NGINX_CPU" 'BEGIN { printf "%.2f", a / b }')
-  added=$(awk -v a="$(us "${SINGLE[$name]}")" -v b="$MOCK_P50" 'BEGIN { printf "%+.0f us", a - b }')
-  printf "%-26s %10s %8s %9s %9s %7s %12s %11s %12s %10s\n" "$label" "$rps" "$ratio" "$p50" "$p99" "$bad" "$cpu" "$cratio" "$rcpu" "$added"
+  read -r ref_rps _ _ _ ref_cpu _ <<<"${RESULT[$ref]}"
+  [ "$name" = mock ] && cpu="-"
+  [ "$name" = redis ] || rcpu="-"
+  ratio=$(awk -v a="$rps" -v b="$ref_rps" 'BEGIN { printf "%.2f", a / b }')
+  cratio=$([ "$cpu" = "-" ] && echo "-" || awk -v a="$cpu" -v b="$ref_cpu" 'BEGIN { printf "%.2f", a / b }')
+  added=$(awk -v a="$(us "${SINGLE[$name]}")" -v b="$(us "${SINGLE[$mock]}")" 'BEGIN { printf "%+.0f us", a - b }')
+  printf "%-34s %10s %8s %9s %9s %7s %11s %8s %13s %11s\n" "$label" "$rps" "$ratio" "$p50" "$p99" "$bad" "$cpu" "$cratio" "$rcpu" "$added"
 done

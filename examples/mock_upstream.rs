@@ -1,6 +1,8 @@
-//! A stand-in for the ElevenLabs API, for benchmarks: every `POST
+//! A stand-in for the ElevenLabs and OpenAI APIs, for benchmarks: every `POST
 //! /v1/text-to-speech/{voice}` is answered 200 with a small MP3-like body and the
-//! `character-cost` header ElevenLabs sends; anything else gets 404.
+//! `character-cost` header ElevenLabs sends; every `POST /v1/chat/completions` with a chat
+//! completion (JSON, or an SSE stream of chunks ending with usage when the request asks for
+//! it, as OpenAI does); anything else gets 404.
 //!
 //! ```text
 //! cargo run --release --example mock_upstream -- 127.0.0.1:18080
@@ -20,7 +22,42 @@ use tokio::net::TcpListener;
 /// Audio bytes per response: a few frames, like a short TTS clip.
 const AUDIO_BYTES: usize = 4096;
 
+/// A chat completion: usage counts of an answer of about a hundred words.
+const CHAT_JSON: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Low tide is at 06:40 and again at 19:05; the flats are walkable for about two hours around each."},"finish_reason":"stop"}],"usage":{"prompt_tokens":42,"completion_tokens":128,"total_tokens":170,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}"#;
+
+/// The chunks of a streamed completion, then (when asked for) the usage chunk.
+fn chat_stream(with_usage: bool) -> Bytes {
+    let mut out = String::new();
+    for word in ["Low", " tide", " is", " at", " 06:40", " and", " again", " at", " 19:05."] {
+        out.push_str(&format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}}}}]}}\n\n"
+        ));
+    }
+    if with_usage {
+        out.push_str("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],\"usage\":{\"prompt_tokens\":42,\"completion_tokens\":128,\"total_tokens\":170}}\n\n");
+    }
+    out.push_str("data: [DONE]\n\n");
+    Bytes::from(out)
+}
+
+async fn chat(body: Bytes) -> Response<Full<Bytes>> {
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let (content_type, bytes) = if json["stream"] == true {
+        let with_usage = json.pointer("/stream_options/include_usage") == Some(&serde_json::Value::Bool(true));
+        ("text/event-stream", chat_stream(with_usage))
+    } else {
+        ("application/json", Bytes::from_static(CHAT_JSON.as_bytes()))
+    };
+    let mut r = Response::new(Full::new(bytes));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
 async fn answer(req: Request<Incoming>, audio: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == Method::POST && req.uri().path() == "/v1/chat/completions" {
+        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        return Ok(chat(body).await);
+    }
     let is_tts = req.method() == Method::POST && req.uri().path().starts_with("/v1/text-to-speech/");
     // Read the request like the real API does (the text is what is billed).
     let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
