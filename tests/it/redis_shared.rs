@@ -6,25 +6,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::process::{output_within, Spendgate};
-use crate::common::redis::{hist_total, RedisCluster, RedisServer};
+use crate::common::redis::{hist_total, tts_body, tts_reply, RedisCluster, RedisServer, PRICE};
 use crate::common::*;
 use chrono::{DateTime, Utc};
 use spendgate::domain::window::{Calendar, Window};
 use tempfile::TempDir;
-
-/// $0.0615: 615 characters of `eleven_multilingual_v2` at $0.10 per 1K.
-const PRICE: i64 = 61_500_000;
-
-fn tts_body() -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"text": "x".repeat(615), "model_id": "eleven_multilingual_v2"})).unwrap()
-}
-
-fn tts_reply() -> Reply {
-    Reply::new(200)
-        .header("content-type", "audio/mpeg")
-        .header("character-cost", "615")
-        .body(vec![0u8; 256])
-}
 
 /// One `spendgate` process with its own config file (it picks its own ports), killed on
 /// drop.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::redis::{hist_total, RedisServer};
+use crate::common::redis::{hist_total, tts_body, tts_reply, RedisServer, PRICE};
 use crate::common::*;
 use chrono::{DateTime, Utc};
 use spendgate::config::Config;
@@ -12,9 +12,6 @@ use spendgate::domain::Scope;
 use spendgate::metrics::Metrics;
 use spendgate::quota::ledger::{CounterKey, CounterOp, ReserveOutcome, ReserveRequest, Settlement, Store, Totals, UsageRecord};
 use spendgate::store::redis::{RedisStore, StoreMetrics};
-
-/// $0.0615: 615 characters of `eleven_multilingual_v2` at $0.10 per 1K.
-const PRICE: i64 = 61_500_000;
 
 fn open_store(url: &str, extra: &str) -> RedisStore {
     open_store_with_metrics(url, extra).0
@@ -302,17 +299,6 @@ async fn an_interrupted_replay_does_not_count_twice() {
 }
 
 // ---- Through the proxy ----
-
-fn tts_body() -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"text": "x".repeat(615), "model_id": "eleven_multilingual_v2"})).unwrap()
-}
-
-fn tts_reply() -> Reply {
-    Reply::new(200)
-        .header("content-type", "audio/mpeg")
-        .header("character-cost", "615")
-        .body(vec![0u8; 256])
-}
 
 fn proxy_yaml(url: &str, store_extra: &str, limits: &str) -> String {
     format!(

@@ -10,6 +10,23 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// A loopback port that was free a moment ago.
+/// $0.0615: 615 characters of `eleven_multilingual_v2` at $0.10 per 1K, the TTS call the
+/// Redis tests make.
+pub const PRICE: i64 = 61_500_000;
+
+/// The body of that call.
+pub fn tts_body() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"text": "x".repeat(615), "model_id": "eleven_multilingual_v2"})).unwrap()
+}
+
+/// The upstream's answer to it.
+pub fn tts_reply() -> super::Reply {
+    super::Reply::new(200)
+        .header("content-type", "audio/mpeg")
+        .header("character-cost", "615")
+        .body(vec![0u8; 256])
+}
+
 /// A metric's total in a history hash (fields are `<metric>|<provider>|<model>`).
 pub fn hist_total(c: &mut impl ::redis::ConnectionLike, key: &str, metric: &str) -> i64 {
     let fields: Vec<(String, i64)> = ::redis::cmd("HGETALL").arg(key).query(c).unwrap();
