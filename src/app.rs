@@ -18,7 +18,7 @@ use crate::quota::deferred::DeferredCalls;
 use crate::quota::ledger::{Store, StoreError};
 use crate::quota::limit::LimitSet;
 use crate::quota::Retention;
-use crate::store::memory::MemoryStore;
+use crate::store::embedded::{EmbeddedStore, Options as EmbeddedOptions};
 use crate::store::redis::{RedisStore, StoreMetrics};
 use crate::store::timed::Timed;
 use crate::tenant::OrgCache;
@@ -161,15 +161,33 @@ impl App {
     }
 }
 
+/// Who opens the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The proxy: owns the embedded database (one process at a time) and writes it.
+    Serve,
+    /// Reports and checks: reads what is committed, next to a running proxy.
+    Read,
+}
+
 /// Builds the configured store; it records its own calls into `metrics`
 /// (`store_errors_total`, `store_duration_seconds`).
-pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open_store(config: &Config, metrics: &Metrics, access: Access) -> Result<Arc<dyn Store>, StoreError> {
     let s = &config.store;
     match s.backend {
-        Backend::Memory => Ok(match &s.snapshot {
-            Some(path) => Arc::new(MemoryStore::with_snapshot(path.clone(), s.recent_max, s.retention.daily_days)?),
-            None => Arc::new(MemoryStore::new(s.recent_max, s.retention.daily_days)),
-        }),
+        Backend::Memory => {
+            let opts = EmbeddedOptions::from_config(s);
+            let opened = match access {
+                Access::Serve => {
+                    let errors = metrics.store_errors.with_label_values(&["persist"]);
+                    tokio::task::spawn_blocking(move || EmbeddedStore::open(opts, errors))
+                        .await
+                        .map_err(|e| StoreError::Other(e.to_string()))?
+                }
+                Access::Read => EmbeddedStore::open_read_only(opts),
+            };
+            Ok(Arc::new(opened.map_err(|e| StoreError::Unavailable(e.to_string()))?))
+        }
         Backend::Redis => {
             let m = StoreMetrics {
                 errors: metrics.store_errors.clone(),

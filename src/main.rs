@@ -34,9 +34,15 @@ enum Command {
         /// One org in detail.
         #[arg(long)]
         org: Option<String>,
-        /// Days covered by the totals: 7d, 30d, 90d, all (or <N>d).
-        #[arg(long, default_value = "30d")]
-        range: String,
+        /// Days covered by the totals: 7d, 30d, 90d, all (or <N>d); 30d by default.
+        #[arg(long, conflicts_with = "from")]
+        range: Option<String>,
+        /// First day covered (YYYY-MM-DD, in the configured zone), instead of --range.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day covered (YYYY-MM-DD; today by default), with --from.
+        #[arg(long, requires = "from")]
+        to: Option<String>,
         /// Print the usage API's JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -68,15 +74,22 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(run(cli.config)),
         Command::Check { skip_store } => runtime.block_on(spendgate::check::run(cli.config.as_deref(), skip_store)),
-        Command::Usage { profile, org, range, json } => {
+        Command::Usage {
+            profile,
+            org,
+            range,
+            from,
+            to,
+            json,
+        } => {
             use spendgate::domain::Scope;
-            use spendgate::usage::cli::{run, Target};
+            use spendgate::usage::cli::{run, RangeArgs, Target};
             let target = match (profile, org) {
                 (Some(p), _) => Target::One(Scope::Profile, p),
                 (None, Some(o)) => Target::One(Scope::Org, o),
                 (None, None) => Target::All,
             };
-            runtime.block_on(run(cli.config.as_deref(), target, &range, json))
+            runtime.block_on(run(cli.config.as_deref(), target, &RangeArgs { range, from, to }, json))
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::app::{open_store, App};
+use crate::app::{open_store, Access, App};
 use crate::config::Config;
 use crate::domain::window::Clock;
 use crate::metrics::Metrics;
@@ -47,7 +47,7 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// Binds every listener and starts serving.
 pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
     let metrics = Metrics::new(&config.metrics);
-    let store = open_store(&config, &metrics).await.context("cannot open the store")?;
+    let store = open_store(&config, &metrics, Access::Serve).await.context("cannot open the store")?;
     let app = App::with_metrics(config, opts.config_path, store, opts.clock, metrics)?;
     let runtime = app.runtime();
     let cfg = &runtime.config;
@@ -98,7 +98,7 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
         }
     }
 
-    // Periodic store flush (the memory snapshot; a no-op elsewhere).
+    // Periodic store upkeep (the Redis journal, the embedded store's sweep).
     let flush_app = app.clone();
     let interval = cfg.store.snapshot_interval.0;
     let mut flush_rx = rx.clone();

@@ -6,7 +6,7 @@ use super::{error, json, query_param, AdminBody};
 use crate::app::App;
 use crate::domain::Scope;
 use crate::quota::ledger::StoreError;
-use crate::usage::{self, Range};
+use crate::usage;
 
 fn store_failed(e: &StoreError) -> Response<AdminBody> {
     tracing::warn!(error = %e, "usage API: the store could not be read");
@@ -32,14 +32,14 @@ pub async fn listing(app: &App, scope: Scope, query: Option<&str>) -> Response<A
     }
 }
 
-/// One tenant's usage; `?range=` defaults to `30d`.
+/// One tenant's usage; `?range=` (default `30d`) or `?from=YYYY-MM-DD&to=YYYY-MM-DD`.
 pub async fn report(app: &App, scope: Scope, id: &str, query: Option<&str>) -> Response<AdminBody> {
-    let range = match query_param(query, "range") {
-        None => Range::default_range(),
-        Some(r) => match Range::parse(&r, app.runtime().retention.daily_days) {
-            Ok(r) => r,
-            Err(m) => return error(StatusCode::BAD_REQUEST, "bad_range", &m),
-        },
+    let runtime = app.runtime();
+    let today = runtime.calendar.local_date(app.clock.now());
+    let [range, from, to] = ["range", "from", "to"].map(|n| query_param(query, n));
+    let range = match usage::range_from(range.as_deref(), from.as_deref(), to.as_deref(), runtime.retention.daily_days, today) {
+        Ok(r) => r,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_range", &m),
     };
     match usage::report(app, scope, id, range).await {
         Ok(Some(r)) => json(StatusCode::OK, &usage::json::report(&r)),

@@ -7,13 +7,16 @@ use super::Config;
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     let listens = |c: &Config| c.providers.iter().map(|(n, p)| (n.clone(), p.listen)).collect::<Vec<_>>();
-    let checks: [(&'static str, bool); 8] = [
+    let checks: [(&'static str, bool); 11] = [
         ("listen", old.listen != new.listen),
         ("admin.listen", old.admin.listen != new.admin.listen),
         ("store.backend", old.store.backend != new.store.backend),
         ("store.url", old.store.url != new.store.url),
         ("store.cluster", old.store.cluster != new.store.cluster),
         ("store.key_prefix", old.store.key_prefix != new.store.key_prefix),
+        ("store.path", old.store.path != new.store.path),
+        ("store.durability", old.store.durability != new.store.durability),
+        ("store.commit_interval", old.store.commit_interval != new.store.commit_interval),
         ("store.snapshot", old.store.snapshot != new.store.snapshot),
         ("providers.*.listen", listens(old) != listens(new)),
     ];

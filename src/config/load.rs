@@ -258,6 +258,15 @@ impl Config {
                 if self.store.journal.is_some() {
                     return Err(("store.journal".into(), "only the redis backend keeps an outage journal".into()));
                 }
+                if self.store.path.as_os_str().is_empty() {
+                    return Err(("store.path".into(), "must name the database file".into()));
+                }
+                if self.store.commit_interval.0 > std::time::Duration::from_secs(1) {
+                    return Err(("store.commit_interval".into(), "must be at most 1 second".into()));
+                }
+                if self.store.max_unwritten == 0 {
+                    return Err(("store.max_unwritten".into(), "must be at least 1".into()));
+                }
             }
         }
         if self.store.key_prefix.is_empty() || self.store.key_prefix.contains(['{', '}', ' ']) {

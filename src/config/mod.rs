@@ -85,9 +85,25 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
+    /// The embedded store: counters in memory, every charge written to a SQLite database
+    /// (`store.path`). `embedded` is the same backend under its newer name.
     #[default]
+    #[serde(alias = "embedded")]
     Memory,
     Redis,
+}
+
+/// When the embedded store's writes are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Reservations and settlements are group-committed every `store.commit_interval`
+    /// (a SIGKILL loses at most that interval's admitted requests).
+    #[default]
+    Batched,
+    /// Each reservation is committed and synced to disk before its request is forwarded
+    /// (group commit: concurrent reservations share one sync).
+    Strict,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -104,9 +120,20 @@ pub enum OnError {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub backend: Backend,
-    /// Memory only: counters are written here periodically and on shutdown, and read at start.
+    /// Embedded only: the SQLite database (created when missing).
+    pub path: PathBuf,
+    /// Embedded only: see [`Durability`].
+    pub durability: Durability,
+    /// Embedded only: longest a written record waits before its batch is committed.
+    pub commit_interval: Seconds,
+    /// Embedded only: most records kept in memory while the database cannot be written
+    /// (`on_error: open`); past it, requests are refused with 503.
+    pub max_unwritten: usize,
+    /// Deprecated (embedded only): the JSON snapshot file of earlier versions, imported into
+    /// the database once at start.
     pub snapshot: Option<PathBuf>,
-    /// Memory only: seconds between snapshot writes.
+    /// Seconds between the store's periodic upkeep (the Redis outage journal's writes; the
+    /// embedded store's sweep of windows no limit reads any more).
     pub snapshot_interval: Seconds,
     /// Redis only.
     pub url: String,
@@ -135,6 +162,10 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             backend: Backend::Memory,
+            path: PathBuf::from("spendgate.db"),
+            durability: Durability::Batched,
+            commit_interval: Seconds::from_millis(5),
+            max_unwritten: 100_000,
             snapshot: None,
             snapshot_interval: Seconds::from_secs(10),
             url: "redis://127.0.0.1:6379/0".into(),

@@ -26,7 +26,7 @@ use crate::config::{OnError, Unmetered, Unpriced};
 use crate::domain::{Metric, Scope};
 use crate::process::BudgetShare;
 use crate::providers::{self, Call, Estimate, Provider, Refusal, RequestInfo, Wire};
-use crate::quota::ledger::{ReserveOutcome, StoreError};
+use crate::quota::ledger::{OpenCall, ReserveOutcome, StoreError, Totals, UsageRecord};
 use crate::quota::limit::CallKey;
 use crate::quota::{Amounts, Plan};
 use crate::tenant::{self, Tenant};
@@ -241,7 +241,30 @@ pub async fn admit(
     };
     let now = app.clock.now();
     let plan = Plan::new(&runtime.limits, &runtime.calendar, runtime.retention, &tenant, &call_key, &amounts, now);
-    let before = reserve(app, runtime, &plan, &tenant, now).await.map_err(|r| own.send(&label(&call), r))?;
+    let id = super::settle::next_id();
+    let open = app.store.keeps_open_calls().then(|| OpenCall {
+        id: id.clone(),
+        record: UsageRecord {
+            at: now,
+            day: runtime.calendar.local_date(now).format("%Y-%m-%d").to_string(),
+            profile: tenant.profile.clone(),
+            org: tenant.org.clone(),
+            provider: route.name.clone(),
+            model: call.model.clone().unwrap_or_else(|| "unknown".into()),
+            path: upstream_path.clone(),
+            status: 0,
+            totals: Totals {
+                requests: 1,
+                cost_nanos: amounts.cost_nanos,
+                input_tokens: estimate.usage.input_total() as i64,
+                output_tokens: estimate.usage.output_total() as i64,
+                cached_tokens: estimate.usage.cached_input_tokens as i64,
+                characters: estimate.usage.characters as i64,
+            },
+            reason: None,
+        },
+    });
+    let before = reserve(app, runtime, &plan, &tenant, now, open).await.map_err(|r| own.send(&label(&call), r))?;
 
     let warning = before
         .as_ref()
@@ -251,6 +274,7 @@ pub async fn admit(
         (c.limit.metric, rem, c.resets_at)
     });
     let reservation = Reservation::new(Settler {
+        id,
         app: app.clone(),
         runtime: runtime.clone(),
         route: route.clone(),
@@ -373,8 +397,15 @@ fn org_conflict(profile: &str, named: &str, org: Option<&str>) -> Answer {
 }
 
 /// Reserves a call; `Ok(None)` when the store is down and `on_error: open` lets it through.
-async fn reserve(app: &App, runtime: &Runtime, plan: &Plan, tenant: &Tenant, now: DateTime<Utc>) -> Result<Option<Vec<i64>>, Response<ProxyBody>> {
-    let outcome = app.store.reserve(&plan.reserve_request()).await;
+async fn reserve(
+    app: &App,
+    runtime: &Runtime,
+    plan: &Plan,
+    tenant: &Tenant,
+    now: DateTime<Utc>,
+    call: Option<OpenCall>,
+) -> Result<Option<Vec<i64>>, Response<ProxyBody>> {
+    let outcome = app.store.reserve(&plan.reserve_request(call)).await;
     app.metrics.note_quota_tenant(Scope::Profile, &tenant.profile);
     if let Some(org) = &tenant.org {
         app.metrics.note_quota_tenant(Scope::Org, org);

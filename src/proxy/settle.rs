@@ -32,6 +32,8 @@ use crate::upstream::route::Route;
 
 /// Everything needed to settle one admitted request.
 pub struct Settler {
+    /// The call's id: its reservation's and its settlement's.
+    pub id: String,
     pub app: Arc<App>,
     pub runtime: Arc<Runtime>,
     pub route: Arc<Route>,
@@ -56,8 +58,9 @@ pub struct Settler {
     pub later: Option<String>,
 }
 
-/// Process-unique settlement ids (with the process start time, unique across restarts).
-fn next_id() -> String {
+/// Process-unique call and settlement ids (with the process start time, unique across
+/// restarts).
+pub fn next_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -192,6 +195,7 @@ impl Settler {
                     cached_tokens: usage.cached_input_tokens as i64 - d.charged_usage.cached_input_tokens as i64,
                     characters: 0,
                 },
+                reason: Some("adjustment".into()),
             },
             id: next_id(),
             expire_daily: d.plan.expire_daily,
@@ -297,8 +301,9 @@ impl Settler {
                     cached_tokens: usage.cached_input_tokens as i64,
                     characters: usage.characters as i64,
                 },
+                reason: settled.anomaly.map(|a| a.as_str().to_string()),
             },
-            id: next_id(),
+            id: self.id.clone(),
             expire_daily: plan.expire_daily,
             expire_monthly: plan.expire_monthly,
         };

@@ -42,6 +42,18 @@ pub struct ReserveRequest {
     /// When the buckets may be deleted (per window).
     pub expire_daily: DateTime<Utc>,
     pub expire_monthly: DateTime<Utc>,
+    /// The call being reserved, for a store that records open calls (see
+    /// [`Store::keeps_open_calls`]); its settlement carries the same id.
+    pub call: Option<OpenCall>,
+}
+
+/// A call between its reservation and its settlement. A store that outlives a crash charges
+/// the calls still open at the crash this record (the reservation's estimate), with reason
+/// `crash`.
+#[derive(Debug, Clone)]
+pub struct OpenCall {
+    pub id: String,
+    pub record: UsageRecord,
 }
 
 /// The answer to a reservation.
@@ -92,6 +104,10 @@ pub struct UsageRecord {
     pub path: String,
     pub status: u16,
     pub totals: Totals,
+    /// Why the totals are an estimate rather than the provider's report (`timeout`, `cut`,
+    /// `client_gone`, `crash`, ...); absent when they are the reported usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// What settles a request: the correction of every reserved counter, and the record.
@@ -156,6 +172,11 @@ pub trait Store: Send + Sync {
     /// else `org`, which is remembered from now on (`None` remembers that the profile belongs
     /// to no org). Bindings never expire.
     async fn bind_org(&self, profile: &str, org: Option<&str>) -> Result<Option<String>, StoreError>;
+
+    /// True when the store wants [`ReserveRequest::call`] filled in.
+    fn keeps_open_calls(&self) -> bool {
+        false
+    }
 
     /// Reachability, for `/readyz` and `spendgate check`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -19,7 +19,7 @@ use crate::domain::window::{Bucket, Calendar, Window};
 use crate::domain::{Metric, Scope};
 use crate::providers::Usage;
 use crate::tenant::Tenant;
-use ledger::{CounterKey, CounterOp, ReserveRequest};
+use ledger::{CounterKey, CounterOp, OpenCall, ReserveRequest};
 use limit::{CallKey, Limit, LimitSet};
 pub use refusal::Refusal;
 
@@ -150,11 +150,12 @@ impl Plan {
         self.ops.len() - 1
     }
 
-    pub fn reserve_request(&self) -> ReserveRequest {
+    pub fn reserve_request(&self, call: Option<OpenCall>) -> ReserveRequest {
         ReserveRequest {
             ops: self.ops.clone(),
             expire_daily: self.expire_daily,
             expire_monthly: self.expire_monthly,
+            call,
         }
     }
 

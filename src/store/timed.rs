@@ -84,6 +84,10 @@ impl Store for Timed {
         self.call("bind", self.inner.bind_org(profile, org)).await
     }
 
+    fn keeps_open_calls(&self) -> bool {
+        self.inner.keeps_open_calls()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.call("ping", self.inner.ping()).await
     }
@@ -141,6 +145,7 @@ mod tests {
             ops: Vec::new(),
             expire_daily: chrono::Utc::now(),
             expire_monthly: chrono::Utc::now(),
+            call: None,
         };
         assert!(store.reserve(&req).await.is_err());
         assert_eq!(m.store_errors.with_label_values(&["reserve"]).get(), 1);

@@ -1,16 +1,16 @@
-//! `spendgate usage --config FILE [--profile ID | --org ID] [--range 30d] [--json]`: usage
+//! `spendgate usage --config FILE [--profile ID | --org ID] [--range 30d | --from D [--to D]] [--json]`: usage
 //! against limits, read from the configured store (Redis, or the memory store's snapshot
 //! file as last written by the proxy).
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::app::{open_store, App};
-use crate::config::{Backend, Config};
+use crate::app::{open_store, Access, App};
+use crate::config::Config;
 use crate::domain::window::Clock;
 use crate::domain::Scope;
 
-use super::{json, listing, report, table, Range};
+use super::{json, listing, range_from, report, table};
 
 /// Which tenants to print.
 pub enum Target {
@@ -18,7 +18,15 @@ pub enum Target {
     One(Scope, String),
 }
 
-pub async fn run(path: Option<&Path>, target: Target, range: &str, as_json: bool) -> ExitCode {
+/// The span asked for on the command line: `--range`, or `--from` (and `--to`).
+#[derive(Debug, Clone, Default)]
+pub struct RangeArgs {
+    pub range: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+pub async fn run(path: Option<&Path>, target: Target, span: &RangeArgs, as_json: bool) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -26,13 +34,8 @@ pub async fn run(path: Option<&Path>, target: Target, range: &str, as_json: bool
             return ExitCode::FAILURE;
         }
     };
-    if config.store.backend == Backend::Memory && config.store.snapshot.is_none() {
-        eprintln!(
-            "note: the memory store without `store.snapshot` keeps its counters inside the running proxy only; \
-             read them from its admin API (GET /v1/profiles) instead"
-        );
-    }
-    let range = match Range::parse(range, config.store.retention.daily_days) {
+    let today = crate::domain::window::Calendar::new(config.timezone.0).local_date(chrono::Utc::now());
+    let range = match range_from(span.range.as_deref(), span.from.as_deref(), span.to.as_deref(), config.store.retention.daily_days, today) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -40,7 +43,7 @@ pub async fn run(path: Option<&Path>, target: Target, range: &str, as_json: bool
         }
     };
     let metrics = crate::metrics::Metrics::new(&config.metrics);
-    let store = match open_store(&config, &metrics).await {
+    let store = match open_store(&config, &metrics, Access::Read).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot open the store: {e}");

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use crate::app::{App, Runtime};
@@ -26,18 +26,29 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reports assembled at once for a listing.
 const LIST_CONCURRENCY: usize = 8;
 
-/// The span of days a report covers: the last `days` local days, today included.
+/// The span of days a report covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
-    /// As asked for: `7d`, `30d`, `all`.
+    /// As asked for: `7d`, `30d`, `all`, or `2026-11-01..2026-11-15`.
     pub label: String,
-    pub days: u32,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// The last N local days, today included.
+    Last(u32),
+    /// Local days from..=to.
+    Dates { from: NaiveDate, to: NaiveDate },
 }
 
 impl Range {
     /// The default range of the usage API.
     pub fn default_range() -> Range {
-        Range { label: "30d".into(), days: 30 }
+        Range {
+            label: "30d".into(),
+            span: Span::Last(30),
+        }
     }
 
     /// Parses `<N>d` (1 up to the retained days) or `all` (every retained day).
@@ -47,7 +58,7 @@ impl Range {
         if s == "all" {
             return Ok(Range {
                 label: "all".into(),
-                days: retained,
+                span: Span::Last(retained),
             });
         }
         let days = s
@@ -55,7 +66,59 @@ impl Range {
             .and_then(|n| n.parse::<u32>().ok())
             .filter(|n| (1..=retained).contains(n))
             .ok_or_else(|| format!("range `{s}` is not one of 7d, 30d, 90d, all (or <N>d with N from 1 to {retained})"))?;
-        Ok(Range { label: s.to_string(), days })
+        Ok(Range {
+            label: s.to_string(),
+            span: Span::Last(days),
+        })
+    }
+
+    /// Parses `from` and `to` (ISO dates, inclusive; `to` defaults to today), clamped to the
+    /// retained days (`today` is the local date now).
+    pub fn dates(from: &str, to: Option<&str>, retention_days: u32, today: NaiveDate) -> Result<Range, String> {
+        let date = |name: &str, v: &str| NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| format!("`{name}` must be a date like 2026-11-01, got `{v}`"));
+        let from = date("from", from)?;
+        let to = match to {
+            Some(t) => date("to", t)?,
+            None => today,
+        };
+        if from > to {
+            return Err(format!("`from` ({from}) is after `to` ({to})"));
+        }
+        let oldest = today - chrono::Duration::days(i64::from(retention_days));
+        let (first, last) = (from.max(oldest), to.min(today));
+        if first > last {
+            return Err(format!("{from}..{to} is outside the retained history ({oldest} to {today})"));
+        }
+        Ok(Range {
+            label: format!("{from}..{to}"),
+            span: Span::Dates { from: first, to: last },
+        })
+    }
+
+    /// The local day ids covered, newest first.
+    pub fn days(&self, calendar: &Calendar, now: DateTime<Utc>) -> Vec<String> {
+        match self.span {
+            Span::Last(n) => calendar.recent_days(now, n),
+            Span::Dates { from, to } => from
+                .iter_days()
+                .take_while(|d| *d <= to)
+                .map(|d| d.format("%Y-%m-%d").to_string())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect(),
+        }
+    }
+}
+
+/// The range of a usage request: `range=` or `from=`/`to=` (not both).
+pub fn range_from(range: Option<&str>, from: Option<&str>, to: Option<&str>, retention_days: u32, today: NaiveDate) -> Result<Range, String> {
+    match (range, from, to) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err("give either `range` or `from`/`to`, not both".into()),
+        (_, None, Some(_)) => Err("`to` needs `from`".into()),
+        (_, Some(f), t) => Range::dates(f, t, retention_days, today),
+        (Some(r), None, None) => Range::parse(r, retention_days),
+        (None, None, None) => Ok(Range::default_range()),
     }
 }
 
@@ -86,6 +149,10 @@ pub struct Report {
     pub scope: Scope,
     pub id: String,
     pub range: Range,
+    /// The first and last local day covered, and how many days.
+    pub from: String,
+    pub to: String,
+    pub days: usize,
     pub generated_at: DateTime<Utc>,
     pub timezone: String,
     /// Over the range.
@@ -217,11 +284,14 @@ pub async fn report(app: &App, scope: Scope, id: &str, range: Range) -> Result<O
     let runtime = app.runtime();
     let now = app.clock.now();
     let calendar = &runtime.calendar;
-    let range_days = calendar.recent_days(now, range.days);
+    let range_days = range.days(calendar, now);
     let month = month_days(calendar, now);
     let recent = runtime.config.store.recent_max;
     // The month needs its own read when the range does not cover it.
-    let month_in_range = month.len() <= range_days.len();
+    let month_in_range = {
+        let covered: BTreeSet<&String> = range_days.iter().collect();
+        month.iter().all(|d| covered.contains(d))
+    };
     let (h, month_history, limits) = tokio::try_join!(
         history(app, scope, id, &range_days, recent),
         async {
@@ -237,15 +307,18 @@ pub async fn report(app: &App, scope: Scope, id: &str, range: Range) -> Result<O
         return Ok(None);
     }
     let month_source = month_history.as_ref().unwrap_or(&h);
-    let today_id = &range_days[0];
+    let today_id = &month[0];
     Ok(Some(Report {
         scope,
         id: id.to_string(),
         range,
+        from: range_days.last().cloned().unwrap_or_default(),
+        to: range_days.first().cloned().unwrap_or_default(),
+        days: range_days.len(),
         generated_at: now,
         timezone: calendar.tz.name().to_string(),
         totals: sum_days(h.days.values()),
-        today: h.days.get(today_id).cloned().unwrap_or_default(),
+        today: month_source.days.get(today_id).cloned().unwrap_or_default(),
         month: sum_days(month.iter().filter_map(|d| month_source.days.get(d))),
         by_provider: h.by_provider,
         by_model: h.by_model,
@@ -296,11 +369,37 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(Range::parse("7d", 400).unwrap().days, 7);
-        assert_eq!(Range::parse("90d", 400).unwrap().days, 90);
-        assert_eq!(Range::parse("all", 400).unwrap().days, 401);
+        assert_eq!(Range::parse("7d", 400).unwrap().span, Span::Last(7));
+        assert_eq!(Range::parse("90d", 400).unwrap().span, Span::Last(90));
+        assert_eq!(Range::parse("all", 400).unwrap().span, Span::Last(401));
         for bad in ["", "0d", "7", "d", "-1d", "402d", "7D", "1w", " 7d"] {
             assert!(Range::parse(bad, 400).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn date_ranges() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 29).unwrap();
+        let cal = Calendar::new(chrono_tz::UTC);
+        let now = Utc::now();
+        let r = range_from(None, Some("2026-11-01"), Some("2026-11-03"), 400, today).unwrap();
+        assert_eq!(r.label, "2026-11-01..2026-11-03");
+        assert_eq!(r.days(&cal, now), ["2026-11-03", "2026-11-02", "2026-11-01"]);
+        // `to` defaults to today and is clamped to it; `from` to the retained days.
+        let r = range_from(None, Some("2026-11-28"), None, 400, today).unwrap();
+        assert_eq!(r.span, Span::Dates { from: NaiveDate::from_ymd_opt(2026, 11, 28).unwrap(), to: today });
+        let r = range_from(None, Some("2020-01-01"), Some("2027-01-01"), 10, today).unwrap();
+        assert_eq!(r.span, Span::Dates { from: NaiveDate::from_ymd_opt(2026, 11, 19).unwrap(), to: today });
+        for (range, from, to) in [
+            (Some("7d"), Some("2026-11-01"), None),
+            (None, None, Some("2026-11-01")),
+            (None, Some("2026-11-05"), Some("2026-11-01")),
+            (None, Some("2026-13-01"), None),
+            (None, Some("yesterday"), None),
+            (None, Some("2020-01-01"), Some("2020-02-01")),
+        ] {
+            assert!(range_from(range, from, to, 400, today).is_err(), "{range:?} {from:?} {to:?}");
+        }
+        assert_eq!(range_from(None, None, None, 400, today).unwrap(), Range::default_range());
     }
 }

@@ -1,5 +1,5 @@
 //! The binary: `check`, and a graceful drain on SIGTERM that settles in-flight requests and
-//! keeps their cost across a restart through the snapshot file.
+//! keeps their cost across a restart through the embedded store's database.
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -51,17 +51,17 @@ fn check_names_the_offending_key_and_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_requests_and_the_snapshot_keeps_their_cost() {
+async fn sigterm_drains_in_flight_requests_and_the_database_keeps_their_cost() {
     let (mock, gate) = gated_stream("gemini/stream_generate_content.sse", 100).await;
     let dir = tempfile::tempdir().unwrap();
-    let snapshot = dir.path().join("state.json");
+    let database = dir.path().join("spendgate.db");
     let config = dir.path().join("spendgate.yaml");
     // Port 0: the process picks its ports and logs them.
     std::fs::write(
         &config,
         format!(
-            "listen: \"127.0.0.1:0\"\nadmin:\n  listen: \"127.0.0.1:0\"\nstore:\n  snapshot: \"{}\"\nserver:\n  shutdown_grace: 20\n{}",
-            snapshot.display(),
+            "listen: \"127.0.0.1:0\"\nadmin:\n  listen: \"127.0.0.1:0\"\nstore:\n  path: \"{}\"\nserver:\n  shutdown_grace: 20\n{}",
+            database.display(),
             providers_yaml().replace("{upstream}", &mock.url())
         ),
     )
@@ -96,8 +96,8 @@ async fn sigterm_drains_in_flight_requests_and_the_snapshot_keeps_their_cost() {
         .unwrap();
     assert!(status.success(), "{status:?}\n{log}");
 
-    // A new process on the same snapshot has the drained request's cost.
-    let p = start_proxy(&format!("store:\n  snapshot: \"{}\"\n{}", snapshot.display(), providers_yaml()), &mock.url()).await;
+    // A new process on the same database has the drained request's cost.
+    let p = start_proxy(&format!("store:\n  path: \"{}\"\n{}", database.display(), providers_yaml()), &mock.url()).await;
     assert_eq!(monthly_cost(&p, "p-drain").await, usd("0.0008277"));
     p.handle.shutdown().await;
 }

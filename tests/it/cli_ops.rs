@@ -1,4 +1,4 @@
-//! The `spendgate` binary: reload on SIGHUP, the snapshot written on SIGTERM, and
+//! The `spendgate` binary: reload on SIGHUP, the database kept on SIGTERM, and
 //! `spendgate usage` reading it back as a table (and as JSON).
 
 use std::net::SocketAddr;
@@ -14,9 +14,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_spendgate");
 
 fn yaml(dir: &Path, max_requests: u32) -> String {
     format!(
-        "{}store:\n  backend: memory\n  snapshot: \"{}\"\nlimits:\n  default_profile:\n    - {{metric: requests, window: daily, max: {max_requests}}}\n    - {{metric: cost_usd, window: monthly, max: 1}}\n",
+        "{}store:\n  backend: memory\n  path: \"{}\"\nlimits:\n  default_profile:\n    - {{metric: requests, window: daily, max: {max_requests}}}\n    - {{metric: cost_usd, window: monthly, max: 1}}\n",
         providers_yaml(),
-        dir.join("state.json").display()
+        dir.join("spendgate.db").display()
     )
 }
 
@@ -47,7 +47,7 @@ async fn post(client: &TestClient, data: SocketAddr, path: &str, profile: &str, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_and_usage_reads_the_snapshot() {
+async fn sighup_reloads_and_usage_reads_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start(fixture_upstream).await;
     let config = write_config(dir.path(), &yaml(dir.path(), 100), &mock.url());
@@ -85,13 +85,13 @@ async fn sighup_reloads_and_usage_reads_the_snapshot() {
     reloads(2).await;
     assert_eq!(post(&client, data, GEMINI_FLASH, "p-1", None).await, 402);
 
-    // SIGTERM drains and writes the snapshot.
+    // SIGTERM drains and commits everything.
     sg.process.signal("TERM");
     let (status, log) = tokio::task::spawn_blocking(move || (sg.process.wait_within(Duration::from_secs(30)), sg.log()))
         .await
         .unwrap();
     assert!(status.success(), "{status}\n{log}");
-    assert!(dir.path().join("state.json").is_file());
+    assert!(dir.path().join("spendgate.db").is_file());
 
     let cfg = config.clone();
     let (ok, out, err) = tokio::task::spawn_blocking(move || usage(&cfg, &["--profile", "p-1", "--range", "7d"]))

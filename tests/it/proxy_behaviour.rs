@@ -451,7 +451,7 @@ async fn admin_probes_and_metric_names() {
     assert_eq!(p.client.get(&p.admin_url("/healthz"), &[]).await.status, 200);
     let ready = p.client.get(&p.admin_url("/readyz"), &[]).await;
     assert_eq!(ready.status, 200);
-    assert_eq!(ready.json()["store"], "memory");
+    assert_eq!(ready.json()["store"], "embedded");
     p.client
         .post(
             &p.url(TTS),

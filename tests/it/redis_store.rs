@@ -55,6 +55,7 @@ fn reserve_req(ops: Vec<CounterOp>) -> ReserveRequest {
         ops,
         expire_daily: far(),
         expire_monthly: far(),
+        call: None,
     }
 }
 
@@ -172,6 +173,7 @@ fn settlement(id: &str, profile: &str, org: Option<&str>, provider: &str, model:
                 output_tokens: 4,
                 ..Totals::default()
             },
+            reason: None,
         },
         id: id.into(),
         expire_daily: far(),

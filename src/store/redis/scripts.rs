@@ -356,6 +356,7 @@ mod tests {
                     cost_nanos: 7,
                     ..Totals::default()
                 },
+                reason: None,
             }),
         };
         let p = ApplyParams {

@@ -257,6 +257,7 @@ pub mod tokio_stream_shim {
 pub struct Proxy {
     pub handle: Handle,
     pub client: TestClient,
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl Proxy {
@@ -287,12 +288,25 @@ pub async fn start_proxy_with_clock(yaml: &str, upstream: &str, clock: Clock) ->
     if !text.contains("\nadmin:") {
         text.push_str("\nadmin:\n  listen: \"127.0.0.1:0\"\n");
     }
-    let config = Config::from_yaml(&text, "test.yaml").unwrap_or_else(|e| panic!("test config: {e}"));
+    let mut config = Config::from_yaml(&text, "test.yaml").unwrap_or_else(|e| panic!("test config: {e}"));
+    let dir = own_database(&mut config);
     let handle = server::start(config, Options { config_path: None, clock }).await.expect("proxy starts");
     Proxy {
         handle,
         client: TestClient::new(),
+        _dir: dir,
     }
+}
+
+/// Gives a proxy on the embedded store with the default `store.path` a database of its own
+/// (tests run side by side in one process); the directory lives as long as the proxy.
+pub fn own_database(config: &mut Config) -> Option<tempfile::TempDir> {
+    if config.store.backend != spendgate::config::Backend::Memory || config.store.path != std::path::Path::new("spendgate.db") {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    config.store.path = dir.path().join("spendgate.db");
+    Some(dir)
 }
 
 /// The four providers mounted on one mock upstream.

@@ -33,7 +33,8 @@ pub fn write_config(dir: &Path, yaml: &str, upstream: &str) -> PathBuf {
 /// included).
 pub async fn start_proxy_file(path: &Path, clock: Clock) -> Proxy {
     super::env::init();
-    let config = Config::from_file(path).unwrap_or_else(|e| panic!("test config: {e}"));
+    let mut config = Config::from_file(path).unwrap_or_else(|e| panic!("test config: {e}"));
+    let dir = super::own_database(&mut config);
     let handle = server::start(
         config,
         Options {
@@ -46,6 +47,7 @@ pub async fn start_proxy_file(path: &Path, clock: Clock) -> Proxy {
     Proxy {
         handle,
         client: TestClient::new(),
+        _dir: dir,
     }
 }
 

@@ -112,6 +112,10 @@ impl Spendgate {
     /// it serves.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Spendgate {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spendgate"));
+        // A relative `store.path` (the default `spendgate.db`) lands beside the config.
+        if let Some(dir) = config.parent().filter(|d| !d.as_os_str().is_empty()) {
+            cmd.current_dir(dir);
+        }
         cmd.arg("--config")
             .arg(config)
             .env("SPENDGATE_LOG_FORMAT", "json")

@@ -1,0 +1,197 @@
+//! The embedded store's counters in memory: the request path's check-and-reserve reads and
+//! writes only these. Only the current window buckets are kept: a bucket is dropped once a
+//! newer bucket of its window has existed for [`GRACE_SECS`] (the limits never look back,
+//! and the history keeps what was spent). Per tenant and bucket, the fields live in one
+//! small vector, so a tenant costs a few hundred bytes whatever its history.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::domain::window::Window;
+use crate::domain::Scope;
+use crate::quota::ledger::{CounterKey, CounterOp, ReserveOutcome};
+
+/// How long a bucket outlives its window (settlements of calls admitted in it may still
+/// arrive; they only matter to the history, which the database keeps).
+pub const GRACE_SECS: i64 = 600;
+
+type Fields = Vec<(Box<str>, i64)>;
+
+#[derive(Default)]
+struct Bucket {
+    /// Per scope (profile, org): tenant -> its fields.
+    tenants: [HashMap<String, Fields>; 2],
+    /// When a newer bucket of the same window was first seen (unix seconds).
+    superseded_at: Option<i64>,
+}
+
+fn scope_index(s: Scope) -> usize {
+    match s {
+        Scope::Profile => 0,
+        Scope::Org => 1,
+    }
+}
+
+/// Buckets taken out by [`Counters::take_expired`].
+#[derive(Default)]
+pub struct Expired {
+    /// `(window, bucket id)` of each.
+    pub ids: Vec<(Window, String)>,
+    buckets: Vec<Bucket>,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    /// Window -> bucket id -> bucket. Bucket ids of a window sort by time.
+    windows: HashMap<Window, BTreeMap<String, Bucket>>,
+}
+
+impl Counters {
+    pub fn get(&self, key: &CounterKey) -> i64 {
+        self.windows
+            .get(&key.window)
+            .and_then(|w| w.get(key.bucket.as_str()))
+            .and_then(|b| b.tenants[scope_index(key.scope)].get(key.tenant.as_str()))
+            .and_then(|f| f.iter().find(|(name, _)| **name == *key.field))
+            .map_or(0, |(_, v)| *v)
+    }
+
+    /// Adds `amount` to a counter (creating it). Zero amounts create nothing.
+    pub fn add(&mut self, key: &CounterKey, amount: i64, now: i64) {
+        if amount == 0 {
+            return;
+        }
+        let window = self.windows.entry(key.window).or_default();
+        if !window.contains_key(key.bucket.as_str()) {
+            // A new bucket supersedes the older ones of its window.
+            let newest = window.keys().next_back().is_none_or(|newest| *newest < key.bucket);
+            if newest {
+                for b in window.values_mut() {
+                    b.superseded_at.get_or_insert(now);
+                }
+            }
+            window.insert(
+                key.bucket.clone(),
+                Bucket {
+                    superseded_at: (!newest).then_some(now),
+                    ..Bucket::default()
+                },
+            );
+        }
+        let bucket = window.get_mut(key.bucket.as_str()).expect("inserted above");
+        let tenants = &mut bucket.tenants[scope_index(key.scope)];
+        let fields = match tenants.get_mut(key.tenant.as_str()) {
+            Some(f) => f,
+            None => tenants.entry(key.tenant.clone()).or_default(),
+        };
+        match fields.iter_mut().find(|(name, _)| **name == *key.field) {
+            Some((_, v)) => *v += amount,
+            None => fields.push((key.field.as_str().into(), amount)),
+        }
+    }
+
+    /// Checks every op's max and, if none refuses, applies every op.
+    pub fn reserve(&mut self, ops: &[CounterOp], now: i64) -> ReserveOutcome {
+        let mut before = Vec::with_capacity(ops.len());
+        for (index, op) in ops.iter().enumerate() {
+            let current = self.get(&op.key);
+            if let Some(max) = op.max {
+                if op.amount > 0 && current >= max {
+                    return ReserveOutcome::Refused { index, current };
+                }
+            }
+            before.push(current);
+        }
+        for op in ops {
+            self.add(&op.key, op.amount, now);
+        }
+        ReserveOutcome::Admitted { before }
+    }
+
+    /// Takes out the buckets superseded for longer than the grace period; the caller drops
+    /// them outside its lock.
+    pub fn take_expired(&mut self, now: i64) -> Expired {
+        let mut out = Expired::default();
+        for (window, buckets) in &mut self.windows {
+            let old: Vec<String> = buckets
+                .iter()
+                .filter(|(_, b)| b.superseded_at.is_some_and(|t| now - t >= GRACE_SECS))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in old {
+                if let Some(b) = buckets.remove(&id) {
+                    out.ids.push((*window, id));
+                    out.buckets.push(b);
+                }
+            }
+        }
+        out
+    }
+
+    /// How many (tenant, bucket) entries are held, for tests and diagnostics.
+    pub fn entries(&self) -> usize {
+        self.windows.values().flat_map(|w| w.values()).map(|b| b.tenants[0].len() + b.tenants[1].len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tenant: &str, window: Window, bucket: &str, field: &str) -> CounterKey {
+        CounterKey {
+            scope: Scope::Profile,
+            tenant: tenant.into(),
+            window,
+            bucket: bucket.into(),
+            field: field.into(),
+        }
+    }
+
+    #[test]
+    fn reserve_checks_then_applies_all_or_nothing() {
+        let mut c = Counters::default();
+        let ops = |amount| {
+            vec![
+                CounterOp {
+                    key: key("p", Window::Daily, "2026-11-29", "requests"),
+                    amount: 1,
+                    max: None,
+                },
+                CounterOp {
+                    key: key("p", Window::Daily, "2026-11-29", "cost"),
+                    amount,
+                    max: Some(10),
+                },
+            ]
+        };
+        assert_eq!(c.reserve(&ops(6), 0), ReserveOutcome::Admitted { before: vec![0, 0] });
+        assert_eq!(c.reserve(&ops(6), 0), ReserveOutcome::Admitted { before: vec![1, 6] });
+        assert_eq!(c.reserve(&ops(6), 0), ReserveOutcome::Refused { index: 1, current: 12 });
+        assert_eq!(c.get(&key("p", Window::Daily, "2026-11-29", "requests")), 2);
+    }
+
+    #[test]
+    fn superseded_buckets_go_after_the_grace_period() {
+        let mut c = Counters::default();
+        c.add(&key("p", Window::Daily, "2026-11-28", "cost"), 5, 0);
+        c.add(&key("p", Window::Monthly, "2026-11", "cost"), 5, 0);
+        c.add(&key("p", Window::Daily, "2026-11-29", "cost"), 7, 100);
+        // A late settlement of yesterday's call.
+        c.add(&key("p", Window::Daily, "2026-11-28", "cost"), 1, 200);
+        assert!(c.take_expired(100 + GRACE_SECS - 1).ids.is_empty());
+        assert_eq!(c.take_expired(100 + GRACE_SECS).ids, [(Window::Daily, "2026-11-28".to_string())]);
+        assert_eq!(c.get(&key("p", Window::Daily, "2026-11-29", "cost")), 7);
+        assert_eq!(c.get(&key("p", Window::Monthly, "2026-11", "cost")), 5);
+        // An old bucket seen again (a very late settlement) is superseded from the start.
+        c.add(&key("p", Window::Daily, "2026-11-27", "cost"), 1, 5000);
+        assert_eq!(c.take_expired(5000 + GRACE_SECS).ids.len(), 1);
+        assert_eq!(c.entries(), 2);
+    }
+
+    #[test]
+    fn zero_amounts_create_nothing() {
+        let mut c = Counters::default();
+        c.add(&key("p", Window::Daily, "2026-11-29", "tokens"), 0, 0);
+        assert_eq!(c.entries(), 0);
+    }
+}

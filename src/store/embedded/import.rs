@@ -1,0 +1,170 @@
+//! The one-time import of an earlier version's JSON snapshot (`store.snapshot`) into the
+//! database: counters, daily history with its provider and model breakdowns, recent
+//! requests, and org bindings. The database remembers the import, so it happens once.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+
+use rusqlite::{params, Connection};
+use serde::Deserialize;
+
+use super::writer::scope_name;
+use crate::domain::Scope;
+use crate::quota::ledger::{CounterKey, Totals, UsageRecord};
+
+#[derive(Deserialize)]
+struct DayAgg {
+    totals: Totals,
+    #[serde(default)]
+    by_provider: BTreeMap<String, Totals>,
+    #[serde(default)]
+    by_model: BTreeMap<String, Totals>,
+}
+
+#[derive(Deserialize)]
+struct TenantHistory {
+    #[serde(default)]
+    days: BTreeMap<String, DayAgg>,
+    #[serde(default)]
+    recent: VecDeque<UsageRecord>,
+}
+
+/// The snapshot file's format.
+#[derive(Deserialize)]
+struct SnapshotFile {
+    #[allow(dead_code)]
+    version: u32,
+    counters: Vec<(CounterKey, i64, i64)>,
+    tenants: Vec<(Scope, String, TenantHistory)>,
+    #[serde(default)]
+    orgs: Vec<(String, String)>,
+}
+
+const MARK: &str = "snapshot_imported";
+
+/// What an import brought in.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    pub counters: usize,
+    pub tenants: usize,
+    pub records: usize,
+}
+
+/// Imports `path` unless this database already has it. `Ok(None)` when there was nothing to
+/// import (no file, or imported before).
+pub fn import_once(conn: &mut Connection, path: &Path, now: i64) -> Result<Option<Imported>, String> {
+    let name = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string();
+    let done: Option<String> = super::read::meta(conn, MARK).map_err(|e| e.to_string())?;
+    if done.is_some() {
+        return Ok(None);
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read the snapshot {}: {e}", path.display())),
+    };
+    let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(|e| format!("the snapshot {} is corrupt: {e}", path.display()))?;
+    write(conn, &file, &name, now)
+        .map_err(|e| format!("cannot import the snapshot {}: {e}", path.display()))
+        .map(Some)
+}
+
+fn write(conn: &mut Connection, file: &SnapshotFile, name: &str, now: i64) -> rusqlite::Result<Imported> {
+    let tx = conn.transaction()?;
+    let mut out = Imported::default();
+    {
+        let mut st = tx.prepare(
+            "INSERT INTO counters VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (scope, tenant, window, bucket, field) DO UPDATE SET value = value + excluded.value",
+        )?;
+        for (k, v, expires) in &file.counters {
+            if *expires > now && *v != 0 {
+                st.execute(params![scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, k.field, v])?;
+                out.counters += 1;
+            }
+        }
+        let add = "requests = requests + excluded.requests, cost_nanos = cost_nanos + excluded.cost_nanos, \
+                   input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
+                   cached_tokens = cached_tokens + excluded.cached_tokens, characters = characters + excluded.characters";
+        let mut provider = tx.prepare(&format!(
+            "INSERT INTO daily_provider VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (scope, tenant, day, provider) DO UPDATE SET {add}"
+        ))?;
+        let mut model = tx.prepare(&format!(
+            "INSERT INTO daily_model VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (scope, tenant, day, model) DO UPDATE SET {add}"
+        ))?;
+        let mut monthly = tx.prepare(&format!(
+            "INSERT INTO monthly VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (scope, tenant, month) DO UPDATE SET {add}"
+        ))?;
+        let mut tenants = tx.prepare(
+            "INSERT INTO tenants VALUES (?1, ?2, ?3, ?4) ON CONFLICT (scope, tenant) DO UPDATE SET \
+             first_day = MIN(first_day, excluded.first_day), last_day = MAX(last_day, excluded.last_day)",
+        )?;
+        let mut recent = tx.prepare(
+            "INSERT INTO recent (at, day, profile, org, provider, model, path, status, reason, requests, cost_nanos, \
+             input_tokens, output_tokens, cached_tokens, characters) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )?;
+        let unknown = "unknown".to_string();
+        let row = |t: &Totals| [t.requests, t.cost_nanos, t.input_tokens, t.output_tokens, t.cached_tokens, t.characters];
+        for (scope, tenant, h) in &file.tenants {
+            let s = scope_name(*scope);
+            for (day, agg) in &h.days {
+                // Days without a breakdown (none in practice) still count in the totals.
+                let providers: Vec<(&String, &Totals)> = if agg.by_provider.is_empty() {
+                    vec![(&unknown, &agg.totals)]
+                } else {
+                    agg.by_provider.iter().collect()
+                };
+                for (p, t) in providers {
+                    let v = row(t);
+                    provider.execute(params![s, tenant, day, p, v[0], v[1], v[2], v[3], v[4], v[5]])?;
+                }
+                let models: Vec<(&String, &Totals)> = if agg.by_model.is_empty() {
+                    vec![(&unknown, &agg.totals)]
+                } else {
+                    agg.by_model.iter().collect()
+                };
+                for (m, t) in models {
+                    let v = row(t);
+                    model.execute(params![s, tenant, day, m, v[0], v[1], v[2], v[3], v[4], v[5]])?;
+                }
+                let v = row(&agg.totals);
+                monthly.execute(params![s, tenant, day.get(..7).unwrap_or(day), v[0], v[1], v[2], v[3], v[4], v[5]])?;
+            }
+            if let (Some(first), Some(last)) = (h.days.keys().next(), h.days.keys().next_back()) {
+                tenants.execute(params![s, tenant, first, last])?;
+                out.tenants += 1;
+            }
+            // Org lists repeat their profiles' records.
+            if *scope == Scope::Profile {
+                for r in h.recent.iter().rev() {
+                    let v = row(&r.totals);
+                    recent.execute(params![
+                        r.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                        r.day,
+                        r.profile,
+                        r.org,
+                        r.provider,
+                        r.model,
+                        r.path,
+                        r.status,
+                        r.reason,
+                        v[0],
+                        v[1],
+                        v[2],
+                        v[3],
+                        v[4],
+                        v[5]
+                    ])?;
+                    out.records += 1;
+                }
+            }
+        }
+        let mut binds = tx.prepare("INSERT INTO org_bindings VALUES (?1, ?2) ON CONFLICT (profile) DO NOTHING")?;
+        for (p, o) in &file.orgs {
+            binds.execute(params![p, (!o.is_empty()).then_some(o)])?;
+        }
+        tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![MARK, name])?;
+    }
+    tx.commit()?;
+    Ok(out)
+}

@@ -1,0 +1,189 @@
+//! Reading the embedded store's database: history for the usage API (any set of days or
+//! months, straight from SQL), the tenant registry, org bindings, the committed counters,
+//! and the start-up recovery (calls open at a crash, counters of the current windows).
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::de::DeserializeOwned;
+
+use super::counters::Counters;
+use super::writer::{scope_name, HistoryBatch, Keep};
+use crate::domain::Scope;
+use crate::quota::ledger::{CounterKey, History, Totals, UsageRecord};
+
+/// Parses a word the database keeps (`profile`, `daily`, ...) the way the config does.
+fn word<T: DeserializeOwned>(s: &str) -> Option<T> {
+    T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s)).ok()
+}
+
+const TOTALS: &str = "SUM(requests), SUM(cost_nanos), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens), SUM(characters)";
+
+fn totals_at(row: &Row<'_>, first: usize) -> rusqlite::Result<Totals> {
+    Ok(Totals {
+        requests: row.get(first)?,
+        cost_nanos: row.get(first + 1)?,
+        input_tokens: row.get(first + 2)?,
+        output_tokens: row.get(first + 3)?,
+        cached_tokens: row.get(first + 4)?,
+        characters: row.get(first + 5)?,
+    })
+}
+
+/// A tenant's history over `periods`: day ids (`2026-11-29`) read the daily tables (with the
+/// breakdowns), month ids (`2026-11`) the monthly one.
+pub fn history(conn: &Connection, scope: Scope, tenant: &str, periods: &[String], recent: usize) -> rusqlite::Result<History> {
+    let mut out = History::default();
+    let (months, days): (Vec<&String>, Vec<&String>) = periods.iter().partition(|p| p.len() == 7);
+    let s = scope_name(scope);
+    if !days.is_empty() {
+        let days = serde_json::to_string(&days).expect("strings serialize");
+        let within = "scope = ?1 AND tenant = ?2 AND day IN (SELECT value FROM json_each(?3))";
+        let mut st = conn.prepare_cached(&format!("SELECT day, {TOTALS} FROM daily_provider WHERE {within} GROUP BY day"))?;
+        for row in st.query_map(params![s, tenant, days], |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))? {
+            let (day, t) = row?;
+            out.days.insert(day, t);
+        }
+        let mut st = conn.prepare_cached(&format!("SELECT provider, {TOTALS} FROM daily_provider WHERE {within} GROUP BY provider"))?;
+        for row in st.query_map(params![s, tenant, days], |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))? {
+            let (p, t) = row?;
+            out.by_provider.insert(p, t);
+        }
+        let mut st = conn.prepare_cached(&format!("SELECT model, {TOTALS} FROM daily_model WHERE {within} GROUP BY model"))?;
+        for row in st.query_map(params![s, tenant, days], |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))? {
+            let (m, t) = row?;
+            out.by_model.insert(m, t);
+        }
+    }
+    if !months.is_empty() {
+        let months = serde_json::to_string(&months).expect("strings serialize");
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT month, {TOTALS} FROM monthly WHERE scope = ?1 AND tenant = ?2 AND month IN (SELECT value FROM json_each(?3)) GROUP BY month"
+        ))?;
+        for row in st.query_map(params![s, tenant, months], |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))? {
+            let (m, t) = row?;
+            out.days.insert(m, t);
+        }
+    }
+    if recent > 0 {
+        let column = match scope {
+            Scope::Profile => "profile",
+            Scope::Org => "org",
+        };
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT at, day, profile, org, provider, model, path, status, reason, requests, cost_nanos, input_tokens, \
+             output_tokens, cached_tokens, characters FROM recent WHERE {column} = ?1 ORDER BY id DESC LIMIT ?2"
+        ))?;
+        let limit = i64::try_from(recent).unwrap_or(i64::MAX);
+        for row in st.query_map(params![tenant, limit], |r| {
+            let at: String = r.get(0)?;
+            Ok(UsageRecord {
+                at: DateTime::parse_from_rfc3339(&at).map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
+                day: r.get(1)?,
+                profile: r.get(2)?,
+                org: r.get(3)?,
+                provider: r.get(4)?,
+                model: r.get(5)?,
+                path: r.get(6)?,
+                status: r.get(7)?,
+                reason: r.get(8)?,
+                totals: totals_at(r, 9)?,
+            })
+        })? {
+            out.recent.push(row?);
+        }
+    }
+    Ok(out)
+}
+
+/// Every tenant of a scope with history, sorted.
+pub fn tenants(conn: &Connection, scope: Scope) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare_cached("SELECT tenant FROM tenants WHERE scope = ?1 ORDER BY tenant")?;
+    let rows = st.query_map([scope_name(scope)], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// A profile's binding: `None` when it has none yet, `Some(None)` when it belongs to no org.
+pub fn binding(conn: &Connection, profile: &str) -> rusqlite::Result<Option<Option<String>>> {
+    conn.prepare_cached("SELECT org FROM org_bindings WHERE profile = ?1")?
+        .query_row([profile], |r| r.get::<_, Option<String>>(0))
+        .optional()
+}
+
+/// Committed counter values (0 when absent).
+pub fn counters(conn: &Connection, keys: &[CounterKey]) -> rusqlite::Result<Vec<i64>> {
+    let mut st = conn.prepare_cached("SELECT value FROM counters WHERE scope = ?1 AND tenant = ?2 AND window = ?3 AND bucket = ?4 AND field = ?5")?;
+    keys.iter()
+        .map(|k| {
+            st.query_row(params![scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, k.field], |r| r.get(0))
+                .optional()
+                .map(|v| v.unwrap_or(0))
+        })
+        .collect()
+}
+
+/// Every committed counter, into memory (at start; the writer is not running yet).
+pub fn load_counters(conn: &Connection, into: &mut Counters, now: i64) -> rusqlite::Result<usize> {
+    let mut st = conn.prepare("SELECT scope, tenant, window, bucket, field, value FROM counters")?;
+    let mut rows = st.query([])?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        let (scope, window): (String, String) = (r.get(0)?, r.get(2)?);
+        let (Some(scope), Some(window)) = (word::<Scope>(&scope), word(&window)) else {
+            tracing::warn!(%scope, %window, "embedded store: skipping a counter of an unknown kind");
+            continue;
+        };
+        let key = CounterKey {
+            scope,
+            tenant: r.get(1)?,
+            window,
+            bucket: r.get(3)?,
+            field: r.get(4)?,
+        };
+        into.add(&key, r.get(5)?, now);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Charges the calls that were open when the process stopped without settling them: each
+/// is recorded at its reservation's estimate, with reason `crash` (the counters already hold
+/// the reservation). Returns how many and their cost.
+pub fn settle_crashed(conn: &mut Connection, keep: Keep) -> rusqlite::Result<(usize, i64)> {
+    let tx = conn.transaction()?;
+    let records: Vec<UsageRecord> = {
+        let mut st = tx.prepare(
+            "SELECT at, day, profile, org, provider, model, path, requests, cost_nanos, input_tokens, output_tokens, \
+             cached_tokens, characters FROM open_calls",
+        )?;
+        let rows = st.query_map([], |r| {
+            let at: String = r.get(0)?;
+            Ok(UsageRecord {
+                at: DateTime::parse_from_rfc3339(&at).map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
+                day: r.get(1)?,
+                profile: r.get(2)?,
+                org: r.get(3)?,
+                provider: r.get(4)?,
+                model: r.get(5)?,
+                path: r.get(6)?,
+                status: 0,
+                reason: Some("crash".into()),
+                totals: totals_at(r, 7)?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let cost = records.iter().map(|r| r.totals.cost_nanos).sum();
+    let mut batch = HistoryBatch::default();
+    for r in &records {
+        batch.add(r);
+    }
+    batch.write(&tx, keep)?;
+    tx.execute("DELETE FROM open_calls", [])?;
+    tx.commit()?;
+    Ok((records.len(), cost))
+}
+
+/// A value of the `meta` table.
+pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+}

@@ -1,0 +1,283 @@
+use chrono::Duration as ChronoDuration;
+
+use super::*;
+use crate::domain::window::Window;
+use crate::quota::ledger::{CounterOp, OpenCall, Totals, UsageRecord};
+
+fn opts(dir: &Path) -> Options {
+    Options {
+        path: dir.join("s.db"),
+        durability: Durability::Batched,
+        commit_interval: Duration::from_millis(2),
+        on_error: OnError::Closed,
+        max_unwritten: 1000,
+        keep: Keep {
+            recent_max: 3,
+            daily_days: 400,
+            monthly_months: 25,
+        },
+        snapshot: None,
+    }
+}
+
+fn counter() -> IntCounter {
+    IntCounter::new("persist_errors", "test").unwrap()
+}
+
+fn key(tenant: &str, field: &str) -> CounterKey {
+    CounterKey {
+        scope: Scope::Profile,
+        tenant: tenant.into(),
+        window: Window::Daily,
+        bucket: "2026-11-29".into(),
+        field: field.into(),
+    }
+}
+
+fn record(profile: &str, org: Option<&str>, cost: i64) -> UsageRecord {
+    UsageRecord {
+        at: Utc::now(),
+        day: "2026-11-29".into(),
+        profile: profile.into(),
+        org: org.map(Into::into),
+        provider: "openai".into(),
+        model: "gpt-4o".into(),
+        path: "/v1/chat/completions".into(),
+        status: 200,
+        totals: Totals {
+            requests: 1,
+            cost_nanos: cost,
+            input_tokens: 10,
+            output_tokens: 5,
+            ..Totals::default()
+        },
+        reason: None,
+    }
+}
+
+fn reserve_req(id: &str, profile: &str, cost: i64, max: i64) -> ReserveRequest {
+    let far = Utc::now() + ChronoDuration::days(30);
+    ReserveRequest {
+        ops: vec![
+            CounterOp {
+                key: key(profile, "requests"),
+                amount: 1,
+                max: None,
+            },
+            CounterOp {
+                key: key(profile, "cost"),
+                amount: cost,
+                max: Some(max),
+            },
+        ],
+        expire_daily: far,
+        expire_monthly: far,
+        call: Some(OpenCall {
+            id: id.into(),
+            record: record(profile, None, cost),
+        }),
+    }
+}
+
+fn settlement(id: &str, profile: &str, org: Option<&str>, reserved: i64, cost: i64) -> Settlement {
+    let far = Utc::now() + ChronoDuration::days(30);
+    Settlement {
+        deltas: vec![(key(profile, "cost"), cost - reserved)],
+        record: record(profile, org, cost),
+        id: id.into(),
+        expire_daily: far,
+        expire_monthly: far,
+    }
+}
+
+fn days() -> Vec<String> {
+    vec!["2026-11-29".into(), "2026-11-28".into()]
+}
+
+#[tokio::test]
+async fn counts_settles_and_reads_its_own_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
+    assert!(matches!(s.reserve(&reserve_req("a", "p", 6, 10)).await.unwrap(), ReserveOutcome::Admitted { .. }));
+    assert!(matches!(s.reserve(&reserve_req("b", "p", 6, 10)).await.unwrap(), ReserveOutcome::Admitted { .. }));
+    assert_eq!(
+        s.reserve(&reserve_req("c", "p", 6, 10)).await.unwrap(),
+        ReserveOutcome::Refused { index: 1, current: 12 }
+    );
+    s.settle(&settlement("a", "p", Some("acme"), 6, 4)).await.unwrap();
+    assert_eq!(s.read(&[key("p", "cost"), key("p", "requests")]).await.unwrap(), vec![10, 2]);
+    // Read right after the settlement: the report sees it.
+    let h = s.history(Scope::Profile, "p", &days(), 10).await.unwrap();
+    assert_eq!(h.days["2026-11-29"].cost_nanos, 4);
+    assert_eq!(h.by_provider["openai"].requests, 1);
+    assert_eq!(h.by_model["gpt-4o"].input_tokens, 10);
+    assert_eq!(h.recent.len(), 1);
+    let org = s.history(Scope::Org, "acme", &days(), 10).await.unwrap();
+    assert_eq!(org.days["2026-11-29"].cost_nanos, 4);
+    assert_eq!(org.recent[0].profile, "p");
+    let months = s.history(Scope::Profile, "p", &["2026-11".to_string()], 0).await.unwrap();
+    assert_eq!(months.days["2026-11"].cost_nanos, 4);
+    assert_eq!(s.tenants(Scope::Profile).await.unwrap(), ["p"]);
+    assert_eq!(s.tenants(Scope::Org).await.unwrap(), ["acme"]);
+}
+
+#[tokio::test]
+async fn recent_requests_are_bounded_per_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
+    for i in 0..5 {
+        s.settle(&settlement(&format!("x{i}"), "p", Some("o"), 0, i)).await.unwrap();
+        s.flush().await.unwrap();
+    }
+    let h = s.history(Scope::Profile, "p", &days(), 100).await.unwrap();
+    assert_eq!(h.recent.iter().map(|r| r.totals.cost_nanos).collect::<Vec<_>>(), [4, 3, 2]);
+    assert_eq!(h.days["2026-11-29"].cost_nanos, 10, "the totals keep everything");
+    let o = s.history(Scope::Org, "o", &days(), 100).await.unwrap();
+    assert_eq!(o.recent.len(), 3);
+}
+
+#[tokio::test]
+async fn a_restart_keeps_counters_and_charges_calls_left_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
+        s.reserve(&reserve_req("done", "p", 5, 100)).await.unwrap();
+        s.settle(&settlement("done", "p", None, 5, 3)).await.unwrap();
+        // Admitted, never settled: the process dies.
+        s.reserve(&reserve_req("open", "p", 7, 100)).await.unwrap();
+        s.flush().await.unwrap();
+    }
+    // The writer of the first store may still be closing its connection.
+    let s = loop {
+        match EmbeddedStore::open(opts(dir.path()), counter()) {
+            Ok(s) => break s,
+            Err(OpenError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(s.read(&[key("p", "cost"), key("p", "requests")]).await.unwrap(), vec![10, 2]);
+    let h = s.history(Scope::Profile, "p", &days(), 10).await.unwrap();
+    assert_eq!(h.days["2026-11-29"].cost_nanos, 10);
+    assert_eq!(h.recent[0].reason.as_deref(), Some("crash"));
+    assert_eq!(h.recent[0].totals.cost_nanos, 7);
+    assert_eq!(h.recent[1].reason, None);
+}
+
+#[tokio::test]
+async fn one_process_owns_a_database_and_readers_see_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
+    assert!(matches!(EmbeddedStore::open(opts(dir.path()), counter()), Err(OpenError::Locked { .. })));
+    s.reserve(&reserve_req("a", "p", 5, 100)).await.unwrap();
+    s.settle(&settlement("a", "p", None, 5, 5)).await.unwrap();
+    s.flush().await.unwrap();
+    let r = EmbeddedStore::open_read_only(opts(dir.path())).unwrap();
+    assert_eq!(r.read(&[key("p", "cost")]).await.unwrap(), vec![5]);
+    assert_eq!(r.history(Scope::Profile, "p", &days(), 5).await.unwrap().days["2026-11-29"].cost_nanos, 5);
+    assert!(r.reserve(&reserve_req("b", "p", 1, 100)).await.is_err());
+}
+
+#[tokio::test]
+async fn org_bindings_are_first_come_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
+        assert_eq!(s.bind_org("p", Some("acme")).await.unwrap().as_deref(), Some("acme"));
+        assert_eq!(s.bind_org("p", Some("other")).await.unwrap().as_deref(), Some("acme"));
+        assert_eq!(s.bind_org("q", None).await.unwrap(), None);
+        s.flush().await.unwrap();
+        assert_eq!(s.bind_org("p", None).await.unwrap().as_deref(), Some("acme"), "from the database");
+    }
+    let s = loop {
+        match EmbeddedStore::open(opts(dir.path()), counter()) {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert_eq!(s.bind_org("p", Some("x")).await.unwrap().as_deref(), Some("acme"));
+    assert_eq!(s.bind_org("q", Some("x")).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn strict_reservations_are_committed_before_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.durability = Durability::Strict;
+    let s = EmbeddedStore::open(o.clone(), counter()).unwrap();
+    s.reserve(&reserve_req("a", "p", 5, 100)).await.unwrap();
+    // No barrier: a second connection sees the open call at once.
+    let c = Connection::open(&o.path).unwrap();
+    let open: i64 = c.query_row("SELECT COUNT(*) FROM open_calls", [], |r| r.get(0)).unwrap();
+    assert_eq!(open, 1);
+}
+
+#[tokio::test]
+async fn an_old_snapshot_is_imported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("state.json");
+    let far = Utc::now().timestamp() + 86_400;
+    let file = serde_json::json!({
+        "version": 1,
+        "counters": [[{"scope": "profile", "tenant": "p", "window": "daily", "bucket": "2026-11-29", "field": "cost"}, 42, far]],
+        "tenants": [["profile", "p", {"days": {"2026-11-28": {
+            "totals": {"requests": 2, "cost_nanos": 42, "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "characters": 9},
+            "by_provider": {"elevenlabs": {"requests": 2, "cost_nanos": 42, "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "characters": 9}},
+            "by_model": {"eleven_v3": {"requests": 2, "cost_nanos": 42, "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "characters": 9}}
+        }}, "recent": []}]],
+        "orgs": [["p", "acme"]]
+    });
+    std::fs::write(&snap, serde_json::to_vec(&file).unwrap()).unwrap();
+    let mut o = opts(dir.path());
+    o.snapshot = Some(snap);
+    for _ in 0..2 {
+        let s = loop {
+            match EmbeddedStore::open(o.clone(), counter()) {
+                Ok(s) => break s,
+                Err(OpenError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(s.read(&[key("p", "cost")]).await.unwrap(), vec![42]);
+        let h = s.history(Scope::Profile, "p", &days(), 0).await.unwrap();
+        assert_eq!(h.days["2026-11-28"].characters, 9);
+        assert_eq!(h.by_model["eleven_v3"].cost_nanos, 42);
+        assert_eq!(s.bind_org("p", None).await.unwrap().as_deref(), Some("acme"));
+    }
+}
+
+#[test]
+fn retention_deletes_counted_back_from_the_newest_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut c = schema::open_writer(&path, Durability::Batched).unwrap();
+    let keep = Keep {
+        recent_max: 10,
+        daily_days: 2,
+        monthly_months: 1,
+    };
+    let recs: Vec<UsageRecord> = ["2026-09-30", "2026-11-26", "2026-11-27", "2026-11-29"]
+        .iter()
+        .map(|d| UsageRecord {
+            day: (*d).into(),
+            ..record(if *d == "2026-09-30" { "old" } else { "p" }, None, 1)
+        })
+        .collect();
+    let tx = c.transaction().unwrap();
+    let mut b = writer::HistoryBatch::default();
+    recs.iter().for_each(|r| b.add(r));
+    b.write(&tx, keep).unwrap();
+    tx.commit().unwrap();
+    writer::housekeeping(&mut c, keep).unwrap();
+    let days: Vec<String> = c
+        .prepare("SELECT DISTINCT day FROM daily_provider ORDER BY day")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(days, ["2026-11-27", "2026-11-29"]);
+    let months: Vec<String> = c.prepare("SELECT month FROM monthly ORDER BY month").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(months, ["2026-11"], "one month back from November keeps October on; September goes");
+    let tenants: Vec<String> = c.prepare("SELECT tenant FROM tenants").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(tenants, ["p"], "a tenant without history left is forgotten");
+}

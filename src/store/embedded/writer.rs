@@ -1,0 +1,403 @@
+//! The embedded store's writer: one thread owns the database's write connection and
+//! group-commits what the request path hands it. Records that arrive within one commit
+//! interval (or while a commit is running) share one transaction; within it they are
+//! coalesced (a call reserved and settled in the same batch never writes its open-call row,
+//! counter deltas and history totals of one key are summed). A failed commit is counted,
+//! kept, and retried with backoff; the store decides from [`Shared`] what the request path
+//! does meanwhile (`on_error`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{Datelike, Months, NaiveDate};
+use parking_lot::Mutex;
+use prometheus::IntCounter;
+use rusqlite::{params, Connection, Transaction};
+use tokio::sync::oneshot;
+
+use crate::domain::window::Window;
+use crate::domain::Scope;
+use crate::quota::ledger::{CounterKey, OpenCall, Totals, UsageRecord};
+
+/// Most records in one transaction.
+const MAX_BATCH: usize = 4096;
+/// How often retention is enforced when nothing else happens.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+/// First and longest pause between retries of a failed commit.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What the request path hands the writer.
+pub enum Rec {
+    /// Counters added by an admitted call (its reservation), and the call itself.
+    Reserve { call: Option<OpenCall>, deltas: Vec<(CounterKey, i64)> },
+    /// A call's final correction and its usage record (or a correction of an earlier call).
+    Settle { id: String, deltas: Vec<(CounterKey, i64)>, record: UsageRecord },
+    /// A reservation taken back: its request was never forwarded.
+    Cancel { id: String, deltas: Vec<(CounterKey, i64)> },
+    /// A profile's org (`None`: no org), remembered for good.
+    Bind { profile: String, org: Option<String> },
+    /// A window bucket the limits no longer read.
+    Prune { window: Window, bucket: String },
+}
+
+pub enum Msg {
+    Rec(Rec, Option<oneshot::Sender<Result<(), String>>>),
+    /// Answered once everything sent before it is committed (or its commit failed).
+    Barrier(oneshot::Sender<Result<(), String>>),
+}
+
+/// State the writer shares with the store.
+#[derive(Default)]
+pub struct Shared {
+    /// Records handed over and not yet committed.
+    pub unwritten: AtomicUsize,
+    /// The last commit failed (cleared by the next one that succeeds).
+    pub failing: AtomicBool,
+    pub last_error: Mutex<String>,
+    /// Profiles whose binding is handed over but not yet committed (the store answers from
+    /// here until the database has it).
+    pub pending_binds: Mutex<HashMap<String, Option<String>>>,
+}
+
+/// What the writer keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    pub recent_max: usize,
+    pub daily_days: u32,
+    pub monthly_months: u32,
+}
+
+pub struct Writer {
+    pub conn: Connection,
+    pub rx: Receiver<Msg>,
+    pub shared: Arc<Shared>,
+    pub keep: Keep,
+    /// Longest a record waits for more to share its commit (zero: commit at once).
+    pub linger: Duration,
+    /// `spendgate_store_errors_total{op="persist"}`.
+    pub errors: IntCounter,
+}
+
+impl Writer {
+    pub fn run(mut self) {
+        let mut batch: Vec<Rec> = Vec::new();
+        let mut waiters: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
+        let mut housekept = Instant::now() - HOUSEKEEPING;
+        let mut retry = RETRY_FIRST;
+        let mut open = true;
+        while open || !batch.is_empty() {
+            if batch.is_empty() && waiters.is_empty() {
+                if housekept.elapsed() >= HOUSEKEEPING {
+                    if let Err(e) = housekeeping(&mut self.conn, self.keep) {
+                        tracing::warn!(error = %e, "embedded store: retention could not be enforced; retrying later");
+                    }
+                    housekept = Instant::now();
+                }
+                match self.rx.recv_timeout(HOUSEKEEPING) {
+                    Ok(m) => take(m, &mut batch, &mut waiters),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                // Wait a little for more to share the commit, unless someone is waiting.
+                let deadline = Instant::now() + self.linger;
+                while waiters.is_empty() && batch.len() < MAX_BATCH {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match self.rx.recv_timeout(left) {
+                        Ok(m) => take(m, &mut batch, &mut waiters),
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            // Whatever else is already there joins this commit.
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(m) => take(m, &mut batch, &mut waiters),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            match commit(&mut self.conn, &batch, self.keep) {
+                Ok(()) => {
+                    self.shared.unwritten.fetch_sub(batch.len(), Ordering::AcqRel);
+                    if !self.shared.pending_binds.lock().is_empty() {
+                        let mut pending = self.shared.pending_binds.lock();
+                        for r in &batch {
+                            if let Rec::Bind { profile, .. } = r {
+                                pending.remove(profile);
+                            }
+                        }
+                    }
+                    batch.clear();
+                    if self.shared.failing.swap(false, Ordering::AcqRel) {
+                        tracing::info!("embedded store: the database is written again");
+                    }
+                    retry = RETRY_FIRST;
+                    for w in waiters.drain(..) {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    self.errors.inc();
+                    let message = e.to_string();
+                    if !self.shared.failing.swap(true, Ordering::AcqRel) {
+                        tracing::error!(error = %message, records = batch.len(), "embedded store: cannot write the database; keeping the records and retrying");
+                    }
+                    *self.shared.last_error.lock() = message.clone();
+                    for w in waiters.drain(..) {
+                        let _ = w.send(Err(message.clone()));
+                    }
+                    std::thread::sleep(retry);
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+fn take(m: Msg, batch: &mut Vec<Rec>, waiters: &mut Vec<oneshot::Sender<Result<(), String>>>) {
+    match m {
+        Msg::Rec(r, w) => {
+            batch.push(r);
+            waiters.extend(w);
+        }
+        Msg::Barrier(w) => waiters.push(w),
+    }
+}
+
+/// A scope's name in the database.
+pub fn scope_name(s: Scope) -> &'static str {
+    s.as_str()
+}
+
+/// History totals of one batch, summed per row.
+#[derive(Default)]
+pub struct HistoryBatch<'a> {
+    daily_provider: HashMap<(Scope, &'a str, &'a str, &'a str), Totals>,
+    daily_model: HashMap<(Scope, &'a str, &'a str, &'a str), Totals>,
+    monthly: HashMap<(Scope, &'a str, &'a str), Totals>,
+    tenants: HashMap<(Scope, &'a str), &'a str>,
+    recent: Vec<&'a UsageRecord>,
+}
+
+impl<'a> HistoryBatch<'a> {
+    pub fn add(&mut self, rec: &'a UsageRecord) {
+        let month = rec.day.get(..7).unwrap_or(&rec.day);
+        let scopes = std::iter::once((Scope::Profile, rec.profile.as_str())).chain(rec.org.as_deref().map(|o| (Scope::Org, o)));
+        for (scope, tenant) in scopes {
+            self.daily_provider.entry((scope, tenant, &rec.day, &rec.provider)).or_default().add(&rec.totals);
+            self.daily_model.entry((scope, tenant, &rec.day, &rec.model)).or_default().add(&rec.totals);
+            self.monthly.entry((scope, tenant, month)).or_default().add(&rec.totals);
+            let last = self.tenants.entry((scope, tenant)).or_insert(&rec.day);
+            if *last < rec.day.as_str() {
+                *last = &rec.day;
+            }
+        }
+        self.recent.push(rec);
+    }
+
+    pub fn write(&self, tx: &Transaction<'_>, keep: Keep) -> rusqlite::Result<()> {
+        const ADD: &str = "requests = requests + excluded.requests, cost_nanos = cost_nanos + excluded.cost_nanos, \
+                           input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
+                           cached_tokens = cached_tokens + excluded.cached_tokens, characters = characters + excluded.characters";
+        let t = |t: &Totals| [t.requests, t.cost_nanos, t.input_tokens, t.output_tokens, t.cached_tokens, t.characters];
+        let mut st = tx.prepare_cached(&format!(
+            "INSERT INTO daily_provider VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (scope, tenant, day, provider) DO UPDATE SET {ADD}"
+        ))?;
+        for ((scope, tenant, day, provider), totals) in &self.daily_provider {
+            let v = t(totals);
+            st.execute(params![scope_name(*scope), tenant, day, provider, v[0], v[1], v[2], v[3], v[4], v[5]])?;
+        }
+        let mut st = tx.prepare_cached(&format!(
+            "INSERT INTO daily_model VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (scope, tenant, day, model) DO UPDATE SET {ADD}"
+        ))?;
+        for ((scope, tenant, day, model), totals) in &self.daily_model {
+            let v = t(totals);
+            st.execute(params![scope_name(*scope), tenant, day, model, v[0], v[1], v[2], v[3], v[4], v[5]])?;
+        }
+        let mut st = tx.prepare_cached(&format!(
+            "INSERT INTO monthly VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (scope, tenant, month) DO UPDATE SET {ADD}"
+        ))?;
+        for ((scope, tenant, month), totals) in &self.monthly {
+            let v = t(totals);
+            st.execute(params![scope_name(*scope), tenant, month, v[0], v[1], v[2], v[3], v[4], v[5]])?;
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT INTO tenants VALUES (?1, ?2, ?3, ?3) ON CONFLICT (scope, tenant) DO UPDATE SET last_day = excluded.last_day \
+             WHERE excluded.last_day > last_day",
+        )?;
+        for ((scope, tenant), day) in &self.tenants {
+            st.execute(params![scope_name(*scope), tenant, day])?;
+        }
+        if keep.recent_max == 0 {
+            return Ok(());
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT INTO recent (at, day, profile, org, provider, model, path, status, reason, requests, cost_nanos, \
+             input_tokens, output_tokens, cached_tokens, characters) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )?;
+        let mut profiles = HashSet::new();
+        for r in &self.recent {
+            let v = t(&r.totals);
+            st.execute(params![
+                r.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                r.day,
+                r.profile,
+                r.org,
+                r.provider,
+                r.model,
+                r.path,
+                r.status,
+                r.reason,
+                v[0],
+                v[1],
+                v[2],
+                v[3],
+                v[4],
+                v[5]
+            ])?;
+            profiles.insert(r.profile.as_str());
+        }
+        // Each profile keeps its newest `recent_max`; an org's newest are among its profiles'
+        // newest, so this bounds the orgs too.
+        let mut st = tx.prepare_cached(
+            "DELETE FROM recent WHERE profile = ?1 AND id <= \
+             (SELECT id FROM recent WHERE profile = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        )?;
+        let offset = i64::try_from(keep.recent_max).unwrap_or(i64::MAX);
+        for p in profiles {
+            st.execute(params![p, offset])?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one batch in one transaction.
+fn commit(conn: &mut Connection, batch: &[Rec], keep: Keep) -> rusqlite::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut counters: HashMap<&CounterKey, i64> = HashMap::new();
+    let mut opened: HashMap<&str, &UsageRecord> = HashMap::new();
+    let mut closed: Vec<&str> = Vec::new();
+    let mut history = HistoryBatch::default();
+    let mut binds: Vec<(&str, Option<&str>)> = Vec::new();
+    let mut prunes: Vec<(Window, &str)> = Vec::new();
+    for r in batch {
+        match r {
+            Rec::Reserve { call, deltas } => {
+                for (k, d) in deltas {
+                    *counters.entry(k).or_insert(0) += d;
+                }
+                if let Some(c) = call {
+                    opened.insert(&c.id, &c.record);
+                }
+            }
+            Rec::Settle { id, deltas, record } => {
+                for (k, d) in deltas {
+                    *counters.entry(k).or_insert(0) += d;
+                }
+                if opened.remove(id.as_str()).is_none() {
+                    closed.push(id);
+                }
+                history.add(record);
+            }
+            Rec::Cancel { id, deltas } => {
+                for (k, d) in deltas {
+                    *counters.entry(k).or_insert(0) += d;
+                }
+                if opened.remove(id.as_str()).is_none() {
+                    closed.push(id);
+                }
+            }
+            Rec::Bind { profile, org } => binds.push((profile, org.as_deref())),
+            Rec::Prune { window, bucket } => prunes.push((*window, bucket)),
+        }
+    }
+    let tx = conn.transaction()?;
+    {
+        let mut st = tx.prepare_cached("DELETE FROM counters WHERE window = ?1 AND bucket = ?2")?;
+        for (w, b) in &prunes {
+            st.execute(params![w.as_str(), b])?;
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT INTO counters VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (scope, tenant, window, bucket, field) DO UPDATE SET value = value + excluded.value",
+        )?;
+        for (k, d) in counters {
+            if d != 0 {
+                st.execute(params![scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, k.field, d])?;
+            }
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT OR REPLACE INTO open_calls VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?;
+        for (id, r) in opened {
+            let t = &r.totals;
+            st.execute(params![
+                id,
+                r.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                r.day,
+                r.profile,
+                r.org,
+                r.provider,
+                r.model,
+                r.path,
+                t.requests,
+                t.cost_nanos,
+                t.input_tokens,
+                t.output_tokens,
+                t.cached_tokens,
+                t.characters
+            ])?;
+        }
+        let mut st = tx.prepare_cached("DELETE FROM open_calls WHERE id = ?1")?;
+        for id in closed {
+            st.execute([id])?;
+        }
+        let mut st = tx.prepare_cached("INSERT INTO org_bindings VALUES (?1, ?2) ON CONFLICT (profile) DO NOTHING")?;
+        for (p, o) in binds {
+            st.execute(params![p, o])?;
+        }
+        history.write(&tx, keep)?;
+    }
+    tx.commit()
+}
+
+/// Deletes what is past retention, counted back from the newest day on record (so a clock
+/// jump cannot wipe the history).
+pub fn housekeeping(conn: &mut Connection, keep: Keep) -> rusqlite::Result<()> {
+    let newest: Option<String> = conn.query_row("SELECT MAX(last_day) FROM tenants", [], |r| r.get(0))?;
+    let Some(newest) = newest.and_then(|d| NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()) else {
+        return Ok(());
+    };
+    let day_cutoff = (newest - chrono::Duration::days(i64::from(keep.daily_days))).format("%Y-%m-%d").to_string();
+    let month_cutoff = newest
+        .with_day0(0)
+        .and_then(|d| d.checked_sub_months(Months::new(keep.monthly_months)))
+        .map(|d| d.format("%Y-%m").to_string());
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM daily_provider WHERE day < ?1", [&day_cutoff])?;
+    tx.execute("DELETE FROM daily_model WHERE day < ?1", [&day_cutoff])?;
+    if let Some(m) = &month_cutoff {
+        tx.execute("DELETE FROM monthly WHERE month < ?1", [m])?;
+        // A tenant without any history left is forgotten.
+        let oldest_kept = day_cutoff.as_str().min(m.as_str()).to_string();
+        tx.execute("DELETE FROM tenants WHERE last_day < ?1", [oldest_kept])?;
+    }
+    tx.execute("DELETE FROM recent WHERE day < ?1", [&day_cutoff])?;
+    tx.commit()
+}
