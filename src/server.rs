@@ -46,6 +46,12 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 /// Binds every listener and starts serving.
 pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
+    // A file-size limit (RLIMIT_FSIZE) fails the store's writes (counted and retried) instead
+    // of killing the process: SIGXFSZ (25 on Linux) gets a handler.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25)) {
+        tracing::warn!(error = %e, "cannot handle SIGXFSZ");
+    }
     let metrics = Metrics::new(&config.metrics);
     let store = open_store(&config, &metrics, Access::Serve).await.context("cannot open the store")?;
     let app = App::with_metrics(config, opts.config_path, store, opts.clock, metrics)?;

@@ -35,7 +35,13 @@ pub async fn run(path: Option<&Path>, target: Target, span: &RangeArgs, as_json:
         }
     };
     let today = crate::domain::window::Calendar::new(config.timezone.0).local_date(chrono::Utc::now());
-    let range = match range_from(span.range.as_deref(), span.from.as_deref(), span.to.as_deref(), config.store.retention.daily_days, today) {
+    let range = match range_from(
+        span.range.as_deref(),
+        span.from.as_deref(),
+        span.to.as_deref(),
+        config.store.retention.daily_days,
+        today,
+    ) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

@@ -62,6 +62,7 @@ pub fn record(r: &UsageRecord) -> Value {
         "model": r.model,
         "path": r.path,
         "status": r.status,
+        "reason": r.reason,
         "cost_usd": nanos_to_usd(r.totals.cost_nanos),
         "cost_nanos": r.totals.cost_nanos,
         "input_tokens": r.totals.input_tokens,

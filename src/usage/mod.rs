@@ -387,9 +387,21 @@ mod tests {
         assert_eq!(r.days(&cal, now), ["2026-11-03", "2026-11-02", "2026-11-01"]);
         // `to` defaults to today and is clamped to it; `from` to the retained days.
         let r = range_from(None, Some("2026-11-28"), None, 400, today).unwrap();
-        assert_eq!(r.span, Span::Dates { from: NaiveDate::from_ymd_opt(2026, 11, 28).unwrap(), to: today });
+        assert_eq!(
+            r.span,
+            Span::Dates {
+                from: NaiveDate::from_ymd_opt(2026, 11, 28).unwrap(),
+                to: today
+            }
+        );
         let r = range_from(None, Some("2020-01-01"), Some("2027-01-01"), 10, today).unwrap();
-        assert_eq!(r.span, Span::Dates { from: NaiveDate::from_ymd_opt(2026, 11, 19).unwrap(), to: today });
+        assert_eq!(
+            r.span,
+            Span::Dates {
+                from: NaiveDate::from_ymd_opt(2026, 11, 19).unwrap(),
+                to: today
+            }
+        );
         for (range, from, to) in [
             (Some("7d"), Some("2026-11-01"), None),
             (None, None, Some("2026-11-01")),

@@ -12,6 +12,7 @@ mod cli_ops;
 mod concurrency;
 mod dashboard;
 mod deploy;
+mod embedded_store;
 mod escape;
 mod fixtures_cost;
 mod gemini_media;

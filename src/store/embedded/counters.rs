@@ -129,7 +129,11 @@ impl Counters {
 
     /// How many (tenant, bucket) entries are held, for tests and diagnostics.
     pub fn entries(&self) -> usize {
-        self.windows.values().flat_map(|w| w.values()).map(|b| b.tenants[0].len() + b.tenants[1].len()).sum()
+        self.windows
+            .values()
+            .flat_map(|w| w.values())
+            .map(|b| b.tenants[0].len() + b.tenants[1].len())
+            .sum()
     }
 }
 

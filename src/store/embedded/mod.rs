@@ -118,12 +118,18 @@ impl EmbeddedStore {
                     snapshot = %snap.display(), counters = i.counters, tenants = i.tenants, records = i.records,
                     "imported the snapshot file into the embedded store's database; `store.snapshot` is deprecated and can be removed"
                 ),
-                None => tracing::warn!(snapshot = %snap.display(), "`store.snapshot` is deprecated: the embedded store keeps everything in its database (`store.path`); remove the key"),
+                None => {
+                    tracing::warn!(snapshot = %snap.display(), "`store.snapshot` is deprecated: the embedded store keeps everything in its database (`store.path`); remove the key")
+                }
             }
         }
         let (crashed, cost) = read::settle_crashed(&mut conn, opts.keep).map_err(|e| OpenError::from_sqlite(path, &e))?;
         if crashed > 0 {
-            tracing::warn!(calls = crashed, cost_nanos = cost, "calls open when the proxy last stopped are charged their reservation (reason `crash`)");
+            tracing::warn!(
+                calls = crashed,
+                cost_nanos = cost,
+                "calls open when the proxy last stopped are charged their reservation (reason `crash`)"
+            );
         }
         let mut counters = Counters::default();
         let loaded = read::load_counters(&conn, &mut counters, Utc::now().timestamp()).map_err(|e| OpenError::from_sqlite(path, &e))?;
@@ -291,13 +297,27 @@ impl Store for EmbeddedStore {
         }
         let deltas: Vec<(CounterKey, i64)> = req.ops.iter().filter(|op| op.amount != 0).map(|op| (op.key.clone(), op.amount)).collect();
         if self.opts.durability == Durability::Batched {
-            self.send(s, Rec::Reserve { call: req.call.clone(), deltas }, None);
+            self.send(
+                s,
+                Rec::Reserve {
+                    call: req.call.clone(),
+                    deltas,
+                },
+                None,
+            );
             return Ok(outcome);
         }
         // Strict: the reservation is durable before the request goes anywhere.
         let (done, wait) = oneshot::channel();
         let undo: Vec<(CounterKey, i64)> = deltas.iter().map(|(k, d)| (k.clone(), -d)).collect();
-        self.send(s, Rec::Reserve { call: req.call.clone(), deltas }, Some(done));
+        self.send(
+            s,
+            Rec::Reserve {
+                call: req.call.clone(),
+                deltas,
+            },
+            Some(done),
+        );
         let failure = match tokio::time::timeout(STRICT_WAIT, wait).await {
             Ok(Ok(Ok(()))) => return Ok(outcome),
             Ok(Ok(Err(e))) => e,
@@ -318,7 +338,10 @@ impl Store for EmbeddedStore {
         }
         let id = req.call.as_ref().map(|c| c.id.clone()).unwrap_or_default();
         self.send(s, Rec::Cancel { id, deltas: undo }, None);
-        Err(unavailable(format!("cannot make the reservation durable in {}: {failure}", self.opts.path.display())))
+        Err(unavailable(format!(
+            "cannot make the reservation durable in {}: {failure}",
+            self.opts.path.display()
+        )))
     }
 
     async fn settle(&self, st: &Settlement) -> Result<(), StoreError> {
@@ -401,7 +424,11 @@ impl Store for EmbeddedStore {
             return self.query(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await;
         }
         if self.shared.failing.load(Ordering::Acquire) {
-            return Err(unavailable(format!("cannot write {}: {}", self.opts.path.display(), self.shared.last_error.lock())));
+            return Err(unavailable(format!(
+                "cannot write {}: {}",
+                self.opts.path.display(),
+                self.shared.last_error.lock()
+            )));
         }
         Ok(())
     }

@@ -98,8 +98,14 @@ fn days() -> Vec<String> {
 async fn counts_settles_and_reads_its_own_writes() {
     let dir = tempfile::tempdir().unwrap();
     let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
-    assert!(matches!(s.reserve(&reserve_req("a", "p", 6, 10)).await.unwrap(), ReserveOutcome::Admitted { .. }));
-    assert!(matches!(s.reserve(&reserve_req("b", "p", 6, 10)).await.unwrap(), ReserveOutcome::Admitted { .. }));
+    assert!(matches!(
+        s.reserve(&reserve_req("a", "p", 6, 10)).await.unwrap(),
+        ReserveOutcome::Admitted { .. }
+    ));
+    assert!(matches!(
+        s.reserve(&reserve_req("b", "p", 6, 10)).await.unwrap(),
+        ReserveOutcome::Admitted { .. }
+    ));
     assert_eq!(
         s.reserve(&reserve_req("c", "p", 6, 10)).await.unwrap(),
         ReserveOutcome::Refused { index: 1, current: 12 }
@@ -276,8 +282,20 @@ fn retention_deletes_counted_back_from_the_newest_day() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(days, ["2026-11-27", "2026-11-29"]);
-    let months: Vec<String> = c.prepare("SELECT month FROM monthly ORDER BY month").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let months: Vec<String> = c
+        .prepare("SELECT month FROM monthly ORDER BY month")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(months, ["2026-11"], "one month back from November keeps October on; September goes");
-    let tenants: Vec<String> = c.prepare("SELECT tenant FROM tenants").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let tenants: Vec<String> = c
+        .prepare("SELECT tenant FROM tenants")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(tenants, ["p"], "a tenant without history left is forgotten");
 }

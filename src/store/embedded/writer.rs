@@ -35,7 +35,11 @@ pub enum Rec {
     /// Counters added by an admitted call (its reservation), and the call itself.
     Reserve { call: Option<OpenCall>, deltas: Vec<(CounterKey, i64)> },
     /// A call's final correction and its usage record (or a correction of an earlier call).
-    Settle { id: String, deltas: Vec<(CounterKey, i64)>, record: UsageRecord },
+    Settle {
+        id: String,
+        deltas: Vec<(CounterKey, i64)>,
+        record: UsageRecord,
+    },
     /// A reservation taken back: its request was never forwarded.
     Cancel { id: String, deltas: Vec<(CounterKey, i64)> },
     /// A profile's org (`None`: no org), remembered for good.
@@ -198,7 +202,10 @@ impl<'a> HistoryBatch<'a> {
         let month = rec.day.get(..7).unwrap_or(&rec.day);
         let scopes = std::iter::once((Scope::Profile, rec.profile.as_str())).chain(rec.org.as_deref().map(|o| (Scope::Org, o)));
         for (scope, tenant) in scopes {
-            self.daily_provider.entry((scope, tenant, &rec.day, &rec.provider)).or_default().add(&rec.totals);
+            self.daily_provider
+                .entry((scope, tenant, &rec.day, &rec.provider))
+                .or_default()
+                .add(&rec.totals);
             self.daily_model.entry((scope, tenant, &rec.day, &rec.model)).or_default().add(&rec.totals);
             self.monthly.entry((scope, tenant, month)).or_default().add(&rec.totals);
             let last = self.tenants.entry((scope, tenant)).or_insert(&rec.day);
@@ -342,9 +349,7 @@ fn commit(conn: &mut Connection, batch: &[Rec], keep: Keep) -> rusqlite::Result<
                 st.execute(params![scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, k.field, d])?;
             }
         }
-        let mut st = tx.prepare_cached(
-            "INSERT OR REPLACE INTO open_calls VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )?;
+        let mut st = tx.prepare_cached("INSERT OR REPLACE INTO open_calls VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")?;
         for (id, r) in opened {
             let t = &r.totals;
             st.execute(params![

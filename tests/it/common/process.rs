@@ -111,21 +111,35 @@ impl Spendgate {
     /// Starts `spendgate --config <config>` with the extra environment; waits (bounded) until
     /// it serves.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Spendgate {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spendgate"));
+        Spendgate::start_command(Spendgate::command(&[], config, env))
+    }
+
+    /// The command that runs `spendgate --config <config>` (behind `wrapper`, e.g. `prlimit
+    /// --fsize=N --`, when given) from the config's directory, logging JSON.
+    pub fn command(wrapper: &[&str], config: &Path, env: &[(&str, &str)]) -> Command {
+        let bin = env!("CARGO_BIN_EXE_spendgate");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         // A relative `store.path` (the default `spendgate.db`) lands beside the config.
         if let Some(dir) = config.parent().filter(|d| !d.as_os_str().is_empty()) {
             cmd.current_dir(dir);
         }
-        cmd.arg("--config")
-            .arg(config)
-            .env("SPENDGATE_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg("--config").arg(config).env("SPENDGATE_LOG_FORMAT", "json").env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    /// Starts a command from [`Spendgate::command`]; waits (bounded) until it serves.
+    pub fn start_command(mut cmd: Command) -> Spendgate {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut process = Guard::spawn(&mut cmd);
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
