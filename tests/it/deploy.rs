@@ -108,6 +108,37 @@ fn the_image_is_multi_stage_and_runs_as_non_root() {
     let uid = user.split(':').next().unwrap().trim();
     assert!(uid != "0" && uid != "root", "USER {user}");
     assert!(d.contains("--locked"), "builds from Cargo.lock");
+    // The working directory (the embedded store's database) is a volume the user can write.
+    let workdir = d.lines().rev().find_map(|l| l.strip_prefix("WORKDIR ")).expect("a WORKDIR line").trim();
+    assert!(d.contains(&format!("VOLUME {workdir}")), "VOLUME {workdir}");
+    assert!(
+        d.contains(&format!("--chown={}", user.trim())) && d.contains(workdir),
+        "{workdir} owned by {user}"
+    );
+}
+
+#[test]
+fn kubernetes_embedded_store_keeps_its_database_on_a_persistent_volume() {
+    let docs = documents("kubernetes/spendgate-embedded.yaml");
+    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").expect("a ConfigMap");
+    let c = Config::from_yaml(cm["data"]["spendgate.yaml"].as_str().unwrap(), "ConfigMap").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.store.backend, Backend::Memory);
+    let set = docs.iter().find(|d| d["kind"] == "StatefulSet").expect("a StatefulSet");
+    assert_eq!(set["spec"]["replicas"], 1, "one process owns a database");
+    let claim = set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"].as_str().unwrap();
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == claim)
+        .expect("the claim is mounted");
+    assert!(
+        c.store.path.starts_with(mount["mountPath"].as_str().unwrap()),
+        "{:?} on the volume",
+        c.store.path
+    );
+    assert_eq!(set["spec"]["template"]["spec"]["securityContext"]["fsGroup"], 65532);
 }
 
 #[test]
