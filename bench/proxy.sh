@@ -130,7 +130,8 @@ limits:
     - {metric: requests, window: daily, max: 1000000000}
 $1
 YAML
-  RUST_LOG=warn "$TARGET/release/spendgate" --config "$WORK/spendgate.yaml" 2>"$WORK/spendgate.log" &
+  rm -f "$WORK"/spendgate.db*
+  (cd "$WORK" && RUST_LOG=warn exec "$(realpath "$TARGET")/release/spendgate" --config "$WORK/spendgate.yaml" 2>"$WORK/spendgate.log") &
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")
   wait_port "$ADMIN"

@@ -164,7 +164,7 @@ impl Default for StoreConfig {
             backend: Backend::Memory,
             path: PathBuf::from("spendgate.db"),
             durability: Durability::Batched,
-            commit_interval: Seconds::from_millis(5),
+            commit_interval: Seconds::from_millis(10),
             max_unwritten: 100_000,
             snapshot: None,
             snapshot_interval: Seconds::from_secs(10),

@@ -195,7 +195,7 @@ impl EmbeddedStore {
     /// Hands a record to the writer.
     fn send(&self, s: &Serving, rec: Rec, done: Option<oneshot::Sender<Result<(), String>>>) {
         self.shared.unwritten.fetch_add(1, Ordering::AcqRel);
-        if s.tx.send(Msg::Rec(rec, done)).is_err() {
+        if s.tx.send(Msg::Rec(Box::new(rec), done)).is_err() {
             // Only when the writer thread died (it never returns while the store lives).
             tracing::error!("embedded store: the writer thread is gone; a record is lost");
         }

@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::de::DeserializeOwned;
 
 use super::counters::Counters;
-use super::writer::{scope_name, HistoryBatch, Keep};
+use super::writer::{prune_recent, scope_name, HistoryBatch, Keep};
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, History, Totals, UsageRecord};
 
@@ -178,8 +178,10 @@ pub fn settle_crashed(conn: &mut Connection, keep: Keep) -> rusqlite::Result<(us
         batch.add(r);
     }
     batch.write(&tx, keep)?;
+    let profiles: Vec<String> = batch.profiles().map(str::to_string).collect();
     tx.execute("DELETE FROM open_calls", [])?;
     tx.commit()?;
+    prune_recent(conn, profiles.iter().map(String::as_str), keep)?;
     Ok((records.len(), cost))
 }
 

@@ -24,6 +24,8 @@ use crate::quota::ledger::{CounterKey, OpenCall, Totals, UsageRecord};
 
 /// Most records in one transaction.
 const MAX_BATCH: usize = 4096;
+/// How often the recent requests of the profiles that grew are trimmed to `recent_max`.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// How often retention is enforced when nothing else happens.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 /// First and longest pause between retries of a failed commit.
@@ -49,7 +51,7 @@ pub enum Rec {
 }
 
 pub enum Msg {
-    Rec(Rec, Option<oneshot::Sender<Result<(), String>>>),
+    Rec(Box<Rec>, Option<oneshot::Sender<Result<(), String>>>),
     /// Answered once everything sent before it is committed (or its commit failed).
     Barrier(oneshot::Sender<Result<(), String>>),
 }
@@ -93,6 +95,10 @@ impl Writer {
         let mut housekept = Instant::now() - HOUSEKEEPING;
         let mut retry = RETRY_FIRST;
         let mut open = true;
+        // Profiles whose recent requests grew since they were last trimmed; trimmed at most
+        // once a second (or when someone waits), not per commit.
+        let mut to_trim: HashSet<String> = HashSet::new();
+        let mut trimmed = Instant::now();
         while open || !batch.is_empty() {
             if batch.is_empty() && waiters.is_empty() {
                 if housekept.elapsed() >= HOUSEKEEPING {
@@ -137,6 +143,22 @@ impl Writer {
             match commit(&mut self.conn, &batch, self.keep) {
                 Ok(()) => {
                     self.shared.unwritten.fetch_sub(batch.len(), Ordering::AcqRel);
+                    if self.keep.recent_max > 0 {
+                        for r in &batch {
+                            if let Rec::Settle { record, .. } = r {
+                                if !to_trim.contains(&record.profile) {
+                                    to_trim.insert(record.profile.clone());
+                                }
+                            }
+                        }
+                    }
+                    if !to_trim.is_empty() && (!waiters.is_empty() || trimmed.elapsed() >= TRIM_EVERY) {
+                        match prune_recent(&mut self.conn, to_trim.iter().map(String::as_str), self.keep) {
+                            Ok(()) => to_trim.clear(),
+                            Err(e) => tracing::warn!(error = %e, "embedded store: recent requests could not be trimmed; retrying later"),
+                        }
+                        trimmed = Instant::now();
+                    }
                     if !self.shared.pending_binds.lock().is_empty() {
                         let mut pending = self.shared.pending_binds.lock();
                         for r in &batch {
@@ -175,7 +197,7 @@ impl Writer {
 fn take(m: Msg, batch: &mut Vec<Rec>, waiters: &mut Vec<oneshot::Sender<Result<(), String>>>) {
     match m {
         Msg::Rec(r, w) => {
-            batch.push(r);
+            batch.push(*r);
             waiters.extend(w);
         }
         Msg::Barrier(w) => waiters.push(w),
@@ -256,7 +278,6 @@ impl<'a> HistoryBatch<'a> {
             "INSERT INTO recent (at, day, profile, org, provider, model, path, status, reason, requests, cost_nanos, \
              input_tokens, output_tokens, cached_tokens, characters) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
-        let mut profiles = HashSet::new();
         for r in &self.recent {
             let v = t(&r.totals);
             st.execute(params![
@@ -276,10 +297,21 @@ impl<'a> HistoryBatch<'a> {
                 v[4],
                 v[5]
             ])?;
-            profiles.insert(r.profile.as_str());
         }
-        // Each profile keeps its newest `recent_max`; an org's newest are among its profiles'
-        // newest, so this bounds the orgs too.
+        Ok(())
+    }
+
+    /// The profiles whose recent requests grew.
+    pub fn profiles(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.recent.iter().map(|r| r.profile.as_str())
+    }
+}
+
+/// Keeps each of `profiles` to its newest `recent_max` recent requests. An org's newest are
+/// among its profiles' newest, so this bounds the orgs too.
+pub fn prune_recent<'p>(conn: &mut Connection, profiles: impl IntoIterator<Item = &'p str>, keep: Keep) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
         let mut st = tx.prepare_cached(
             "DELETE FROM recent WHERE profile = ?1 AND id <= \
              (SELECT id FROM recent WHERE profile = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
@@ -288,8 +320,8 @@ impl<'a> HistoryBatch<'a> {
         for p in profiles {
             st.execute(params![p, offset])?;
         }
-        Ok(())
     }
+    tx.commit()
 }
 
 /// Writes one batch in one transaction.

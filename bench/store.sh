@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# The embedded store's cost: throughput and CPU per request with `durability: batched` and
+# `strict`, next to nginx (the reference) and, when BASELINE_BIN names one, a spendgate binary
+# of an earlier version (the memory store it replaced), on the same mock and load in one run;
+# then the memory (RSS) and the usage API's latency for one tenant with 100,000 tenants stored.
+#
+# Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (3s), TENANTS_BIG
+# (100000), BASELINE_BIN (optional), CARGO_TARGET_DIR (target). Needs wrk, nginx, curl, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+WARMUP=${WARMUP:-3s}
+TENANTS_BIG=${TENANTS_BIG:-100000}
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=$(realpath -m "$TARGET/release/spendgate")
+
+for tool in wrk nginx curl python3; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
+done
+
+# shellcheck source=bench/common.sh
+source bench/common.sh
+TICKS=$(getconf CLK_TCK)
+
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+
+# wrk with bench/tts.lua against a URL, measuring the CPU of the processes given; prints
+# "req/s p50 p99 non-2xx cpu_us_per_request".
+load() {
+  local url=$1
+  shift
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s bench/tts.lua "$url" >/dev/null
+  local before after
+  before=$(cpu_ticks "$@")
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/tts.lua "$url" >"$WORK/wrk.out"
+  after=$(cpu_ticks "$@")
+  awk -v cpu=$((after - before)) -v hz="$TICKS" '
+    /^Requests\/sec:/ { rps = $2 }
+    /requests in/ { n = $1 }
+    /^ +50%/ { p50 = $2 }
+    /^ +99%/ { p99 = $2 }
+    /Non-2xx or 3xx responses:/ { bad = $5 }
+    END { printf "%s %s %s %s %.1f\n", rps, p50, p99, (bad == "" ? 0 : bad), cpu * 1e6 / hz / n }
+  ' "$WORK/wrk.out"
+}
+
+NGINX=$(free_port)
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  upstream mock { server 127.0.0.1:$MOCK; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX;
+    location /elevenlabs/ { proxy_pass http://mock/; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGINX
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_port "$NGINX"
+NGINX_PROCS=("$NGINX_PID" $(pgrep -P "$NGINX_PID"))
+
+# Starts a spendgate binary with a store section, in a fresh directory; sets PROXY, ADMIN,
+# PROXY_PID.
+start_proxy() {
+  local bin=$1 store=$2
+  PROXY=$(free_port)
+  ADMIN=$(free_port)
+  rm -rf "$WORK/run" && mkdir -p "$WORK/run"
+  cat >"$WORK/run/spendgate.yaml" <<YAML
+listen: "127.0.0.1:$PROXY"
+admin:
+  listen: "127.0.0.1:$ADMIN"
+providers:
+  elevenlabs: {kind: elevenlabs, prefix: /elevenlabs, upstream: "http://127.0.0.1:$MOCK"}
+limits:
+  default_profile:
+    - {metric: cost_usd, window: monthly, max: 1000000000}
+    - {metric: requests, window: daily, max: 1000000000}
+$store
+YAML
+  (cd "$WORK/run" && RUST_LOG=warn exec "$bin" --config spendgate.yaml 2>"$WORK/run/spendgate.log") &
+  PROXY_PID=$!
+  PIDS+=("$PROXY_PID")
+  wait_port "$ADMIN"
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null && return 0
+    sleep 0.05
+  done
+  echo "spendgate did not become ready:" >&2
+  cat "$WORK/run/spendgate.log" >&2
+  exit 1
+}
+
+stop_proxy() {
+  kill "$PROXY_PID"
+  wait "$PROXY_PID" 2>/dev/null || true
+}
+
+rss_mib() {
+  awk -v k="$2" '$1 == k":" { printf "%.0f", $2 / 1024 }' "/proc/$1/status"
+}
+
+# The usage API for one tenant, sequentially, N times: "p50 p99" in milliseconds.
+usage_latency() {
+  local url=$1 n=${2:-200}
+  for _ in $(seq "$n"); do curl -s -o /dev/null -w '%{time_total}\n' "$url"; done |
+    sort -n | awk '{ v[NR] = $1 * 1000 } END { printf "%.2f %.2f\n", v[int(NR * 0.5)], v[int(NR * 0.99)] }'
+}
+
+TTS=/v1/text-to-speech/voice
+declare -A RESULT
+RESULT[nginx]=$(load "http://127.0.0.1:$NGINX/elevenlabs$TTS" "${NGINX_PROCS[@]}")
+if [ -n "${BASELINE_BIN:-}" ]; then
+  start_proxy "$BASELINE_BIN" ""
+  RESULT[baseline]=$(load "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")
+  stop_proxy
+fi
+for d in batched strict; do
+  start_proxy "$BIN" "store:
+  durability: $d"
+  RESULT[$d]=$(load "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")
+  stop_proxy
+done
+
+echo
+echo "wrk: $THREADS threads, $CONNECTIONS connections, $DURATION after a $WARMUP warm-up; TTS over 100 profiles. $(nproc) CPUs shared by everything."
+printf "%-44s %10s %8s %9s %9s %7s %11s %9s\n" "target" "req/s" "x nginx" "p50" "p99" "non-2xx" "CPU us/req" "x nginx"
+read -r ref_rps _ _ _ ref_cpu <<<"${RESULT[nginx]}"
+for row in "nginx|nginx proxy_pass" "baseline|spendgate before (memory store, BASELINE_BIN)" "batched|spendgate embedded, durability: batched" "strict|spendgate embedded, durability: strict"; do
+  IFS='|' read -r name label <<<"$row"
+  [ -n "${RESULT[$name]:-}" ] || continue
+  read -r rps p50 p99 bad cpu <<<"${RESULT[$name]}"
+  printf "%-44s %10s %8s %9s %9s %7s %11s %9s\n" "$label" "$rps" \
+    "$(awk -v a="$rps" -v b="$ref_rps" 'BEGIN { printf "%.2f", a / b }')" "$p50" "$p99" "$bad" "$cpu" \
+    "$(awk -v a="$cpu" -v b="$ref_cpu" 'BEGIN { printf "%.2f", a / b }')"
+done
+
+# Memory and reads with many tenants stored.
+start_proxy "$BIN" ""
+echo
+echo "embedded store, TTS over $TENANTS_BIG profiles for $DURATION:"
+read -r rps p50 p99 bad cpu <<<"$(TENANTS=$TENANTS_BIG load "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")"
+stored=$(curl -s "http://127.0.0.1:$ADMIN/v1/profiles?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])')
+echo "  $rps req/s, p50 $p50, p99 $p99, $cpu CPU us/req; $stored profiles stored"
+echo "  RSS after the load: $(rss_mib "$PROXY_PID" VmRSS) MiB (peak $(rss_mib "$PROXY_PID" VmHWM) MiB); database $(du -sh "$WORK/run" | cut -f1)"
+read -r u50 u99 <<<"$(usage_latency "http://127.0.0.1:$ADMIN/v1/profiles/bench-4242/usage?range=30d")"
+echo "  usage API, one tenant (30d), sequential: p50 $u50 ms, p99 $u99 ms"
+read -r u50 u99 <<<"$(usage_latency "http://127.0.0.1:$ADMIN/v1/profiles/bench-4242/usage?range=all")"
+echo "  usage API, one tenant (all), sequential: p50 $u50 ms, p99 $u99 ms"
+read -r u50 u99 <<<"$(usage_latency "http://127.0.0.1:$ADMIN/v1/profiles?limit=50" 50)"
+echo "  listing, first 50 of $stored, sequential: p50 $u50 ms, p99 $u99 ms"
+stop_proxy
