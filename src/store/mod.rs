@@ -1,6 +1,9 @@
 //! The ledger's backends: the embedded memory store (with its snapshot file) and the Redis
-//! store. Both implement [`crate::quota::ledger::Store`].
+//! store. Both implement [`crate::quota::ledger::Store`]. The run-time control data
+//! (overrides, grants, resets, audit) has its own backends of
+//! [`crate::quota::control::ControlStore`]: `control_memory` and `redis::control`.
 
+pub mod control_memory;
 pub mod memory;
 pub mod redis;
 pub mod snapshot;
