@@ -97,13 +97,23 @@ pub fn overrides(state: &ControlState) -> String {
             }
             Some(list) => {
                 for l in list {
-                    let filter = l.matcher.as_ref().map(|m| format!(" match {}", serde_json::to_string(m).unwrap_or_default())).unwrap_or_default();
+                    let filter = l
+                        .matcher
+                        .as_ref()
+                        .map(|m| format!(" match {}", serde_json::to_string(m).unwrap_or_default()))
+                        .unwrap_or_default();
                     let state = match (l.enabled, l.mode) {
                         (false, _) => " (disabled)",
                         (true, crate::domain::Mode::Shadow) => " (shadow)",
                         _ => "",
                     };
-                    let _ = writeln!(out, "  {who:<24} {:<8} {:<11} max {}{filter}{state} (override)", l.window.as_str(), l.metric.as_str(), l.max);
+                    let _ = writeln!(
+                        out,
+                        "  {who:<24} {:<8} {:<11} max {}{filter}{state} (override)",
+                        l.window.as_str(),
+                        l.metric.as_str(),
+                        l.max
+                    );
                 }
             }
             None => {}
@@ -120,7 +130,14 @@ pub fn overrides(state: &ControlState) -> String {
             );
         }
         for r in &rec.resets {
-            let _ = writeln!(out, "  {who:<24} {:<8} {:<11} reset at {} ({})", r.window.as_str(), r.metric.as_str(), r.at.to_rfc3339(), r.reason);
+            let _ = writeln!(
+                out,
+                "  {who:<24} {:<8} {:<11} reset at {} ({})",
+                r.window.as_str(),
+                r.metric.as_str(),
+                r.at.to_rfc3339(),
+                r.reason
+            );
         }
     }
     out

@@ -7,6 +7,9 @@
 //! came first, so each of two concurrent writes is applied whole. The replica that wrote
 //! installs the change at once; the others within their poll interval.
 
+// Errors here are finished admin responses, returned once per admin call: their size is no cost.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -146,7 +149,9 @@ async fn view(app: &App, scope: Scope, id: &str) -> Result<Value, Response<Admin
     let runtime = app.runtime();
     let now = app.clock.now();
     let overlay = app.control_cache.load_full();
-    let statuses = crate::usage::limit_statuses(app, &runtime, scope, id, now).await.map_err(|e| store_failed(&e))?;
+    let statuses = crate::usage::limit_statuses(app, &runtime, scope, id, now)
+        .await
+        .map_err(|e| store_failed(&e))?;
     let record = overlay.tenant(scope, id).map(|t| t.record.clone()).unwrap_or_default();
     let yaml = yaml_entries(app, scope, id);
     let (entries, source) = match (&record.limits, overlay.tenant(scope, id).and_then(|t| t.limits.as_ref())) {
@@ -273,13 +278,19 @@ pub async fn put(app: &App, who: &Principal, scope: Scope, id: &str, body: &[u8]
     for (i, l) in body.limits.iter().enumerate() {
         if let Some(p) = l.matcher.as_ref().and_then(|m| m.provider.as_deref()) {
             if !known_provider(p) {
-                return invalid(&format!("limits[{i}].match.provider"), &format!("no provider named or of kind `{p}` is configured"));
+                return invalid(
+                    &format!("limits[{i}].match.provider"),
+                    &format!("no provider named or of kind `{p}` is configured"),
+                );
             }
         }
     }
     if let Some(i) = control::duplicate(&body.limits) {
         let l = &body.limits[i];
-        return invalid(&format!("limits[{i}]"), &format!("a second {} {} limit with the same match; merge them", l.window, l.metric));
+        return invalid(
+            &format!("limits[{i}]"),
+            &format!("a second {} {} limit with the same match; merge them", l.window, l.metric),
+        );
     }
     if let Some(org) = who.org() {
         if let Err(m) = within_org_limits(app, org, &body.limits) {
@@ -352,7 +363,11 @@ pub async fn delete(app: &App, who: &Principal, scope: Scope, id: &str, body: &[
     let tenant = TenantRef::new(scope, id);
     let result = write(app, &tenant, |rec| {
         if rec.limits.is_none() {
-            return Err(error(StatusCode::NOT_FOUND, "no_override", &format!("{scope} `{id}` has no override; its YAML limits apply")));
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "no_override",
+                &format!("{scope} `{id}` has no override; its YAML limits apply"),
+            ));
         }
         let old = list_json(&rec.limits);
         rec.limits = None;
@@ -592,9 +607,18 @@ mod tests {
             (r#"{"limits": [{"metric": "cost_usd", "window": "weekly", "max": 1}]}"#, "limits[0].window"),
             (r#"{"limits": [{"metric": "cost_usd", "window": "monthly", "max": 0}]}"#, "limits[0].max"),
             (r#"{"limits": [{"metric": "cost_usd", "window": "monthly", "max": -3}]}"#, "limits[0].max"),
-            (r#"{"limits": [{"metric": "cost_usd", "window": "monthly", "max": 1, "alert_at": 0}]}"#, "limits[0].alert_at"),
-            (r#"{"limits": [{"metric": "cost_usd", "window": "monthly", "max": 1, "alert_at": 1.5}]}"#, "limits[0].alert_at"),
-            (r#"{"limits": [{"metric": "cost_usd", "window": "monthly", "max": 1, "colour": "red"}]}"#, "limits[0].colour"),
+            (
+                r#"{"limits": [{"metric": "cost_usd", "window": "monthly", "max": 1, "alert_at": 0}]}"#,
+                "limits[0].alert_at",
+            ),
+            (
+                r#"{"limits": [{"metric": "cost_usd", "window": "monthly", "max": 1, "alert_at": 1.5}]}"#,
+                "limits[0].alert_at",
+            ),
+            (
+                r#"{"limits": [{"metric": "cost_usd", "window": "monthly", "max": 1, "colour": "red"}]}"#,
+                "limits[0].colour",
+            ),
             (r#"{"limits": [{"metric": "cost_usd", "window": "monthly"}]}"#, "limits[0].max"),
             (r#"{"limits": [], "extra": 1}"#, "extra"),
             (r#"{"limits": "none"}"#, "limits"),
@@ -606,7 +630,9 @@ mod tests {
             assert_eq!(field_of(r), field, "{body}");
         }
         assert!(parse::<PutBody>(br#"{"limits": [{"metric": "cost_usd", "window": "monthly", "max": 1, "alert_at": 1}], "reason": "x"}"#).is_ok());
-        let r = parse::<GrantBody>(br#"{"metric": "cost_usd", "window": "monthly", "amount": 0, "reason": "x"}"#).err().unwrap();
+        let r = parse::<GrantBody>(br#"{"metric": "cost_usd", "window": "monthly", "amount": 0, "reason": "x"}"#)
+            .err()
+            .unwrap();
         assert_eq!(field_of(r), "amount");
         assert_eq!(field_of(check_id("a b").unwrap_err()), "id");
         assert_eq!(field_of(required_reason("  ".into()).unwrap_err()), "reason");

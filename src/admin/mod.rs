@@ -211,7 +211,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<AdminBody
         }
         let list = names.join(", ");
         let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{path} answers {list} only"));
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_str(&list).expect("method names are header-safe"));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_str(&list).expect("method names are header-safe"));
         return r;
     }
     let runtime = app.runtime();
@@ -228,7 +229,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<AdminBody
         }
         if let (Some(org), Some((scope, id))) = (who.org(), endpoint.tenant()) {
             if !scope::within(&app, org, scope, id).await {
-                return forbidden(&format!("{} may not reach {scope} `{id}`: it is not org `{org}` or one of its profiles", who.describe()));
+                return forbidden(&format!(
+                    "{} may not reach {scope} `{id}`: it is not org `{org}` or one of its profiles",
+                    who.describe()
+                ));
             }
         }
     }

@@ -137,7 +137,10 @@ impl Config {
             let key = format!("admin.tokens[{i}]");
             crate::domain::tenant_id::validate_id(&t.name).map_err(|e| (format!("{key}.name"), format!("bad token name: {e}")))?;
             if t.name == "admin" && !self.admin.token_env.is_empty() || !names.insert(t.name.as_str()) {
-                return Err((format!("{key}.name"), format!("the name `{}` is already used (`admin` is the token of admin.token_env)", t.name)));
+                return Err((
+                    format!("{key}.name"),
+                    format!("the name `{}` is already used (`admin` is the token of admin.token_env)", t.name),
+                ));
             }
             if t.env.is_empty() || t.env.contains('=') {
                 return Err((format!("{key}.env"), format!("`{}` is not an environment variable name", t.env)));

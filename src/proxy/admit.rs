@@ -240,7 +240,16 @@ pub async fn admit(
         path: &upstream_path,
     };
     let now = app.clock.now();
-    let plan = Plan::new(&runtime.limits, &app.control_cache.load(), &runtime.calendar, runtime.retention, &tenant, &call_key, &amounts, now);
+    let plan = Plan::new(
+        &runtime.limits,
+        &app.control_cache.load(),
+        &runtime.calendar,
+        runtime.retention,
+        &tenant,
+        &call_key,
+        &amounts,
+        now,
+    );
     let before = reserve(app, runtime, &plan, &tenant, now).await.map_err(|r| own.send(&label(&call), r))?;
 
     let warning = before

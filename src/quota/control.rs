@@ -435,7 +435,10 @@ mod tests {
     use crate::config::Config;
 
     fn spec(yaml: &str) -> Vec<LimitSpec> {
-        Config::from_yaml(&format!("limits:\n  default_profile:\n{yaml}"), "t").unwrap().limits.default_profile
+        Config::from_yaml(&format!("limits:\n  default_profile:\n{yaml}"), "t")
+            .unwrap()
+            .limits
+            .default_profile
     }
 
     fn grant(metric: Metric, window: Window, bucket: &str, amount: i64) -> Grant {

@@ -268,7 +268,16 @@ mod tests {
             characters: 0,
         };
         let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
-        let plan = Plan::new(&limits, &Overlay::default(), &cal, RET, &tenant, &call("imagen-4.0-generate-001"), &amounts, now);
+        let plan = Plan::new(
+            &limits,
+            &Overlay::default(),
+            &cal,
+            RET,
+            &tenant,
+            &call("imagen-4.0-generate-001"),
+            &amounts,
+            now,
+        );
         // 2 scopes x 2 windows x 4 base counters + 1 filtered.
         assert_eq!(plan.ops.len(), 17);
         assert_eq!(plan.checks.len(), 2);

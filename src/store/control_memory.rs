@@ -53,7 +53,10 @@ impl MemoryControl {
     /// The control file that goes with a memory snapshot file: `state.json` ->
     /// `state.control.json`.
     pub fn file_beside(snapshot: &Path) -> PathBuf {
-        let stem = snapshot.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "spendgate".into());
+        let stem = snapshot
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "spendgate".into());
         snapshot.with_file_name(format!("{stem}.control.json"))
     }
 
@@ -186,7 +189,10 @@ mod tests {
         assert_eq!(s.get(&t).await.unwrap(), (1, rec.clone()));
         assert_eq!(s.load().await.unwrap().tenants, vec![(t.clone(), rec)]);
         // Removing the record keeps its version.
-        assert_eq!(s.update(&t, 1, &TenantControl::default(), &entry("p-1")).await.unwrap(), CasOutcome::Written { version: 2 });
+        assert_eq!(
+            s.update(&t, 1, &TenantControl::default(), &entry("p-1")).await.unwrap(),
+            CasOutcome::Written { version: 2 }
+        );
         assert_eq!(s.get(&t).await.unwrap(), (2, TenantControl::default()));
         assert!(s.load().await.unwrap().tenants.is_empty());
         let q = AuditQuery {
@@ -196,6 +202,15 @@ mod tests {
         };
         let page = s.audit(&q).await.unwrap();
         assert_eq!(page.total, 2);
-        assert_eq!(s.audit(&AuditQuery { limit: 1, ..Default::default() }).await.unwrap().total, 3);
+        assert_eq!(
+            s.audit(&AuditQuery {
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .total,
+            3
+        );
     }
 }

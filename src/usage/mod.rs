@@ -213,7 +213,11 @@ async fn history(app: &App, scope: Scope, id: &str, days: &[String], recent: usi
 
 /// True when the tenant is named in the config or has history in the store.
 async fn is_known(app: &App, runtime: &Runtime, scope: Scope, id: &str, range_history: &History) -> Result<bool, StoreError> {
-    if runtime.limits.named(scope).any(|n| n == id) || app.control_cache.load().tenant(scope, id).is_some() || !range_history.days.is_empty() || !range_history.recent.is_empty() {
+    if runtime.limits.named(scope).any(|n| n == id)
+        || app.control_cache.load().tenant(scope, id).is_some()
+        || !range_history.days.is_empty()
+        || !range_history.recent.is_empty()
+    {
         return Ok(true);
     }
     Ok(bounded(app.store.tenants(scope)).await?.iter().any(|t| t == id))
@@ -280,7 +284,13 @@ async fn summary(app: &App, runtime: &Runtime, scope: Scope, id: String, now: Da
 /// Every tenant of a scope known to the store or named in the config, sorted by id, from
 /// `offset`, at most `limit` of them.
 /// `only`, when given, keeps the tenants it answers true for (a scoped token's view).
-pub async fn listing(app: &App, scope: Scope, offset: usize, limit: Option<usize>, only: Option<&(dyn Fn(&str) -> bool + Sync)>) -> Result<Listing, StoreError> {
+pub async fn listing(
+    app: &App,
+    scope: Scope,
+    offset: usize,
+    limit: Option<usize>,
+    only: Option<&(dyn Fn(&str) -> bool + Sync)>,
+) -> Result<Listing, StoreError> {
     let runtime = app.runtime();
     let now = app.clock.now();
     let mut ids: BTreeSet<String> = bounded(app.store.tenants(scope)).await?.into_iter().collect();

@@ -4,8 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::ops::*;
 use crate::common::browser::chromium;
+use crate::common::ops::*;
 use crate::common::process::output_within;
 use crate::common::*;
 
@@ -181,9 +181,16 @@ async fn the_limits_editor_saves_what_the_proxy_enforces_next_and_follows_the_to
     assert_eq!(refused.json()["error"]["limit"]["max"], 0.01);
     let v = admin_get(&p, "/v1/profiles/p-1/limits", Some(TOKEN_OPS.1)).await.json();
     let l = &v["limits"][0];
-    assert_eq!((l["max"].as_f64(), l["alert_at"].as_f64(), l["source"].as_str()), (Some(0.01), Some(0.5), Some("override")), "{v}");
+    assert_eq!(
+        (l["max"].as_f64(), l["alert_at"].as_f64(), l["source"].as_str()),
+        (Some(0.01), Some(0.5), Some("override")),
+        "{v}"
+    );
     assert_eq!(v["limits"][1]["max"], 100.0, "the other limit is kept as it was");
-    assert_eq!((v["override"]["token"].as_str(), v["override"]["reason"].as_str()), (Some("ops"), Some("edited on the page")));
+    assert_eq!(
+        (v["override"]["token"].as_str(), v["override"]["reason"].as_str()),
+        (Some("ops"), Some("edited on the page"))
+    );
 
     // An org token: its org and its profiles only, read-only here.
     let url = p.admin_url(&format!("/?token={}#limits/profile/p-1", TOKEN_ACME.1));

@@ -84,6 +84,25 @@ async fn an_override_applies_at_once_and_survives_a_reload_and_a_restart_on_the_
     assert_eq!(v["override"]["reason"], "ticket 4411", "{v}");
     assert_eq!(v["override"]["token"], "anonymous");
 
+    // `spendgate check` and `spendgate usage` show it, read from the same files.
+    let cli = |args: &[&str]| {
+        let out = crate::common::process::output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_spendgate")).args(args).env("RUST_LOG", "error"),
+            None,
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let config = path.to_str().unwrap();
+    let check = cli(&["check", "--config", config]);
+    assert!(check.contains("run-time overrides in the store"), "{check}");
+    assert!(check.contains("profile p-1") && check.contains("max 1 (override)"), "{check}");
+    let usage = cli(&["usage", "--config", config, "--profile", "p-1"]);
+    let row = usage.lines().find(|l| l.starts_with("daily requests")).unwrap_or_else(|| panic!("{usage}"));
+    assert!(row.ends_with("override"), "{usage}");
+    assert!(row.split_whitespace().nth(3) == Some("1"), "max 1: {usage}");
+
     // Removed, the YAML applies again.
     let r = admin(&p, Method::DELETE, "/v1/profiles/p-1/limits", None, json!({"reason": "resolved"})).await;
     assert_eq!(r.status, 200);
@@ -96,16 +115,27 @@ async fn an_override_applies_at_once_and_survives_a_reload_and_a_restart_on_the_
     let log = admin_get(&p, "/v1/audit?tenant=p-1", None).await.json();
     assert_eq!(log["total"], 2, "{log}");
     let e = &log["entries"];
-    assert_eq!((e[0]["action"].as_str(), e[1]["action"].as_str()), (Some("override_removed"), Some("override_set")));
+    assert_eq!(
+        (e[0]["action"].as_str(), e[1]["action"].as_str()),
+        (Some("override_removed"), Some("override_set"))
+    );
     assert_eq!(e[0]["reason"], "resolved");
     assert_eq!(e[1]["old"], Value::Null);
     assert_eq!(e[1]["new"][0]["max"], 1.0);
     assert_eq!(e[0]["old"][0]["max"], 1.0);
-    assert_eq!((e[1]["scope"].as_str(), e[1]["id"].as_str(), e[1]["token"].as_str()), (Some("profile"), Some("p-1"), Some("anonymous")));
+    assert_eq!(
+        (e[1]["scope"].as_str(), e[1]["id"].as_str(), e[1]["token"].as_str()),
+        (Some("profile"), Some("p-1"), Some("anonymous"))
+    );
     let all = admin_get(&p, "/v1/audit?limit=1&offset=0", None).await.json();
     assert_eq!(all["entries"].as_array().unwrap().len(), 1);
     let all = admin_get(&p, "/v1/audit", None).await.json();
-    let reload = all["entries"].as_array().unwrap().iter().find(|e| e["action"] == "config_reload").expect("the reload is audited");
+    let reload = all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "config_reload")
+        .expect("the reload is audited");
     assert_eq!(reload["old"]["default_profile"][0]["max"], 100.0);
     assert_eq!(reload["new"]["default_profile"][0]["max"], 50.0);
     p.handle.shutdown().await;
@@ -130,7 +160,10 @@ async fn spend_until_refused(p: &Proxy, profile: &str) -> (usize, Got) {
 async fn a_top_up_lasts_one_window_and_a_reset_starts_the_window_afresh_keeping_the_history() {
     let mock = Mock::start(fixture_upstream).await;
     let clock = Clock::fixed(at("2026-11-10T12:00:00Z"));
-    let yaml = format!("{}{DEAR}limits:\n  default_profile:\n    - {{metric: cost_usd, window: monthly, max: 10}}\n", providers_yaml());
+    let yaml = format!(
+        "{}{DEAR}limits:\n  default_profile:\n    - {{metric: cost_usd, window: monthly, max: 10}}\n",
+        providers_yaml()
+    );
     let p = start_proxy_with_clock(&yaml, &mock.url(), clock.clone()).await;
 
     // $10 used up: 5 calls ($11.10, the last one crossing the max), then 402.
@@ -164,7 +197,14 @@ async fn a_top_up_lasts_one_window_and_a_reset_starts_the_window_afresh_keeping_
 
     // A reset: the window starts from 0 again, the counter and the history keep the spend.
     clock.set(at("2026-12-02T09:00:00Z"));
-    let r = admin(&p, Method::POST, "/v1/profiles/p-1/reset", None, json!({"metric": "cost_usd", "window": "monthly", "reason": "billing error"})).await;
+    let r = admin(
+        &p,
+        Method::POST,
+        "/v1/profiles/p-1/reset",
+        None,
+        json!({"metric": "cost_usd", "window": "monthly", "reason": "billing error"}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let l = &r.json()["limits"][0];
     assert_eq!(l["current"], 0.0);
@@ -172,7 +212,10 @@ async fn a_top_up_lasts_one_window_and_a_reset_starts_the_window_afresh_keeping_
     assert_eq!(send(&p, ELEVENLABS_TTS, "p-1", None).await.status, 200);
     settled_or_fail(&p.handle).await;
     let usage = admin_get(&p, "/v1/profiles/p-1/usage?range=7d", None).await.json();
-    assert!((usage["limits"][0]["current"].as_f64().unwrap() - CALL).abs() < 1e-6, "usage since the reset: {usage}");
+    assert!(
+        (usage["limits"][0]["current"].as_f64().unwrap() - CALL).abs() < 1e-6,
+        "usage since the reset: {usage}"
+    );
     assert_eq!(usage["month"]["requests"], 6, "the history keeps the spend before the reset: {usage}");
     assert_eq!(usage["month"]["cost_nanos"], usd("13.32"));
     assert_eq!(monthly_cost(&p, "p-1").await, usd("13.32"));
@@ -184,7 +227,14 @@ async fn a_top_up_lasts_one_window_and_a_reset_starts_the_window_afresh_keeping_
     assert_eq!(actions, ["reset", "grant"]);
     assert_eq!(log["entries"][0]["new"]["used_before"]["cost"], 11.1);
     // A top-up or reset needs a limit of that metric and window.
-    let r = admin(&p, Method::POST, "/v1/profiles/p-1/grants", None, json!({"metric": "tokens", "window": "daily", "amount": 5, "reason": "x"})).await;
+    let r = admin(
+        &p,
+        Method::POST,
+        "/v1/profiles/p-1/grants",
+        None,
+        json!({"metric": "tokens", "window": "daily", "amount": 5, "reason": "x"}),
+    )
+    .await;
     assert_eq!((r.status.as_u16(), r.json()["error"]["field"].as_str()), (400, Some("metric")));
     p.handle.shutdown().await;
 }
@@ -192,17 +242,35 @@ async fn a_top_up_lasts_one_window_and_a_reset_starts_the_window_afresh_keeping_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_whole_and_naming_the_field() {
     let mock = Mock::start(fixture_upstream).await;
-    let yaml = format!("{}limits:\n  default_profile:\n    - {{metric: requests, window: daily, max: 5}}\n", providers_yaml());
+    let yaml = format!(
+        "{}limits:\n  default_profile:\n    - {{metric: requests, window: daily, max: 5}}\n",
+        providers_yaml()
+    );
     let p = start_proxy(&yaml, &mock.url()).await;
     let good = json!({"metric": "requests", "window": "daily", "max": 1});
     let cases = [
-        (json!({"limits": [good, {"metric": "dollars", "window": "daily", "max": 1}]}), "limits[1].metric"),
+        (
+            json!({"limits": [good, {"metric": "dollars", "window": "daily", "max": 1}]}),
+            "limits[1].metric",
+        ),
         (json!({"limits": [{"metric": "requests", "window": "weekly", "max": 1}]}), "limits[0].window"),
         (json!({"limits": [{"metric": "requests", "window": "daily", "max": 0}]}), "limits[0].max"),
-        (json!({"limits": [{"metric": "requests", "window": "daily", "max": 1, "alert_at": 1.01}]}), "limits[0].alert_at"),
-        (json!({"limits": [{"metric": "requests", "window": "daily", "max": 1, "alert_at": 0}]}), "limits[0].alert_at"),
-        (json!({"limits": [{"metric": "requests", "window": "daily", "max": 1, "mode": "loud"}]}), "limits[0].mode"),
-        (json!({"limits": [{"metric": "requests", "window": "daily", "max": 1, "match": {"provider": "nope"}}]}), "limits[0].match.provider"),
+        (
+            json!({"limits": [{"metric": "requests", "window": "daily", "max": 1, "alert_at": 1.01}]}),
+            "limits[0].alert_at",
+        ),
+        (
+            json!({"limits": [{"metric": "requests", "window": "daily", "max": 1, "alert_at": 0}]}),
+            "limits[0].alert_at",
+        ),
+        (
+            json!({"limits": [{"metric": "requests", "window": "daily", "max": 1, "mode": "loud"}]}),
+            "limits[0].mode",
+        ),
+        (
+            json!({"limits": [{"metric": "requests", "window": "daily", "max": 1, "match": {"provider": "nope"}}]}),
+            "limits[0].match.provider",
+        ),
         (json!({"limits": [good, good]}), "limits[1]"),
         (json!({"limits": [], "colour": "red"}), "colour"),
         (json!({"reason": "no list"}), "limits"),
@@ -217,9 +285,23 @@ async fn bad_input_is_refused_whole_and_naming_the_field() {
     }
     let r = admin(&p, Method::PUT, "/v1/profiles/bad%20id/limits", None, json!({"limits": []})).await;
     assert_eq!((r.status.as_u16(), r.json()["error"]["field"].as_str()), (400, Some("id")));
-    let r = admin(&p, Method::POST, "/v1/profiles/p-1/grants", None, json!({"metric": "requests", "window": "daily", "amount": 2})).await;
+    let r = admin(
+        &p,
+        Method::POST,
+        "/v1/profiles/p-1/grants",
+        None,
+        json!({"metric": "requests", "window": "daily", "amount": 2}),
+    )
+    .await;
     assert_eq!(r.json()["error"]["field"], "reason");
-    let r = admin(&p, Method::POST, "/v1/profiles/p-1/grants", None, json!({"metric": "requests", "window": "daily", "amount": -2, "reason": "x"})).await;
+    let r = admin(
+        &p,
+        Method::POST,
+        "/v1/profiles/p-1/grants",
+        None,
+        json!({"metric": "requests", "window": "daily", "amount": -2, "reason": "x"}),
+    )
+    .await;
     assert_eq!(r.json()["error"]["field"], "amount");
     let r = admin(&p, Method::GET, "/v1/audit?scope=team", None, Value::Null).await;
     assert_eq!(r.json()["error"]["field"], "scope");
@@ -264,7 +346,10 @@ async fn tokens_have_roles_and_org_tokens_see_only_their_org() {
 
     // Who am I.
     assert_eq!(admin_get(&p, "/v1/me", acme).await.json()["role"], "org:acme");
-    assert_eq!(admin_get(&p, "/v1/me", Some(crate::common::env::ADMIN_TOKEN_GUARD.1)).await.json()["name"], "admin");
+    assert_eq!(
+        admin_get(&p, "/v1/me", Some(crate::common::env::ADMIN_TOKEN_GUARD.1)).await.json()["name"],
+        "admin"
+    );
 
     // A viewer reads everything and writes nothing.
     assert_eq!(admin_get(&p, "/v1/profiles/p-b1/limits", ro).await.status, 200);
@@ -272,8 +357,16 @@ async fn tokens_have_roles_and_org_tokens_see_only_their_org() {
     for (method, path, body) in [
         (Method::PUT, "/v1/profiles/p-a1/limits", list.clone()),
         (Method::DELETE, "/v1/profiles/p-a1/limits", Value::Null),
-        (Method::POST, "/v1/profiles/p-a1/grants", json!({"metric": "cost_usd", "window": "monthly", "amount": 1, "reason": "x"})),
-        (Method::POST, "/v1/profiles/p-a1/reset", json!({"metric": "cost_usd", "window": "monthly", "reason": "x"})),
+        (
+            Method::POST,
+            "/v1/profiles/p-a1/grants",
+            json!({"metric": "cost_usd", "window": "monthly", "amount": 1, "reason": "x"}),
+        ),
+        (
+            Method::POST,
+            "/v1/profiles/p-a1/reset",
+            json!({"metric": "cost_usd", "window": "monthly", "reason": "x"}),
+        ),
         (Method::POST, "/v1/reload", Value::Null),
     ] {
         let r = admin(&p, method.clone(), path, ro, body.clone()).await;
@@ -303,19 +396,37 @@ async fn tokens_have_roles_and_org_tokens_see_only_their_org() {
     let above = json!({"limits": [{"metric": "cost_usd", "window": "monthly", "max": 25}]});
     let r = admin(&p, Method::PUT, "/v1/profiles/p-a2/limits", acme, above.clone()).await;
     assert_eq!(r.status, 403);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("above org `acme`'s own"), "{}", r.json());
+    assert!(
+        r.json()["error"]["message"].as_str().unwrap().contains("above org `acme`'s own"),
+        "{}",
+        r.json()
+    );
     let unbounded = json!({"limits": [{"metric": "requests", "window": "daily", "max": 5}]});
     assert_eq!(admin(&p, Method::PUT, "/v1/profiles/p-a2/limits", acme, unbounded).await.status, 403);
     assert_eq!(admin(&p, Method::PUT, "/v1/profiles/p-b1/limits", acme, list.clone()).await.status, 403);
     assert_eq!(admin(&p, Method::PUT, "/v1/orgs/acme/limits", acme, list.clone()).await.status, 403);
-    assert_eq!(admin(&p, Method::POST, "/v1/profiles/p-a2/grants", acme, json!({"metric": "cost_usd", "window": "monthly", "amount": 1, "reason": "x"})).await.status, 403);
+    assert_eq!(
+        admin(
+            &p,
+            Method::POST,
+            "/v1/profiles/p-a2/grants",
+            acme,
+            json!({"metric": "cost_usd", "window": "monthly", "amount": 1, "reason": "x"})
+        )
+        .await
+        .status,
+        403
+    );
     // The admin may go above (the org's limit still holds for the org as a whole).
     assert_eq!(admin(&p, Method::PUT, "/v1/profiles/p-b1/limits", ops, above).await.status, 200);
 
     // The audit log names the token; an org token sees its own tenants' entries only.
     let log = admin_get(&p, "/v1/audit", ops).await.json();
     assert_eq!(log["total"], 2);
-    assert_eq!((log["entries"][0]["token"].as_str(), log["entries"][1]["token"].as_str()), (Some("ops"), Some("acme")));
+    assert_eq!(
+        (log["entries"][0]["token"].as_str(), log["entries"][1]["token"].as_str()),
+        (Some("ops"), Some("acme"))
+    );
     let log = admin_get(&p, "/v1/audit", acme).await.json();
     assert_eq!(log["total"], 1, "{log}");
     assert_eq!(log["entries"][0]["id"], "p-a2");
@@ -336,7 +447,11 @@ fn admin_url(sg: &Spendgate, path: &str) -> String {
 
 async fn tts(client: &TestClient, sg: &Spendgate, profile: &str) -> u16 {
     let headers = [("x-profile-id", profile), ("content-type", "application/json")];
-    client.post(&sg.url("/elevenlabs/v1/text-to-speech/voice"), &headers, tts_body()).await.status.as_u16()
+    client
+        .post(&sg.url("/elevenlabs/v1/text-to-speech/voice"), &headers, tts_body())
+        .await
+        .status
+        .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,15 +485,32 @@ async fn an_override_set_on_one_replica_refuses_on_the_other_within_a_second_on_
         if status == 402 {
             break;
         }
-        assert!(written.elapsed() < Duration::from_secs(1), "replica B still admits p-1 a second after the override:\n{}", b.log());
+        assert!(
+            written.elapsed() < Duration::from_secs(1),
+            "replica B still admits p-1 a second after the override:\n{}",
+            b.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(written.elapsed() < Duration::from_secs(1));
     assert_eq!(tts(&client, &b, "p-2").await, 200, "other tenants keep the YAML");
-    let v = admin_at(&client, &admin_url(&b, "/v1/profiles/p-1/limits"), Method::GET, Some(TOKEN_VIEWER.1), Value::Null).await.json();
+    let v = admin_at(
+        &client,
+        &admin_url(&b, "/v1/profiles/p-1/limits"),
+        Method::GET,
+        Some(TOKEN_VIEWER.1),
+        Value::Null,
+    )
+    .await
+    .json();
     assert_eq!(v["source"], "override");
-    let log = admin_at(&client, &admin_url(&b, "/v1/audit?tenant=p-1"), Method::GET, Some(TOKEN_VIEWER.1), Value::Null).await.json();
-    assert_eq!((log["entries"][0]["token"].as_str(), log["entries"][0]["reason"].as_str()), (Some("ops"), Some("abuse")));
+    let log = admin_at(&client, &admin_url(&b, "/v1/audit?tenant=p-1"), Method::GET, Some(TOKEN_VIEWER.1), Value::Null)
+        .await
+        .json();
+    assert_eq!(
+        (log["entries"][0]["token"].as_str(), log["entries"][0]["reason"].as_str()),
+        (Some("ops"), Some("abuse"))
+    );
 
     // A YAML reload on B (the file changes; the watcher reloads it) keeps the override.
     std::fs::write(&path_b, config(50)).unwrap();
@@ -399,7 +531,14 @@ async fn an_override_set_on_one_replica_refuses_on_the_other_within_a_second_on_
     let b = start(path_b.clone()).await.unwrap();
     assert_eq!(tts(&client, &b, "p-1").await, 402, "{}", b.log());
     // Removed on B, admitted again on A within a second.
-    let r = admin_at(&client, &admin_url(&b, "/v1/profiles/p-1/limits"), Method::DELETE, Some(TOKEN_OPS.1), Value::Null).await;
+    let r = admin_at(
+        &client,
+        &admin_url(&b, "/v1/profiles/p-1/limits"),
+        Method::DELETE,
+        Some(TOKEN_OPS.1),
+        Value::Null,
+    )
+    .await;
     assert_eq!(r.status, 200);
     let removed = Instant::now();
     while tts(&client, &a, "p-1").await != 200 {

@@ -98,8 +98,7 @@ impl ControlStore for RedisControl {
 
     async fn load(&self) -> Result<ControlState, StoreError> {
         let mut c = self.conn.clone();
-        let (version, pairs): (u64, Vec<(String, String)>) =
-            self.bounded(self.load.key(&self.tenants).key(&self.version).invoke_async(&mut c)).await?;
+        let (version, pairs): (u64, Vec<(String, String)>) = self.bounded(self.load.key(&self.tenants).key(&self.version).invoke_async(&mut c)).await?;
         let mut tenants = Vec::with_capacity(pairs.len());
         for (field, json) in pairs {
             let Some(t) = TenantRef::parse_field(&field) else { continue };

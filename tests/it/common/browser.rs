@@ -43,14 +43,9 @@ fn place(fd: &OwnedFd, target: i32) -> std::io::Result<()> {
 impl Browser {
     /// Starts chromium and opens `url` in a new page.
     pub fn open(url: &str) -> Browser {
-        let (to_child, child_in) = {
-            let (r, w) = std::io::pipe().unwrap();
-            (w, OwnedFd::from(r))
-        };
-        let (from_child, child_out) = {
-            let (r, w) = std::io::pipe().unwrap();
-            (r, OwnedFd::from(w))
-        };
+        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let (child_in, to_child) = pipe();
+        let (from_child, child_out) = pipe();
         // Far from 3 and 4, so placing one cannot clobber the other.
         let child_in = rustix::io::fcntl_dupfd_cloexec(&child_in, 100).unwrap();
         let child_out = rustix::io::fcntl_dupfd_cloexec(&child_out, 100).unwrap();
@@ -84,7 +79,7 @@ impl Browser {
         let process = Guard::spawn(&mut cmd);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut reader = BufReader::new(from_child);
+            let mut reader = BufReader::new(std::fs::File::from(from_child));
             loop {
                 let mut buf = Vec::new();
                 match reader.read_until(0, &mut buf) {
@@ -103,7 +98,7 @@ impl Browser {
         let mut b = Browser {
             _process: process,
             _profile: profile,
-            to: std::fs::File::from(OwnedFd::from(to_child)),
+            to: std::fs::File::from(to_child),
             from: rx,
             next: 0,
             session: String::new(),
@@ -117,7 +112,8 @@ impl Browser {
 
     /// Sends one command and waits (bounded) for its answer.
     fn command(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
-        self.try_command(session, method, params).unwrap_or_else(|e| panic!("chromium refused {method}: {e}"))
+        self.try_command(session, method, params)
+            .unwrap_or_else(|e| panic!("chromium refused {method}: {e}"))
     }
 
     fn try_command(&mut self, session: Option<&str>, method: &str, params: Value) -> Result<Value, Value> {
