@@ -14,11 +14,14 @@ use crate::domain::window::{Calendar, Clock};
 use crate::metrics::Metrics;
 use crate::pricing::PriceTable;
 use crate::process::BodyBudget;
+use crate::quota::control::{AuditEntry, ControlCache, ControlStore, LimitEntry};
 use crate::quota::deferred::DeferredCalls;
 use crate::quota::ledger::{Store, StoreError};
 use crate::quota::limit::LimitSet;
 use crate::quota::Retention;
+use crate::store::control_memory::MemoryControl;
 use crate::store::embedded::{EmbeddedStore, Options as EmbeddedOptions};
+use crate::store::redis::control::RedisControl;
 use crate::store::redis::{RedisStore, StoreMetrics};
 use crate::store::timed::Timed;
 use crate::tenant::OrgCache;
@@ -73,6 +76,10 @@ impl Runtime {
 pub struct App {
     runtime: ArcSwap<Runtime>,
     pub store: Arc<dyn Store>,
+    /// Run-time limit overrides, grants, resets and the audit log.
+    pub control: Arc<dyn ControlStore>,
+    /// The control data compiled for the request path, refreshed from `control`.
+    pub control_cache: ControlCache,
     pub metrics: Metrics,
     /// Threshold alerts (dedupe state and the webhook queue).
     pub alerts: Alerts,
@@ -94,19 +101,31 @@ pub struct App {
 }
 
 impl App {
+    /// An app whose control data is kept in memory only.
     pub fn new(config: Config, config_path: Option<PathBuf>, store: Arc<dyn Store>, clock: Clock) -> Result<Arc<App>, ConfigError> {
         let metrics = Metrics::new(&config.metrics);
-        Self::with_metrics(config, config_path, store, clock, metrics)
+        Self::with_parts(config, config_path, store, Arc::new(MemoryControl::new()), clock, metrics)
     }
 
-    /// [`App::new`] with metrics created beforehand (the store records into them too).
-    pub fn with_metrics(config: Config, config_path: Option<PathBuf>, store: Arc<dyn Store>, clock: Clock, metrics: Metrics) -> Result<Arc<App>, ConfigError> {
+    /// [`App::new`] with the control store and metrics created beforehand (the store records
+    /// into them too).
+    pub fn with_parts(
+        config: Config,
+        config_path: Option<PathBuf>,
+        store: Arc<dyn Store>,
+        control: Arc<dyn ControlStore>,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> Result<Arc<App>, ConfigError> {
         let runtime = Runtime::new(config)?;
+        warn_missing_tokens(&runtime.config);
         // Every store call is timed and counted in one place.
         let store = Arc::new(Timed::new(store, metrics.store_errors.clone(), metrics.store_duration.clone()));
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(runtime),
             store,
+            control,
+            control_cache: ControlCache::default(),
             metrics,
             alerts: Alerts::new(),
             clock,
@@ -124,11 +143,36 @@ impl App {
         self.runtime.load_full()
     }
 
+    /// Reads the control data again and installs it for the request path.
+    pub async fn refresh_control(&self) -> Result<(), StoreError> {
+        let state = self.control.load().await?;
+        self.control_cache.install(state);
+        Ok(())
+    }
+
+    /// Refreshes the control data when the store's change marker has moved.
+    pub async fn poll_control(&self) -> Result<(), StoreError> {
+        if self.control.version().await? != self.control_cache.load().version {
+            self.refresh_control().await?;
+        }
+        Ok(())
+    }
+
     /// Reads the config file again and swaps it in; on error the old one stays in force.
+    /// Run-time overrides are kept apart and stay as they are.
     pub fn reload(&self) -> Result<(), ConfigError> {
+        self.reload_by("config")
+    }
+
+    /// [`App::reload`], recording `token` as who asked for it in the audit log.
+    pub fn reload_by(&self, token: &str) -> Result<(), ConfigError> {
+        let old = limits_json(&self.runtime().config);
         let result = self.try_reload();
         let label = if result.is_ok() { "success" } else { "error" };
         self.metrics.config_reloads.with_label_values(&[label]).inc();
+        if result.is_ok() {
+            self.audit_reload(token, old, limits_json(&self.runtime().config));
+        }
         match &result {
             Ok(()) => tracing::info!("configuration reloaded"),
             Err(e) => tracing::error!(error = %e, "configuration reload failed; the previous configuration stays in force"),
@@ -149,16 +193,71 @@ impl App {
         self.replace_config(config)
     }
 
+    /// Records a reload in the audit log, in the background (reload runs on a blocking thread).
+    fn audit_reload(&self, token: &str, old: serde_json::Value, new: serde_json::Value) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let entry = AuditEntry {
+            at: self.clock.now(),
+            token: token.to_string(),
+            action: "config_reload".into(),
+            tenant: None,
+            old,
+            new,
+            reason: self.config_path.as_ref().map(|p| format!("reloaded {}", p.display())),
+        };
+        let control = self.control.clone();
+        rt.spawn(async move {
+            if let Err(e) = control.append_audit(&entry).await {
+                tracing::warn!(error = %e, "the config reload could not be recorded in the audit log");
+            }
+        });
+    }
+
     /// Installs a new configuration (tests and reload).
     pub fn replace_config(&self, config: Config) -> Result<(), ConfigError> {
         let runtime = Runtime::new(config)?;
         for key in crate::config::restart_only_changes(&self.runtime().config, &runtime.config) {
             tracing::warn!(key, "changed in the configuration, but takes effect only after a restart");
         }
+        warn_missing_tokens(&runtime.config);
         self.metrics.reconfigure(&runtime.config.metrics);
         self.runtime.store(Arc::new(runtime));
         Ok(())
     }
+}
+
+/// A named admin token whose variable is not set is disabled: say so.
+fn warn_missing_tokens(c: &Config) {
+    for t in &c.admin.tokens {
+        if std::env::var_os(&t.env).is_none() {
+            tracing::warn!(token = %t.name, env = %t.env, "the variable of this admin token is not set; the token is disabled");
+        }
+    }
+}
+
+/// The YAML limits of a config, as the audit log records them (large configs are summarised).
+fn limits_json(c: &Config) -> serde_json::Value {
+    let list = |l: &Vec<crate::config::LimitSpec>| l.iter().map(LimitEntry::from_spec).collect::<Vec<_>>();
+    let v = serde_json::json!({
+        "default_profile": list(&c.limits.default_profile),
+        "default_org": list(&c.limits.default_org),
+        "profiles": c.limits.profiles.iter().map(|(k, l)| (k.clone(), list(l))).collect::<std::collections::BTreeMap<_, _>>(),
+        "orgs": c.limits.orgs.iter().map(|(k, l)| (k.clone(), list(l))).collect::<std::collections::BTreeMap<_, _>>(),
+    });
+    if v.to_string().len() > 64 * 1024 {
+        return serde_json::json!({"named_profiles": c.limits.profiles.len(), "named_orgs": c.limits.orgs.len(), "note": "too large to record whole"});
+    }
+    v
+}
+
+/// Builds the configured control store: in a file beside the embedded store's database, or
+/// in Redis.
+pub fn open_control(config: &Config) -> Result<Arc<dyn ControlStore>, StoreError> {
+    let s = &config.store;
+    Ok(match s.backend {
+        Backend::Memory => Arc::new(MemoryControl::with_file(MemoryControl::file_beside(&s.path))?),
+        Backend::Redis => Arc::new(RedisControl::open(s)?),
+    })
 }
 
 /// Who opens the store.

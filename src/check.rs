@@ -4,10 +4,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::app::{open_store, Access, Runtime};
+use crate::app::{open_control, open_store, Access, Runtime};
 use crate::config::{Config, LimitSpec, MatchSpec, NonNegative, PriceSpec, Unpriced};
 use crate::domain::Scope;
 use crate::pricing;
+use crate::quota::control::ControlState;
 
 /// Renders the summary of a valid config.
 pub fn summary(config: &Config) -> Result<String, String> {
@@ -80,6 +81,66 @@ pub fn summary(config: &Config) -> Result<String, String> {
     let named = runtime.limits.named(Scope::Profile).count() + runtime.limits.named(Scope::Org).count();
     let _ = writeln!(out, "\n{} routes, {named} named tenants", c.providers.len());
     Ok(out)
+}
+
+/// The run-time overrides, top-ups and resets kept in the store, layered over the YAML above.
+pub fn overrides(state: &ControlState) -> String {
+    let mut out = String::from("\nrun-time overrides in the store (layered over the YAML; a reload keeps them):\n");
+    if state.tenants.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    for (t, rec) in &state.tenants {
+        let who = format!("{} {}", t.scope, t.id);
+        match &rec.limits {
+            Some(list) if list.is_empty() => {
+                let _ = writeln!(out, "  {who:<24} override: no limits");
+            }
+            Some(list) => {
+                for l in list {
+                    let filter = l
+                        .matcher
+                        .as_ref()
+                        .map(|m| format!(" match {}", serde_json::to_string(m).unwrap_or_default()))
+                        .unwrap_or_default();
+                    let state = match (l.enabled, l.mode) {
+                        (false, _) => " (disabled)",
+                        (true, crate::domain::Mode::Shadow) => " (shadow)",
+                        _ => "",
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {who:<24} {:<8} {:<11} max {}{filter}{state} (override)",
+                        l.window.as_str(),
+                        l.metric.as_str(),
+                        l.max
+                    );
+                }
+            }
+            None => {}
+        }
+        for g in &rec.grants {
+            let _ = writeln!(
+                out,
+                "  {who:<24} {:<8} {:<11} top-up +{} for {} ({})",
+                g.window.as_str(),
+                g.metric.as_str(),
+                g.metric.describe(g.amount),
+                g.bucket,
+                g.reason
+            );
+        }
+        for r in &rec.resets {
+            let _ = writeln!(
+                out,
+                "  {who:<24} {:<8} {:<11} reset at {} ({})",
+                r.window.as_str(),
+                r.metric.as_str(),
+                r.at.to_rfc3339(),
+                r.reason
+            );
+        }
+    }
+    out
 }
 
 /// Every limit list with the key it lives under.
@@ -259,6 +320,17 @@ pub async fn run(path: Option<&Path>, skip_store: bool) -> ExitCode {
             Ok(name) => println!("store       {name}{where_}: reachable"),
             Err(e) => {
                 eprintln!("store unreachable{where_}: {e} (--skip-store checks the file only)");
+                return ExitCode::FAILURE;
+            }
+        }
+        let state = match open_control(&config) {
+            Ok(control) => control.load().await,
+            Err(e) => Err(e),
+        };
+        match state {
+            Ok(state) => print!("{}", overrides(&state)),
+            Err(e) => {
+                eprintln!("the store's limit overrides cannot be read{where_}: {e}");
                 return ExitCode::FAILURE;
             }
         }

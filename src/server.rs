@@ -13,11 +13,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::app::{open_store, Access, App};
+use crate::app::{open_control, open_store, Access, App};
 use crate::config::Config;
 use crate::domain::window::Clock;
 use crate::metrics::Metrics;
 use crate::proxy::{self, DataListener};
+
+/// How often each replica checks the control store's change marker.
+const CONTROL_POLL: Duration = Duration::from_millis(250);
 
 /// How long shutdown waits for settlements still being written.
 const SETTLE_WAIT: Duration = Duration::from_secs(10);
@@ -54,7 +57,13 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
     }
     let metrics = Metrics::new(&config.metrics);
     let store = open_store(&config, &metrics, Access::Serve).await.context("cannot open the store")?;
-    let app = App::with_metrics(config, opts.config_path, store, opts.clock, metrics)?;
+    let control = open_control(&config).context("cannot open the store's control data")?;
+    let app = App::with_parts(config, opts.config_path, store, control, opts.clock, metrics)?;
+    // Overrides apply from the first request; an unreachable store leaves the YAML in force
+    // until the poll below reads them.
+    if let Err(e) = app.refresh_control().await {
+        tracing::warn!(error = %e, "cannot read the limit overrides yet; the YAML limits apply until they are read");
+    }
     let runtime = app.runtime();
     let cfg = &runtime.config;
 
@@ -103,6 +112,30 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
             Err(e) => tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /v1/reload"),
         }
     }
+
+    // Run-time overrides, grants and resets written by any replica apply here within
+    // CONTROL_POLL (plus one store read).
+    let control_app = app.clone();
+    let mut control_rx = rx.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(CONTROL_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = crate::process::stopped(&mut control_rx) => break,
+                _ = tick.tick() => {}
+            }
+            match control_app.poll_control().await {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot read the limit overrides; the last ones read stay in force");
+                }
+                Err(_) => {}
+            }
+        }
+    });
 
     // Periodic store upkeep (the Redis journal, the embedded store's sweep).
     let flush_app = app.clone();

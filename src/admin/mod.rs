@@ -7,13 +7,25 @@
 //! | `/healthz`, `/readyz` | GET | probes (open) |
 //! | `/v1/profiles`, `/v1/orgs` | GET | every known tenant against its limits |
 //! | `/v1/profiles/{id}/usage`, `/v1/orgs/{id}/usage` | GET | one tenant, `?range=7d\|30d\|90d\|all` |
+//! | `/v1/{profiles,orgs}/{id}/limits` | GET, PUT, DELETE | effective limits; set or remove a run-time override |
+//! | `/v1/{profiles,orgs}/{id}/grants` | POST | a top-up for the current window |
+//! | `/v1/{profiles,orgs}/{id}/reset` | POST | start the current window afresh |
+//! | `/v1/audit` | GET | every change, `?tenant=&scope=&offset=&limit=` |
+//! | `/v1/me` | GET | the token's name and role |
 //! | `/v1/reload` | POST | reload the config file now |
 //! | `/` | GET | the dashboard page |
+//!
+//! Tokens have roles (`auth`): `admin` may do everything, `viewer` may read everything,
+//! `org:<id>` may read that org and its profiles (and, with `write_profiles`, set its
+//! profiles' limits). Errors use one envelope: `{"error": {"type", "message"}}`, plus
+//! `"field"` on a 400 that names the offending input.
 
 mod auth;
 mod dashboard;
+mod limits;
 mod metrics;
 mod reload;
+mod scope;
 mod usage;
 
 use std::sync::Arc;
@@ -46,6 +58,19 @@ pub fn error(status: StatusCode, kind: &str, message: &str) -> Response<AdminBod
     json(status, &json!({"error": {"type": kind, "message": message}}))
 }
 
+/// A 400 that names the offending input field (`limits[0].max`, `id`, `reason`).
+pub fn invalid(field: &str, message: &str) -> Response<AdminBody> {
+    json(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": {"type": "invalid_request", "field": field, "message": format!("{field}: {message}")}}),
+    )
+}
+
+/// A 403 for a token whose role does not allow what it asked.
+pub fn forbidden(message: &str) -> Response<AdminBody> {
+    error(StatusCode::FORBIDDEN, "forbidden", message)
+}
+
 /// What a path names.
 #[derive(Debug, PartialEq, Eq)]
 enum Endpoint {
@@ -55,6 +80,11 @@ enum Endpoint {
     Dashboard,
     Listing(Scope),
     Usage(Scope, String),
+    Limits(Scope, String),
+    Grants(Scope, String),
+    Reset(Scope, String),
+    Audit,
+    Me,
     Reload,
 }
 
@@ -68,6 +98,8 @@ impl Endpoint {
             "/v1/profiles" => Endpoint::Listing(Scope::Profile),
             "/v1/orgs" => Endpoint::Listing(Scope::Org),
             "/v1/reload" => Endpoint::Reload,
+            "/v1/audit" => Endpoint::Audit,
+            "/v1/me" => Endpoint::Me,
             _ => {
                 let rest = path.strip_prefix("/v1/")?;
                 let (scope, rest) = match rest.split_once('/')? {
@@ -75,20 +107,39 @@ impl Endpoint {
                     ("orgs", r) => (Scope::Org, r),
                     _ => return None,
                 };
-                let id = rest.strip_suffix("/usage")?;
+                let (id, what) = rest.rsplit_once('/')?;
                 if id.is_empty() || id.contains('/') {
                     return None;
                 }
-                let id = percent_encoding::percent_decode_str(id).decode_utf8().ok()?;
-                Endpoint::Usage(scope, id.into_owned())
+                let id = percent_encoding::percent_decode_str(id).decode_utf8().ok()?.into_owned();
+                match what {
+                    "usage" => Endpoint::Usage(scope, id),
+                    "limits" => Endpoint::Limits(scope, id),
+                    "grants" => Endpoint::Grants(scope, id),
+                    "reset" => Endpoint::Reset(scope, id),
+                    _ => return None,
+                }
             }
         })
     }
 
-    fn method(&self) -> Method {
+    /// The methods the endpoint answers (GET ones answer HEAD too).
+    fn methods(&self) -> &'static [Method] {
+        const GET: &[Method] = &[Method::GET];
+        const POST: &[Method] = &[Method::POST];
+        const LIMITS: &[Method] = &[Method::GET, Method::PUT, Method::DELETE];
         match self {
-            Endpoint::Reload => Method::POST,
-            _ => Method::GET,
+            Endpoint::Reload | Endpoint::Grants(..) | Endpoint::Reset(..) => POST,
+            Endpoint::Limits(..) => LIMITS,
+            _ => GET,
+        }
+    }
+
+    /// The tenant the endpoint is about, if any.
+    fn tenant(&self) -> Option<(Scope, &str)> {
+        match self {
+            Endpoint::Usage(s, id) | Endpoint::Limits(s, id) | Endpoint::Grants(s, id) | Endpoint::Reset(s, id) => Some((*s, id)),
+            _ => None,
         }
     }
 
@@ -105,8 +156,38 @@ impl Endpoint {
 
 /// True when no admin token is configured (the admin API answers anyone).
 pub fn open_to_anyone(cfg: &crate::config::AdminConfig) -> bool {
-    auth::required_token(&cfg.token_env).is_none()
+    matches!(auth::credentials(cfg), auth::Credentials::Open)
 }
+
+/// What a role allows before looking at the tenant: `Err` is the 403's message.
+fn role_allows(who: &auth::Principal, endpoint: &Endpoint, method: &Method) -> Result<(), String> {
+    use crate::config::Role;
+    let reads = *method == Method::GET || *method == Method::HEAD;
+    match &who.role {
+        Role::Admin => Ok(()),
+        Role::Viewer if reads => Ok(()),
+        Role::Org(_) if matches!(endpoint, Endpoint::Metrics) => Err(format!("{} may not read the metrics of every tenant", who.describe())),
+        Role::Org(_) if reads => Ok(()),
+        _ => match endpoint {
+            Endpoint::Limits(scope, _) if who.may_write_limits(*scope) => Ok(()),
+            _ => Err(format!("{} may not {method} {}", who.describe(), endpoint_name(endpoint))),
+        },
+    }
+}
+
+fn endpoint_name(e: &Endpoint) -> &'static str {
+    match e {
+        Endpoint::Limits(..) => "limits",
+        Endpoint::Grants(..) => "top-ups",
+        Endpoint::Reset(..) => "resets",
+        Endpoint::Reload => "the configuration",
+        Endpoint::Metrics => "the metrics",
+        _ => "this endpoint",
+    }
+}
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
 
 /// The value of a query parameter.
 pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
@@ -120,25 +201,56 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<AdminBody
     let Some(endpoint) = Endpoint::parse(&path) else {
         return error(StatusCode::NOT_FOUND, "not_found", &format!("no admin endpoint at {path}"));
     };
-    let method = req.method();
-    let allowed = endpoint.method();
-    let head = allowed == Method::GET && method == Method::HEAD;
-    if *method != allowed && !head {
-        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{path} answers {allowed} only"));
-        r.headers_mut().insert(
-            header::ALLOW,
-            HeaderValue::from_static(if allowed == Method::POST { "POST" } else { "GET, HEAD" }),
-        );
+    let method = req.method().clone();
+    let allowed = endpoint.methods();
+    let head = allowed.contains(&Method::GET) && method == Method::HEAD;
+    if !allowed.contains(&method) && !head {
+        let mut names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+        if allowed.contains(&Method::GET) {
+            names.insert(1, "HEAD");
+        }
+        let list = names.join(", ");
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{path} answers {list} only"));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_str(&list).expect("method names are header-safe"));
         return r;
     }
     let runtime = app.runtime();
+    let mut who = auth::Principal::anonymous();
     if endpoint.guarded(runtime.config.admin.public_metrics) {
-        let token = auth::required_token(&runtime.config.admin.token_env);
+        let creds = auth::credentials(&runtime.config.admin);
         let query_token = (endpoint == Endpoint::Dashboard).then(|| query_param(query.as_deref(), "token")).flatten();
-        if let Err(denied) = auth::check(token.as_deref(), req.headers(), query_token.as_deref()) {
-            return denied_response(&endpoint, denied);
+        match auth::check(&creds, req.headers(), query_token.as_deref()) {
+            Ok(p) => who = p,
+            Err(denied) => return denied_response(&endpoint, denied),
+        }
+        if let Err(m) = role_allows(&who, &endpoint, &method) {
+            return forbidden(&m);
+        }
+        if let (Some(org), Some((scope, id))) = (who.org(), endpoint.tenant()) {
+            if !scope::within(&app, org, scope, id).await {
+                return forbidden(&format!(
+                    "{} may not reach {scope} `{id}`: it is not org `{org}` or one of its profiles",
+                    who.describe()
+                ));
+            }
         }
     }
+    let body = if method == Method::PUT || method == Method::POST || method == Method::DELETE {
+        use http_body_util::BodyExt;
+        match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    &format!("the admin API reads bodies of at most {MAX_BODY} bytes"),
+                )
+            }
+        }
+    } else {
+        Bytes::new()
+    };
     let mut response = match endpoint {
         Endpoint::Metrics => metrics::render(&app).await,
         Endpoint::Healthz => json(StatusCode::OK, &json!({"status": "ok"})),
@@ -157,9 +269,22 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<AdminBody
             ),
         },
         Endpoint::Dashboard => dashboard::page(),
-        Endpoint::Listing(scope) => usage::listing(&app, scope, query.as_deref()).await,
+        Endpoint::Listing(scope) => usage::listing(&app, &who, scope, query.as_deref()).await,
         Endpoint::Usage(scope, id) => usage::report(&app, scope, &id, query.as_deref()).await,
-        Endpoint::Reload => reload::reload(&app).await,
+        Endpoint::Limits(scope, id) => match method {
+            Method::PUT => limits::put(&app, &who, scope, &id, &body).await,
+            Method::DELETE => limits::delete(&app, &who, scope, &id, &body).await,
+            _ => limits::get(&app, scope, &id).await,
+        },
+        Endpoint::Grants(scope, id) => limits::grant(&app, &who, scope, &id, &body).await,
+        Endpoint::Reset(scope, id) => limits::reset(&app, &who, scope, &id, &body).await,
+        Endpoint::Audit => limits::audit(&app, &who, query.as_deref()).await,
+        Endpoint::Me => json(
+            StatusCode::OK,
+            &json!({"name": who.name, "role": who.role.describe(), "write_profiles": who.write_profiles,
+                    "org": who.org(), "admin": who.is_admin()}),
+        ),
+        Endpoint::Reload => reload::reload(&app, &who).await,
     };
     if head {
         *response.body_mut() = Full::new(Bytes::new());
@@ -202,11 +327,16 @@ mod tests {
             "/v1/profiles/a/b/usage",
             "/v1/teams/a/usage",
             "/v1/profiles/a",
+            "/v1/profiles/a/nothing",
             "/v2/profiles",
             "/index.html",
         ] {
             assert_eq!(Endpoint::parse(bad), None, "{bad}");
         }
+        assert_eq!(Endpoint::parse("/v1/orgs/acme/limits"), Some(Endpoint::Limits(Scope::Org, "acme".into())));
+        assert_eq!(Endpoint::parse("/v1/profiles/p/grants"), Some(Endpoint::Grants(Scope::Profile, "p".into())));
+        assert_eq!(Endpoint::parse("/v1/profiles/p/reset"), Some(Endpoint::Reset(Scope::Profile, "p".into())));
+        assert_eq!(Endpoint::parse("/v1/audit"), Some(Endpoint::Audit));
         assert!(Endpoint::Metrics.guarded(false));
         assert!(!Endpoint::Metrics.guarded(true));
         assert!(!Endpoint::Healthz.guarded(false));

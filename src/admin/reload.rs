@@ -9,7 +9,7 @@ use serde_json::json;
 use super::AdminBody;
 use crate::app::App;
 
-pub async fn reload(app: &Arc<App>) -> Response<AdminBody> {
+pub async fn reload(app: &Arc<App>, who: &super::auth::Principal) -> Response<AdminBody> {
     if app.config_path.is_none() {
         return super::error(
             StatusCode::CONFLICT,
@@ -18,8 +18,9 @@ pub async fn reload(app: &Arc<App>) -> Response<AdminBody> {
         );
     }
     let app2 = app.clone();
+    let name = who.name.clone();
     // Reading and compiling the file is blocking work.
-    let result = match tokio::task::spawn_blocking(move || app2.reload()).await {
+    let result = match tokio::task::spawn_blocking(move || app2.reload_by(&name)).await {
         Ok(r) => r,
         Err(e) => return super::error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &format!("reload did not finish: {e}")),
     };

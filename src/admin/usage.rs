@@ -1,14 +1,17 @@
 //! The usage API: `GET /v1/{profiles,orgs}` and `GET /v1/{profiles,orgs}/{id}/usage`.
 
+use std::collections::BTreeSet;
+
 use http::{Response, StatusCode};
 
+use super::auth::Principal;
 use super::{error, json, query_param, AdminBody};
 use crate::app::App;
 use crate::domain::Scope;
 use crate::quota::ledger::StoreError;
 use crate::usage;
 
-fn store_failed(e: &StoreError) -> Response<AdminBody> {
+pub(super) fn store_failed(e: &StoreError) -> Response<AdminBody> {
     tracing::warn!(error = %e, "usage API: the store could not be read");
     error(StatusCode::SERVICE_UNAVAILABLE, "quota_store_unavailable", &e.to_string())
 }
@@ -20,13 +23,37 @@ fn number(query: Option<&str>, name: &str) -> Result<Option<usize>, String> {
     }
 }
 
-/// Every known tenant of a scope. Optional `?offset=N&limit=M` pages through large fleets.
-pub async fn listing(app: &App, scope: Scope, query: Option<&str>) -> Response<AdminBody> {
+/// Every known tenant of a scope (an org token: its org, or its org's profiles). Optional
+/// `?offset=N&limit=M` pages through large fleets.
+pub async fn listing(app: &App, who: &Principal, scope: Scope, query: Option<&str>) -> Response<AdminBody> {
     let (offset, limit) = match (number(query, "offset"), number(query, "limit")) {
         (Ok(o), Ok(l)) => (o.unwrap_or(0), l),
         (Err(m), _) | (_, Err(m)) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
     };
-    match usage::listing(app, scope, offset, limit).await {
+    let allowed: Option<BTreeSet<String>> = match (who.org(), scope) {
+        (None, _) => None,
+        (Some(org), Scope::Org) => Some(BTreeSet::from([org.to_string()])),
+        (Some(org), Scope::Profile) => {
+            let runtime = app.runtime();
+            let mut candidates: BTreeSet<String> = match app.store.tenants(Scope::Profile).await {
+                Ok(t) => t.into_iter().collect(),
+                Err(e) => return store_failed(&e),
+            };
+            candidates.extend(runtime.limits.named(Scope::Profile).cloned());
+            candidates.extend(runtime.config.tenant.orgs.get(org).into_iter().flatten().cloned());
+            candidates.extend(
+                app.control_cache
+                    .load()
+                    .tenants()
+                    .filter(|(t, _)| t.scope == Scope::Profile)
+                    .map(|(t, _)| t.id.clone()),
+            );
+            Some(super::scope::profiles_of(app, org, candidates).await)
+        }
+    };
+    let only = allowed.map(|set| move |id: &str| set.contains(id));
+    let only_ref = only.as_ref().map(|f| f as &(dyn Fn(&str) -> bool + Sync));
+    match usage::listing(app, scope, offset, limit, only_ref).await {
         Ok(l) => json(StatusCode::OK, &usage::json::listing(&l)),
         Err(e) => store_failed(&e),
     }

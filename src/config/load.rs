@@ -132,6 +132,24 @@ impl Config {
             }
         }
 
+        let mut names = BTreeSet::new();
+        for (i, t) in self.admin.tokens.iter().enumerate() {
+            let key = format!("admin.tokens[{i}]");
+            crate::domain::tenant_id::validate_id(&t.name).map_err(|e| (format!("{key}.name"), format!("bad token name: {e}")))?;
+            if t.name == "admin" && !self.admin.token_env.is_empty() || !names.insert(t.name.as_str()) {
+                return Err((
+                    format!("{key}.name"),
+                    format!("the name `{}` is already used (`admin` is the token of admin.token_env)", t.name),
+                ));
+            }
+            if t.env.is_empty() || t.env.contains('=') {
+                return Err((format!("{key}.env"), format!("`{}` is not an environment variable name", t.env)));
+            }
+            if t.write_profiles && !matches!(t.role, super::Role::Org(_)) {
+                return Err((format!("{key}.write_profiles"), "only an org:<id> token can be given write_profiles".into()));
+            }
+        }
+
         let mut listens = vec![("listen".to_string(), self.listen.0)];
         listens.push(("admin.listen".into(), self.admin.listen.0));
         if self.providers.is_empty() {

@@ -70,6 +70,60 @@ pub struct AdminConfig {
     pub token_env: String,
     /// Serve `/metrics` without the token even when one is configured.
     pub public_metrics: bool,
+    /// Named tokens with roles, each read from an environment variable. The token of
+    /// `token_env` (when its variable is set) is one more, named `admin`, with the `admin` role.
+    pub tokens: Vec<AdminToken>,
+}
+
+/// One named admin token (`admin.tokens[]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Recorded in the audit log as who made a change.
+    pub name: String,
+    /// The environment variable holding the token; unset disables the token (with a warning).
+    pub env: String,
+    pub role: Role,
+    /// With `org:<id>`: may also set and remove its profiles' limits, never above the org's own.
+    #[serde(default)]
+    pub write_profiles: bool,
+}
+
+/// What an admin token may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Read everything.
+    Viewer,
+    /// Read that org and its profiles.
+    Org(String),
+}
+
+impl Role {
+    pub fn describe(&self) -> String {
+        match self {
+            Role::Admin => "admin".into(),
+            Role::Viewer => "viewer".into(),
+            Role::Org(o) => format!("org:{o}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "admin" => Ok(Role::Admin),
+            "viewer" => Ok(Role::Viewer),
+            _ => match s.strip_prefix("org:") {
+                Some(id) => crate::domain::tenant_id::validate_id(id)
+                    .map(|()| Role::Org(id.to_string()))
+                    .map_err(|e| serde::de::Error::custom(format!("`{s}`: bad org id: {e}"))),
+                None => Err(serde::de::Error::custom(format!("`{s}` is not a role: use admin, viewer or org:<id>"))),
+            },
+        }
+    }
 }
 
 impl Default for AdminConfig {
@@ -78,6 +132,7 @@ impl Default for AdminConfig {
             listen: ListenAddr("127.0.0.1:9090".parse().expect("static address")),
             token_env: "SPENDGATE_ADMIN_TOKEN".into(),
             public_metrics: false,
+            tokens: Vec::new(),
         }
     }
 }

@@ -240,7 +240,16 @@ pub async fn admit(
         path: &upstream_path,
     };
     let now = app.clock.now();
-    let plan = Plan::new(&runtime.limits, &runtime.calendar, runtime.retention, &tenant, &call_key, &amounts, now);
+    let plan = Plan::new(
+        &runtime.limits,
+        &app.control_cache.load(),
+        &runtime.calendar,
+        runtime.retention,
+        &tenant,
+        &call_key,
+        &amounts,
+        now,
+    );
     let id = super::settle::next_id();
     let open = app.store.keeps_open_calls().then(|| OpenCall {
         id: id.clone(),

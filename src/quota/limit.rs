@@ -102,7 +102,7 @@ pub struct Limit {
 }
 
 impl Limit {
-    fn new(spec: &LimitSpec) -> Self {
+    pub fn new(spec: &LimitSpec) -> Self {
         let max = match spec.metric {
             Metric::CostUsd => usd_to_nanos(spec.max.0),
             _ => spec.max.0.ceil() as i64,
@@ -173,6 +173,14 @@ impl LimitSet {
         match scope {
             Scope::Profile => self.profiles.get(id).unwrap_or(&self.default_profile),
             Scope::Org => self.orgs.get(id).unwrap_or(&self.default_org),
+        }
+    }
+
+    /// True when the tenant has its own YAML list.
+    pub fn is_named(&self, scope: Scope, id: &str) -> bool {
+        match scope {
+            Scope::Profile => self.profiles.contains_key(id),
+            Scope::Org => self.orgs.contains_key(id),
         }
     }
 

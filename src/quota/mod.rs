@@ -8,6 +8,7 @@
 //! a window is therefore at most one request's cost past the max; with estimates, the
 //! overshoot also includes the estimate error of the requests in flight.
 
+pub mod control;
 pub mod deferred;
 pub mod ledger;
 pub mod limit;
@@ -19,6 +20,7 @@ use crate::domain::window::{Bucket, Calendar, Window};
 use crate::domain::{Metric, Scope};
 use crate::providers::Usage;
 use crate::tenant::Tenant;
+use control::Overlay;
 use ledger::{CounterKey, CounterOp, OpenCall, ReserveRequest};
 use limit::{CallKey, Limit, LimitSet};
 pub use refusal::Refusal;
@@ -58,8 +60,11 @@ pub struct Check {
     pub op: usize,
     pub scope: Scope,
     pub tenant: String,
+    /// The limit, its max raised by the window's grants.
     pub limit: Limit,
     pub resets_at: DateTime<Utc>,
+    /// The counter's value at the window's last reset: usage is counted from it.
+    pub offset: i64,
 }
 
 /// The counters a request touches and the limits that watch them.
@@ -84,8 +89,12 @@ impl Plan {
     /// Plans the counters of a request at `now`. Every tenant always gets its base counters
     /// (cost, tokens, requests, characters per day and month), so a limit added later sees
     /// what was already spent in its window; limits with a `match` get their own counter.
+    /// The run-time `overlay` chooses each tenant's list (override or YAML) and raises maxima
+    /// by the window's grants and its last reset's offset.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         limits: &LimitSet,
+        overlay: &Overlay,
         calendar: &Calendar,
         retention: Retention,
         tenant: &Tenant,
@@ -111,22 +120,28 @@ impl Plan {
                 for metric in Metric::ALL {
                     plan.push_op(scope, id, bucket, metric.field().to_string(), metric, amounts.get(metric));
                 }
-                for limit in limits.for_tenant(scope, id).iter().filter(|l| l.window == bucket.window && l.applies_to(call)) {
+                let (list, _) = overlay.limits(limits, scope, id);
+                for limit in list.iter().filter(|l| l.window == bucket.window && l.applies_to(call)) {
+                    let adj = overlay.adjustment(scope, id, limit, &bucket.id);
                     let op = if limit.matcher.is_some() {
                         plan.push_op(scope, id, bucket, limit.field(), limit.metric, amounts.get(limit.metric))
                     } else {
                         base + Metric::ALL.iter().position(|m| *m == limit.metric).expect("every metric has a base counter")
                     };
+                    let mut limit = limit.clone();
+                    limit.max = limit.max.saturating_add(adj.granted);
                     if limit.enforcing() {
+                        let at = limit.max.saturating_add(adj.offset);
                         let max = &mut plan.ops[op].max;
-                        *max = Some(max.map_or(limit.max, |m| m.min(limit.max)));
+                        *max = Some(max.map_or(at, |m| m.min(at)));
                     }
                     plan.checks.push(Check {
                         op,
                         scope,
                         tenant: id.to_string(),
-                        limit: limit.clone(),
+                        limit,
                         resets_at: bucket.resets_at,
+                        offset: adj.offset,
                     });
                 }
             }
@@ -165,14 +180,14 @@ impl Plan {
             .checks
             .iter()
             .filter(|c| c.op == index && c.limit.enforcing())
-            .min_by_key(|c| c.limit.max)
+            .min_by_key(|c| c.limit.max.saturating_add(c.offset))
             .or_else(|| self.checks.iter().find(|c| c.op == index))
             .expect("only ops with a max refuse, and only checks set a max");
         Refusal {
             scope: check.scope,
             tenant: check.tenant.clone(),
             limit: check.limit.clone(),
-            current,
+            current: current - check.offset,
             resets_at: check.resets_at,
         }
     }
@@ -189,12 +204,13 @@ impl Plan {
             .collect()
     }
 
-    /// Each check's value after this request's reservation, given the values before it.
+    /// Each check's value after this request's reservation, given the values before it
+    /// (counted from the window's last reset).
     pub fn values_after(&self, before: &[i64]) -> Vec<(usize, i64)> {
         self.checks
             .iter()
             .enumerate()
-            .map(|(i, c)| (i, before.get(c.op).copied().unwrap_or(0) + self.ops[c.op].amount))
+            .map(|(i, c)| (i, before.get(c.op).copied().unwrap_or(0) + self.ops[c.op].amount - c.offset))
             .collect()
     }
 
@@ -253,7 +269,16 @@ mod tests {
             characters: 0,
         };
         let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
-        let plan = Plan::new(&limits, &cal, RET, &tenant, &call("imagen-4.0-generate-001"), &amounts, now);
+        let plan = Plan::new(
+            &limits,
+            &Overlay::default(),
+            &cal,
+            RET,
+            &tenant,
+            &call("imagen-4.0-generate-001"),
+            &amounts,
+            now,
+        );
         // 2 scopes x 2 windows x 4 base counters + 1 filtered.
         assert_eq!(plan.ops.len(), 17);
         assert_eq!(plan.checks.len(), 2);
@@ -266,7 +291,7 @@ mod tests {
         assert_eq!(filtered.amount, 1);
         assert_eq!(filtered.max, Some(50));
         // A model outside the match does not touch the filtered counter.
-        let plan = Plan::new(&limits, &cal, RET, &tenant, &call("gemini-2.5-flash"), &amounts, now);
+        let plan = Plan::new(&limits, &Overlay::default(), &cal, RET, &tenant, &call("gemini-2.5-flash"), &amounts, now);
         assert_eq!(plan.ops.len(), 16);
         let r = plan.refusal(plan.checks[0].op, 10_020_000_000);
         assert_eq!(r.message(), "Monthly cost limit reached for profile p1: used $10.02 of $10.00");
@@ -279,7 +304,7 @@ mod tests {
             profile: "p1".into(),
             org: None,
         };
-        let plan = Plan::new(&limits, &cal, RET, &tenant, &call("m"), &Amounts::default(), Utc::now());
+        let plan = Plan::new(&limits, &Overlay::default(), &cal, RET, &tenant, &call("m"), &Amounts::default(), Utc::now());
         assert!(plan.ops.iter().all(|o| o.max.is_none()));
         assert_eq!(plan.checks.len(), 2);
     }
@@ -297,7 +322,7 @@ mod tests {
             requests: 1,
             characters: 0,
         };
-        let plan = Plan::new(&limits, &cal, RET, &tenant, &call("m"), &est, Utc::now());
+        let plan = Plan::new(&limits, &Overlay::default(), &cal, RET, &tenant, &call("m"), &est, Utc::now());
         let d = plan.deltas(&Amounts {
             cost_nanos: 70,
             tokens: 50,

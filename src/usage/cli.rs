@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::app::{open_store, Access, App};
+use crate::app::{open_control, open_store, Access, App};
 use crate::config::Config;
 use crate::domain::window::Clock;
 use crate::domain::Scope;
@@ -56,13 +56,25 @@ pub async fn run(path: Option<&Path>, target: Target, span: &RangeArgs, as_json:
             return ExitCode::FAILURE;
         }
     };
-    let app = match App::new(config, None, store, Clock::system()) {
+    let control = match open_control(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot open the store's control data: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = match App::with_parts(config, None, store, control, Clock::system(), metrics) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("invalid: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // Limits as the proxy applies them: run-time overrides, top-ups and resets included.
+    if let Err(e) = app.refresh_control().await {
+        eprintln!("error: cannot read the limit overrides: {e}");
+        return ExitCode::FAILURE;
+    }
     match target {
         Target::One(scope, id) => match report(&app, scope, &id, range).await {
             Ok(Some(r)) => {
@@ -84,7 +96,7 @@ pub async fn run(path: Option<&Path>, target: Target, span: &RangeArgs, as_json:
         },
         Target::All => {
             for scope in [Scope::Profile, Scope::Org] {
-                match listing(&app, scope, 0, None).await {
+                match listing(&app, scope, 0, None, None).await {
                     Ok(l) if as_json => println!("{:#}", json::listing(&l)),
                     Ok(l) => println!("{}", table::listing(&l)),
                     Err(e) => {

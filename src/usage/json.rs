@@ -46,6 +46,8 @@ pub fn limit(s: &LimitStatus) -> Value {
         "mode": match s.limit.mode { Mode::Enforce => "enforce", Mode::Shadow => "shadow" },
         "window_id": s.window_id,
         "resets_at": time(s.resets_at),
+        "source": s.source,
+        "granted": m.display(s.adjustment.granted),
     });
     if let Some(matcher) = &s.limit.matcher {
         v["match"] = json!(matcher.describe());

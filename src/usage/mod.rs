@@ -16,6 +16,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use crate::app::{App, Runtime};
 use crate::domain::window::{Calendar, Window};
 use crate::domain::Scope;
+use crate::quota::control::Adjustment;
 use crate::quota::ledger::{CounterKey, History, StoreError, Totals, UsageRecord};
 use crate::quota::limit::Limit;
 
@@ -125,8 +126,14 @@ pub fn range_from(range: Option<&str>, from: Option<&str>, to: Option<&str>, ret
 /// One limit of a tenant and the value of its counter in the current window.
 #[derive(Debug, Clone)]
 pub struct LimitStatus {
+    /// The limit, its max raised by the current window's grants.
     pub limit: Limit,
-    /// In the metric's integer unit (nano-dollars for cost).
+    /// Where the tenant's list comes from (`override`, `profile`, `default_profile`, ...).
+    pub source: &'static str,
+    /// The current window's grants and last reset.
+    pub adjustment: Adjustment,
+    /// Usage since the window began (or since its last reset), in the metric's integer unit
+    /// (nano-dollars for cost).
     pub current: i64,
     /// The current window's id (`2026-11-22`, `2026-11`).
     pub window_id: String,
@@ -220,9 +227,10 @@ pub async fn limit_statuses(app: &App, runtime: &Runtime, scope: Scope, id: &str
 pub async fn limit_statuses_many(app: &App, runtime: &Runtime, tenants: &[(Scope, String)], now: DateTime<Utc>) -> Result<Vec<Vec<LimitStatus>>, StoreError> {
     let buckets = [Window::Daily, Window::Monthly].map(|w| runtime.calendar.bucket(w, now));
     let bucket = |w: Window| &buckets[usize::from(w == Window::Monthly)];
+    let overlay = app.control_cache.load_full();
     let mut keys = Vec::new();
     for (scope, id) in tenants {
-        for limit in runtime.limits.for_tenant(*scope, id).iter() {
+        for limit in overlay.limits(&runtime.limits, *scope, id).0.iter() {
             keys.push(CounterKey {
                 scope: *scope,
                 tenant: id.clone(),
@@ -244,16 +252,19 @@ pub async fn limit_statuses_many(app: &App, runtime: &Runtime, tenants: &[(Scope
     Ok(tenants
         .iter()
         .map(|(scope, id)| {
-            runtime
-                .limits
-                .for_tenant(*scope, id)
-                .iter()
+            let (list, source) = overlay.limits(&runtime.limits, *scope, id);
+            list.iter()
                 .zip(values.by_ref())
-                .map(|(limit, current)| {
+                .map(|(limit, counter)| {
                     let b = bucket(limit.window);
+                    let adjustment = overlay.adjustment(*scope, id, limit, &b.id);
+                    let mut limit = limit.clone();
+                    limit.max = limit.max.saturating_add(adjustment.granted);
                     LimitStatus {
-                        limit: limit.clone(),
-                        current,
+                        limit,
+                        source: source.as_str(*scope),
+                        adjustment,
+                        current: (counter - adjustment.offset).max(0),
                         window_id: b.id.clone(),
                         resets_at: b.resets_at,
                     }
@@ -269,7 +280,11 @@ async fn history(app: &App, scope: Scope, id: &str, days: &[String], recent: usi
 
 /// True when the tenant is named in the config or has history in the store.
 async fn is_known(app: &App, runtime: &Runtime, scope: Scope, id: &str, range_history: &History) -> Result<bool, StoreError> {
-    if runtime.limits.named(scope).any(|n| n == id) || !range_history.days.is_empty() || !range_history.recent.is_empty() {
+    if runtime.limits.named(scope).any(|n| n == id)
+        || app.control_cache.load().tenant(scope, id).is_some()
+        || !range_history.days.is_empty()
+        || !range_history.recent.is_empty()
+    {
         return Ok(true);
     }
     Ok(bounded(app.store.tenants(scope)).await?.iter().any(|t| t == id))
@@ -341,11 +356,22 @@ async fn summary(app: &App, runtime: &Runtime, scope: Scope, id: String, now: Da
 
 /// Every tenant of a scope known to the store or named in the config, sorted by id, from
 /// `offset`, at most `limit` of them.
-pub async fn listing(app: &App, scope: Scope, offset: usize, limit: Option<usize>) -> Result<Listing, StoreError> {
+/// `only`, when given, keeps the tenants it answers true for (a scoped token's view).
+pub async fn listing(
+    app: &App,
+    scope: Scope,
+    offset: usize,
+    limit: Option<usize>,
+    only: Option<&(dyn Fn(&str) -> bool + Sync)>,
+) -> Result<Listing, StoreError> {
     let runtime = app.runtime();
     let now = app.clock.now();
     let mut ids: BTreeSet<String> = bounded(app.store.tenants(scope)).await?.into_iter().collect();
     ids.extend(runtime.limits.named(scope).cloned());
+    ids.extend(app.control_cache.load().tenants().filter(|(t, _)| t.scope == scope).map(|(t, _)| t.id.clone()));
+    if let Some(keep) = only {
+        ids.retain(|id| keep(id));
+    }
     let total = ids.len();
     let page: Vec<String> = ids.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect();
     let rt = &runtime;

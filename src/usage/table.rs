@@ -66,10 +66,23 @@ fn limit_row(s: &LimitStatus) -> Vec<String> {
         amount(l.metric, s.remaining()),
         state.to_string(),
         s.resets_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        source(s),
     ]
 }
 
-const LIMIT_HEADER: [&str; 8] = ["LIMIT", "CURRENT", "MAX", "USED", "ALERT AT", "REMAINING", "STATE", "RESETS AT"];
+/// Where the limit comes from, with the window's top-ups and reset.
+fn source(s: &LimitStatus) -> String {
+    let mut out = s.source.to_string();
+    if s.adjustment.granted != 0 {
+        let _ = write!(out, " +{} top-up", amount(s.limit.metric, s.adjustment.granted));
+    }
+    if s.adjustment.offset != 0 {
+        out.push_str(", reset");
+    }
+    out
+}
+
+const LIMIT_HEADER: [&str; 9] = ["LIMIT", "CURRENT", "MAX", "USED", "ALERT AT", "REMAINING", "STATE", "RESETS AT", "SOURCE"];
 
 fn totals_row(name: &str, t: &Totals) -> Vec<String> {
     vec![

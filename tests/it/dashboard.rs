@@ -1,22 +1,15 @@
 //! The dashboard page in headless Chromium (Debian's `chromium` package), after real traffic
-//! through the proxy, behind the admin token.
+//! through the proxy, behind the admin token; and its limits editor, driven by clicks.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::browser::chromium;
 use crate::common::ops::*;
 use crate::common::process::output_within;
 use crate::common::*;
 
 const TOKEN: &str = "dash-7c41e0b9";
-
-fn chromium() -> PathBuf {
-    let found = ["chromium", "chromium-browser"]
-        .iter()
-        .find_map(|name| std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())));
-    found.unwrap_or_else(|| panic!("chromium not found on PATH: install Debian's `chromium` package (apt-get install -y chromium)"))
-}
 
 /// The DOM of `url` after the page's scripts ran (virtual time lets its fetches finish).
 fn dump_dom(url: &str) -> String {
@@ -136,5 +129,104 @@ async fn dashboard_shows_tenants_limits_providers_and_recent_requests() {
     let dom = tokio::task::spawn_blocking(move || dump_dom(&url)).await.unwrap();
     assert!(dom.contains("name=\"token\""), "{dom}");
     assert!(!dom.contains("p-1"), "{dom}");
+    p.handle.shutdown().await;
+}
+
+/// The limits editor: an admin saves a limit on the page and the next call through the proxy
+/// is refused; an org token sees only its org; a viewer cannot save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limits_editor_saves_what_the_proxy_enforces_next_and_follows_the_token_role() {
+    use crate::common::browser::Browser;
+    use crate::common::env::{TOKEN_ACME, TOKEN_OPS, TOKEN_VIEWER};
+    crate::common::env::init();
+    let mock = Mock::start(fixture_upstream).await;
+    let yaml = format!(
+        "{}admin:\n  listen: \"127.0.0.1:0\"\n  tokens:\n    - {{name: ops, env: SPENDGATE_TEST_TOKEN_OPS, role: admin}}\n    - {{name: ro, env: SPENDGATE_TEST_TOKEN_VIEWER, role: viewer}}\n    - {{name: acme, env: SPENDGATE_TEST_TOKEN_ACME, role: \"org:acme\"}}\ntenant:\n  orgs: {{acme: [p-1], beta: [p-2]}}\nlimits:\n  default_profile:\n    - {{metric: cost_usd, window: monthly, max: 5}}\n    - {{metric: requests, window: daily, max: 100}}\n",
+        providers_yaml()
+    );
+    let p = start_proxy(&yaml, &mock.url()).await;
+    assert_eq!(send(&p, ELEVENLABS_TTS, "p-1", Some("acme")).await.status, 200);
+    assert_eq!(send(&p, ELEVENLABS_TTS, "p-2", Some("beta")).await.status, 200);
+    settled_or_fail(&p.handle).await;
+
+    // The admin lowers p-1's monthly cost limit below what it spent, on the page.
+    let url = p.admin_url(&format!("/?token={}#limits/profile/p-1", TOKEN_OPS.1));
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::open(&url);
+        b.wait_for("document.getElementById('le-body').dataset.state === 'ready'");
+        assert_eq!(b.eval("document.getElementById('le-body').dataset.writable"), "true");
+        assert_eq!(b.eval("document.getElementById('le-body').dataset.source"), "default_profile");
+        b.eval(
+            r#"(() => {
+                const tr = document.querySelector('tr.le-limit[data-metric="cost_usd"][data-window="monthly"]');
+                const max = tr.querySelector('.le-max');
+                max.value = '0.01';
+                max.dispatchEvent(new Event('input'));
+                const alert = tr.querySelector('.le-alert');
+                alert.value = '0.5';
+                alert.dispatchEvent(new Event('input'));
+                document.getElementById('le-reason').value = 'edited on the page';
+                tr.querySelector('.le-save').click();
+                return true;
+            })()"#,
+        );
+        b.wait_for("document.getElementById('le-msg').textContent === 'Saved'");
+        b.wait_for("document.querySelector('#le-audit tr.le-audit-entry[data-action=\"override_set\"]')");
+        assert_eq!(b.eval("document.getElementById('le-body').dataset.source"), "override");
+    })
+    .await
+    .unwrap();
+    let refused = send(&p, ELEVENLABS_TTS, "p-1", Some("acme")).await;
+    assert_eq!(refused.status, 402);
+    assert_eq!(refused.json()["error"]["limit"]["max"], 0.01);
+    let v = admin_get(&p, "/v1/profiles/p-1/limits", Some(TOKEN_OPS.1)).await.json();
+    let l = &v["limits"][0];
+    assert_eq!(
+        (l["max"].as_f64(), l["alert_at"].as_f64(), l["source"].as_str()),
+        (Some(0.01), Some(0.5), Some("override")),
+        "{v}"
+    );
+    assert_eq!(v["limits"][1]["max"], 100.0, "the other limit is kept as it was");
+    assert_eq!(
+        (v["override"]["token"].as_str(), v["override"]["reason"].as_str()),
+        (Some("ops"), Some("edited on the page"))
+    );
+
+    // An org token: its org and its profiles only, read-only here.
+    let url = p.admin_url(&format!("/?token={}#limits/profile/p-1", TOKEN_ACME.1));
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::open(&url);
+        b.wait_for("document.body.dataset.loaded === 'true'");
+        let cards = b.eval("Array.from(document.querySelectorAll('.card.tenant')).map(c => c.dataset.scope + ':' + c.dataset.id).join(',')");
+        assert_eq!(cards, "profile:p-1,org:acme");
+        b.wait_for("document.getElementById('le-body').dataset.state === 'ready'");
+        assert_eq!(b.eval("document.getElementById('le-body').dataset.writable"), "false");
+    })
+    .await
+    .unwrap();
+
+    // A viewer sees the editor read-only, and the API refuses a save it forces.
+    let url = p.admin_url(&format!("/?token={}#limits/profile/p-2", TOKEN_VIEWER.1));
+    let viewer = TOKEN_VIEWER.1;
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::open(&url);
+        b.wait_for("document.getElementById('le-body').dataset.state === 'ready'");
+        assert_eq!(b.eval("document.getElementById('le-body').dataset.writable"), "false");
+        assert_eq!(b.eval("!document.getElementById('le-readonly').hidden"), true);
+        assert_eq!(
+            b.eval("Array.from(document.querySelectorAll('#limits-editor button.le-save, #limits-editor button.le-remove, #limits-editor button.le-admin, #le-add')).every(x => x.disabled)"),
+            true
+        );
+        assert_eq!(b.eval("Array.from(document.querySelectorAll('#le-limits .le-max')).every(x => x.disabled)"), true);
+        let status = b.eval(&format!(
+            "fetch('/v1/profiles/p-2/limits', {{method: 'PUT', headers: {{'Authorization': 'Bearer {viewer}', 'Content-Type': 'application/json'}}, body: JSON.stringify({{limits: []}})}}).then(r => r.status)"
+        ));
+        assert_eq!(status, 403);
+    })
+    .await
+    .unwrap();
+    let v = admin_get(&p, "/v1/profiles/p-2/limits", Some(TOKEN_OPS.1)).await.json();
+    assert_eq!(v["source"], "default_profile");
+    assert_eq!(send(&p, ELEVENLABS_TTS, "p-2", Some("beta")).await.status, 200);
     p.handle.shutdown().await;
 }

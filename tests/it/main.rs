@@ -17,6 +17,7 @@ mod escape;
 mod fixtures_cost;
 mod gemini_media;
 mod key_injection;
+mod limits_live;
 mod metrics_labels;
 mod openai;
 mod promtool;

@@ -43,6 +43,9 @@ use crate::config::{Durability, OnError, StoreConfig};
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
 
+/// Longest the start waits for the lock file.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// Longest a strict reservation waits for its commit before it counts as failed.
 const STRICT_WAIT: Duration = Duration::from_secs(10);
 
@@ -271,16 +274,25 @@ fn take_lock(path: &Path) -> Result<File, OpenError> {
             path: path.display().to_string(),
             detail: format!("cannot create the lock file {}: {e}", lock_path.display()),
         })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked {
-            path: path.display().to_string(),
-            detail: format!("{} is held", lock_path.display()),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(OpenError::Other {
-            path: path.display().to_string(),
-            detail: format!("cannot lock {}: {e}", lock_path.display()),
-        }),
+    // A previous owner in this process (a restart in place) may still be letting go.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked {
+                    path: path.display().to_string(),
+                    detail: format!("{} is held", lock_path.display()),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(OpenError::Other {
+                    path: path.display().to_string(),
+                    detail: format!("cannot lock {}: {e}", lock_path.display()),
+                })
+            }
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 //! the store itself. `docs/redis.md` documents the keys, the scripts and the outage behaviour.
 
 pub mod conn;
+pub mod control;
 pub mod fence;
 mod history;
 pub mod journal;

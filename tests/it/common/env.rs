@@ -31,6 +31,11 @@ pub const ESCAPE_OPENAI_KEY: (&str, &str) = ("SPENDGATE_TEST_ESCAPE_OPENAI_KEY",
 pub const ADMIN_TOKEN_GUARD: (&str, &str) = ("SPENDGATE_TEST_ADMIN_TOKEN_GUARD", "tok-3f9a7c1e-5b2d");
 pub const ADMIN_TOKEN_EMPTY: (&str, &str) = ("SPENDGATE_TEST_ADMIN_TOKEN_EMPTY", "");
 pub const ADMIN_TOKEN_DASH: (&str, &str) = ("SPENDGATE_TEST_ADMIN_TOKEN_DASH", "dash-7c41e0b9");
+/// Named tokens with roles (limits_live.rs, dashboard.rs).
+pub const TOKEN_OPS: (&str, &str) = ("SPENDGATE_TEST_TOKEN_OPS", "ops-5e1f0a27");
+pub const TOKEN_VIEWER: (&str, &str) = ("SPENDGATE_TEST_TOKEN_VIEWER", "view-9b2c44e1");
+pub const TOKEN_ACME: (&str, &str) = ("SPENDGATE_TEST_TOKEN_ACME", "acme-77d3c0f5");
+pub const TOKEN_BETA: (&str, &str) = ("SPENDGATE_TEST_TOKEN_BETA", "beta-1a4e9d62");
 
 const ALL: &[(&str, &str)] = &[
     KEY_OPENAI,
@@ -46,6 +51,10 @@ const ALL: &[(&str, &str)] = &[
     ADMIN_TOKEN_GUARD,
     ADMIN_TOKEN_EMPTY,
     ADMIN_TOKEN_DASH,
+    TOKEN_OPS,
+    TOKEN_VIEWER,
+    TOKEN_ACME,
+    TOKEN_BETA,
 ];
 
 /// Sets every variable above, once per process.

@@ -314,6 +314,7 @@ pub fn providers_yaml() -> &'static str {
     "providers:\n  elevenlabs: {kind: elevenlabs, prefix: /elevenlabs, upstream: \"{upstream}\"}\n  gemini: {kind: gemini, prefix: /gemini, upstream: \"{upstream}\"}\n  openai: {kind: openai, prefix: /openai, upstream: \"{upstream}\"}\n  anthropic: {kind: anthropic, prefix: /anthropic, upstream: \"{upstream}\"}\n  vertex: {kind: vertex, prefix: /vertex, upstream: \"{upstream}\"}\n"
 }
 
+pub mod browser;
 pub mod env;
 pub mod ops;
 pub mod process;
