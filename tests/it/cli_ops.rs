@@ -117,7 +117,8 @@ async fn sighup_reloads_and_usage_reads_the_snapshot() {
             "80%",
             "0",
             "EXCEEDED",
-            &words(line("daily requests"))[8]
+            &words(line("daily requests"))[8],
+            "default_profile"
         ]
     );
     assert_eq!(&words(line("monthly cost_usd"))[2..8], ["$0.0151", "$1.00", "1.5%", "80%", "$0.9849", "ok"]);
