@@ -41,13 +41,7 @@ pub async fn listing(app: &App, who: &Principal, scope: Scope, query: Option<&st
             };
             candidates.extend(runtime.limits.named(Scope::Profile).cloned());
             candidates.extend(runtime.config.tenant.orgs.get(org).into_iter().flatten().cloned());
-            candidates.extend(
-                app.control_cache
-                    .load()
-                    .tenants()
-                    .filter(|(t, _)| t.scope == Scope::Profile)
-                    .map(|(t, _)| t.id.clone()),
-            );
+            candidates.extend(app.control_cache.load().tenants().filter(|(t, _)| t.scope == Scope::Profile).map(|(t, _)| t.id));
             Some(super::scope::profiles_of(app, org, candidates).await)
         }
     };

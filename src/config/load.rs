@@ -380,6 +380,41 @@ mod tests {
     }
 
     #[test]
+    fn admin_tokens_have_roles_and_unique_names() {
+        let c = parse("admin:\n  tokens:\n    - {name: ops, env: T_OPS, role: admin}\n    - {name: ro, env: T_RO, role: viewer}\n    - {name: acme, env: T_ACME, role: \"org:acme\", write_profiles: true}\n").unwrap();
+        assert_eq!(c.admin.tokens[2].role, super::super::Role::Org("acme".into()));
+        let key = |y: &str| parse(y).unwrap_err().key;
+        assert_eq!(
+            key("admin:\n  tokens:\n    - {name: x, env: T, role: root}\n").as_deref(),
+            Some("admin.tokens[0].role")
+        );
+        assert_eq!(
+            key("admin:\n  tokens:\n    - {name: x, env: T, role: \"org:a b\"}\n").as_deref(),
+            Some("admin.tokens[0].role")
+        );
+        assert_eq!(
+            key("admin:\n  tokens:\n    - {name: x, env: T, role: admin}\n    - {name: x, env: U, role: viewer}\n").as_deref(),
+            Some("admin.tokens[1].name")
+        );
+        assert_eq!(
+            key("admin:\n  tokens:\n    - {name: admin, env: T, role: viewer}\n").as_deref(),
+            Some("admin.tokens[0].name")
+        );
+        assert_eq!(
+            key("admin:\n  tokens:\n    - {name: x, env: \"\", role: admin}\n").as_deref(),
+            Some("admin.tokens[0].env")
+        );
+        assert_eq!(
+            key("admin:\n  tokens:\n    - {name: x, env: T, role: viewer, write_profiles: true}\n").as_deref(),
+            Some("admin.tokens[0].write_profiles")
+        );
+        assert_eq!(
+            key("admin:\n  tokens:\n    - {name: x, env: T, role: admin, colour: red}\n").as_deref(),
+            Some("admin.tokens[0].colour")
+        );
+    }
+
+    #[test]
     fn unknown_window() {
         let e = parse("limits:\n  default_org:\n    - metric: cost_usd\n      window: weekly\n      max: 1\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("limits.default_org[0].window"));

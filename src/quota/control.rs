@@ -304,14 +304,16 @@ pub struct TenantOverlay {
 #[derive(Debug, Clone, Default)]
 pub struct Overlay {
     pub version: u64,
-    tenants: HashMap<TenantRef, TenantOverlay>,
+    /// Per scope, keyed by id (looked up without allocating).
+    profiles: HashMap<String, TenantOverlay>,
+    orgs: HashMap<String, TenantOverlay>,
 }
 
 impl Overlay {
     /// Compiles a store's state. A stored list that no longer compiles (it cannot, unless the
     /// store was edited by hand) is logged and ignored: the YAML applies to that tenant.
     pub fn build(state: ControlState) -> Overlay {
-        let mut tenants = HashMap::with_capacity(state.tenants.len());
+        let (mut profiles, mut orgs) = (HashMap::new(), HashMap::new());
         for (t, record) in state.tenants {
             let limits = match &record.limits {
                 None => None,
@@ -323,29 +325,38 @@ impl Overlay {
                     }
                 },
             };
-            tenants.insert(t, TenantOverlay { limits, record });
+            let map = match t.scope {
+                Scope::Profile => &mut profiles,
+                Scope::Org => &mut orgs,
+            };
+            map.insert(t.id, TenantOverlay { limits, record });
         }
         Overlay {
             version: state.version,
-            tenants,
+            profiles,
+            orgs,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tenants.is_empty()
+        self.profiles.is_empty() && self.orgs.is_empty()
     }
 
     pub fn tenant(&self, scope: Scope, id: &str) -> Option<&TenantOverlay> {
-        if self.tenants.is_empty() {
+        let map = match scope {
+            Scope::Profile => &self.profiles,
+            Scope::Org => &self.orgs,
+        };
+        if map.is_empty() {
             return None;
         }
-        // Borrowed lookup without allocating would need a custom key; control data is rare.
-        self.tenants.get(&TenantRef::new(scope, id))
+        map.get(id)
     }
 
     /// Every tenant with control data.
-    pub fn tenants(&self) -> impl Iterator<Item = (&TenantRef, &TenantOverlay)> {
-        self.tenants.iter()
+    pub fn tenants(&self) -> impl Iterator<Item = (TenantRef, &TenantOverlay)> {
+        let p = self.profiles.iter().map(|(id, t)| (TenantRef::new(Scope::Profile, id), t));
+        p.chain(self.orgs.iter().map(|(id, t)| (TenantRef::new(Scope::Org, id), t)))
     }
 
     /// The tenant's effective limit list and where it comes from.

@@ -20,7 +20,7 @@ use crate::domain::window::{Bucket, Calendar, Window};
 use crate::domain::{Metric, Scope};
 use crate::providers::Usage;
 use crate::tenant::Tenant;
-use control::Overlay;
+use control::{Adjustment, Overlay};
 use ledger::{CounterKey, CounterOp, OpenCall, ReserveRequest};
 use limit::{CallKey, Limit, LimitSet};
 pub use refusal::Refusal;
@@ -115,14 +115,16 @@ impl Plan {
         };
         let scopes = std::iter::once((Scope::Profile, tenant.profile.as_str())).chain(tenant.org.as_deref().map(|o| (Scope::Org, o)));
         for (scope, id) in scopes {
+            // The tenant's run-time control data, looked up once (none for most tenants).
+            let run_time = overlay.tenant(scope, id);
             for bucket in [&daily, &monthly] {
                 let base = plan.ops.len();
                 for metric in Metric::ALL {
                     plan.push_op(scope, id, bucket, metric.field().to_string(), metric, amounts.get(metric));
                 }
-                let (list, _) = overlay.limits(limits, scope, id);
+                let list = run_time.and_then(|t| t.limits.as_ref()).unwrap_or_else(|| limits.for_tenant(scope, id));
                 for limit in list.iter().filter(|l| l.window == bucket.window && l.applies_to(call)) {
-                    let adj = overlay.adjustment(scope, id, limit, &bucket.id);
+                    let adj = run_time.map_or_else(Adjustment::default, |t| control::adjustment_of(&t.record, limit, &bucket.id));
                     let op = if limit.matcher.is_some() {
                         plan.push_op(scope, id, bucket, limit.field(), limit.metric, amounts.get(limit.metric))
                     } else {
@@ -233,6 +235,8 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::config::{Config, ProviderKind};
+    use crate::domain::window::Window;
+    use crate::domain::Metric;
 
     fn setup(yaml: &str) -> (LimitSet, Calendar) {
         let c = Config::from_yaml(yaml, "t").unwrap();
@@ -295,6 +299,70 @@ mod tests {
         assert_eq!(plan.ops.len(), 16);
         let r = plan.refusal(plan.checks[0].op, 10_020_000_000);
         assert_eq!(r.message(), "Monthly cost limit reached for profile p1: used $10.02 of $10.00");
+    }
+
+    #[test]
+    fn overrides_grants_and_resets_shape_the_plan() {
+        use control::{ControlState, Grant, LimitEntry, Reset, TenantControl, TenantRef};
+        let (limits, cal) = setup("limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 10}\n");
+        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
+        let entries: Vec<LimitEntry> = Config::from_yaml(
+            "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 20}\n    - {metric: requests, window: daily, max: 3}\n",
+            "t",
+        )
+        .unwrap()
+        .limits
+        .default_profile
+        .iter()
+        .map(LimitEntry::from_spec)
+        .collect();
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let record = TenantControl {
+            limits: Some(entries),
+            grants: vec![Grant {
+                metric: Metric::CostUsd,
+                window: Window::Monthly,
+                bucket: "2026-11".into(),
+                amount: 5_000_000_000,
+                reason: "r".into(),
+                token: "ops".into(),
+                at: now,
+                expires_at: at("2026-12-01T00:00:00Z"),
+            }],
+            resets: vec![Reset {
+                metric: Metric::CostUsd,
+                window: Window::Monthly,
+                bucket: "2026-11".into(),
+                offsets: [("cost".to_string(), 7_000_000_000)].into(),
+                reason: "r".into(),
+                token: "ops".into(),
+                at: now,
+                expires_at: at("2026-12-01T00:00:00Z"),
+            }],
+            override_meta: None,
+        };
+        let overlay = Overlay::build(ControlState {
+            version: 1,
+            tenants: vec![(TenantRef::new(Scope::Profile, "p1"), record)],
+        });
+        let tenant = Tenant {
+            profile: "p1".into(),
+            org: None,
+        };
+        let plan = Plan::new(&limits, &overlay, &cal, RET, &tenant, &call("m"), &Amounts::default(), now);
+        assert_eq!(plan.checks.len(), 2, "the override's list, not the YAML's");
+        let cost = plan.checks.iter().find(|c| c.limit.metric == Metric::CostUsd).unwrap();
+        assert_eq!(cost.limit.max, 25_000_000_000, "max plus the top-up");
+        assert_eq!(plan.ops[cost.op].max, Some(32_000_000_000), "and the counter's value at the reset");
+        let r = plan.refusal(cost.op, 32_500_000_000);
+        assert_eq!(r.message(), "Monthly cost limit reached for profile p1: used $25.50 of $25.00");
+        // Another tenant keeps the YAML.
+        let other = Tenant {
+            profile: "p2".into(),
+            org: None,
+        };
+        let plan = Plan::new(&limits, &overlay, &cal, RET, &other, &call("m"), &Amounts::default(), now);
+        assert_eq!(plan.ops[plan.checks[0].op].max, Some(10_000_000_000));
     }
 
     #[test]

@@ -368,7 +368,7 @@ pub async fn listing(
     let now = app.clock.now();
     let mut ids: BTreeSet<String> = bounded(app.store.tenants(scope)).await?.into_iter().collect();
     ids.extend(runtime.limits.named(scope).cloned());
-    ids.extend(app.control_cache.load().tenants().filter(|(t, _)| t.scope == scope).map(|(t, _)| t.id.clone()));
+    ids.extend(app.control_cache.load().tenants().filter(|(t, _)| t.scope == scope).map(|(t, _)| t.id));
     if let Some(keep) = only {
         ids.retain(|id| keep(id));
     }

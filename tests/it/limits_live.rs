@@ -546,3 +546,43 @@ async fn an_override_set_on_one_replica_refuses_on_the_other_within_a_second_on_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// On Redis Cluster the control data lives in one slot (`{ctl}`): overrides, top-ups and the
+/// audit log work there as on a single server, and a reset's offsets are read from the slot of
+/// the tenant's counters (a profile's counters under an org live in the org's slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_managed_live_on_redis_cluster() {
+    let cluster = crate::common::redis::RedisCluster::start(3);
+    let mock = Mock::start(fixture_upstream).await;
+    let yaml = format!(
+        "{}{DEAR}store:\n  backend: redis\n  url: \"{}\"\n  cluster: true\n  key_prefix: lvc\n  timeout: 2\nlimits:\n  default_profile:\n    - {{metric: cost_usd, window: monthly, max: 10}}\n",
+        providers_yaml(),
+        cluster.url()
+    );
+    let p = start_proxy(&yaml, &mock.url()).await;
+    let (n, _) = spend_until_refused(&p, "p-1").await;
+    assert_eq!(n, 5);
+    let put = json!({"limits": [{"metric": "cost_usd", "window": "monthly", "max": 20}]});
+    assert_eq!(admin(&p, Method::PUT, "/v1/profiles/p-1/limits", None, put).await.status, 200);
+    let (n, _) = spend_until_refused(&p, "p-1").await;
+    assert_eq!(n, 5, "from $11.10 up to $19.98, the call that crosses $20 is the last one");
+    let grant = json!({"metric": "cost_usd", "window": "monthly", "amount": 5, "reason": "top-up"});
+    assert_eq!(admin(&p, Method::POST, "/v1/profiles/p-1/grants", None, grant).await.status, 200);
+    assert_eq!(spend_until_refused(&p, "p-1").await.0, 2);
+
+    // A profile under an org: its counters are in the org's slot; the reset finds them.
+    for _ in 0..3 {
+        assert_eq!(send(&p, ELEVENLABS_TTS, "p-2", Some("acme")).await.status, 200);
+    }
+    settled_or_fail(&p.handle).await;
+    let reset = json!({"metric": "cost_usd", "window": "monthly", "reason": "refund"});
+    let r = admin(&p, Method::POST, "/v1/profiles/p-2/reset", None, reset).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["limits"][0]["current"], 0.0);
+    assert_eq!(spend_until_refused(&p, "p-2").await.0, 5, "a fresh $10 from the reset");
+    let log = admin_get(&p, "/v1/audit", None).await.json();
+    let actions: Vec<&str> = log["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["reset", "grant", "override_set"]);
+    assert_eq!(log["entries"][0]["new"]["used_before"]["cost"], 6.66);
+    p.handle.shutdown().await;
+}
