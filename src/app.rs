@@ -20,6 +20,7 @@ use crate::quota::ledger::{Store, StoreError};
 use crate::quota::limit::LimitSet;
 use crate::quota::Retention;
 use crate::store::control_memory::MemoryControl;
+use crate::store::embedded::control::EmbeddedControl;
 use crate::store::embedded::{EmbeddedStore, Options as EmbeddedOptions};
 use crate::store::redis::control::RedisControl;
 use crate::store::redis::{RedisStore, StoreMetrics};
@@ -250,12 +251,12 @@ fn limits_json(c: &Config) -> serde_json::Value {
     v
 }
 
-/// Builds the configured control store: in a file beside the embedded store's database, or
-/// in Redis.
-pub fn open_control(config: &Config) -> Result<Arc<dyn ControlStore>, StoreError> {
+/// Builds the configured control store: in the embedded store's database (opened by
+/// [`open_store`] before), or in Redis.
+pub fn open_control(config: &Config, access: Access) -> Result<Arc<dyn ControlStore>, StoreError> {
     let s = &config.store;
     Ok(match s.backend {
-        Backend::Memory => Arc::new(MemoryControl::with_file(MemoryControl::file_beside(&s.path))?),
+        Backend::Memory => Arc::new(EmbeddedControl::open(&s.path, access == Access::Serve).map_err(|e| StoreError::Unavailable(e.to_string()))?),
         Backend::Redis => Arc::new(RedisControl::open(s)?),
     })
 }

@@ -323,7 +323,7 @@ pub async fn run(path: Option<&Path>, skip_store: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        let state = match open_control(&config) {
+        let state = match open_control(&config, Access::Read) {
             Ok(control) => control.load().await,
             Err(e) => Err(e),
         };

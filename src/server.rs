@@ -55,9 +55,12 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
     if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25)) {
         tracing::warn!(error = %e, "cannot handle SIGXFSZ");
     }
+    // The configuration is checked whole (routes, keys, prices) before the store is opened:
+    // a config that cannot serve never creates or takes a database.
+    crate::app::Runtime::new(config.clone())?;
     let metrics = Metrics::new(&config.metrics);
     let store = open_store(&config, &metrics, Access::Serve).await.context("cannot open the store")?;
-    let control = open_control(&config).context("cannot open the store's control data")?;
+    let control = open_control(&config, Access::Serve).context("cannot open the store's control data")?;
     let app = App::with_parts(config, opts.config_path, store, control, opts.clock, metrics)?;
     // Overrides apply from the first request; an unreachable store leaves the YAML in force
     // until the poll below reads them.

@@ -56,7 +56,7 @@ pub async fn run(path: Option<&Path>, target: Target, span: &RangeArgs, as_json:
             return ExitCode::FAILURE;
         }
     };
-    let control = match open_control(&config) {
+    let control = match open_control(&config, Access::Read) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: cannot open the store's control data: {e}");

@@ -158,7 +158,8 @@ async fn without_api_key_env_the_client_credentials_pass_unchanged() {
 async fn an_unset_variable_fails_check_and_start_without_revealing_keys() {
     crate::common::env::init();
     let unset = "providers:\n  openai: {kind: openai, prefix: /openai, upstream: \"http://127.0.0.1:1\", api_key_env: SPENDGATE_TEST_KEY_NEVER_SET}\n";
-    let config = spendgate::config::Config::from_yaml(unset, "t.yaml").unwrap();
+    let mut config = spendgate::config::Config::from_yaml(unset, "t.yaml").unwrap();
+    let _dir = crate::common::own_database(&mut config);
     let err = spendgate::check::summary(&config).unwrap_err();
     assert!(
         err.contains("providers.openai") && err.contains("SPENDGATE_TEST_KEY_NEVER_SET") && err.contains("not set"),
@@ -174,6 +175,8 @@ async fn an_unset_variable_fails_check_and_start_without_revealing_keys() {
     .await;
     let err = started.err().expect("the proxy refuses to start").to_string();
     assert!(err.contains("SPENDGATE_TEST_KEY_NEVER_SET"), "{err}");
+    let db = &_dir.as_ref().expect("a database of its own").path().join("spendgate.db");
+    assert!(!db.exists(), "a config that cannot serve creates no database");
 
     // With the variable set, check names the variable and never prints the key.
     let config = spendgate::config::Config::from_yaml(&yaml().replace("{upstream}", "http://127.0.0.1:1"), "t.yaml").unwrap();

@@ -16,6 +16,7 @@
 //!
 //! The schema is in `docs/embedded-store.md` and [`schema`].
 
+pub mod control;
 mod counters;
 mod import;
 mod read;

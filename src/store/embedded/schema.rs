@@ -11,7 +11,7 @@ use crate::config::Durability;
 
 /// The schema this build writes. A database with a newer version is refused (it was written
 /// by a newer spendgate).
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// Each migration takes the schema from its index to its index + 1.
 const MIGRATIONS: &[&str] = &[
@@ -98,6 +98,20 @@ const MIGRATIONS: &[&str] = &[
          profile TEXT PRIMARY KEY,
          org     TEXT
      ) WITHOUT ROWID;",
+    // 1 -> 2: run-time limit overrides, top-ups, resets (one JSON record per tenant) and the
+    // audit log.
+    "CREATE TABLE control_tenants (
+         field   TEXT PRIMARY KEY,
+         version INTEGER NOT NULL,
+         record  TEXT
+     ) WITHOUT ROWID;
+     CREATE TABLE audit (
+         id     INTEGER PRIMARY KEY,
+         at     TEXT NOT NULL,
+         tenant TEXT,
+         entry  TEXT NOT NULL
+     );
+     CREATE INDEX audit_tenant ON audit (tenant, id);",
 ];
 
 /// Why the database cannot be used, in words an operator can act on.
@@ -172,6 +186,15 @@ pub fn open_writer(path: &Path, durability: Durability) -> Result<Connection, Op
             found,
         },
     })?;
+    Ok(conn)
+}
+
+/// Opens another writing connection to a database [`open_writer`] has set up.
+pub fn open_connection(path: &Path) -> Result<Connection, OpenError> {
+    let err = |e: rusqlite::Error| OpenError::from_sqlite(path, &e);
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
     Ok(conn)
 }
 

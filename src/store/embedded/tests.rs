@@ -299,3 +299,79 @@ fn retention_deletes_counted_back_from_the_newest_day() {
         .collect();
     assert_eq!(tenants, ["p"], "a tenant without history left is forgotten");
 }
+
+mod control_data {
+    use super::*;
+    use crate::quota::control::{AuditEntry, AuditQuery, CasOutcome, ControlStore, TenantControl, TenantRef};
+
+    fn audit(tenant: &TenantRef, reason: &str) -> AuditEntry {
+        AuditEntry {
+            at: Utc::now(),
+            token: "ops".into(),
+            action: "grant".into(),
+            tenant: Some(tenant.clone()),
+            old: serde_json::Value::Null,
+            new: serde_json::json!({"n": reason}),
+            reason: Some(reason.into()),
+        }
+    }
+
+    fn record() -> TenantControl {
+        serde_json::from_value(serde_json::json!({
+            "limits": [{"metric": "cost_usd", "window": "monthly", "max": 25.0, "alert_at": 0.8, "enabled": true, "mode": "enforce"}]
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn compare_and_set_audit_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path());
+        let p = TenantRef::new(Scope::Profile, "p-1");
+        {
+            let store = EmbeddedStore::open(o.clone(), counter()).unwrap();
+            let c = crate::store::embedded::control::EmbeddedControl::open(&o.path, true).unwrap();
+            assert_eq!(c.version().await.unwrap(), 0);
+            assert_eq!(c.update(&p, 0, &record(), &audit(&p, "a")).await.unwrap(), CasOutcome::Written { version: 1 });
+            // A stale read loses.
+            assert_eq!(c.update(&p, 0, &record(), &audit(&p, "b")).await.unwrap(), CasOutcome::Conflict);
+            let (v, r) = c.get(&p).await.unwrap();
+            assert_eq!((v, r.limits.as_ref().map(Vec::len)), (1, Some(1)));
+            // Removing keeps the tenant's version, so a compare-and-set against 0 still fails.
+            assert_eq!(
+                c.update(&p, 1, &TenantControl::default(), &audit(&p, "c")).await.unwrap(),
+                CasOutcome::Written { version: 2 }
+            );
+            assert_eq!(c.update(&p, 0, &record(), &audit(&p, "d")).await.unwrap(), CasOutcome::Conflict);
+            assert_eq!(c.update(&p, 2, &record(), &audit(&p, "e")).await.unwrap(), CasOutcome::Written { version: 3 });
+            c.append_audit(&audit(&TenantRef::new(Scope::Org, "acme"), "f")).await.unwrap();
+            drop(store);
+        }
+        let _store = loop {
+            match EmbeddedStore::open(o.clone(), counter()) {
+                Ok(s) => break s,
+                Err(OpenError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let c = crate::store::embedded::control::EmbeddedControl::open(&o.path, true).unwrap();
+        let state = c.load().await.unwrap();
+        assert_eq!(state.version, 3);
+        assert_eq!(state.tenants.len(), 1);
+        let page = c
+            .audit(&AuditQuery {
+                tenant: Some("p-1".into()),
+                scope: None,
+                offset: 1,
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, 3);
+        let reasons: Vec<_> = page.entries.iter().map(|e| e.reason.clone().unwrap()).collect();
+        assert_eq!(reasons, ["c", "a"], "newest first, paged");
+        let read_only = crate::store::embedded::control::EmbeddedControl::open(&o.path, false).unwrap();
+        assert_eq!(read_only.version().await.unwrap(), 3);
+        assert!(read_only.update(&p, 3, &record(), &audit(&p, "x")).await.is_err());
+    }
+}
