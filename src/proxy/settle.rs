@@ -316,8 +316,9 @@ impl Settler {
 fn spawn_store(app: &Arc<App>, settlement: Settlement) {
     let store = app.store.clone();
     app.settlements.spawn(async move {
-        if let Err(e) = store.settle(&settlement).await {
-            tracing::error!(error = %e, tenant = %settlement.record.profile, "could not record a settlement");
+        let tenant = settlement.record.profile.clone();
+        if let Err(e) = store.settle_owned(settlement).await {
+            tracing::error!(error = %e, %tenant, "could not record a settlement");
         }
     });
 }

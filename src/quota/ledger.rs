@@ -38,13 +38,15 @@ pub struct CounterOp {
 /// The atomic check-and-reserve of one request.
 #[derive(Debug, Clone)]
 pub struct ReserveRequest {
-    pub ops: Vec<CounterOp>,
+    /// Shared, so a store that keeps them past the call (the embedded store's writer) does
+    /// not copy every key.
+    pub ops: std::sync::Arc<[CounterOp]>,
     /// When the buckets may be deleted (per window).
     pub expire_daily: DateTime<Utc>,
     pub expire_monthly: DateTime<Utc>,
     /// The call being reserved, for a store that records open calls (see
     /// [`Store::keeps_open_calls`]); its settlement carries the same id.
-    pub call: Option<OpenCall>,
+    pub call: Option<std::sync::Arc<OpenCall>>,
 }
 
 /// A call between its reservation and its settlement. A store that outlives a crash charges
@@ -156,6 +158,12 @@ pub trait Store: Send + Sync {
 
     /// Applies a settlement (counter corrections and history).
     async fn settle(&self, s: &Settlement) -> Result<(), StoreError>;
+
+    /// [`Store::settle`] for a caller that is done with the settlement: a store that keeps it
+    /// (the embedded store's writer) takes it without copying.
+    async fn settle_owned(&self, s: Settlement) -> Result<(), StoreError> {
+        self.settle(&s).await
+    }
 
     /// Current values of counters (0 when absent).
     async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError>;

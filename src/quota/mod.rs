@@ -169,10 +169,10 @@ impl Plan {
 
     pub fn reserve_request(&self, call: Option<OpenCall>) -> ReserveRequest {
         ReserveRequest {
-            ops: self.ops.clone(),
+            ops: self.ops.as_slice().into(),
             expire_daily: self.expire_daily,
             expire_monthly: self.expire_monthly,
-            call,
+            call: call.map(std::sync::Arc::new),
         }
     }
 

@@ -84,6 +84,10 @@ impl Store for Timed {
         self.call("bind", self.inner.bind_org(profile, org)).await
     }
 
+    async fn settle_owned(&self, s: Settlement) -> Result<(), StoreError> {
+        self.call("settle", self.inner.settle_owned(s)).await
+    }
+
     fn keeps_open_calls(&self) -> bool {
         self.inner.keeps_open_calls()
     }
@@ -142,7 +146,7 @@ mod tests {
         let m = Metrics::new(&crate::config::MetricsConfig::default());
         let store = Timed::new(Arc::new(Broken), m.store_errors.clone(), m.store_duration.clone());
         let req = ReserveRequest {
-            ops: Vec::new(),
+            ops: Vec::new().into(),
             expire_daily: chrono::Utc::now(),
             expire_monthly: chrono::Utc::now(),
             call: None,

@@ -52,7 +52,7 @@ fn far() -> DateTime<Utc> {
 
 fn reserve_req(ops: Vec<CounterOp>) -> ReserveRequest {
     ReserveRequest {
-        ops,
+        ops: ops.into(),
         expire_daily: far(),
         expire_monthly: far(),
         call: None,

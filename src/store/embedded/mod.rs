@@ -308,29 +308,17 @@ impl Store for EmbeddedStore {
         if !matches!(outcome, ReserveOutcome::Admitted { .. }) {
             return Ok(outcome);
         }
-        let deltas: Vec<(CounterKey, i64)> = req.ops.iter().filter(|op| op.amount != 0).map(|op| (op.key.clone(), op.amount)).collect();
+        let rec = Rec::Reserve {
+            call: req.call.clone(),
+            ops: req.ops.clone(),
+        };
         if self.opts.durability == Durability::Batched {
-            self.send(
-                s,
-                Rec::Reserve {
-                    call: req.call.clone(),
-                    deltas,
-                },
-                None,
-            );
+            self.send(s, rec, None);
             return Ok(outcome);
         }
         // Strict: the reservation is durable before the request goes anywhere.
         let (done, wait) = oneshot::channel();
-        let undo: Vec<(CounterKey, i64)> = deltas.iter().map(|(k, d)| (k.clone(), -d)).collect();
-        self.send(
-            s,
-            Rec::Reserve {
-                call: req.call.clone(),
-                deltas,
-            },
-            Some(done),
-        );
+        self.send(s, rec, Some(done));
         let failure = match tokio::time::timeout(STRICT_WAIT, wait).await {
             Ok(Ok(Ok(()))) => return Ok(outcome),
             Ok(Ok(Err(e))) => e,
@@ -342,6 +330,7 @@ impl Store for EmbeddedStore {
             return Ok(outcome);
         }
         // Not forwarded: take the reservation back, in memory and in the queue behind it.
+        let undo: Vec<(CounterKey, i64)> = req.ops.iter().filter(|op| op.amount != 0).map(|op| (op.key.clone(), -op.amount)).collect();
         {
             let now = Utc::now().timestamp();
             let mut c = s.counters.lock();
@@ -358,6 +347,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn settle(&self, st: &Settlement) -> Result<(), StoreError> {
+        self.settle_owned(st.clone()).await
+    }
+
+    async fn settle_owned(&self, mut st: Settlement) -> Result<(), StoreError> {
         let s = self.serving()?;
         {
             let now = Utc::now().timestamp();
@@ -367,12 +360,13 @@ impl Store for EmbeddedStore {
             }
         }
         // Never refused: the call was admitted, its charge is kept whatever happens.
+        st.deltas.retain(|(_, d)| *d != 0);
         self.send(
             s,
             Rec::Settle {
-                id: st.id.clone(),
-                deltas: st.deltas.iter().filter(|(_, d)| *d != 0).cloned().collect(),
-                record: st.record.clone(),
+                id: st.id,
+                deltas: st.deltas,
+                record: st.record,
             },
             None,
         );

@@ -69,13 +69,14 @@ fn reserve_req(id: &str, profile: &str, cost: i64, max: i64) -> ReserveRequest {
                 amount: cost,
                 max: Some(max),
             },
-        ],
+        ]
+        .into(),
         expire_daily: far,
         expire_monthly: far,
-        call: Some(OpenCall {
+        call: Some(std::sync::Arc::new(OpenCall {
             id: id.into(),
             record: record(profile, None, cost),
-        }),
+        })),
     }
 }
 

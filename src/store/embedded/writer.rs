@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::domain::window::Window;
 use crate::domain::Scope;
-use crate::quota::ledger::{CounterKey, OpenCall, Totals, UsageRecord};
+use crate::quota::ledger::{CounterKey, CounterOp, OpenCall, Totals, UsageRecord};
 
 /// Most records in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -34,8 +34,9 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What the request path hands the writer.
 pub enum Rec {
-    /// Counters added by an admitted call (its reservation), and the call itself.
-    Reserve { call: Option<OpenCall>, deltas: Vec<(CounterKey, i64)> },
+    /// Counters added by an admitted call (its reservation: each op's amount), and the call
+    /// itself.
+    Reserve { call: Option<Arc<OpenCall>>, ops: Arc<[CounterOp]> },
     /// A call's final correction and its usage record (or a correction of an earlier call).
     Settle {
         id: String,
@@ -112,21 +113,11 @@ impl Writer {
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
-                // Wait a little for more to share the commit, unless someone is waiting.
-                let deadline = Instant::now() + self.linger;
-                while waiters.is_empty() && batch.len() < MAX_BATCH {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    match self.rx.recv_timeout(left) {
-                        Ok(m) => take(m, &mut batch, &mut waiters),
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => {
-                            open = false;
-                            break;
-                        }
-                    }
+                // Let more arrive to share the commit, unless someone is waiting. The writer
+                // sleeps rather than waits on the channel: a sender then never has to wake
+                // it, so a batch costs one wake-up, not one per record.
+                if waiters.is_empty() && !self.linger.is_zero() {
+                    std::thread::sleep(self.linger);
                 }
             }
             // Whatever else is already there joins this commit.
@@ -337,9 +328,9 @@ fn commit(conn: &mut Connection, batch: &[Rec], keep: Keep) -> rusqlite::Result<
     let mut prunes: Vec<(Window, &str)> = Vec::new();
     for r in batch {
         match r {
-            Rec::Reserve { call, deltas } => {
-                for (k, d) in deltas {
-                    *counters.entry(k).or_insert(0) += d;
+            Rec::Reserve { call, ops } => {
+                for op in ops.iter().filter(|op| op.amount != 0) {
+                    *counters.entry(&op.key).or_insert(0) += op.amount;
                 }
                 if let Some(c) = call {
                     opened.insert(&c.id, &c.record);
