@@ -32,7 +32,9 @@ const HOUSEKEEPING: Duration = Duration::from_secs(60);
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// What the request path hands the writer.
+/// What the request path hands the writer. Settlements dominate, so the settlement's record
+/// stays inline (boxing it would cost an allocation per call); the message boxes the whole.
+#[allow(clippy::large_enum_variant)]
 pub enum Rec {
     /// Counters added by an admitted call (its reservation: each op's amount), and the call
     /// itself.
