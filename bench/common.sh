@@ -1,6 +1,6 @@
 # Shared by the bench scripts (sourced, not run): builds the release binaries, makes a work
 # directory cleaned up on exit with every started process, and starts the mock upstream.
-# Sets WORK, PIDS and MOCK (the mock's port). Needs TARGET.
+# Sets WORK, PIDS, MOCK (the mock's port) and TICKS; defines cpu_ticks. Needs TARGET.
 
 cargo build --release --bin spendgate --example mock_upstream >&2
 
@@ -12,6 +12,18 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+TICKS=$(getconf CLK_TCK)
+
+# CPU time (user + system, in clock ticks) of the processes given, threads included.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'

@@ -32,17 +32,6 @@ done
 # shellcheck source=bench/common.sh
 source bench/common.sh
 
-TICKS=$(getconf CLK_TCK)
-
-# CPU time (user + system, in clock ticks) of the processes given, threads included.
-cpu_ticks() {
-  local total=0 pid
-  for pid in "$@"; do
-    [ -r "/proc/$pid/stat" ] || continue
-    total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
-  done
-  echo "$total"
-}
 REDIS=$(free_port)
 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
 REDIS_PID=$!

@@ -23,17 +23,6 @@ done
 
 # shellcheck source=bench/common.sh
 source bench/common.sh
-TICKS=$(getconf CLK_TCK)
-
-cpu_ticks() {
-  local total=0 pid
-  for pid in "$@"; do
-    [ -r "/proc/$pid/stat" ] || continue
-    total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
-  done
-  echo "$total"
-}
-
 # wrk with bench/tts.lua against a URL, measuring the CPU of the processes given; prints
 # "req/s p50 p99 non-2xx cpu_us_per_request".
 load() {

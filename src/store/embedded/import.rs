@@ -8,7 +8,7 @@ use std::path::Path;
 use rusqlite::{params, Connection};
 use serde::Deserialize;
 
-use super::writer::scope_name;
+use super::writer::{insert_recent, scope_name};
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, Totals, UsageRecord};
 
@@ -99,10 +99,6 @@ fn write(conn: &mut Connection, file: &SnapshotFile, name: &str, now: i64) -> ru
             "INSERT INTO tenants VALUES (?1, ?2, ?3, ?4) ON CONFLICT (scope, tenant) DO UPDATE SET \
              first_day = MIN(first_day, excluded.first_day), last_day = MAX(last_day, excluded.last_day)",
         )?;
-        let mut recent = tx.prepare(
-            "INSERT INTO recent (at, day, profile, org, provider, model, path, status, reason, requests, cost_nanos, \
-             input_tokens, output_tokens, cached_tokens, characters) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )?;
         let unknown = "unknown".to_string();
         let row = |t: &Totals| [t.requests, t.cost_nanos, t.input_tokens, t.output_tokens, t.cached_tokens, t.characters];
         for (scope, tenant, h) in &file.tenants {
@@ -137,24 +133,7 @@ fn write(conn: &mut Connection, file: &SnapshotFile, name: &str, now: i64) -> ru
             // Org lists repeat their profiles' records.
             if *scope == Scope::Profile {
                 for r in h.recent.iter().rev() {
-                    let v = row(&r.totals);
-                    recent.execute(params![
-                        r.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                        r.day,
-                        r.profile,
-                        r.org,
-                        r.provider,
-                        r.model,
-                        r.path,
-                        r.status,
-                        r.reason,
-                        v[0],
-                        v[1],
-                        v[2],
-                        v[3],
-                        v[4],
-                        v[5]
-                    ])?;
+                    insert_recent(&tx, r)?;
                     out.records += 1;
                 }
             }

@@ -29,6 +29,24 @@ fn totals_at(row: &Row<'_>, first: usize) -> rusqlite::Result<Totals> {
     })
 }
 
+/// A usage record from a row that starts `at, day, profile, org, provider, model, path` and
+/// has its totals from column `totals`.
+fn record_at(r: &Row<'_>, status: u16, reason: Option<String>, totals: usize) -> rusqlite::Result<UsageRecord> {
+    let at: String = r.get(0)?;
+    Ok(UsageRecord {
+        at: DateTime::parse_from_rfc3339(&at).map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
+        day: r.get(1)?,
+        profile: r.get(2)?,
+        org: r.get(3)?,
+        provider: r.get(4)?,
+        model: r.get(5)?,
+        path: r.get(6)?,
+        status,
+        reason,
+        totals: totals_at(r, totals)?,
+    })
+}
+
 /// A tenant's history over `periods`: day ids (`2026-11-29`) read the daily tables (with the
 /// breakdowns), month ids (`2026-11`) the monthly one.
 pub fn history(conn: &Connection, scope: Scope, tenant: &str, periods: &[String], recent: usize) -> rusqlite::Result<History> {
@@ -74,21 +92,7 @@ pub fn history(conn: &Connection, scope: Scope, tenant: &str, periods: &[String]
              output_tokens, cached_tokens, characters FROM recent WHERE {column} = ?1 ORDER BY id DESC LIMIT ?2"
         ))?;
         let limit = i64::try_from(recent).unwrap_or(i64::MAX);
-        for row in st.query_map(params![tenant, limit], |r| {
-            let at: String = r.get(0)?;
-            Ok(UsageRecord {
-                at: DateTime::parse_from_rfc3339(&at).map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
-                day: r.get(1)?,
-                profile: r.get(2)?,
-                org: r.get(3)?,
-                provider: r.get(4)?,
-                model: r.get(5)?,
-                path: r.get(6)?,
-                status: r.get(7)?,
-                reason: r.get(8)?,
-                totals: totals_at(r, 9)?,
-            })
-        })? {
+        for row in st.query_map(params![tenant, limit], |r| record_at(r, r.get(7)?, r.get(8)?, 9))? {
             out.recent.push(row?);
         }
     }
@@ -155,21 +159,7 @@ pub fn settle_crashed(conn: &mut Connection, keep: Keep) -> rusqlite::Result<(us
             "SELECT at, day, profile, org, provider, model, path, requests, cost_nanos, input_tokens, output_tokens, \
              cached_tokens, characters FROM open_calls",
         )?;
-        let rows = st.query_map([], |r| {
-            let at: String = r.get(0)?;
-            Ok(UsageRecord {
-                at: DateTime::parse_from_rfc3339(&at).map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
-                day: r.get(1)?,
-                profile: r.get(2)?,
-                org: r.get(3)?,
-                provider: r.get(4)?,
-                model: r.get(5)?,
-                path: r.get(6)?,
-                status: 0,
-                reason: Some("crash".into()),
-                totals: totals_at(r, 7)?,
-            })
-        })?;
+        let rows = st.query_map([], |r| record_at(r, 0, Some("crash".into()), 7))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     let cost = records.iter().map(|r| r.totals.cost_nanos).sum();

@@ -267,29 +267,8 @@ impl<'a> HistoryBatch<'a> {
         if keep.recent_max == 0 {
             return Ok(());
         }
-        let mut st = tx.prepare_cached(
-            "INSERT INTO recent (at, day, profile, org, provider, model, path, status, reason, requests, cost_nanos, \
-             input_tokens, output_tokens, cached_tokens, characters) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )?;
         for r in &self.recent {
-            let v = t(&r.totals);
-            st.execute(params![
-                r.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                r.day,
-                r.profile,
-                r.org,
-                r.provider,
-                r.model,
-                r.path,
-                r.status,
-                r.reason,
-                v[0],
-                v[1],
-                v[2],
-                v[3],
-                v[4],
-                v[5]
-            ])?;
+            insert_recent(tx, r)?;
         }
         Ok(())
     }
@@ -298,6 +277,33 @@ impl<'a> HistoryBatch<'a> {
     pub fn profiles(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.recent.iter().map(|r| r.profile.as_str())
     }
+}
+
+/// Adds one call to the recent requests.
+pub fn insert_recent(tx: &Connection, r: &UsageRecord) -> rusqlite::Result<()> {
+    let t = &r.totals;
+    tx.prepare_cached(
+        "INSERT INTO recent (at, day, profile, org, provider, model, path, status, reason, requests, cost_nanos, \
+         input_tokens, output_tokens, cached_tokens, characters) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        r.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        r.day,
+        r.profile,
+        r.org,
+        r.provider,
+        r.model,
+        r.path,
+        r.status,
+        r.reason,
+        t.requests,
+        t.cost_nanos,
+        t.input_tokens,
+        t.output_tokens,
+        t.cached_tokens,
+        t.characters
+    ])?;
+    Ok(())
 }
 
 /// Keeps each of `profiles` to its newest `recent_max` recent requests. An org's newest are
