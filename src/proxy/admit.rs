@@ -26,7 +26,7 @@ use crate::config::{OnError, Unmetered, Unpriced};
 use crate::domain::{Metric, Scope};
 use crate::process::BudgetShare;
 use crate::providers::{self, Call, Estimate, Provider, Refusal, RequestInfo, Wire};
-use crate::quota::ledger::{ReserveOutcome, StoreError};
+use crate::quota::ledger::{ReserveOutcome, ReserveRequest, StoreError};
 use crate::quota::limit::CallKey;
 use crate::quota::{Amounts, Plan};
 use crate::tenant::{self, Tenant};
@@ -240,8 +240,8 @@ pub async fn admit(
         path: &upstream_path,
     };
     let now = app.clock.now();
-    let plan = Plan::new(&runtime.limits, &runtime.calendar, runtime.retention, &tenant, &call_key, &amounts, now);
-    let before = reserve(app, runtime, &plan, &tenant, now).await.map_err(|r| own.send(&label(&call), r))?;
+    let mut plan = Plan::new(&runtime.limits, &runtime.calendar, runtime.retention, &tenant, &call_key, &amounts, now);
+    let before = reserve(app, runtime, &mut plan, &tenant, now).await.map_err(|r| own.send(&label(&call), r))?;
 
     let warning = before
         .as_ref()
@@ -373,8 +373,15 @@ fn org_conflict(profile: &str, named: &str, org: Option<&str>) -> Answer {
 }
 
 /// Reserves a call; `Ok(None)` when the store is down and `on_error: open` lets it through.
-async fn reserve(app: &App, runtime: &Runtime, plan: &Plan, tenant: &Tenant, now: DateTime<Utc>) -> Result<Option<Vec<i64>>, Response<ProxyBody>> {
-    let outcome = app.store.reserve(&plan.reserve_request()).await;
+async fn reserve(app: &App, runtime: &Runtime, plan: &mut Plan, tenant: &Tenant, now: DateTime<Utc>) -> Result<Option<Vec<i64>>, Response<ProxyBody>> {
+    // The plan's counters are lent to the request and taken back: no copy of every key.
+    let req = ReserveRequest {
+        ops: std::mem::take(&mut plan.ops),
+        expire_daily: plan.expire_daily,
+        expire_monthly: plan.expire_monthly,
+    };
+    let outcome = app.store.reserve(&req).await;
+    plan.ops = req.ops;
     app.metrics.note_quota_tenant(Scope::Profile, &tenant.profile);
     if let Some(org) = &tenant.org {
         app.metrics.note_quota_tenant(Scope::Org, org);
