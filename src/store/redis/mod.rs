@@ -1,8 +1,10 @@
 //! The Redis store: counters shared by every replica, standalone or Redis Cluster.
 //!
-//! - One round trip per request for the check-and-reserve (`reserve.lua`) and one for the
-//!   settlement (`apply.lua`), each covering every counter of the profile and of the org in
-//!   one hash slot (`keys`).
+//! - One round trip per request for the check-and-reserve (`reserve.lua`), covering every
+//!   counter of the profile and of the org in one hash slot (`keys`); concurrent
+//!   reservations are pipelined on the connection. Settlements go out in batches (`batch`,
+//!   `settle.lua`), off the request's path: one round trip and one script call for all the
+//!   settlements that arrived while the previous batch was in flight (per slot on a cluster).
 //! - Every call is bounded by `store.timeout`. A call that fails or times out falls back to
 //!   `store.on_error`: `closed` refuses (the proxy answers 503); `open` decides locally with
 //!   the fence (`fence`: last values read plus what was counted since) and counts in the
@@ -12,7 +14,8 @@
 //! - After three failures in a row the store stops calling Redis (no request waits for a
 //!   timeout during an outage) until a background ping succeeds.
 //!
-//! Files: `keys` (the key schema), `scripts` with `reserve.lua` and `apply.lua`, `conn`
+//! Files: `keys` (the key schema), `scripts` with `reserve.lua` and `settle.lua`, `batch`
+//! (the batches of settlements and of journal replays), `conn`
 //! (standalone and cluster connections), `outage` (breaker, fallback, journal bookkeeping,
 //! replay), `fence`, `journal`, `history` (the read side and the registries); this file holds
 //! the store itself. `docs/redis.md` documents the keys, the scripts and the outage behaviour.
