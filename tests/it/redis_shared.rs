@@ -173,10 +173,14 @@ async fn sigterm_during_load_loses_no_settlement() {
     let mut c = server.conn();
     let sum = |c: &mut ::redis::Connection, f: &dyn Fn(&mut ::redis::Connection, &str) -> i64| -> i64 { profiles.iter().map(|p| f(c, p)).sum() };
     let counted = |c: &mut ::redis::Connection, field: &str| {
-        sum(c, &|c, p| over(Window::Monthly, from, |m| hget(c, &format!("sg:{{p:{p}}}:c:p:{p}:m:{m}"), field)))
+        sum(c, &|c, p| {
+            over(Window::Monthly, from, |m| hget(c, &format!("sg:{{p:{p}}}:c:p:{p}:m:{m}"), field))
+        })
     };
     let recorded = |c: &mut ::redis::Connection, metric: &str| {
-        sum(c, &|c, p| over(Window::Daily, from, |d| hist_total(c, &format!("sg:{{p:{p}}}:h:p:{p}:d:{d}"), metric)))
+        sum(c, &|c, p| {
+            over(Window::Daily, from, |d| hist_total(c, &format!("sg:{{p:{p}}}:h:p:{p}:d:{d}"), metric))
+        })
     };
     eventually("every admitted request is settled", || {
         let admitted = counted(&mut c, "requests");
@@ -184,7 +188,11 @@ async fn sigterm_during_load_loses_no_settlement() {
     })
     .await;
     let admitted = counted(&mut c, "requests");
-    assert!(admitted >= mock.count() as i64, "the upstream saw {} requests, {admitted} were admitted", mock.count());
+    assert!(
+        admitted >= mock.count() as i64,
+        "the upstream saw {} requests, {admitted} were admitted",
+        mock.count()
+    );
     assert!(admitted >= ok, "{ok} answered 200, {admitted} admitted");
     // Exact estimates: every settled request costs its price, reserved and recorded.
     assert_eq!(counted(&mut c, "cost"), admitted * PRICE);

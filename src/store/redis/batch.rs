@@ -95,7 +95,10 @@ impl Inner {
         for (i, (tag, _)) in entries.iter().enumerate() {
             groups.entry(if cluster { tag.slot() } else { 0 }).or_default().push(i);
         }
-        let calls: Vec<Vec<usize>> = groups.into_values().flat_map(|g| g.chunks(MAX_BATCH).map(<[usize]>::to_vec).collect::<Vec<_>>()).collect();
+        let calls: Vec<Vec<usize>> = groups
+            .into_values()
+            .flat_map(|g| g.chunks(MAX_BATCH).map(<[usize]>::to_vec).collect::<Vec<_>>())
+            .collect();
         let sent = calls.iter().map(|members| async move {
             let result = self.apply_batch(members.iter().map(|&i| entries[i]), replay).await;
             match result {
