@@ -14,14 +14,13 @@
 --   recent:   n lists, then n x {key index, expire-at}; the record
 --
 -- What does not depend on one entry is done once per batch: each id hash and set gets its
--- expiry once; each counter and history field is written once, with the sum of its
--- entries' amounts (a hash of three fields or more with one HMGET and one HSET); each hash
--- gets its expire-at once, when the batch creates it; each list gets one push of all its
--- records, one trim and one expiry.
+-- expiry once; each counter and history field is incremented once, by the sum of its
+-- entries' amounts; each hash gets its expire-at once, when the batch creates it; each list
+-- gets one push of all its records, one trim and one expiry.
 --
--- Sums stay exact: amounts of at most 15 characters are summed as Lua numbers (doubles,
--- exact below 2^53) and written out before a sum reaches 10^15; longer amounts, and values
--- read back that are longer, are passed to HINCRBY as the decimal strings they are.
+-- Sums stay exact: amounts of at most 15 digits are summed as Lua numbers (doubles, exact
+-- below 2^53) and written out before a sum reaches 10^15; longer amounts are passed to
+-- HINCRBY as the decimal strings they are.
 --
 -- Returns the number of entries applied (the others had been applied before: by their
 -- first call, or by an earlier, interrupted replay).
@@ -120,56 +119,25 @@ end
 
 for _, key in ipairs(hashes) do
   local h = sums[key]
-  local fields = {}
-  for _, field in ipairs(h.fields) do
-    if h.values[field] ~= 0 then
-      fields[#fields + 1] = field
+  local anchored = false
+  local function incr(field, by)
+    local v = redis.call('HINCRBY', key, field, by)
+    if not anchored then
+      anchored = true
+      -- The first field written was new: so is the hash.
+      if v == tonumber(by) then
+        redis.call('EXPIREAT', key, h.expire)
+      end
     end
   end
-  if #fields >= 3 then
-    -- Several fields (a history hash): one read and one write instead of one call per
-    -- field, exact as long as the values read have at most 15 characters.
-    local current = redis.call('HMGET', key, unpack(fields))
-    local set, fresh = {}, true
-    for i, field in ipairs(fields) do
-      local c = current[i]
-      if c then
-        fresh = false
-      end
-      if c and #c > 15 then
-        redis.call('HINCRBY', key, field, string.format('%.0f', h.values[field]))
-      else
-        set[#set + 1] = field
-        set[#set + 1] = string.format('%.0f', tonumber(c or '0') + h.values[field])
-      end
+  for _, field in ipairs(h.fields) do
+    local v = h.values[field]
+    if v ~= 0 then
+      incr(field, string.format('%.0f', v))
     end
-    if #set > 0 then
-      redis.call('HSET', key, unpack(set))
-    end
-    if fresh then
-      redis.call('EXPIREAT', key, h.expire)
-    end
-    for _, l in ipairs(h.long) do
-      redis.call('HINCRBY', key, l[1], l[2])
-    end
-  else
-    local anchored = false
-    local function incr(field, by)
-      local v = redis.call('HINCRBY', key, field, by)
-      if not anchored then
-        anchored = true
-        -- The first field written was new: so is the hash.
-        if v == tonumber(by) then
-          redis.call('EXPIREAT', key, h.expire)
-        end
-      end
-    end
-    for _, field in ipairs(fields) do
-      incr(field, string.format('%.0f', h.values[field]))
-    end
-    for _, l in ipairs(h.long) do
-      incr(l[1], l[2])
-    end
+  end
+  for _, l in ipairs(h.long) do
+    incr(l[1], l[2])
   end
 end
 
