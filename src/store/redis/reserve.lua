@@ -16,9 +16,6 @@
 -- this call was given up on) then changes nothing, and this call changes nothing if the
 -- replay came first. A counter hash gets its expiry when it is created.
 --
--- Two calls per counter hash (HMGET, HSET), whatever the number of its counters: the calls
--- a script makes are most of what it costs Redis.
---
 -- Returns {1, before_0, ..., before_n-1} when admitted (values before this request, by
 -- index), {0, index, current} for the refusing counter with the lowest index, or {2} when
 -- the id was already applied.
@@ -67,7 +64,7 @@ for k = 1, tonumber(ARGV[3]) do
       refused, refused_at = index, current
     end
   end
-  groups[k] = {key, expire, at, n, values}
+  groups[k] = {key, expire, at, n}
   at = at + n * 4
 end
 if refused ~= nil then
@@ -75,53 +72,22 @@ if refused ~= nil then
   return {0, refused, refused_at}
 end
 
--- Each hash is written with one HSET of its new values, computed from the values just read:
--- exact while the value and the amounts have at most 15 characters (Lua numbers are
--- doubles, exact below 2^53, and a value plus up to four such amounts stays below 6 * 10^15);
--- a longer one, or a field of more ops, goes to HINCRBY as the decimal strings they are. A hash whose fields were
--- all absent is new: it gets its expiry.
 for _, g in ipairs(groups) do
-  local key, expire, first, n, values = g[1], g[2], g[3], g[4], g[5]
-  local fresh = true
-  -- A field counted by two ops (two limits with the same match) gets both amounts; a field
-  -- whose value or an amount is long is left to HINCRBY altogether.
-  local long, ops, sums, order = {}, {}, {}, {}
+  local key, expire, first, n = g[1], g[2], g[3], g[4]
+  local anchored = false
   for f = 1, n do
     local o = first + (f - 1) * 4
-    local field, amount, current = ARGV[o + 1], ARGV[o + 2], values[f]
-    if current then
-      fresh = false
-    end
-    ops[field] = (ops[field] or 0) + 1
-    if amount ~= '0' and (#amount > 15 or (current and #current > 15) or ops[field] > 4) then
-      long[field] = true
-    end
-  end
-  for f = 1, n do
-    local o = first + (f - 1) * 4
-    local field, amount = ARGV[o + 1], ARGV[o + 2]
+    local amount = ARGV[o + 2]
     if amount ~= '0' then
-      if long[field] then
-        redis.call('HINCRBY', key, field, amount)
-      else
-        if sums[field] == nil then
-          sums[field] = tonumber(values[f] or '0')
-          order[#order + 1] = field
+      local v = redis.call('HINCRBY', key, ARGV[o + 1], amount)
+      if not anchored then
+        anchored = true
+        -- The first field written was new: so is the hash.
+        if v == tonumber(amount) then
+          redis.call('EXPIREAT', key, expire)
         end
-        sums[field] = sums[field] + tonumber(amount)
       end
     end
-  end
-  if #order > 0 then
-    local set = {}
-    for _, field in ipairs(order) do
-      set[#set + 1] = field
-      set[#set + 1] = string.format('%.0f', sums[field])
-    end
-    redis.call('HSET', key, unpack(set))
-  end
-  if fresh then
-    redis.call('EXPIREAT', key, expire)
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])

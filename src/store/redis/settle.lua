@@ -56,10 +56,12 @@ local function add(key, field, by, expire)
   end
   local v = h.values[field]
   if v == nil then
+    -- Kept as given: a field counted once is passed on without a conversion.
     h.fields[#h.fields + 1] = field
-    v = 0
+    h.values[field] = by
+    return
   end
-  v = v + tonumber(by)
+  v = tonumber(v) + tonumber(by)
   if v >= 1e15 or v <= -1e15 then
     h.long[#h.long + 1] = {field, string.format('%.0f', v)}
     v = 0
@@ -132,7 +134,9 @@ for _, key in ipairs(hashes) do
   end
   for _, field in ipairs(h.fields) do
     local v = h.values[field]
-    if v ~= 0 then
+    if type(v) == 'string' then
+      incr(field, v)
+    elseif v ~= 0 then
       incr(field, string.format('%.0f', v))
     end
   end
