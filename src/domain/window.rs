@@ -111,8 +111,10 @@ impl Calendar {
     /// month: the last answer is kept per thread and reused while `at` stays in its window,
     /// so the ids are formatted once per window, not per request.
     pub fn bucket(&self, window: Window, at: DateTime<Utc>) -> Bucket {
+        /// Per window kind: the zone, the instant the window starts, the window.
+        type Last = [Option<(Tz, DateTime<Utc>, Bucket)>; 2];
         thread_local! {
-            static LAST: std::cell::RefCell<[Option<(Tz, DateTime<Utc>, Bucket)>; 2]> = const { std::cell::RefCell::new([None, None]) };
+            static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new([None, None]) };
         }
         let slot = usize::from(window == Window::Monthly);
         let hit = LAST.with_borrow(|last| match &last[slot] {
