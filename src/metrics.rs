@@ -15,7 +15,8 @@ use crate::domain::{Metric, Scope};
 pub struct LabelCap {
     enabled: bool,
     max: usize,
-    seen: Mutex<HashSet<String>>,
+    /// Looked up on every request: a fast hasher (the set is bounded by `max`).
+    seen: Mutex<HashSet<String, foldhash::fast::RandomState>>,
 }
 
 impl LabelCap {
@@ -23,7 +24,7 @@ impl LabelCap {
         Self {
             enabled,
             max,
-            seen: Mutex::new(HashSet::new()),
+            seen: Mutex::new(HashSet::default()),
         }
     }
 

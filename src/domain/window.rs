@@ -107,9 +107,39 @@ impl Calendar {
         at.with_timezone(&self.tz).date_naive()
     }
 
-    /// The window of kind `window` that contains `at`.
+    /// The window of kind `window` that contains `at`. Every request asks for its day and
+    /// month: the last answer is kept per thread and reused while `at` stays in its window,
+    /// so the ids are formatted once per window, not per request.
     pub fn bucket(&self, window: Window, at: DateTime<Utc>) -> Bucket {
+        /// Per window kind: the zone, the instant the window starts, the window.
+        type Last = [Option<(Tz, DateTime<Utc>, Bucket)>; 2];
+        thread_local! {
+            static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new([None, None]) };
+        }
+        let slot = usize::from(window == Window::Monthly);
+        let hit = LAST.with_borrow(|last| match &last[slot] {
+            Some((tz, starts, b)) if *tz == self.tz && *starts <= at && at < b.resets_at => Some(b.clone()),
+            _ => None,
+        });
+        if let Some(b) = hit {
+            return b;
+        }
+        let (starts, bucket) = self.compute_bucket(window, at);
+        LAST.with_borrow_mut(|last| last[slot] = Some((self.tz, starts, bucket.clone())));
+        bucket
+    }
+
+    /// The window containing `at`, with the instant it starts.
+    fn compute_bucket(&self, window: Window, at: DateTime<Utc>) -> (DateTime<Utc>, Bucket) {
         let date = self.local_date(at);
+        let first = match window {
+            Window::Daily => date,
+            Window::Monthly => date.with_day(1).expect("the first of a month exists"),
+        };
+        (self.start_of(first), self.bucket_of(window, date))
+    }
+
+    fn bucket_of(&self, window: Window, date: NaiveDate) -> Bucket {
         match window {
             Window::Daily => Bucket {
                 window,

@@ -1,7 +1,10 @@
 //! Prices as data: the built-in table (`builtin.yaml`) overlaid with the config's `pricing:`,
 //! looked up by provider and model glob, and applied to a [`Usage`] in integer pico-dollars.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use crate::config::{Config, NonNegative, Pattern, PriceSpec, ProviderKind, Unpriced};
 use crate::domain::money::{picos_to_nanos_ceil, usd_per_units_to_picos};
@@ -149,7 +152,7 @@ impl Rates {
 #[derive(Debug, Clone)]
 struct Entry {
     pattern: Pattern,
-    rates: Rates,
+    rates: Arc<Rates>,
     /// Literal characters, for "most specific glob wins".
     specificity: usize,
 }
@@ -165,14 +168,14 @@ impl ModelTable {
         self.0.retain(|e| e.pattern.as_str() != glob);
         self.0.push(Entry {
             pattern,
-            rates: Rates::from_spec(spec),
+            rates: Arc::new(Rates::from_spec(spec)),
             specificity,
         });
         self.0.sort_by_key(|e| std::cmp::Reverse(e.specificity));
         Ok(())
     }
 
-    fn find(&self, model: &str) -> Option<&Rates> {
+    fn find(&self, model: &str) -> Option<&Arc<Rates>> {
         self.0.iter().find(|e| e.pattern.is_match(model)).map(|e| &e.rates)
     }
 }
@@ -193,6 +196,34 @@ pub struct PriceTable {
     /// Field-wise most expensive rates per kind.
     most_expensive: BTreeMap<&'static str, Rates>,
     policy: Unpriced,
+    /// Models already looked up, so that the globs are matched once per model rather than
+    /// on every request.
+    found: Arc<RateCache>,
+}
+
+/// Most models remembered per provider and price kind; model names come from requests, so
+/// past it the memory starts over.
+const MAX_CACHED_MODELS: usize = 1024;
+
+/// price kind -> provider name -> model -> the rates found for it.
+type Found = HashMap<ProviderKind, HashMap<String, HashMap<String, Option<Arc<Rates>>>>>;
+
+#[derive(Debug, Default)]
+struct RateCache(RwLock<Found>);
+
+impl RateCache {
+    fn get(&self, provider_name: &str, kind: ProviderKind, model: &str) -> Option<Option<Arc<Rates>>> {
+        self.0.read().get(&kind)?.get(provider_name)?.get(model).cloned()
+    }
+
+    fn insert(&self, provider_name: &str, kind: ProviderKind, model: &str, rates: Option<Arc<Rates>>) {
+        let mut found = self.0.write();
+        let models = found.entry(kind).or_default().entry(provider_name.to_string()).or_default();
+        if models.len() >= MAX_CACHED_MODELS {
+            models.clear();
+        }
+        models.insert(model.to_string(), rates);
+    }
 }
 
 /// The table a kind's prices live under (Vertex shares Gemini's).
@@ -259,15 +290,23 @@ impl PriceTable {
             tables,
             most_expensive,
             policy: config.unpriced,
+            found: Arc::default(),
         })
     }
 
     /// The rates for a model of a provider, if any price matches.
-    pub fn rates(&self, provider_name: &str, kind: ProviderKind, model: &str) -> Option<&Rates> {
-        self.tables
+    pub fn rates(&self, provider_name: &str, kind: ProviderKind, model: &str) -> Option<Arc<Rates>> {
+        if let Some(found) = self.found.get(provider_name, kind, model) {
+            return found;
+        }
+        let found = self
+            .tables
             .get(&format!("name:{provider_name}"))
             .and_then(|t| t.find(model))
             .or_else(|| self.tables.get(price_kind(kind)).and_then(|t| t.find(model)))
+            .cloned();
+        self.found.insert(provider_name, kind, model, found.clone());
+        found
     }
 
     /// True when a price matches (or the policy makes that irrelevant).

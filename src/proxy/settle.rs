@@ -16,13 +16,16 @@
 //! Every settlement carries a usage record; every one that charges an estimate is counted in
 //! `spendgate_usage_estimated_total{provider,reason}`.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
 use crate::app::{App, Runtime};
 use crate::config::ProviderKind;
+use crate::domain::window::Window;
 use crate::providers::{Anomaly, BodyEnd, Call, Settled, Source, Usage};
 use crate::quota::deferred::Deferred;
 use crate::quota::ledger::{Settlement, Totals, UsageRecord};
@@ -180,7 +183,7 @@ impl Settler {
             // The history gets the difference; the call itself was recorded when it settled.
             record: UsageRecord {
                 at: now,
-                day: self.runtime.calendar.local_date(now).format("%Y-%m-%d").to_string(),
+                day: self.runtime.calendar.bucket(Window::Daily, now).id,
                 profile: d.tenant.profile.clone(),
                 org: d.tenant.org.clone(),
                 provider: self.route.name.clone(),
@@ -286,7 +289,7 @@ impl Settler {
             deltas: plan.deltas(&actual),
             record: UsageRecord {
                 at: now,
-                day: self.runtime.calendar.local_date(now).format("%Y-%m-%d").to_string(),
+                day: self.runtime.calendar.bucket(Window::Daily, now).id,
                 profile: self.tenant.profile.clone(),
                 org: self.tenant.org.clone(),
                 provider: provider.to_string(),
@@ -312,13 +315,22 @@ impl Settler {
     }
 }
 
-/// Writes a settlement to the store as a tracked task (never blocks the caller).
+/// Writes a settlement to the store without blocking the caller: a store that settles at
+/// once (the embedded one) does so here; one that has to wait (Redis) goes on as a tracked
+/// task. A task per settlement, and the wake-up of another worker thread it costs, is saved
+/// where nothing needs to wait.
 fn spawn_store(app: &Arc<App>, settlement: Settlement) {
     let store = app.store.clone();
-    app.settlements.spawn(async move {
+    let mut write = Box::pin(async move {
         let tenant = settlement.record.profile.clone();
         if let Err(e) = store.settle_owned(settlement).await {
             tracing::error!(error = %e, %tenant, "could not record a settlement");
         }
     });
+    // A future may be polled with any waker: the task's first poll registers its own, and
+    // sees whatever became ready meanwhile.
+    let mut cx = Context::from_waker(Waker::noop());
+    if write.as_mut().poll(&mut cx).is_pending() {
+        app.settlements.spawn(write);
+    }
 }

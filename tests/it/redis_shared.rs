@@ -8,7 +8,12 @@ use std::time::Duration;
 use crate::common::process::{output_within, Spendgate};
 use crate::common::redis::{hist_total, tts_body, tts_reply, RedisCluster, RedisServer, PRICE};
 use crate::common::*;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use spendgate::domain::window::{Calendar, Window};
 use tempfile::TempDir;
 
@@ -116,6 +121,83 @@ async fn two_processes_sharing_one_redis_admit_exactly_17() {
         over(Window::Daily, from, |d| hget(&mut c, &hist(d), "cost|elevenlabs|eleven_multilingual_v2")),
         17 * PRICE
     );
+}
+
+/// Settlements reach Redis in batches; a SIGTERM in the middle of a load loses none of them.
+/// Once the stopped process has drained and exited, and the other has settled, every request
+/// is in the counters (reservations corrected by settlements) and in the history (written
+/// only by settlements) exactly once, and the upstream saw no request that is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_load_loses_no_settlement() {
+    let server = RedisServer::start();
+    // Answers that take a while, so that many requests are in flight at the signal.
+    let mock = Mock::start(|_| tts_reply().pieces(&[0u8; 256], 64, Duration::from_millis(30))).await;
+    let limits = "  default_profile:\n    - {metric: cost_usd, window: monthly, max: 1000}\n";
+    let body = config_body(&server.url(), false, &mock.url(), limits);
+    let (mut a, b) = (Proc::start(&body).await, Proc::start(&body).await);
+    let profiles: Vec<String> = (0..10).map(|i| format!("p-term-{i}")).collect();
+    let from = Utc::now();
+
+    // Errors are expected from the stopped process (a request it no longer accepts); what
+    // matters is what was counted.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let sends: Vec<_> = (0..300)
+        .map(|i| {
+            let req = Request::post([&a, &b][i % 2].url("/elevenlabs/v1/text-to-speech/voice"))
+                .header("x-profile-id", profiles[i % profiles.len()].as_str())
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(tts_body())))
+                .unwrap();
+            let client = client.clone();
+            async move {
+                let r = client.request(req).await.ok()?;
+                let status = r.status().as_u16();
+                r.into_body().collect().await.ok().map(|_| status)
+            }
+        })
+        .collect();
+    let load = tokio::spawn(futures_util::future::join_all(sends));
+    eventually("requests are in flight through both processes", || mock.count() >= 60).await;
+    a.sg.process.signal("TERM");
+    let statuses = load.await.unwrap();
+    let (a, exit) = tokio::task::spawn_blocking(move || {
+        let exit = a.sg.process.wait_within(Duration::from_secs(30));
+        (a, exit)
+    })
+    .await
+    .unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", a.log());
+    assert!(!a.log().contains("settlements did not finish"), "{}", a.log());
+    let ok = statuses.iter().filter(|s| **s == Some(200)).count() as i64;
+
+    let mut c = server.conn();
+    let sum = |c: &mut ::redis::Connection, f: &dyn Fn(&mut ::redis::Connection, &str) -> i64| -> i64 { profiles.iter().map(|p| f(c, p)).sum() };
+    let counted = |c: &mut ::redis::Connection, field: &str| {
+        sum(c, &|c, p| {
+            over(Window::Monthly, from, |m| hget(c, &format!("sg:{{p:{p}}}:c:p:{p}:m:{m}"), field))
+        })
+    };
+    let recorded = |c: &mut ::redis::Connection, metric: &str| {
+        sum(c, &|c, p| {
+            over(Window::Daily, from, |d| hist_total(c, &format!("sg:{{p:{p}}}:h:p:{p}:d:{d}"), metric))
+        })
+    };
+    eventually("every admitted request is settled", || {
+        let admitted = counted(&mut c, "requests");
+        admitted > 0 && recorded(&mut c, "requests") == admitted
+    })
+    .await;
+    let admitted = counted(&mut c, "requests");
+    assert!(
+        admitted >= mock.count() as i64,
+        "the upstream saw {} requests, {admitted} were admitted",
+        mock.count()
+    );
+    assert!(admitted >= ok, "{ok} answered 200, {admitted} admitted");
+    // Exact estimates: every settled request costs its price, reserved and recorded.
+    assert_eq!(counted(&mut c, "cost"), admitted * PRICE);
+    assert_eq!(recorded(&mut c, "cost"), admitted * PRICE);
+    assert!(!b.log().contains("could not record a settlement"), "{}", b.log());
 }
 
 /// Profile ids whose keys fall on each of the cluster's masters, `per_master` of each.

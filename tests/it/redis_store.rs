@@ -128,6 +128,21 @@ async fn reserve_checks_every_counter_exactly_and_applies_all_or_nothing() {
     let r = reserve_req(vec![op(neg, 3, Some(-4))]);
     assert_eq!(store.reserve(&r).await.unwrap(), ReserveOutcome::Admitted { before: vec![-5] });
     assert_eq!(store.reserve(&r).await.unwrap(), ReserveOutcome::Refused { index: 0, current: -2 });
+
+    // Sums across the 15-digit boundary stay exact, and a field two ops count (two limits
+    // with the same match) gets both amounts.
+    let edge = ck(Scope::Profile, "p4", Window::Daily, day, "cost");
+    let _: () = ::redis::cmd("HSET")
+        .arg("sg:{p:p4}:c:p:p4:d:2027-03-04")
+        .arg("cost")
+        .arg(999_999_999_999_999i64)
+        .query(&mut c)
+        .unwrap();
+    let r = reserve_req(vec![op(edge.clone(), 1, None), op(edge.clone(), 2, None)]);
+    store.reserve(&r).await.unwrap();
+    assert_eq!(hget(&mut c, "sg:{p:p4}:c:p:p4:d:2027-03-04", "cost"), 1_000_000_000_000_002);
+    store.reserve(&r).await.unwrap();
+    assert_eq!(hget(&mut c, "sg:{p:p4}:c:p:p4:d:2027-03-04", "cost"), 1_000_000_000_000_005);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

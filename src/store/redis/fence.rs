@@ -34,19 +34,28 @@ pub struct FenceOp<'a> {
     pub expires: i64,
 }
 
+/// The maps are looked up on every reservation: a fast hasher (their keys are this
+/// replica's own key names, not chosen by clients).
+type Map<V> = HashMap<Cell, V, foldhash::fast::RandomState>;
+
 pub struct Fence {
-    reads: HashMap<Cell, Read>,
-    pending: HashMap<Cell, i64>,
+    reads: Map<Read>,
+    pending: Map<i64>,
     max_cells: usize,
 }
 
 impl Fence {
     pub fn new(max_cells: usize) -> Fence {
         Fence {
-            reads: HashMap::new(),
-            pending: HashMap::new(),
+            reads: Map::default(),
+            pending: Map::default(),
             max_cells: max_cells.max(16),
         }
+    }
+
+    /// Whether this replica counted anything that Redis has not applied yet.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// What this replica counted for `cell` that Redis has not applied yet.

@@ -6,7 +6,9 @@
 //! and process, in the background; they are an index, not money: a failed write is retried
 //! with the tenant's next request.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
@@ -21,17 +23,37 @@ use crate::quota::ledger::{CounterKey, History, StoreError, Totals, UsageRecord}
 /// Most (profile, tag) pairs remembered as registered; past it the memory starts over.
 const MAX_REGISTERED: usize = 100_000;
 
-/// What this process has registered today.
+/// What this process has registered today: tag -> the profiles registered under it (looked
+/// up on every request, without building a key).
 #[derive(Default)]
 pub struct Registered {
     day: Option<NaiveDate>,
-    seen: HashSet<(String, String)>,
+    seen: HashMap<String, HashSet<String, RandomState>, RandomState>,
+    len: usize,
 }
 
 impl Registered {
     /// Forgets what was registered: the next write of each tenant registers it again.
     pub fn forget(&mut self) {
         self.seen.clear();
+        self.len = 0;
+    }
+
+    fn contains(&self, profile: &str, tag: &str) -> bool {
+        self.seen.get(tag).is_some_and(|p| p.contains(profile))
+    }
+
+    /// Adds a pair; false when it was there already.
+    fn insert(&mut self, profile: &str, tag: &str) -> bool {
+        let added = self.seen.entry(tag.to_string()).or_default().insert(profile.to_string());
+        self.len += usize::from(added);
+        added
+    }
+
+    fn remove(&mut self, profile: &str, tag: &str) {
+        if self.seen.get_mut(tag).is_some_and(|p| p.remove(profile)) {
+            self.len -= 1;
+        }
     }
 }
 
@@ -50,19 +72,19 @@ impl Inner {
     /// registries are then written in the background.
     pub(super) async fn ensure_registered(self: &Arc<Self>, tag: &Tag, profile: &str, org: Option<&str>) -> bool {
         let today = Utc::now().date_naive();
-        let pair = (profile.to_string(), tag.as_str().to_string());
         let new_day = {
             let mut r = self.registered.lock();
             let new_day = r.day != Some(today);
-            if new_day || r.seen.len() >= MAX_REGISTERED {
-                r.seen.clear();
+            if new_day || r.len >= MAX_REGISTERED {
+                r.forget();
                 r.day = Some(today);
             }
-            if r.seen.contains(&pair) {
+            if r.contains(profile, tag.as_str()) {
                 return true;
             }
             new_day
         };
+        let pair = (profile.to_string(), tag.as_str().to_string());
         let now = Utc::now().timestamp();
         let keep = self.registry_retention_secs();
         if org.is_some() {
@@ -79,7 +101,7 @@ impl Inner {
                 return false;
             }
         }
-        if !self.registered.lock().seen.insert(pair.clone()) {
+        if !self.registered.lock().insert(&pair.0, &pair.1) {
             return true;
         }
         let inner = self.clone();
@@ -105,7 +127,7 @@ impl Inner {
                 Ok(())
             };
             if inner.own_work("register", write).await.is_err() {
-                inner.registered.lock().seen.remove(&pair);
+                inner.registered.lock().remove(&pair.0, &pair.1);
             }
         });
         true

@@ -1,8 +1,8 @@
 //! The outage journal: what this replica counted while Redis could not be reached, kept in
 //! order until it has been applied to Redis.
 //!
-//! Every entry carries a unique id. Replaying an entry runs `apply.lua` with that id, which
-//! adds it to a set of applied ids in the entry's own hash slot in the same atomic step as
+//! Every entry carries a unique id. Replaying an entry runs `settle.lua` (in a batch) with
+//! that id, which adds it to a set of applied ids in the entry's own hash slot in the same atomic step as
 //! the counters; a replay that is interrupted after Redis applied it (reply lost, process
 //! killed) and retried finds the id and changes nothing. The journal is bounded
 //! (`store.journal_max_entries`); with `store.journal` it is also an append-only file of

@@ -52,6 +52,22 @@ impl Tag {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The Redis Cluster hash slot of every key carrying this tag.
+    pub fn slot(&self) -> u16 {
+        crc16(self.0.as_bytes()) % 16_384
+    }
+}
+
+/// CRC-16/XMODEM, the checksum Redis Cluster maps keys to slots with.
+fn crc16(data: &[u8]) -> u16 {
+    data.iter().fold(0u16, |mut crc, &b| {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+        crc
+    })
 }
 
 impl fmt::Display for Tag {
@@ -145,6 +161,13 @@ impl Keys {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn slots_are_redis_clusters() {
+        assert_eq!(super::crc16(b"123456789"), 0x31c3);
+        // The tag alone decides, as in `{p:a}`.
+        assert_eq!(Tag::own(Scope::Profile, "a").slot(), super::crc16(b"p:a") % 16_384);
+    }
+
     use super::*;
 
     fn ck(scope: Scope, tenant: &str, window: Window, bucket: &str) -> CounterKey {

@@ -1,8 +1,10 @@
 //! The Redis store: counters shared by every replica, standalone or Redis Cluster.
 //!
-//! - One round trip per request for the check-and-reserve (`reserve.lua`) and one for the
-//!   settlement (`apply.lua`), each covering every counter of the profile and of the org in
-//!   one hash slot (`keys`).
+//! - One round trip per request for the check-and-reserve (`reserve.lua`), covering every
+//!   counter of the profile and of the org in one hash slot (`keys`); concurrent
+//!   reservations are pipelined on the connection. Settlements go out in batches (`batch`,
+//!   `settle.lua`), off the request's path: one round trip and one script call for all the
+//!   settlements that arrived while the previous batch was in flight (per slot on a cluster).
 //! - Every call is bounded by `store.timeout`. A call that fails or times out falls back to
 //!   `store.on_error`: `closed` refuses (the proxy answers 503); `open` decides locally with
 //!   the fence (`fence`: last values read plus what was counted since) and counts in the
@@ -12,11 +14,13 @@
 //! - After three failures in a row the store stops calling Redis (no request waits for a
 //!   timeout during an outage) until a background ping succeeds.
 //!
-//! Files: `keys` (the key schema), `scripts` with `reserve.lua` and `apply.lua`, `conn`
+//! Files: `keys` (the key schema), `scripts` with `reserve.lua` and `settle.lua`, `batch`
+//! (the batches of settlements and of journal replays), `conn`
 //! (standalone and cluster connections), `outage` (breaker, fallback, journal bookkeeping,
 //! replay), `fence`, `journal`, `history` (the read side and the registries); this file holds
 //! the store itself. `docs/redis.md` documents the keys, the scripts and the outage behaviour.
 
+mod batch;
 pub mod conn;
 pub mod control;
 pub mod fence;
@@ -35,10 +39,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use prometheus::{HistogramVec, IntCounterVec};
-use redis::{RedisResult, Value};
+use redis::{RedisError, RedisResult, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use self::batch::Batches;
 use self::conn::Conn;
 use self::fence::{Cell, Fence};
 use self::history::Registered;
@@ -94,17 +99,21 @@ struct Inner {
     wake: Notify,
     boot: String,
     seq: AtomicU64,
+    batches: Batches,
 }
 
 /// The Redis backend of [`Store`].
 pub struct RedisStore {
     inner: Arc<Inner>,
     background: JoinHandle<()>,
+    /// Sends the batches of settlements.
+    sender: JoinHandle<()>,
 }
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
         self.background.abort();
+        self.sender.abort();
     }
 }
 
@@ -155,9 +164,11 @@ impl RedisStore {
             wake: Notify::new(),
             boot: format!("{:x}-{:x}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)),
             seq: AtomicU64::new(0),
+            batches: Batches::default(),
         });
         let background = tokio::spawn(background(inner.clone()));
-        Ok(RedisStore { inner, background })
+        let sender = tokio::spawn(batch::sender(inner.clone()));
+        Ok(RedisStore { inner, background, sender })
     }
 
     /// Entries counted locally and not yet in Redis.
@@ -277,14 +288,28 @@ impl Store for RedisStore {
         let Some(tag) = Tag::of_counters(req.ops.iter().map(|op| &op.key)) else {
             return Ok(ReserveOutcome::Admitted { before: Vec::new() });
         };
-        let cells: Vec<Cell> = req.ops.iter().map(|op| inner.cell(&tag, &op.key)).collect();
+        // The ops of one window and tenant share their hash: its name is made once.
+        let mut cells: Vec<Cell> = Vec::with_capacity(req.ops.len());
+        for (i, op) in req.ops.iter().enumerate() {
+            let key = match i.checked_sub(1).map(|j| &req.ops[j].key) {
+                Some(prev) if prev.scope == op.key.scope && prev.window == op.key.window && prev.tenant == op.key.tenant && prev.bucket == op.key.bucket => {
+                    cells[i - 1].0.clone()
+                }
+                _ => inner.keys.counter(&tag, &op.key),
+            };
+            cells.push((key, op.key.field.clone()));
+        }
         let call_id = (inner.next_id("r"), Utc::now().timestamp());
         if inner.breaker.is_open() {
             return inner.reserve_fallback(req, tag, &cells, call_id, None, StoreError::Unavailable("Redis is unreachable".into()));
         }
         let pending: Vec<i64> = {
             let fence = inner.fence.lock();
-            cells.iter().map(|c| fence.pending(c)).collect()
+            if fence.has_pending() {
+                cells.iter().map(|c| fence.pending(c)).collect()
+            } else {
+                vec![0; cells.len()]
+            }
         };
         let ops: Vec<ReserveOp<'_>> = req
             .ops
@@ -352,10 +377,12 @@ impl Store for RedisStore {
         }
     }
 
+    /// Joins the next batch of settlements and waits for it (see `batch`), at most
+    /// `store.timeout`; past it, or when the batch fails, the settlement is journaled.
     async fn settle(&self, s: &Settlement) -> Result<(), StoreError> {
         let inner = &self.inner;
         let tag = Tag::for_request(&s.record.profile, s.record.org.as_deref());
-        let entry = Entry {
+        let entry = Arc::new(Entry {
             id: s.id.clone(),
             tag: tag.as_str().to_string(),
             created: Utc::now().timestamp(),
@@ -363,48 +390,46 @@ impl Store for RedisStore {
             expire_daily: s.expire_daily.timestamp(),
             expire_monthly: s.expire_monthly.timestamp(),
             record: Some(s.record.clone()),
-        };
-        let journal = |in_flight| {
-            let r = inner.journal_push(entry.clone(), in_flight);
+        });
+        let journal = |entry: Arc<Entry>, in_flight| {
+            let r = inner.journal_push(Arc::unwrap_or_clone(entry), in_flight);
             if r.is_ok() {
                 inner.metrics.error("settle");
             }
             r
         };
         if inner.breaker.is_open() {
-            return journal(None);
+            return journal(entry, None);
         }
         if !inner.ensure_registered(&tag, &s.record.profile, s.record.org.as_deref()).await {
             inner.failed();
-            return journal(None);
+            return journal(entry, None);
         }
-        let inv = scripts::apply(&inner.keys, &tag, &entry, false, &inner.apply);
-        let call = {
-            let inner = inner.clone();
-            async move {
-                let mut c = inner.conn.clone();
-                inv.run::<i64>(&inner.scripts.apply, &mut c).await.map(|_| ())
-            }
-        };
-        match guarded(inner.timeout, call).await {
-            Guarded::Done(Ok(())) => {
-                inner.breaker.success();
-                {
-                    let mut fence = inner.fence.lock();
-                    for (key, delta) in &s.deltas {
-                        fence.applied(&inner.cell(&tag, key), *delta);
-                    }
+        let mut outcome = inner.batches.push(tag.clone(), entry.clone());
+        match tokio::time::timeout(inner.timeout, &mut outcome).await {
+            Ok(Ok(Ok(()))) => {
+                let mut fence = inner.fence.lock();
+                for (key, delta) in &s.deltas {
+                    fence.applied(&inner.cell(&tag, key), *delta);
                 }
                 Ok(())
             }
-            Guarded::Done(Err(e)) => {
-                inner.failed();
-                tracing::debug!(error = %e, "settle failed; journaled");
-                journal(None)
+            // The batch failed (the sender has counted the failure) or the store is closing.
+            Ok(failed) => {
+                tracing::debug!(error = ?failed, "settle failed; journaled");
+                journal(entry, None)
             }
-            Guarded::TimedOut(h) => {
+            Err(_) => {
                 inner.failed();
-                journal(Some(h))
+                // The batch is still in flight: its answer decides whether the entry is replayed.
+                let in_flight = tokio::spawn(async move {
+                    match outcome.await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(RedisError::from((redis::ErrorKind::Client, "batch failed", e))),
+                        Err(_) => Err(RedisError::from((redis::ErrorKind::Client, "the store closed"))),
+                    }
+                });
+                journal(entry, Some(in_flight))
             }
         }
     }

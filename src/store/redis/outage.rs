@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use super::fence::{Cell, FenceOp};
 use super::journal::{self, Entry};
 use super::keys::Tag;
-use super::{scripts, tenants_of, Inner};
+use super::{tenants_of, Inner};
 use crate::config::OnError;
 use crate::quota::ledger::{ReserveOutcome, ReserveRequest, StoreError};
 
@@ -62,18 +62,20 @@ impl Breaker {
     }
 }
 
-/// A call run on its own task, so that it can be given up on without being dropped.
+/// A call that can be given up on without being dropped.
 pub(super) enum Guarded<T> {
     Done(RedisResult<T>),
     TimedOut(JoinHandle<RedisResult<T>>),
 }
 
+/// Runs a call on the caller's task for up to `timeout`; a call still running then goes on
+/// as a task of its own, whose answer the caller may still use. (A task for every call
+/// would cost a spawn and a wake-up of another thread per request.)
 pub(super) async fn guarded<T: Send + 'static>(timeout: Duration, fut: impl Future<Output = RedisResult<T>> + Send + 'static) -> Guarded<T> {
-    let mut handle = tokio::spawn(fut);
-    match tokio::time::timeout(timeout, &mut handle).await {
-        Ok(Ok(r)) => Guarded::Done(r),
-        Ok(Err(join)) => Guarded::Done(Err(RedisError::from((redis::ErrorKind::Client, "the store call panicked", join.to_string())))),
-        Err(_) => Guarded::TimedOut(handle),
+    let mut fut = Box::pin(fut);
+    match tokio::time::timeout(timeout, fut.as_mut()).await {
+        Ok(r) => Guarded::Done(r),
+        Err(_) => Guarded::TimedOut(tokio::spawn(fut)),
     }
 }
 
@@ -328,7 +330,7 @@ impl Inner {
             if batch.is_empty() {
                 return Ok(applied);
             }
-            let results = futures_util::future::join_all(batch.iter().map(|e| self.replay_one(e))).await;
+            let results = self.replay_batch(&batch).await;
             let mut progress = false;
             let mut unreachable = None;
             for (entry, result) in batch.iter().zip(results) {
@@ -374,30 +376,36 @@ impl Inner {
         }
     }
 
-    pub(super) async fn replay_one(self: &Arc<Self>, entry: &Entry) -> RedisResult<()> {
-        let Some(tag) = Tag::parse(&entry.tag) else {
-            return Err(RedisError::from((redis::ErrorKind::Client, "invalid tag in a journal entry")));
-        };
-        if let Some((p, o)) = entry_tenants(entry) {
-            if !self.ensure_registered(&tag, &p, o.as_deref()).await {
-                self.metrics.error("replay");
-                return Err(RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "cannot write the profile's index",
-                )));
+    /// Replays entries in batches (`settle.lua`), each after its profile's index is written.
+    async fn replay_batch(self: &Arc<Self>, batch: &[Entry]) -> Vec<RedisResult<()>> {
+        let mut results: Vec<Option<RedisResult<()>>> = Vec::with_capacity(batch.len());
+        let mut ready: Vec<(usize, Tag)> = Vec::with_capacity(batch.len());
+        for (i, entry) in batch.iter().enumerate() {
+            let Some(tag) = Tag::parse(&entry.tag) else {
+                results.push(Some(Err(RedisError::from((redis::ErrorKind::Client, "invalid tag in a journal entry")))));
+                continue;
+            };
+            if let Some((p, o)) = entry_tenants(entry) {
+                if !self.ensure_registered(&tag, &p, o.as_deref()).await {
+                    self.metrics.error("replay");
+                    results.push(Some(Err(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "cannot write the profile's index",
+                    )))));
+                    continue;
+                }
             }
+            results.push(None);
+            ready.push((i, tag));
         }
-        let inv = scripts::apply(&self.keys, &tag, entry, true, &self.apply);
-        let mut c = self.conn.clone();
-        let started = Instant::now();
-        let result = tokio::time::timeout(self.read_timeout, inv.run::<i64>(&self.scripts.apply, &mut c)).await;
-        self.metrics.observe("replay", started);
-        let result = result.unwrap_or_else(|_| Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "replay timed out"))));
-        if result.is_err() {
-            self.metrics.error("replay");
+        let entries: Vec<(&Tag, &Entry)> = ready.iter().map(|(i, tag)| (tag, &batch[*i])).collect();
+        // 0 applied: already applied by an earlier, interrupted replay; either way it is in
+        // Redis now.
+        let applied = self.apply_entries(&entries, true).await;
+        for ((i, _), r) in ready.iter().zip(applied) {
+            results[*i] = Some(r);
         }
-        // 0: already applied by an earlier, interrupted replay; either way it is in Redis now.
-        result.map(|_| ())
+        results.into_iter().map(|r| r.expect("every entry has a result")).collect()
     }
 }
 

@@ -1,10 +1,13 @@
-//! The two Lua scripts and their arguments.
+//! The two Lua scripts and their arguments: `reserve.lua` (one request's check-and-reserve)
+//! and `settle.lua` (a batch of settlements or journal entries).
 //!
 //! Scripts are sent by SHA1 (`EVALSHA`); when Redis answers `NOSCRIPT` (after a restart or
 //! a failover to a node that never saw them) they are loaded and the call is retried, by
 //! `redis::ScriptInvocation`. They are also loaded once when the store starts.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
+use std::collections::HashMap;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Timelike, Utc};
 use redis::{FromRedisValue, RedisResult, Script, Value};
 
 use super::conn::Conn;
@@ -12,22 +15,22 @@ use super::journal::Entry;
 use super::keys::{Keys, Tag};
 use crate::domain::window::Window;
 use crate::domain::Scope;
-use crate::quota::ledger::{ReserveOutcome, Totals};
+use crate::quota::ledger::{ReserveOutcome, Totals, UsageRecord};
 
 const RESERVE_LUA: &str = include_str!("reserve.lua");
-const APPLY_LUA: &str = include_str!("apply.lua");
+const SETTLE_LUA: &str = include_str!("settle.lua");
 
 /// Both scripts, hashed once.
 pub struct Scripts {
     pub reserve: Script,
-    pub apply: Script,
+    pub settle: Script,
 }
 
 impl Default for Scripts {
     fn default() -> Self {
         Self {
             reserve: Script::new(RESERVE_LUA),
-            apply: Script::new(APPLY_LUA),
+            settle: Script::new(SETTLE_LUA),
         }
     }
 }
@@ -35,7 +38,7 @@ impl Default for Scripts {
 impl Scripts {
     /// Loads both scripts (on every master of a cluster), so that the first calls find them.
     pub async fn load(&self, conn: &mut Conn) -> RedisResult<()> {
-        for code in [RESERVE_LUA, APPLY_LUA] {
+        for code in [RESERVE_LUA, SETTLE_LUA] {
             let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(code).query_async(conn).await?;
         }
         Ok(())
@@ -47,18 +50,19 @@ impl Scripts {
 pub struct Invocation {
     keys: Vec<String>,
     args: Vec<String>,
+    /// Key -> its 1-based index in `keys` (a batch names thousands of keys).
+    index: HashMap<String, usize, foldhash::fast::RandomState>,
 }
 
 impl Invocation {
     /// The 1-based index of `key` in KEYS, adding it when new.
     fn key(&mut self, key: String) -> usize {
-        match self.keys.iter().position(|k| *k == key) {
-            Some(i) => i + 1,
-            None => {
-                self.keys.push(key);
-                self.keys.len()
-            }
+        if let Some(i) = self.index.get(&key) {
+            return *i;
         }
+        self.keys.push(key.clone());
+        self.index.insert(key, self.keys.len());
+        self.keys.len()
     }
 
     fn arg(&mut self, a: impl ToString) {
@@ -104,7 +108,8 @@ pub const CALLS_TTL: i64 = 2 * 3600;
 
 /// The key of the ids of calls made in the UTC hour of `created`.
 pub fn calls_key(keys: &Keys, tag: &Tag, created: i64) -> String {
-    keys.calls(tag, &DateTime::from_timestamp(created, 0).unwrap_or_default().format("%Y%m%d%H").to_string())
+    let t = DateTime::from_timestamp(created, 0).unwrap_or_default();
+    keys.calls(tag, &format!("{:04}{:02}{:02}{:02}", t.year(), t.month(), t.day(), t.hour()))
 }
 
 /// The arguments of `reserve.lua` for the call `id` (recorded in `calls_key`).
@@ -187,83 +192,116 @@ pub fn add_metric(t: &mut Totals, metric: &str, v: i64) {
     *slot = slot.saturating_add(v);
 }
 
-/// What `apply.lua` needs beyond the entry.
+/// What `settle.lua` needs beyond the entries.
 pub struct ApplyParams {
     pub recent_max: usize,
     pub daily_days: u32,
     pub monthly_months: u32,
-    /// Seconds the set of applied ids is kept.
+    /// Seconds the set of replayed ids is kept.
     pub dedupe_ttl: i64,
 }
 
-/// The arguments of `apply.lua` for `entry`, as its first call or (`replay`) as a replay
-/// from the journal; either way it is applied once.
-pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, replay: bool, p: &ApplyParams) -> Invocation {
+/// The arguments of `settle.lua` for a batch of entries (all in one hash slot on a
+/// cluster), as first calls or (`replay`) as replays from the journal; either way each is
+/// applied once.
+pub fn settle<'a>(keys: &Keys, entries: impl IntoIterator<Item = (&'a Tag, &'a Entry)>, replay: bool, p: &ApplyParams) -> Invocation {
     let mut inv = Invocation::default();
-    inv.key(calls_key(keys, tag, entry.created));
-    inv.arg(&entry.id);
+    let now = Utc::now();
+    let recent_expiry = expire_at(now + Duration::days(i64::from(p.daily_days)));
+
     inv.arg(CALLS_TTL);
-    if replay {
-        let day = DateTime::from_timestamp(entry.created, 0).unwrap_or_default().format("%Y-%m-%d").to_string();
-        inv.key(keys.applied(tag, &day));
-        inv.arg(p.dedupe_ttl);
-    } else {
-        inv.arg("");
-    }
-
-    let counters: Vec<_> = entry.counters.iter().filter(|(_, d)| *d != 0).collect();
-    inv.arg(counters.len());
-    for (key, delta) in counters {
-        let at = match key.window {
-            Window::Daily => entry.expire_daily,
-            Window::Monthly => entry.expire_monthly,
-        };
-        let idx = inv.key(keys.counter(tag, key));
-        inv.arg(idx);
-        inv.arg(&key.field);
-        inv.arg(delta);
-        inv.arg(expire_at(DateTime::from_timestamp(at, 0).unwrap_or_default()));
-    }
-
-    let Some(rec) = &entry.record else {
-        // No history: no history keys, no fields, no lists, an empty record.
-        for a in ["0", "0", "0", "", "1"] {
-            inv.arg(a);
-        }
-        return inv;
-    };
-    let day = NaiveDate::parse_from_str(&rec.day, "%Y-%m-%d").unwrap_or_else(|_| rec.at.date_naive());
-    let day_id = day.format("%Y-%m-%d").to_string();
-    let month_id = day.format("%Y-%m").to_string();
-    let day_expiry = expire_at(utc_midnight(day) + Duration::days(2 + i64::from(p.daily_days)));
-    let month_expiry = expire_at(utc_midnight(first_of_next_month(day)) + Duration::days(1 + 31 * i64::from(p.monthly_months)));
-    let recent_expiry = expire_at(Utc::now() + Duration::days(i64::from(p.daily_days)));
-    let tenants: Vec<(Scope, &str)> = std::iter::once((Scope::Profile, rec.profile.as_str()))
-        .chain(rec.org.as_deref().map(|o| (Scope::Org, o)))
-        .collect();
-    inv.arg(tenants.len() * 2);
-    for (scope, id) in &tenants {
-        for (period, expiry) in [(&day_id, day_expiry), (&month_id, month_expiry)] {
-            let idx = inv.key(keys.history(tag, *scope, id, period));
-            inv.arg(idx);
-            inv.arg(expiry);
-        }
-    }
-    let fields: Vec<(&str, i64)> = totals_fields(&rec.totals).into_iter().filter(|(_, v)| *v != 0).collect();
-    inv.arg(fields.len());
-    for (metric, v) in &fields {
-        inv.arg(format!("{metric}|{}|{}", rec.provider, rec.model));
-        inv.arg(v);
-    }
-    inv.arg(tenants.len());
-    for (scope, id) in &tenants {
-        let idx = inv.key(keys.recent(tag, *scope, id));
-        inv.arg(idx);
-        inv.arg(recent_expiry);
-    }
-    inv.arg(serde_json::to_string(rec).unwrap_or_default());
+    inv.arg(p.dedupe_ttl);
     inv.arg(p.recent_max.max(1));
+    let count_at = inv.args.len();
+    inv.arg(0);
+    let mut count = 0;
+    // Day ids and expiries are the same for most entries of a batch: computed once per day.
+    let mut last_day: Option<(String, Periods)> = None;
+    for (tag, entry) in entries {
+        count += 1;
+        let idx = inv.key(calls_key(keys, tag, entry.created));
+        inv.arg(idx);
+        inv.arg(&entry.id);
+        if replay {
+            let day = DateTime::from_timestamp(entry.created, 0).unwrap_or_default().format("%Y-%m-%d").to_string();
+            let idx = inv.key(keys.applied(tag, &day));
+            inv.arg(idx);
+        } else {
+            inv.arg(0);
+        }
+
+        let counters: Vec<_> = entry.counters.iter().filter(|(_, d)| *d != 0).collect();
+        inv.arg(counters.len());
+        for (key, delta) in counters {
+            let at = match key.window {
+                Window::Daily => entry.expire_daily,
+                Window::Monthly => entry.expire_monthly,
+            };
+            let idx = inv.key(keys.counter(tag, key));
+            inv.arg(idx);
+            inv.arg(&key.field);
+            inv.arg(delta);
+            inv.arg(expire_at(DateTime::from_timestamp(at, 0).unwrap_or_default()));
+        }
+
+        let Some(rec) = &entry.record else {
+            // No history: no history keys, no fields, no lists, an empty record.
+            for a in ["0", "0", "0", ""] {
+                inv.arg(a);
+            }
+            continue;
+        };
+        if last_day.as_ref().is_none_or(|(day, _)| *day != rec.day) {
+            last_day = Some((rec.day.clone(), Periods::of(rec, p)));
+        }
+        let periods = &last_day.as_ref().expect("set above").1;
+        let tenants: Vec<(Scope, &str)> = std::iter::once((Scope::Profile, rec.profile.as_str()))
+            .chain(rec.org.as_deref().map(|o| (Scope::Org, o)))
+            .collect();
+        inv.arg(tenants.len() * 2);
+        for (scope, id) in &tenants {
+            for (period, expiry) in [(&periods.day, periods.day_expiry), (&periods.month, periods.month_expiry)] {
+                let idx = inv.key(keys.history(tag, *scope, id, period));
+                inv.arg(idx);
+                inv.arg(expiry);
+            }
+        }
+        let fields: Vec<(&str, i64)> = totals_fields(&rec.totals).into_iter().filter(|(_, v)| *v != 0).collect();
+        inv.arg(fields.len());
+        for (metric, v) in &fields {
+            inv.arg(format!("{metric}|{}|{}", rec.provider, rec.model));
+            inv.arg(v);
+        }
+        inv.arg(tenants.len());
+        for (scope, id) in &tenants {
+            let idx = inv.key(keys.recent(tag, *scope, id));
+            inv.arg(idx);
+            inv.arg(recent_expiry);
+        }
+        inv.arg(serde_json::to_string(rec).unwrap_or_default());
+    }
+    inv.args[count_at] = count.to_string();
     inv
+}
+
+/// The history periods of a record's day, and when their hashes expire.
+struct Periods {
+    day: String,
+    month: String,
+    day_expiry: i64,
+    month_expiry: i64,
+}
+
+impl Periods {
+    fn of(rec: &UsageRecord, p: &ApplyParams) -> Periods {
+        let day = NaiveDate::parse_from_str(&rec.day, "%Y-%m-%d").unwrap_or_else(|_| rec.at.date_naive());
+        Periods {
+            day: day.format("%Y-%m-%d").to_string(),
+            month: day.format("%Y-%m").to_string(),
+            day_expiry: expire_at(utc_midnight(day) + Duration::days(2 + i64::from(p.daily_days))),
+            month_expiry: expire_at(utc_midnight(first_of_next_month(day)) + Duration::days(1 + 31 * i64::from(p.monthly_months))),
+        }
+    }
 }
 
 fn utc_midnight(d: NaiveDate) -> DateTime<Utc> {
@@ -328,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn apply_writes_breakdowns_for_profile_and_org_under_one_tag() {
+    fn settle_writes_breakdowns_for_profile_and_org_under_one_tag_once_per_batch() {
         let keys = Keys::new("sg");
         let tag = Tag::for_request("p1", Some("acme"));
         let far = (Utc::now() + Duration::days(90)).timestamp();
@@ -365,19 +403,30 @@ mod tests {
             monthly_months: 25,
             dedupe_ttl: 60,
         };
-        let inv = apply(&keys, &tag, &entry, true, &p);
+        let inv = settle(&keys, [(&tag, &entry)], true, &p);
         let (k, a) = inv.parts();
         assert!(k.iter().all(|k| k.contains("{o:acme}")), "{k:?}");
         assert!(k[0].starts_with("sg:{o:acme}:n:"));
         assert!(k[1].starts_with("sg:{o:acme}:j:"));
-        assert_eq!(&a[..4], ["id-1", "7200", "60", "1"], "zero deltas are skipped");
+        // The ids' and the replay set's lifetimes, the cap, one entry: its id hash, id and
+        // replay set, one counter (zero deltas are skipped).
+        assert_eq!(&a[..8], ["7200", "60", "50", "1", "1", "id-1", "2", "1"]);
         assert!(a.contains(&"cost|gemini|m:x".to_string()));
         assert!(a.contains(&"requests|gemini|m:x".to_string()));
         assert!(!a.iter().any(|x| x.starts_with("chars|")), "zero fields are skipped");
         assert_eq!(k.iter().filter(|k| k.contains(":h:")).count(), 4, "day and month of the profile and the org");
-        let inv = apply(&keys, &tag, &entry, false, &p);
-        assert_eq!(inv.parts().1[2], "", "a first call is not a replay");
-        assert!(!inv.parts().0[1].contains(":j:"));
+        let inv = settle(&keys, [(&tag, &entry)], false, &p);
+        assert_eq!(inv.parts().1[6], "0", "a first call is not a replay");
+        assert!(!inv.parts().0.iter().any(|k| k.contains(":j:")));
+
+        // A batch names every key once and counts its entries.
+        let mut second = entry.clone();
+        second.id = "id-2".into();
+        let inv = settle(&keys, [(&tag, &entry), (&tag, &second)], false, &p);
+        let (k2, a2) = inv.parts();
+        assert_eq!(a2[3], "2");
+        assert_eq!(k2.len(), k.len() - 1, "the same keys, without the replay set");
+        assert!(a2.contains(&"id-2".to_string()));
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! Settlements in batches, off the request's path.
+//!
+//! A settlement is queued and its caller awaits the batch it joined. One task sends the
+//! batches: whatever is queued when it is free goes out at once, as one `settle.lua` call
+//! (one per hash slot on a cluster), and whatever arrives while that call is in flight joins
+//! the next one. At low load a batch is one settlement, sent without delay; at high load
+//! hundreds of settlements share one round trip and one script call. The journal replay
+//! applies its entries in batches through the same script.
+//!
+//! Exactly once is unchanged: every entry keeps its id, and the script skips ids it has
+//! applied before. A batch that fails, or that its settlements stop waiting for, is handled
+//! per settlement as a single call was: journaled, and replayed unless the batch turns out
+//! to have been applied.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use redis::{RedisError, RedisResult};
+use tokio::sync::{oneshot, Notify};
+
+use super::conn::Conn;
+use super::journal::Entry;
+use super::keys::Tag;
+use super::outage::is_connection_problem;
+use super::{scripts, Inner};
+
+/// Most entries one script call applies, so that no call holds Redis for long.
+const MAX_BATCH: usize = 128;
+
+/// What a settlement learns from its batch: applied, or the failure.
+pub(super) type Outcome = Result<(), String>;
+
+struct Waiting {
+    tag: Tag,
+    entry: Arc<Entry>,
+    done: oneshot::Sender<Outcome>,
+}
+
+/// The queue of settlements waiting for the next batch.
+#[derive(Default)]
+pub(super) struct Batches {
+    queue: Mutex<Vec<Waiting>>,
+    wake: Notify,
+}
+
+impl Batches {
+    /// Queues an entry for the next batch; the receiver gets the batch's outcome.
+    pub(super) fn push(&self, tag: Tag, entry: Arc<Entry>) -> oneshot::Receiver<Outcome> {
+        let (done, outcome) = oneshot::channel();
+        self.queue.lock().push(Waiting { tag, entry, done });
+        self.wake.notify_one();
+        outcome
+    }
+}
+
+/// The task that sends the batches, for as long as the store lives.
+pub(super) async fn sender(inner: Arc<Inner>) {
+    loop {
+        let waiting = std::mem::take(&mut *inner.batches.queue.lock());
+        if waiting.is_empty() {
+            inner.batches.wake.notified().await;
+            continue;
+        }
+        let entries: Vec<(&Tag, &Entry)> = waiting.iter().map(|w| (&w.tag, &*w.entry)).collect();
+        let results = inner.apply_entries(&entries, false).await;
+        let mut failure = None;
+        for (w, r) in waiting.into_iter().zip(results) {
+            let outcome = r.map_err(|e| {
+                if is_connection_problem(&e) {
+                    failure = Some(());
+                }
+                e.to_string()
+            });
+            let _ = w.done.send(outcome);
+        }
+        // One failed round trip counts once towards the breaker, however many it carried.
+        match failure {
+            Some(()) => inner.failed(),
+            None => inner.breaker.success(),
+        }
+    }
+}
+
+impl Inner {
+    /// Applies entries with `settle.lua`: grouped by hash slot on a cluster (every entry on
+    /// a standalone server goes together), at most [`MAX_BATCH`] per call, the calls in
+    /// parallel. One result per entry, in order. When Redis refuses a batch for another
+    /// reason than a connection problem, its entries are tried one by one, so that one bad
+    /// entry does not hold back the others.
+    pub(super) async fn apply_entries(&self, entries: &[(&Tag, &Entry)], replay: bool) -> Vec<RedisResult<()>> {
+        let cluster = matches!(self.conn, Conn::Cluster(_));
+        let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, (tag, _)) in entries.iter().enumerate() {
+            groups.entry(if cluster { tag.slot() } else { 0 }).or_default().push(i);
+        }
+        let calls: Vec<Vec<usize>> = groups
+            .into_values()
+            .flat_map(|g| g.chunks(MAX_BATCH).map(<[usize]>::to_vec).collect::<Vec<_>>())
+            .collect();
+        let sent = calls.iter().map(|members| async move {
+            let result = self.apply_batch(members.iter().map(|&i| entries[i]), replay).await;
+            match result {
+                Err(e) if members.len() > 1 && !is_connection_problem(&e) => {
+                    tracing::warn!(error = %e, entries = members.len(), "Redis refused a batch; applying its entries one by one");
+                    let mut each = Vec::with_capacity(members.len());
+                    for &i in members {
+                        each.push(self.apply_batch(std::iter::once(entries[i]), replay).await);
+                    }
+                    each
+                }
+                r => members.iter().map(|_| clone_result(&r)).collect(),
+            }
+        });
+        let done = futures_util::future::join_all(sent).await;
+        let mut results: Vec<Option<RedisResult<()>>> = (0..entries.len()).map(|_| None).collect();
+        for (members, rs) in calls.iter().zip(done) {
+            for (&i, r) in members.iter().zip(rs) {
+                results[i] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(RedisError::from((redis::ErrorKind::Client, "entry not sent")))))
+            .collect()
+    }
+
+    /// One `settle.lua` call. Replays are timed and counted per entry as `replay`.
+    async fn apply_batch<'a>(&self, entries: impl Iterator<Item = (&'a Tag, &'a Entry)> + Clone, replay: bool) -> RedisResult<()> {
+        let n = entries.clone().count();
+        let inv = scripts::settle(&self.keys, entries, replay, &self.apply);
+        let mut c = self.conn.clone();
+        let started = Instant::now();
+        let result = if replay {
+            let r = tokio::time::timeout(self.read_timeout, inv.run::<i64>(&self.scripts.settle, &mut c)).await;
+            r.unwrap_or_else(|_| Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "replay timed out"))))
+        } else {
+            inv.run::<i64>(&self.scripts.settle, &mut c).await
+        };
+        if replay {
+            for _ in 0..n {
+                self.metrics.observe("replay", started);
+                if result.is_err() {
+                    self.metrics.error("replay");
+                }
+            }
+        }
+        result.map(|_| ())
+    }
+}
+
+/// A result for every entry of a batch (Redis errors are not `Clone`).
+fn clone_result(r: &RedisResult<()>) -> RedisResult<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+            Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e.to_string())))
+        }
+        Err(e) => Err(RedisError::from((e.kind(), "batch failed", e.to_string()))),
+    }
+}
