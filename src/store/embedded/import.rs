@@ -8,7 +8,7 @@ use std::path::Path;
 use rusqlite::{params, Connection};
 use serde::Deserialize;
 
-use super::writer::{insert_recent, scope_name};
+use super::writer::{add_totals, insert_recent, scope_name, TotalsTable};
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, Totals, UsageRecord};
 
@@ -83,24 +83,11 @@ fn write(conn: &mut Connection, file: &SnapshotFile, name: &str, now: i64) -> ru
                 out.counters += 1;
             }
         }
-        let add = "requests = requests + excluded.requests, cost_nanos = cost_nanos + excluded.cost_nanos, \
-                   input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
-                   cached_tokens = cached_tokens + excluded.cached_tokens, characters = characters + excluded.characters";
-        let mut provider = tx.prepare(&format!(
-            "INSERT INTO daily_provider VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (scope, tenant, day, provider) DO UPDATE SET {add}"
-        ))?;
-        let mut model = tx.prepare(&format!(
-            "INSERT INTO daily_model VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (scope, tenant, day, model) DO UPDATE SET {add}"
-        ))?;
-        let mut monthly = tx.prepare(&format!(
-            "INSERT INTO monthly VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (scope, tenant, month) DO UPDATE SET {add}"
-        ))?;
         let mut tenants = tx.prepare(
             "INSERT INTO tenants VALUES (?1, ?2, ?3, ?4) ON CONFLICT (scope, tenant) DO UPDATE SET \
              first_day = MIN(first_day, excluded.first_day), last_day = MAX(last_day, excluded.last_day)",
         )?;
         let unknown = "unknown".to_string();
-        let row = |t: &Totals| [t.requests, t.cost_nanos, t.input_tokens, t.output_tokens, t.cached_tokens, t.characters];
         for (scope, tenant, h) in &file.tenants {
             let s = scope_name(*scope);
             for (day, agg) in &h.days {
@@ -111,8 +98,7 @@ fn write(conn: &mut Connection, file: &SnapshotFile, name: &str, now: i64) -> ru
                     agg.by_provider.iter().collect()
                 };
                 for (p, t) in providers {
-                    let v = row(t);
-                    provider.execute(params![s, tenant, day, p, v[0], v[1], v[2], v[3], v[4], v[5]])?;
+                    add_totals(&tx, TotalsTable::DailyProvider, &[s, tenant, day, p], t)?;
                 }
                 let models: Vec<(&String, &Totals)> = if agg.by_model.is_empty() {
                     vec![(&unknown, &agg.totals)]
@@ -120,11 +106,9 @@ fn write(conn: &mut Connection, file: &SnapshotFile, name: &str, now: i64) -> ru
                     agg.by_model.iter().collect()
                 };
                 for (m, t) in models {
-                    let v = row(t);
-                    model.execute(params![s, tenant, day, m, v[0], v[1], v[2], v[3], v[4], v[5]])?;
+                    add_totals(&tx, TotalsTable::DailyModel, &[s, tenant, day, m], t)?;
                 }
-                let v = row(&agg.totals);
-                monthly.execute(params![s, tenant, day.get(..7).unwrap_or(day), v[0], v[1], v[2], v[3], v[4], v[5]])?;
+                add_totals(&tx, TotalsTable::Monthly, &[s, tenant, day.get(..7).unwrap_or(day)], &agg.totals)?;
             }
             if let (Some(first), Some(last)) = (h.days.keys().next(), h.days.keys().next_back()) {
                 tenants.execute(params![s, tenant, first, last])?;

@@ -232,30 +232,14 @@ impl<'a> HistoryBatch<'a> {
     }
 
     pub fn write(&self, tx: &Transaction<'_>, keep: Keep) -> rusqlite::Result<()> {
-        const ADD: &str = "requests = requests + excluded.requests, cost_nanos = cost_nanos + excluded.cost_nanos, \
-                           input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
-                           cached_tokens = cached_tokens + excluded.cached_tokens, characters = characters + excluded.characters";
-        let t = |t: &Totals| [t.requests, t.cost_nanos, t.input_tokens, t.output_tokens, t.cached_tokens, t.characters];
-        let mut st = tx.prepare_cached(&format!(
-            "INSERT INTO daily_provider VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (scope, tenant, day, provider) DO UPDATE SET {ADD}"
-        ))?;
         for ((scope, tenant, day, provider), totals) in &self.daily_provider {
-            let v = t(totals);
-            st.execute(params![scope_name(*scope), tenant, day, provider, v[0], v[1], v[2], v[3], v[4], v[5]])?;
+            add_totals(tx, TotalsTable::DailyProvider, &[scope_name(*scope), tenant, day, provider], totals)?;
         }
-        let mut st = tx.prepare_cached(&format!(
-            "INSERT INTO daily_model VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (scope, tenant, day, model) DO UPDATE SET {ADD}"
-        ))?;
         for ((scope, tenant, day, model), totals) in &self.daily_model {
-            let v = t(totals);
-            st.execute(params![scope_name(*scope), tenant, day, model, v[0], v[1], v[2], v[3], v[4], v[5]])?;
+            add_totals(tx, TotalsTable::DailyModel, &[scope_name(*scope), tenant, day, model], totals)?;
         }
-        let mut st = tx.prepare_cached(&format!(
-            "INSERT INTO monthly VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (scope, tenant, month) DO UPDATE SET {ADD}"
-        ))?;
         for ((scope, tenant, month), totals) in &self.monthly {
-            let v = t(totals);
-            st.execute(params![scope_name(*scope), tenant, month, v[0], v[1], v[2], v[3], v[4], v[5]])?;
+            add_totals(tx, TotalsTable::Monthly, &[scope_name(*scope), tenant, month], totals)?;
         }
         let mut st = tx.prepare_cached(
             "INSERT INTO tenants VALUES (?1, ?2, ?3, ?3) ON CONFLICT (scope, tenant) DO UPDATE SET last_day = excluded.last_day \
@@ -277,6 +261,55 @@ impl<'a> HistoryBatch<'a> {
     pub fn profiles(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.recent.iter().map(|r| r.profile.as_str())
     }
+}
+
+/// The history tables that sum totals per key.
+#[derive(Debug, Clone, Copy)]
+pub enum TotalsTable {
+    /// Keyed by scope, tenant, day, provider.
+    DailyProvider,
+    /// Keyed by scope, tenant, day, model.
+    DailyModel,
+    /// Keyed by scope, tenant, month.
+    Monthly,
+}
+
+impl TotalsTable {
+    fn upsert(self) -> &'static str {
+        macro_rules! upsert {
+            ($table:literal, $values:literal, $key:literal) => {
+                concat!(
+                    "INSERT INTO ",
+                    $table,
+                    " VALUES (",
+                    $values,
+                    ") ON CONFLICT (",
+                    $key,
+                    ") DO UPDATE SET requests = requests + excluded.requests, cost_nanos = cost_nanos + excluded.cost_nanos, ",
+                    "input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, ",
+                    "cached_tokens = cached_tokens + excluded.cached_tokens, characters = characters + excluded.characters"
+                )
+            };
+        }
+        match self {
+            TotalsTable::DailyProvider => upsert!("daily_provider", "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10", "scope, tenant, day, provider"),
+            TotalsTable::DailyModel => upsert!("daily_model", "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10", "scope, tenant, day, model"),
+            TotalsTable::Monthly => upsert!("monthly", "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9", "scope, tenant, month"),
+        }
+    }
+}
+
+/// Adds `t` to the row of `table` whose key columns are `key`.
+pub fn add_totals(tx: &Connection, table: TotalsTable, key: &[&str], t: &Totals) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(table.upsert())?;
+    let values = [t.requests, t.cost_nanos, t.input_tokens, t.output_tokens, t.cached_tokens, t.characters];
+    let params: Vec<&dyn rusqlite::ToSql> = key
+        .iter()
+        .map(|k| k as &dyn rusqlite::ToSql)
+        .chain(values.iter().map(|v| v as &dyn rusqlite::ToSql))
+        .collect();
+    st.execute(params.as_slice())?;
+    Ok(())
 }
 
 /// Adds one call to the recent requests.
