@@ -360,6 +360,15 @@ mod tests {
     }
 
     #[test]
+    fn rate_windows_parse() {
+        let c = parse("limits:\n  default_profile:\n    - {metric: requests, window: minute, max: 60}\n    - {metric: tokens, window: hour, max: 100000}\n    - {metric: requests, window: daily, max: 1000}\n").unwrap();
+        let windows: Vec<_> = c.limits.default_profile.iter().map(|l| l.window.as_str()).collect();
+        assert_eq!(windows, ["minute", "hour", "daily"]);
+        let e = parse("limits:\n  default_org:\n    - {metric: requests, window: second, max: 1}\n").unwrap_err();
+        assert!(e.to_string().contains("minute") && e.to_string().contains("hour"), "{e}");
+    }
+
+    #[test]
     fn zero_and_negative_max() {
         for v in ["0", "-3"] {
             let e = parse(&format!(

@@ -393,7 +393,8 @@ async fn reserve(app: &App, runtime: &Runtime, plan: &Plan, tenant: &Tenant, now
                 ])
                 .inc();
             tracing::info!(tenant = %refusal.tenant, scope = %refusal.scope, metric = %refusal.limit.metric, window = %refusal.limit.window, "refused: {}", refusal.message());
-            let mut r = reply::json_response(StatusCode::PAYMENT_REQUIRED, &refusal.body());
+            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::PAYMENT_REQUIRED);
+            let mut r = reply::json_response(status, &refusal.body());
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after(now)));
             Err(r)
         }

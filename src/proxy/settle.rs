@@ -194,8 +194,7 @@ impl Settler {
                 },
             },
             id: next_id(),
-            expire_daily: d.plan.expire_daily,
-            expire_monthly: d.plan.expire_monthly,
+            expires: d.plan.expires,
         };
         tracing::info!(provider = %self.route.name, id = %super::reply::loggable(id), charged = d.charged.cost_nanos, reported = actual.cost_nanos, "a call billed later settles to its reported usage");
         spawn_store(&self.app, settlement);
@@ -299,8 +298,7 @@ impl Settler {
                 },
             },
             id: next_id(),
-            expire_daily: plan.expire_daily,
-            expire_monthly: plan.expire_monthly,
+            expires: plan.expires,
         };
         m.overhead.observe((self.overhead + started.elapsed()).as_secs_f64());
         spawn_store(&self.app, settlement);

@@ -35,13 +35,44 @@ pub struct CounterOp {
     pub max: Option<i64>,
 }
 
+/// When the counter buckets of one request may be deleted, per window. Rate windows (minute,
+/// hour) are kept a little past their end; days and months for the configured retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    pub minute: DateTime<Utc>,
+    pub hour: DateTime<Utc>,
+    pub daily: DateTime<Utc>,
+    pub monthly: DateTime<Utc>,
+}
+
+impl Expiry {
+    /// The same instant for every window.
+    pub fn all(at: DateTime<Utc>) -> Expiry {
+        Expiry {
+            minute: at,
+            hour: at,
+            daily: at,
+            monthly: at,
+        }
+    }
+
+    /// When a bucket of `window` may be deleted.
+    pub fn of(&self, window: Window) -> DateTime<Utc> {
+        match window {
+            Window::Minute => self.minute,
+            Window::Hour => self.hour,
+            Window::Daily => self.daily,
+            Window::Monthly => self.monthly,
+        }
+    }
+}
+
 /// The atomic check-and-reserve of one request.
 #[derive(Debug, Clone)]
 pub struct ReserveRequest {
     pub ops: Vec<CounterOp>,
-    /// When the buckets may be deleted (per window).
-    pub expire_daily: DateTime<Utc>,
-    pub expire_monthly: DateTime<Utc>,
+    /// When the buckets may be deleted (per window: `expires.of(op.key.window)`).
+    pub expires: Expiry,
 }
 
 /// The answer to a reservation.
@@ -102,8 +133,8 @@ pub struct Settlement {
     pub record: UsageRecord,
     /// Id of this settlement, so a replay after an outage applies it once.
     pub id: String,
-    pub expire_daily: DateTime<Utc>,
-    pub expire_monthly: DateTime<Utc>,
+    /// When the buckets may be deleted (per window: `expires.of(key.window)`).
+    pub expires: Expiry,
 }
 
 /// A tenant's history over a set of days.

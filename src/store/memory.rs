@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{Duration, NaiveDate, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -104,13 +104,6 @@ impl MemoryStore {
     }
 }
 
-fn expiry(key: &CounterKey, daily: DateTime<Utc>, monthly: DateTime<Utc>) -> i64 {
-    match key.window {
-        crate::domain::window::Window::Daily => daily.timestamp(),
-        crate::domain::window::Window::Monthly => monthly.timestamp(),
-    }
-}
-
 #[async_trait]
 impl Store for MemoryStore {
     async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
@@ -126,7 +119,7 @@ impl Store for MemoryStore {
             before.push(current);
         }
         for op in &req.ops {
-            let exp = expiry(&op.key, req.expire_daily, req.expire_monthly);
+            let exp = req.expires.of(op.key.window).timestamp();
             let e = st.counters.entry(op.key.clone()).or_insert((0, exp));
             e.0 += op.amount;
             e.1 = e.1.max(exp);
@@ -138,7 +131,7 @@ impl Store for MemoryStore {
     async fn settle(&self, s: &Settlement) -> Result<(), StoreError> {
         let mut st = self.state.lock();
         for (key, delta) in &s.deltas {
-            let exp = expiry(key, s.expire_daily, s.expire_monthly);
+            let exp = s.expires.of(key.window).timestamp();
             let e = st.counters.entry(key.clone()).or_insert((0, exp));
             e.0 += delta;
         }
@@ -196,11 +189,12 @@ impl Store for MemoryStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
+        let now = Utc::now().timestamp();
+        // Expired counters (minute and hour windows expire within hours) go, snapshot or not.
+        self.state.lock().counters.retain(|_, (_, exp)| *exp > now);
         let Some(path) = &self.snapshot else { return Ok(()) };
         let bytes = {
             let mut st = self.state.lock();
-            let now = Utc::now().timestamp();
-            st.counters.retain(|_, (_, exp)| *exp > now);
             if !std::mem::replace(&mut st.dirty, false) {
                 return Ok(());
             }
@@ -228,7 +222,7 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
     use crate::domain::window::Window;
-    use crate::quota::ledger::CounterOp;
+    use crate::quota::ledger::{CounterOp, Expiry};
 
     fn key(field: &str) -> CounterKey {
         CounterKey {
@@ -255,8 +249,7 @@ mod tests {
                     max: Some(max),
                 },
             ],
-            expire_daily: far,
-            expire_monthly: far,
+            expires: Expiry::all(far),
         }
     }
 

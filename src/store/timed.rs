@@ -139,8 +139,7 @@ mod tests {
         let store = Timed::new(Arc::new(Broken), m.store_errors.clone(), m.store_duration.clone());
         let req = ReserveRequest {
             ops: Vec::new(),
-            expire_daily: chrono::Utc::now(),
-            expire_monthly: chrono::Utc::now(),
+            expires: crate::quota::ledger::Expiry::all(chrono::Utc::now()),
         };
         assert!(store.reserve(&req).await.is_err());
         assert_eq!(m.store_errors.with_label_values(&["reserve"]).get(), 1);

@@ -151,8 +151,8 @@ pub async fn limit_statuses(app: &App, runtime: &Runtime, scope: Scope, id: &str
 
 /// The limits of several tenants, read from the store in one call.
 pub async fn limit_statuses_many(app: &App, runtime: &Runtime, tenants: &[(Scope, String)], now: DateTime<Utc>) -> Result<Vec<Vec<LimitStatus>>, StoreError> {
-    let buckets = [Window::Daily, Window::Monthly].map(|w| runtime.calendar.bucket(w, now));
-    let bucket = |w: Window| &buckets[usize::from(w == Window::Monthly)];
+    let buckets = Window::ALL.map(|w| runtime.calendar.bucket(w, now));
+    let bucket = |w: Window| &buckets[Window::ALL.iter().position(|x| *x == w).expect("every window is in ALL")];
     let mut keys = Vec::new();
     for (scope, id) in tenants {
         for limit in runtime.limits.for_tenant(*scope, id).iter() {

@@ -20,6 +20,7 @@ mod metrics_labels;
 mod openai;
 mod promtool;
 mod proxy_behaviour;
+mod rate_windows;
 mod redis_shared;
 mod redis_store;
 mod reload;

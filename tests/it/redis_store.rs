@@ -10,7 +10,7 @@ use spendgate::config::Config;
 use spendgate::domain::window::{Clock, Window};
 use spendgate::domain::Scope;
 use spendgate::metrics::Metrics;
-use spendgate::quota::ledger::{CounterKey, CounterOp, ReserveOutcome, ReserveRequest, Settlement, Store, Totals, UsageRecord};
+use spendgate::quota::ledger::{CounterKey, CounterOp, Expiry, ReserveOutcome, ReserveRequest, Settlement, Store, Totals, UsageRecord};
 use spendgate::store::redis::{RedisStore, StoreMetrics};
 
 fn open_store(url: &str, extra: &str) -> RedisStore {
@@ -53,8 +53,7 @@ fn far() -> DateTime<Utc> {
 fn reserve_req(ops: Vec<CounterOp>) -> ReserveRequest {
     ReserveRequest {
         ops,
-        expire_daily: far(),
-        expire_monthly: far(),
+        expires: Expiry::all(far()),
     }
 }
 
@@ -174,8 +173,7 @@ fn settlement(id: &str, profile: &str, org: Option<&str>, provider: &str, model:
             },
         },
         id: id.into(),
-        expire_daily: far(),
-        expire_monthly: far(),
+        expires: Expiry::all(far()),
     }
 }
 

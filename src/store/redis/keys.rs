@@ -68,6 +68,8 @@ pub struct Keys {
 
 fn window_letter(w: Window) -> char {
     match w {
+        Window::Minute => 'i',
+        Window::Hour => 'h',
         Window::Daily => 'd',
         Window::Monthly => 'm',
     }
@@ -87,7 +89,8 @@ impl Keys {
         Keys { prefix: prefix.to_string() }
     }
 
-    /// The hash of a tenant's counters in one window: `<prefix>:{<tag>}:c:<p|o>:<tenant>:<d|m>:<bucket>`.
+    /// The hash of a tenant's counters in one window: `<prefix>:{<tag>}:c:<p|o>:<tenant>:<i|h|d|m>:<bucket>`
+    /// (`i` a minute, `h` an hour, `d` a day, `m` a month).
     /// Its fields are the counter fields (`cost`, `tokens`, `requests`, `chars`, `requests#<match>`...).
     pub fn counter(&self, tag: &Tag, key: &CounterKey) -> String {
         format!(

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use parking_lot::Mutex;
 use prometheus::{HistogramVec, IntCounterVec};
 use redis::{RedisResult, Value};
@@ -46,7 +46,6 @@ use self::keys::{Keys, Tag};
 use self::outage::{background, guarded, Breaker, Guarded};
 use self::scripts::{ApplyParams, ReserveOp, Scripts};
 use crate::config::{OnError, StoreConfig};
-use crate::domain::window::Window;
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
 
@@ -226,13 +225,6 @@ impl Inner {
         }
     }
 
-    fn expiry(req_daily: DateTime<Utc>, req_monthly: DateTime<Utc>, w: Window) -> DateTime<Utc> {
-        match w {
-            Window::Daily => req_daily,
-            Window::Monthly => req_monthly,
-        }
-    }
-
     /// Records what Redis answered in the fence (values without this replica's pending).
     fn observe(&self, req: &ReserveRequest, cells: &[Cell], outcome: &ReserveOutcome) {
         let mut fence = self.fence.lock();
@@ -240,14 +232,14 @@ impl Inner {
             ReserveOutcome::Admitted { before } => {
                 for ((op, cell), b) in req.ops.iter().zip(cells).zip(before) {
                     if op.max.is_some() {
-                        let exp = Self::expiry(req.expire_daily, req.expire_monthly, op.key.window).timestamp();
+                        let exp = req.expires.of(op.key.window).timestamp();
                         fence.observe(cell, b.saturating_add(op.amount), exp);
                     }
                 }
             }
             ReserveOutcome::Refused { index, current } => {
                 if let (Some(op), Some(cell)) = (req.ops.get(*index), cells.get(*index)) {
-                    let exp = Self::expiry(req.expire_daily, req.expire_monthly, op.key.window).timestamp();
+                    let exp = req.expires.of(op.key.window).timestamp();
                     fence.observe(cell, *current, exp);
                 }
             }
@@ -295,7 +287,8 @@ impl Store for RedisStore {
                 field: &cell.1,
                 amount: op.amount,
                 max: op.max.map(|m| m.saturating_sub(*p)),
-                expire: Inner::expiry(req.expire_daily, req.expire_monthly, op.key.window),
+                expire: req.expires.of(op.key.window),
+                window: op.key.window,
             })
             .collect();
         if let Some((p, o)) = tenants_of(req.ops.iter().map(|op| &op.key)) {
@@ -355,13 +348,8 @@ impl Store for RedisStore {
         let inner = &self.inner;
         let tag = Tag::for_request(&s.record.profile, s.record.org.as_deref());
         let entry = Entry {
-            id: s.id.clone(),
-            tag: tag.as_str().to_string(),
-            created: Utc::now().timestamp(),
-            counters: s.deltas.clone(),
-            expire_daily: s.expire_daily.timestamp(),
-            expire_monthly: s.expire_monthly.timestamp(),
             record: Some(s.record.clone()),
+            ..Entry::counting(s.id.clone(), tag.as_str().to_string(), Utc::now().timestamp(), s.deltas.clone(), &s.expires)
         };
         let journal = |in_flight| {
             let r = inner.journal_push(entry.clone(), in_flight);

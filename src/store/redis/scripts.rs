@@ -83,9 +83,15 @@ impl Invocation {
 }
 
 /// An expiry never in the past: Redis deletes a key whose `EXPIREAT` has passed, and a
-/// clock set back (or a test clock) must not wipe live counters.
-fn expire_at(at: DateTime<Utc>) -> i64 {
-    at.timestamp().max((Utc::now() + Duration::days(1)).timestamp())
+/// clock set back (or a test clock) must not wipe live counters. The floor is a day, or for
+/// the short-lived counters of rate windows a few times their length.
+fn expire_at(at: DateTime<Utc>, window: Window) -> i64 {
+    let floor = match window {
+        Window::Minute => Duration::minutes(3),
+        Window::Hour => Duration::hours(2),
+        Window::Daily | Window::Monthly => Duration::days(1),
+    };
+    at.timestamp().max((Utc::now() + floor).timestamp())
 }
 
 /// One counter of a reservation, already resolved to its Redis key.
@@ -97,6 +103,8 @@ pub struct ReserveOp<'a> {
     /// replayed yet.
     pub max: Option<i64>,
     pub expire: DateTime<Utc>,
+    /// The counter's window (sets the floor of its expiry).
+    pub window: Window,
 }
 
 /// Seconds the ids of first calls are kept (`Keys::calls`).
@@ -124,7 +132,7 @@ pub fn reserve(calls_key: String, id: &str, ops: &[ReserveOp<'_>]) -> Invocation
     inv.arg(groups.len());
     for (key, members) in &groups {
         inv.key(key.to_string());
-        inv.arg(expire_at(ops[members[0]].expire));
+        inv.arg(expire_at(ops[members[0]].expire, ops[members[0]].window));
         inv.arg(members.len());
         for &i in members {
             let op = &ops[i];
@@ -214,15 +222,12 @@ pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, replay: bool, p: &ApplyParam
     let counters: Vec<_> = entry.counters.iter().filter(|(_, d)| *d != 0).collect();
     inv.arg(counters.len());
     for (key, delta) in counters {
-        let at = match key.window {
-            Window::Daily => entry.expire_daily,
-            Window::Monthly => entry.expire_monthly,
-        };
+        let at = entry.expire_at(key.window);
         let idx = inv.key(keys.counter(tag, key));
         inv.arg(idx);
         inv.arg(&key.field);
         inv.arg(delta);
-        inv.arg(expire_at(DateTime::from_timestamp(at, 0).unwrap_or_default()));
+        inv.arg(expire_at(DateTime::from_timestamp(at, 0).unwrap_or_default(), key.window));
     }
 
     let Some(rec) = &entry.record else {
@@ -235,9 +240,12 @@ pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, replay: bool, p: &ApplyParam
     let day = NaiveDate::parse_from_str(&rec.day, "%Y-%m-%d").unwrap_or_else(|_| rec.at.date_naive());
     let day_id = day.format("%Y-%m-%d").to_string();
     let month_id = day.format("%Y-%m").to_string();
-    let day_expiry = expire_at(utc_midnight(day) + Duration::days(2 + i64::from(p.daily_days)));
-    let month_expiry = expire_at(utc_midnight(first_of_next_month(day)) + Duration::days(1 + 31 * i64::from(p.monthly_months)));
-    let recent_expiry = expire_at(Utc::now() + Duration::days(i64::from(p.daily_days)));
+    let day_expiry = expire_at(utc_midnight(day) + Duration::days(2 + i64::from(p.daily_days)), Window::Daily);
+    let month_expiry = expire_at(
+        utc_midnight(first_of_next_month(day)) + Duration::days(1 + 31 * i64::from(p.monthly_months)),
+        Window::Monthly,
+    );
+    let recent_expiry = expire_at(Utc::now() + Duration::days(i64::from(p.daily_days)), Window::Daily);
     let tenants: Vec<(Scope, &str)> = std::iter::once((Scope::Profile, rec.profile.as_str()))
         .chain(rec.org.as_deref().map(|o| (Scope::Org, o)))
         .collect();
@@ -300,6 +308,7 @@ mod tests {
                 amount: 5,
                 max: Some(10),
                 expire: far,
+                window: Window::Daily,
             },
             ReserveOp {
                 key: "k1",
@@ -307,6 +316,7 @@ mod tests {
                 amount: 1,
                 max: None,
                 expire: far,
+                window: Window::Daily,
             },
             ReserveOp {
                 key: "k2",
@@ -314,6 +324,7 @@ mod tests {
                 amount: 5,
                 max: None,
                 expire: far,
+                window: Window::Daily,
             },
         ];
         let inv = reserve("calls".into(), "id-1", &ops);
@@ -342,6 +353,8 @@ mod tests {
             ],
             expire_daily: far,
             expire_monthly: far,
+            expire_minute: far,
+            expire_hour: far,
             record: Some(UsageRecord {
                 at: Utc::now(),
                 day: "2026-11-22".into(),
