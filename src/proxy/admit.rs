@@ -49,6 +49,8 @@ pub struct Admitted {
     pub reservation: Reservation,
     /// The tightest limit's remaining amount after this call's reservation, and its reset.
     pub remaining: Option<(Metric, i64, DateTime<Utc>)>,
+    /// The `RateLimit-Policy` and `RateLimit` headers (`super::ratelimit`).
+    pub ratelimit: Option<(HeaderValue, HeaderValue)>,
     /// The `X-Spendgate-Warning` header, when a limit crossed its alert threshold.
     pub warning: Option<HeaderValue>,
     /// The share of the buffering budget the body holds (released once it is sent).
@@ -250,6 +252,7 @@ pub async fn admit(
         let c = &plan.checks[i];
         (c.limit.metric, rem, c.resets_at)
     });
+    let ratelimit = before.as_ref().and_then(|b| super::ratelimit::headers(&plan, b, now));
     let reservation = Reservation::new(Settler {
         app: app.clone(),
         runtime: runtime.clone(),
@@ -280,6 +283,7 @@ pub async fn admit(
         query,
         reservation,
         remaining,
+        ratelimit,
         warning,
         buffered,
     })

@@ -34,6 +34,7 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
         query,
         mut reservation,
         remaining,
+        ratelimit,
         warning,
         buffered,
     } = admitted;
@@ -96,6 +97,10 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
     remove_hop_by_hop(&mut parts.headers);
     if let Some((metric, rem, resets_at)) = remaining {
         set_remaining_headers(&mut parts.headers, metric, rem, resets_at);
+    }
+    if let Some((policy, state)) = ratelimit {
+        parts.headers.insert("ratelimit-policy", policy);
+        parts.headers.insert("ratelimit", state);
     }
     if let Some(w) = warning {
         parts.headers.insert("x-spendgate-warning", w);

@@ -19,8 +19,37 @@ async fn a_minute_window_refuses_with_429_and_admits_again_the_next_minute() {
         providers_yaml()
     );
     let p = start_proxy_with_clock(&yaml, &mock.url(), clock.clone()).await;
-    for _ in 0..3 {
-        assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
+    for n in 1..=3 {
+        let r = send(&p, GEMINI_FLASH, "p-1", None).await;
+        assert_eq!(r.status, 200);
+        // The standard headers name the tightest limit of each window, tightest first.
+        let (minute, daily) = (3 - n, 5 - n);
+        let (first, second) = if minute * 5 <= daily * 3 {
+            (
+                (
+                    format!("\"profile-requests-minute\";q=3;w=60"),
+                    format!("\"profile-requests-minute\";r={minute};t=45"),
+                ),
+                (
+                    format!("\"profile-requests-daily\";q=5;w=86400"),
+                    format!("\"profile-requests-daily\";r={daily};t=50085"),
+                ),
+            )
+        } else {
+            (
+                (
+                    format!("\"profile-requests-daily\";q=5;w=86400"),
+                    format!("\"profile-requests-daily\";r={daily};t=50085"),
+                ),
+                (
+                    format!("\"profile-requests-minute\";q=3;w=60"),
+                    format!("\"profile-requests-minute\";r={minute};t=45"),
+                ),
+            )
+        };
+        assert_eq!(r.headers["ratelimit-policy"], format!("{}, {}", first.0, second.0).as_str());
+        assert_eq!(r.headers["ratelimit"], format!("{}, {}", first.1, second.1).as_str());
+        assert!(r.headers.contains_key("x-spendgate-remaining"));
     }
     let r = send(&p, GEMINI_FLASH, "p-1", None).await;
     assert_eq!(r.status, 429);
