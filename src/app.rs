@@ -167,8 +167,8 @@ pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn St
     let s = &config.store;
     match s.backend {
         Backend::Memory => Ok(match &s.snapshot {
-            Some(path) => Arc::new(MemoryStore::with_snapshot(path.clone(), s.recent_max, s.retention.daily_days)?),
-            None => Arc::new(MemoryStore::new(s.recent_max, s.retention.daily_days)),
+            Some(path) => Arc::new(MemoryStore::with_snapshot(path.clone(), s.recent_max, s.retention.daily_days)?.max_tags(s.max_tags)),
+            None => Arc::new(MemoryStore::new(s.recent_max, s.retention.daily_days).max_tags(s.max_tags)),
         }),
         Backend::Redis => {
             let m = StoreMetrics {

@@ -129,6 +129,9 @@ pub struct StoreConfig {
     pub retention: RetentionConfig,
     /// How many recent requests are kept per tenant for the usage API.
     pub recent_max: usize,
+    /// Most distinct attribution tags kept per tenant in the history; a tenant's further new
+    /// tags are recorded as `other`.
+    pub max_tags: usize,
 }
 
 impl Default for StoreConfig {
@@ -148,6 +151,7 @@ impl Default for StoreConfig {
             journal_max_entries: 100_000,
             retention: RetentionConfig::default(),
             recent_max: 50,
+            max_tags: 100,
         }
     }
 }
@@ -198,6 +202,9 @@ pub struct TenantConfig {
     pub missing: Missing,
     /// Remove the tenant headers before forwarding upstream.
     pub strip: bool,
+    /// The optional header of attribution tags (`tool=script-writer`, comma-separated, at most
+    /// 4); always removed before forwarding. Empty string or null turns tags off.
+    pub tag_header: Option<String>,
     /// Org id -> its profiles. A profile belongs to one org: one named here always counts
     /// for it; any other keeps the first org it is seen with (remembered in the store).
     pub orgs: BTreeMap<String, Vec<String>>,
@@ -210,6 +217,7 @@ impl Default for TenantConfig {
             org_header: Some("X-Org-Id".into()),
             missing: Missing::Reject,
             strip: true,
+            tag_header: Some("X-Spendgate-Tag".into()),
             orgs: BTreeMap::new(),
         }
     }
@@ -472,6 +480,9 @@ pub struct MatchSpec {
     /// Glob on the upstream path (after the prefix), e.g. `/v1/audio/*`.
     #[serde(default)]
     pub path: Option<Pattern>,
+    /// Glob on the request's attribution tags (`tool=script-writer`): matches when any tag does.
+    #[serde(default)]
+    pub tag: Option<Pattern>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -481,6 +492,11 @@ pub struct MetricsConfig {
     pub tenant_labels: bool,
     /// Most tenants that get their own label; the rest are folded into `other`.
     pub max_tenants: usize,
+    /// Export spend per attribution tag (`spendgate_tag_cost_usd_total{tag}`,
+    /// `spendgate_tag_requests_total{tag}`).
+    pub tag_labels: bool,
+    /// Most tags that get their own label; the rest are folded into `other`.
+    pub max_tags: usize,
 }
 
 impl Default for MetricsConfig {
@@ -488,6 +504,8 @@ impl Default for MetricsConfig {
         Self {
             tenant_labels: true,
             max_tenants: 1000,
+            tag_labels: false,
+            max_tags: 100,
         }
     }
 }

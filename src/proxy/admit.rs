@@ -114,6 +114,7 @@ pub async fn admit(
     }
     let tenant =
         tenant::identify(req.headers(), &runtime.config.tenant).map_err(|e| own.error(&unknown(), StatusCode::BAD_REQUEST, e.kind(), &e.to_string()))?;
+    let tags = tenant::tags(req.headers(), &runtime.config.tenant).map_err(|m| own.error(&unknown(), StatusCode::BAD_REQUEST, "invalid_tag", &m))?;
     let tenant = org_of(app, runtime, tenant)
         .await
         .map_err(|(status, kind, msg)| own.error(&unknown(), status, kind, &msg))?;
@@ -240,6 +241,7 @@ pub async fn admit(
         kind: route.kind,
         model: call.model.as_deref(),
         path: &upstream_path,
+        tags: &tags,
     };
     let now = app.clock.now();
     let plan = Plan::new(&runtime.limits, &runtime.calendar, runtime.retention, &tenant, &call_key, &amounts, now);
@@ -259,6 +261,7 @@ pub async fn admit(
         route: route.clone(),
         prices,
         tenant,
+        tags,
         call: call.clone(),
         path: upstream_path.clone(),
         status: 0,

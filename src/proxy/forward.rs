@@ -168,6 +168,10 @@ fn extractor_for(
 fn prepare_upstream_headers(headers: &mut http::HeaderMap, runtime: &Runtime, route: &Route) {
     remove_hop_by_hop(headers);
     let tenant_cfg = &runtime.config.tenant;
+    // Tags are spendgate's own: never forwarded.
+    if let Some(h) = &tenant_cfg.tag_header {
+        headers.remove(h.as_str());
+    }
     if tenant_cfg.strip {
         headers.remove(tenant_cfg.profile_header.as_str());
         if let Some(h) = &tenant_cfg.org_header {

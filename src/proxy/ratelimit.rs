@@ -116,6 +116,7 @@ mod tests {
             kind: ProviderKind::Gemini,
             model: Some("m"),
             path: "/x",
+            tags: &[],
         };
         let amounts = Amounts {
             cost_nanos: 2_000_000_000,

@@ -38,6 +38,8 @@ pub struct Settler {
     /// The price table the call is priced from (the route's, or its wire family's).
     pub prices: ProviderKind,
     pub tenant: Tenant,
+    /// The request's attribution tags (`tenant.tag_header`).
+    pub tags: Vec<String>,
     pub call: Call,
     pub path: String,
     pub status: u16,
@@ -184,6 +186,7 @@ impl Settler {
                 model: d.model.clone().unwrap_or_else(|| "unknown".into()),
                 path: d.path.clone(),
                 status: 200,
+                tags: d.tags.clone(),
                 totals: Totals {
                     requests: 0,
                     cost_nanos: actual.cost_nanos - d.charged.cost_nanos,
@@ -249,6 +252,8 @@ impl Settler {
                 .inc_by(usage.characters);
         }
 
+        m.note_tags(&self.tags, cost);
+
         // Without a reservation (store unreachable when admitted) the whole amount is added.
         let mut plan = self.plan;
         if self.before.is_none() {
@@ -274,6 +279,7 @@ impl Settler {
                     prices: self.prices,
                     model: self.call.model.clone(),
                     path: self.path.clone(),
+                    tags: self.tags.clone(),
                 },
             );
         }
@@ -288,6 +294,7 @@ impl Settler {
                 model,
                 path: self.path.clone(),
                 status: self.status,
+                tags: self.tags.clone(),
                 totals: Totals {
                     requests: 1,
                     cost_nanos: cost,

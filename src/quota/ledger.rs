@@ -122,6 +122,10 @@ pub struct UsageRecord {
     pub model: String,
     pub path: String,
     pub status: u16,
+    /// Attribution tags as sent (`tool=script-writer`); a store bounds the distinct tags it
+    /// keeps per tenant (see [`Store::settle`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     pub totals: Totals,
 }
 
@@ -144,6 +148,8 @@ pub struct History {
     pub days: BTreeMap<String, Totals>,
     pub by_provider: BTreeMap<String, Totals>,
     pub by_model: BTreeMap<String, Totals>,
+    /// By attribution tag; a call with several tags counts under each.
+    pub by_tag: BTreeMap<String, Totals>,
     /// Newest first.
     pub recent: Vec<UsageRecord>,
 }
@@ -169,7 +175,9 @@ pub trait Store: Send + Sync {
     /// Checks every op's max and, if none refuses, adds every op's amount, atomically.
     async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError>;
 
-    /// Applies a settlement (counter corrections and history).
+    /// Applies a settlement (counter corrections and history). The history counts the record
+    /// under each of its tags, keeping at most `store.max_tags` distinct tags per tenant: a
+    /// tenant's tags past that bound are counted as `other`.
     async fn settle(&self, s: &Settlement) -> Result<(), StoreError>;
 
     /// Current values of counters (0 when absent).

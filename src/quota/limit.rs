@@ -15,6 +15,8 @@ pub struct CallKey<'a> {
     pub kind: ProviderKind,
     pub model: Option<&'a str>,
     pub path: &'a str,
+    /// The request's attribution tags.
+    pub tags: &'a [String],
 }
 
 /// A compiled `match`.
@@ -23,25 +25,32 @@ pub struct Matcher {
     provider: Option<String>,
     model: Option<Pattern>,
     path: Option<Pattern>,
+    tag: Option<Pattern>,
     /// Stable id of this match, part of the counter's store field.
     pub id: String,
 }
 
 impl Matcher {
     fn new(spec: &MatchSpec) -> Option<Self> {
-        if spec.provider.is_none() && spec.model.is_none() && spec.path.is_none() {
+        if spec.provider.is_none() && spec.model.is_none() && spec.path.is_none() && spec.tag.is_none() {
             return None;
         }
-        let canonical = format!(
+        let mut canonical = format!(
             "provider={};model={};path={}",
             spec.provider.as_deref().unwrap_or(""),
             spec.model.as_ref().map_or("", Pattern::as_str),
             spec.path.as_ref().map_or("", Pattern::as_str)
         );
+        // Appended only when set, so the ids (and counters) of matches without a tag stay.
+        if let Some(t) = &spec.tag {
+            canonical.push_str(";tag=");
+            canonical.push_str(t.as_str());
+        }
         Some(Self {
             provider: spec.provider.clone(),
             model: spec.model.clone(),
             path: spec.path.clone(),
+            tag: spec.tag.clone(),
             id: format!("{:016x}", fnv1a64(canonical.as_bytes())),
         })
     }
@@ -63,6 +72,11 @@ impl Matcher {
                 return false;
             }
         }
+        if let Some(t) = &self.tag {
+            if !call.tags.iter().any(|tag| t.is_match(tag)) {
+                return false;
+            }
+        }
         true
     }
 
@@ -77,6 +91,9 @@ impl Matcher {
         }
         if let Some(p) = &self.path {
             parts.push(format!("path {}", p.as_str()));
+        }
+        if let Some(t) = &self.tag {
+            parts.push(format!("tag {}", t.as_str()));
         }
         parts.join(", ")
     }
@@ -212,6 +229,7 @@ mod tests {
             provider: Some("gemini".into()),
             model: Some(Pattern::new("imagen-*").unwrap()),
             path: None,
+            tag: None,
         })
         .unwrap();
         assert_eq!(a.id, format!("{:016x}", fnv1a64(b"provider=gemini;model=imagen-*;path=")));
@@ -220,6 +238,7 @@ mod tests {
             kind: ProviderKind::Gemini,
             model: Some("imagen-4.0-generate-001"),
             path: "/v1beta/models/imagen-4.0-generate-001:predict",
+            tags: &[],
         };
         assert!(a.matches(&call));
         assert!(!a.matches(&CallKey { model: None, ..call }));

@@ -257,6 +257,7 @@ mod tests {
             kind: ProviderKind::Gemini,
             model: Some(model),
             path: "/v1/models/x:predict",
+            tags: &[],
         }
     }
 

@@ -20,12 +20,17 @@ struct DayAgg {
     totals: Totals,
     by_provider: BTreeMap<String, Totals>,
     by_model: BTreeMap<String, Totals>,
+    #[serde(default)]
+    by_tag: BTreeMap<String, Totals>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct TenantHistory {
     days: BTreeMap<String, DayAgg>,
     recent: VecDeque<UsageRecord>,
+    /// The distinct tags kept for this tenant (at most `max_tags`).
+    #[serde(default)]
+    tags: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +58,7 @@ pub struct MemoryStore {
     snapshot: Option<PathBuf>,
     recent_max: usize,
     retention_days: u32,
+    max_tags: usize,
 }
 
 impl MemoryStore {
@@ -63,7 +69,14 @@ impl MemoryStore {
             snapshot: None,
             recent_max,
             retention_days,
+            max_tags: 100,
         }
+    }
+
+    /// Keeps at most `n` distinct tags per tenant (`store.max_tags`).
+    pub fn max_tags(mut self, n: usize) -> Self {
+        self.max_tags = n.max(1);
+        self
     }
 
     /// A store that reads `path` now (if it exists) and writes it on [`Store::flush`].
@@ -92,6 +105,11 @@ impl MemoryStore {
         day.totals.add(&rec.totals);
         day.by_provider.entry(rec.provider.clone()).or_default().add(&rec.totals);
         day.by_model.entry(rec.model.clone()).or_default().add(&rec.totals);
+        for tag in &rec.tags {
+            let known = h.tags.contains(tag) || (h.tags.len() < self.max_tags && h.tags.insert(tag.clone()));
+            let name = if known { tag.as_str() } else { "other" };
+            day.by_tag.entry(name.to_string()).or_default().add(&rec.totals);
+        }
         h.recent.push_front(rec.clone());
         h.recent.truncate(self.recent_max);
         // Drop days past retention, counted back from the newest day.
@@ -163,6 +181,9 @@ impl Store for MemoryStore {
                 }
                 for (m, t) in &agg.by_model {
                     out.by_model.entry(m.clone()).or_default().add(t);
+                }
+                for (tag, t) in &agg.by_tag {
+                    out.by_tag.entry(tag.clone()).or_default().add(t);
                 }
             }
         }

@@ -92,6 +92,9 @@ pub struct Report {
     pub totals: Totals,
     pub by_provider: BTreeMap<String, Totals>,
     pub by_model: BTreeMap<String, Totals>,
+    /// By attribution tag (a call with several tags counts under each; a tenant's tags past
+    /// `store.max_tags` are `other`).
+    pub by_tag: BTreeMap<String, Totals>,
     /// The current local day and month.
     pub today: Totals,
     pub month: Totals,
@@ -249,6 +252,7 @@ pub async fn report(app: &App, scope: Scope, id: &str, range: Range) -> Result<O
         month: sum_days(month.iter().filter_map(|d| month_source.days.get(d))),
         by_provider: h.by_provider,
         by_model: h.by_model,
+        by_tag: h.by_tag,
         limits,
         recent: h.recent,
     }))

@@ -110,7 +110,7 @@ pub fn report(r: &Report) -> String {
         totals_row(&format!("range {}", r.range.label), &r.totals),
     ];
     out.push_str(&render(&TOTALS_HEADER, &rows));
-    for (title, map) in [("BY PROVIDER", &r.by_provider), ("BY MODEL", &r.by_model)] {
+    for (title, map) in [("BY PROVIDER", &r.by_provider), ("BY MODEL", &r.by_model), ("BY TAG", &r.by_tag)] {
         if map.is_empty() {
             continue;
         }

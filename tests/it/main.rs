@@ -27,4 +27,5 @@ mod reload;
 mod sdk_elevenlabs_gemini;
 mod sdk_media_compat;
 mod sdk_openai_anthropic;
+mod tags;
 mod usage_api;

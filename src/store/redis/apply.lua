@@ -10,6 +10,10 @@
 --   counters: n, then n x {key index, field, delta, expire-at}
 --   history:  n keys, then n x {key index, expire-at}; m fields, then m x {field, value}
 --             (every field is added to every history key)
+--   tags:     n tenants, then n x {tag set key index, max tags, expire-at, k, k history key
+--             indexes}; t tags; f metrics, then f x {metric, value}. Each tag is counted
+--             under its name in the tenant's history keys (`<metric>|#tag|<tag>`) while the
+--             tenant's set of tags is below its max or already holds it, else as `other`.
 --   recent:   n lists, then n x {key index, expire-at}; the record; the cap
 -- A hash gets its expire-at when it is created; a list at every push.
 --
@@ -59,6 +63,44 @@ for _ = 1, tonumber(take()) do
   local field, value = take(), take()
   for _, h in ipairs(hist) do
     incr(h[1], field, value, h[2])
+  end
+end
+
+local groups = {}
+for i = 1, tonumber(take()) do
+  local set, max, expire, k = KEYS[tonumber(take())], tonumber(take()), take(), tonumber(take())
+  local hkeys = {}
+  for j = 1, k do
+    hkeys[j] = KEYS[tonumber(take())]
+  end
+  groups[i] = {set, max, expire, hkeys}
+end
+local tags = {}
+for i = 1, tonumber(take()) do
+  tags[i] = take()
+end
+local metrics = {}
+for i = 1, tonumber(take()) do
+  metrics[i] = {take(), take()}
+end
+for _, g in ipairs(groups) do
+  for _, tag in ipairs(tags) do
+    local name = tag
+    if redis.call('SISMEMBER', g[1], tag) == 0 then
+      if redis.call('SCARD', g[1]) < g[2] then
+        redis.call('SADD', g[1], tag)
+      else
+        name = 'other'
+      end
+    end
+    for _, h in ipairs(g[4]) do
+      for _, m in ipairs(metrics) do
+        redis.call('HINCRBY', h, m[1] .. '|#tag|' .. name, m[2])
+      end
+    end
+  end
+  if #tags > 0 then
+    redis.call('EXPIREAT', g[1], g[3])
   end
 end
 

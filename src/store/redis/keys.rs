@@ -109,6 +109,12 @@ impl Keys {
         format!("{}:{{{tag}}}:h:{}:{tenant}:{}:{period}", self.prefix, scope.tag(), period_letter(period))
     }
 
+    /// The set of a tenant's distinct attribution tags (at most `store.max_tags`):
+    /// `<prefix>:{<tag>}:g:<p|o>:<tenant>`.
+    pub fn tag_set(&self, tag: &Tag, scope: Scope, tenant: &str) -> String {
+        format!("{}:{{{tag}}}:g:{}:{tenant}", self.prefix, scope.tag())
+    }
+
     /// The capped list of a tenant's recent requests (JSON, newest first):
     /// `<prefix>:{<tag>}:r:<p|o>:<tenant>`.
     pub fn recent(&self, tag: &Tag, scope: Scope, tenant: &str) -> String {

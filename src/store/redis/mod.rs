@@ -142,6 +142,7 @@ impl RedisStore {
                 daily_days: cfg.retention.daily_days,
                 monthly_months: cfg.retention.monthly_months,
                 dedupe_ttl: DEDUPE_TTL.as_secs() as i64,
+                max_tags: cfg.max_tags,
             },
             fence: Mutex::new(fence),
             journal: Mutex::new(journal),

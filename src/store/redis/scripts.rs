@@ -202,6 +202,8 @@ pub struct ApplyParams {
     pub monthly_months: u32,
     /// Seconds the set of applied ids is kept.
     pub dedupe_ttl: i64,
+    /// Most distinct tags kept per tenant (`store.max_tags`).
+    pub max_tags: usize,
 }
 
 /// The arguments of `apply.lua` for `entry`, as its first call or (`replay`) as a replay
@@ -231,8 +233,9 @@ pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, replay: bool, p: &ApplyParam
     }
 
     let Some(rec) = &entry.record else {
-        // No history: no history keys, no fields, no lists, an empty record.
-        for a in ["0", "0", "0", "", "1"] {
+        // No history: no history keys, no fields, no tag groups, tags or metrics, no lists,
+        // an empty record.
+        for a in ["0", "0", "0", "0", "0", "0", "", "1"] {
             inv.arg(a);
         }
         return inv;
@@ -250,9 +253,11 @@ pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, replay: bool, p: &ApplyParam
         .chain(rec.org.as_deref().map(|o| (Scope::Org, o)))
         .collect();
     inv.arg(tenants.len() * 2);
+    let mut history_keys = Vec::with_capacity(tenants.len() * 2);
     for (scope, id) in &tenants {
         for (period, expiry) in [(&day_id, day_expiry), (&month_id, month_expiry)] {
             let idx = inv.key(keys.history(tag, *scope, id, period));
+            history_keys.push(idx);
             inv.arg(idx);
             inv.arg(expiry);
         }
@@ -262,6 +267,32 @@ pub fn apply(keys: &Keys, tag: &Tag, entry: &Entry, replay: bool, p: &ApplyParam
     for (metric, v) in &fields {
         inv.arg(format!("{metric}|{}|{}", rec.provider, rec.model));
         inv.arg(v);
+    }
+    if rec.tags.is_empty() {
+        for a in ["0", "0", "0"] {
+            inv.arg(a);
+        }
+    } else {
+        inv.arg(tenants.len());
+        for (g, (scope, id)) in tenants.iter().enumerate() {
+            let idx = inv.key(keys.tag_set(tag, *scope, id));
+            inv.arg(idx);
+            inv.arg(p.max_tags.max(1));
+            inv.arg(month_expiry);
+            // The tenant's day and month history keys, added above.
+            inv.arg(2);
+            inv.arg(history_keys[g * 2]);
+            inv.arg(history_keys[g * 2 + 1]);
+        }
+        inv.arg(rec.tags.len());
+        for t in &rec.tags {
+            inv.arg(t);
+        }
+        inv.arg(fields.len());
+        for (metric, v) in &fields {
+            inv.arg(*metric);
+            inv.arg(v);
+        }
     }
     inv.arg(tenants.len());
     for (scope, id) in &tenants {
@@ -356,6 +387,7 @@ mod tests {
             expire_minute: far,
             expire_hour: far,
             record: Some(UsageRecord {
+                tags: vec!["tool=a".into()],
                 at: Utc::now(),
                 day: "2026-11-22".into(),
                 profile: "p1".into(),
@@ -376,6 +408,7 @@ mod tests {
             daily_days: 400,
             monthly_months: 25,
             dedupe_ttl: 60,
+            max_tags: 100,
         };
         let inv = apply(&keys, &tag, &entry, true, &p);
         let (k, a) = inv.parts();
@@ -387,6 +420,8 @@ mod tests {
         assert!(a.contains(&"requests|gemini|m:x".to_string()));
         assert!(!a.iter().any(|x| x.starts_with("chars|")), "zero fields are skipped");
         assert_eq!(k.iter().filter(|k| k.contains(":h:")).count(), 4, "day and month of the profile and the org");
+        assert_eq!(k.iter().filter(|k| k.contains(":g:")).count(), 2, "the tag sets of the profile and the org");
+        assert!(a.contains(&"tool=a".to_string()));
         let inv = apply(&keys, &tag, &entry, false, &p);
         assert_eq!(inv.parts().1[2], "", "a first call is not a replay");
         assert!(!inv.parts().0[1].contains(":j:"));
