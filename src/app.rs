@@ -103,14 +103,16 @@ impl App {
     pub fn with_metrics(config: Config, config_path: Option<PathBuf>, store: Arc<dyn Store>, clock: Clock, metrics: Metrics) -> Result<Arc<App>, ConfigError> {
         let runtime = Runtime::new(config)?;
         // Every store call is timed and counted in one place.
-        let store = Arc::new(Timed::new(store, metrics.store_errors.clone(), metrics.store_duration.clone()));
+        let store: Arc<dyn Store> = Arc::new(Timed::new(store, metrics.store_errors.clone(), metrics.store_duration.clone()));
+        let settlements = TaskTracker::new();
+        let alerts = Alerts::new(store.clone(), settlements.clone());
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(runtime),
             store,
             metrics,
-            alerts: Alerts::new(),
+            alerts,
             clock,
-            settlements: TaskTracker::new(),
+            settlements,
             stopping: CancellationToken::new(),
             body_budget: BodyBudget::default(),
             orgs: OrgCache::default(),

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 pub use diff::restart_only_changes;
 pub use load::{ConfigError, EMBEDDED_DEFAULT};
-pub use values::{ListenAddr, NonNegative, Pattern, Positive, Ratio, Seconds, TimeZone};
+pub use values::{AlertAt, ListenAddr, NonNegative, Pattern, Positive, Ratio, Seconds, TimeZone};
 
 use crate::domain::window::Window;
 use crate::domain::{Metric, Mode};
@@ -456,7 +456,7 @@ pub struct LimitSpec {
     pub window: Window,
     pub max: Positive,
     #[serde(default)]
-    pub alert_at: Ratio,
+    pub alert_at: AlertAt,
     #[serde(default = "yes")]
     pub enabled: bool,
     #[serde(default)]
@@ -510,11 +510,22 @@ impl Default for MetricsConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertFormat {
+    #[default]
+    Json,
+    Slack,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
-    /// POST a JSON event here when a limit crosses its `alert_at`.
+    /// POST a JSON event here when a limit crosses one of its `alert_at` thresholds.
     pub webhook_url: Option<String>,
+    /// The webhook body: `json` (spendgate's event) or `slack` (a Slack incoming-webhook
+    /// message, `{"text": ...}`, which Slack-compatible chat tools also accept).
+    pub format: AlertFormat,
     pub timeout: Seconds,
     pub retries: u32,
 }
@@ -523,6 +534,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         Self {
             webhook_url: None,
+            format: AlertFormat::Json,
             timeout: Seconds::from_secs(5),
             retries: 3,
         }

@@ -196,6 +196,11 @@ pub trait Store: Send + Sync {
     /// to no org). Bindings never expire.
     async fn bind_org(&self, profile: &str, org: Option<&str>) -> Result<Option<String>, StoreError>;
 
+    /// Claims a one-time event shared by every replica (an alert of one limit, threshold and
+    /// window): `true` for the first claim of `key` until `expires`, `false` for every later
+    /// one. Redis: `SET key 1 NX EXAT expires`.
+    async fn claim_alert(&self, key: &str, expires: DateTime<Utc>) -> Result<bool, StoreError>;
+
     /// Reachability, for `/readyz` and `spendgate check`.
     async fn ping(&self) -> Result<(), StoreError>;
 

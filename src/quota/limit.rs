@@ -112,7 +112,10 @@ pub struct Limit {
     pub window: Window,
     /// In the metric's integer unit (nano-dollars for cost).
     pub max: i64,
+    /// The lowest alert threshold (a fraction of `max`).
     pub alert_at: f64,
+    /// Every alert threshold, ascending; each fires once per window.
+    pub thresholds: Arc<[f64]>,
     pub enabled: bool,
     pub mode: Mode,
     pub matcher: Option<Matcher>,
@@ -128,7 +131,8 @@ impl Limit {
             metric: spec.metric,
             window: spec.window,
             max: max.max(1),
-            alert_at: spec.alert_at.0,
+            alert_at: spec.alert_at.0.first().copied().unwrap_or(0.8),
+            thresholds: spec.alert_at.0.iter().copied().collect(),
             enabled: spec.enabled,
             mode: spec.mode,
             matcher: spec.matcher.as_ref().and_then(Matcher::new),
@@ -213,6 +217,7 @@ mod tests {
             window: Window::Monthly,
             max: 10_000_000_000,
             alert_at: 0.8,
+            thresholds: Arc::from([0.8]),
             enabled: true,
             mode: Mode::Enforce,
             matcher: None,

@@ -40,6 +40,8 @@ struct State {
     tenants: BTreeMap<(Scope, String), TenantHistory>,
     /// Profile -> the org it belongs to ("" for none).
     orgs: HashMap<String, String>,
+    /// Claimed alert keys -> when the claim expires (unix seconds). Not in the snapshot.
+    alerts: HashMap<String, i64>,
     dirty: bool,
 }
 
@@ -205,6 +207,16 @@ impl Store for MemoryStore {
         Ok(st.orgs.get(profile).filter(|o| !o.is_empty()).cloned())
     }
 
+    async fn claim_alert(&self, key: &str, expires: chrono::DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut st = self.state.lock();
+        let now = Utc::now().timestamp();
+        if st.alerts.get(key).is_some_and(|exp| *exp > now) {
+            return Ok(false);
+        }
+        st.alerts.insert(key.to_string(), expires.timestamp());
+        Ok(true)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -212,7 +224,11 @@ impl Store for MemoryStore {
     async fn flush(&self) -> Result<(), StoreError> {
         let now = Utc::now().timestamp();
         // Expired counters (minute and hour windows expire within hours) go, snapshot or not.
-        self.state.lock().counters.retain(|_, (_, exp)| *exp > now);
+        {
+            let mut st = self.state.lock();
+            st.counters.retain(|_, (_, exp)| *exp > now);
+            st.alerts.retain(|_, exp| *exp > now);
+        }
         let Some(path) = &self.snapshot else { return Ok(()) };
         let bytes = {
             let mut st = self.state.lock();
@@ -281,6 +297,18 @@ mod tests {
         assert_eq!(s.reserve(&req(6, 10)).await.unwrap(), ReserveOutcome::Admitted { before: vec![1, 6] });
         assert_eq!(s.reserve(&req(6, 10)).await.unwrap(), ReserveOutcome::Refused { index: 1, current: 12 });
         assert_eq!(s.read(&[key("requests"), key("cost")]).await.unwrap(), vec![2, 12]);
+    }
+
+    #[tokio::test]
+    async fn an_alert_is_claimed_once_until_it_expires() {
+        let s = MemoryStore::new(10, 400);
+        let later = Utc::now() + Duration::hours(1);
+        assert!(s.claim_alert("p:p1:daily:cost:1:2:0.8", later).await.unwrap());
+        assert!(!s.claim_alert("p:p1:daily:cost:1:2:0.8", later).await.unwrap());
+        assert!(s.claim_alert("p:p1:daily:cost:1:2:0.95", later).await.unwrap());
+        let past = Utc::now() - Duration::seconds(1);
+        assert!(s.claim_alert("gone", past).await.unwrap());
+        assert!(s.claim_alert("gone", later).await.unwrap(), "an expired claim can be made again");
     }
 
     #[tokio::test]

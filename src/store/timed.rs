@@ -84,6 +84,10 @@ impl Store for Timed {
         self.call("bind", self.inner.bind_org(profile, org)).await
     }
 
+    async fn claim_alert(&self, key: &str, expires: chrono::DateTime<chrono::Utc>) -> Result<bool, StoreError> {
+        self.call("claim_alert", self.inner.claim_alert(key, expires)).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.call("ping", self.inner.ping()).await
     }
@@ -124,6 +128,9 @@ mod tests {
         }
         async fn bind_org(&self, _: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {
             Ok(org.map(str::to_string))
+        }
+        async fn claim_alert(&self, _: &str, _: chrono::DateTime<chrono::Utc>) -> Result<bool, StoreError> {
+            Ok(true)
         }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())

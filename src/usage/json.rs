@@ -42,6 +42,7 @@ pub fn limit(s: &LimitStatus) -> Value {
         "ratio": s.ratio(),
         "remaining": m.display(s.remaining()),
         "alert_at": s.limit.alert_at,
+        "thresholds": s.limit.thresholds.to_vec(),
         "enabled": s.limit.enabled,
         "mode": match s.limit.mode { Mode::Enforce => "enforce", Mode::Shadow => "shadow" },
         "window_id": s.window_id,

@@ -162,6 +162,39 @@ async fn two_processes_hold_a_10_per_minute_limit_exactly_under_100_concurrent_r
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_crossing_a_threshold_together_send_one_webhook_per_threshold() {
+    let server = RedisServer::start();
+    let mock = Mock::start(|_| tts_reply()).await;
+    let hook = Mock::start(|_| Reply::new(204)).await;
+    let limits = "  default_profile:\n    - {metric: requests, window: daily, max: 40, alert_at: [0.5, 0.8]}\n";
+    let body = format!(
+        "{}alerts:\n  webhook_url: \"{}/hook\"\n",
+        config_body(&server.url(), false, &mock.url(), limits),
+        hook.url()
+    );
+    let (a, b) = (Proc::start(&body).await, Proc::start(&body).await);
+    // Both replicas see both thresholds crossed, at the same time.
+    let requests: Vec<_> = (0..40).map(|i| (i % 2, "p-alert".to_string(), None)).collect();
+    let statuses = burst(&[&a, &b], &requests).await;
+    assert_eq!(count(&statuses, 200), 40);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while hook.count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "alerts were not sent\n{}\n{}", a.log(), b.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Any duplicate would have been posted by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events: Vec<serde_json::Value> = hook.seen.lock().iter().map(|s| serde_json::from_slice(&s.body).unwrap()).collect();
+    assert_eq!(events.len(), 2, "one webhook per threshold across both replicas: {events:?}");
+    let mut crossed: Vec<f64> = events.iter().map(|e| e["alert_at"].as_f64().unwrap()).collect();
+    crossed.sort_by(f64::total_cmp);
+    assert_eq!(crossed, [0.5, 0.8]);
+    assert!(events
+        .iter()
+        .all(|e| e["tenant"] == "p-alert" && e["thresholds"] == serde_json::json!([0.5, 0.8])));
+}
+
 /// Profile ids whose keys fall on each of the cluster's masters, `per_master` of each.
 fn profiles_on_every_master(cluster: &RedisCluster, per_master: usize) -> Vec<String> {
     let mut c = cluster.nodes[0].conn();

@@ -146,6 +146,11 @@ impl Keys {
         format!("{}:{{p:{profile}}}:org", self.prefix)
     }
 
+    /// A claimed one-time alert (see `Store::claim_alert`): `<prefix>:alert:<key>`.
+    pub fn alert(&self, key: &str) -> String {
+        format!("{}:alert:{key}", self.prefix)
+    }
+
     /// The sorted set of every tenant of a scope (score: last seen): `<prefix>:tenants:<p|o>`.
     pub fn registry(&self, scope: Scope) -> String {
         format!("{}:tenants:{}", self.prefix, scope.tag())

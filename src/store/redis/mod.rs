@@ -429,6 +429,18 @@ impl Store for RedisStore {
         Ok(bound.filter(|o| !o.is_empty()))
     }
 
+    async fn claim_alert(&self, key: &str, expires: chrono::DateTime<Utc>) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let key = inner.keys.alert(key);
+        // Never in the past (a test clock, a clock set back): Redis would refuse the EXAT.
+        let at = expires.timestamp().max(Utc::now().timestamp() + 60);
+        let mut c = inner.conn.clone();
+        let set: Option<String> = inner
+            .bounded(redis::cmd("SET").arg(&key).arg(1).arg("NX").arg("EXAT").arg(at).query_async(&mut c))
+            .await?;
+        Ok(set.is_some())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
