@@ -37,6 +37,10 @@ enum Command {
         /// Days covered by the totals: 7d, 30d, 90d, all (or <N>d).
         #[arg(long, default_value = "30d")]
         range: String,
+        /// Print one breakdown of the spend instead: by tag, provider or model (of the tenant
+        /// named, or of every profile).
+        #[arg(long, value_parser = ["tag", "provider", "model"])]
+        by: Option<String>,
         /// Print the usage API's JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -68,7 +72,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(run(cli.config)),
         Command::Check { skip_store } => runtime.block_on(spendgate::check::run(cli.config.as_deref(), skip_store)),
-        Command::Usage { profile, org, range, json } => {
+        Command::Usage { profile, org, range, by, json } => {
             use spendgate::domain::Scope;
             use spendgate::usage::cli::{run, Target};
             let target = match (profile, org) {
@@ -76,7 +80,7 @@ fn main() -> ExitCode {
                 (None, Some(o)) => Target::One(Scope::Org, o),
                 (None, None) => Target::All,
             };
-            runtime.block_on(run(cli.config.as_deref(), target, &range, json))
+            runtime.block_on(run(cli.config.as_deref(), target, &range, by.as_deref(), json))
         }
     }
 }

@@ -1,6 +1,7 @@
-//! `spendgate usage --config FILE [--profile ID | --org ID] [--range 30d] [--json]`: usage
-//! against limits, read from the configured store (Redis, or the memory store's snapshot
-//! file as last written by the proxy).
+//! `spendgate usage --config FILE [--profile ID | --org ID] [--range 30d] [--by tag|provider|model] [--json]`:
+//! usage against limits, read from the configured store (Redis, or the memory store's snapshot
+//! file as last written by the proxy). `--by` prints one breakdown instead: of the tenant, or
+//! of the whole fleet (every profile) without one.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use crate::config::{Backend, Config};
 use crate::domain::window::Clock;
 use crate::domain::Scope;
 
-use super::{json, listing, report, table, Range};
+use super::{breakdown, json, listing, report, table, By, Range};
 
 /// Which tenants to print.
 pub enum Target {
@@ -18,7 +19,14 @@ pub enum Target {
     One(Scope, String),
 }
 
-pub async fn run(path: Option<&Path>, target: Target, range: &str, as_json: bool) -> ExitCode {
+pub async fn run(path: Option<&Path>, target: Target, range: &str, by: Option<&str>, as_json: bool) -> ExitCode {
+    let by = match by.map(By::parse).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -54,6 +62,27 @@ pub async fn run(path: Option<&Path>, target: Target, range: &str, as_json: bool
             return ExitCode::FAILURE;
         }
     };
+    if let Some(by) = by {
+        let tenant = match &target {
+            Target::One(scope, id) => Some((*scope, id.as_str())),
+            Target::All => None,
+        };
+        return match breakdown(&app, tenant, by, &range).await {
+            Ok(map) if as_json => {
+                println!("{:#}", json::breakdown(tenant, by, &range, &map));
+                ExitCode::SUCCESS
+            }
+            Ok(map) => {
+                let who = tenant.map_or_else(|| "all profiles".to_string(), |(s, id)| format!("{} {id}", s.as_str()));
+                print!("{}", table::breakdown(&format!("{who}  (range {})", range.label), by, &map));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match target {
         Target::One(scope, id) => match report(&app, scope, &id, range).await {
             Ok(Some(r)) => {

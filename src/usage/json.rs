@@ -73,6 +73,17 @@ pub fn record(r: &UsageRecord) -> Value {
     })
 }
 
+/// `spendgate usage --by ... --json`: `tenant` is `None` for the whole fleet.
+pub fn breakdown(tenant: Option<(crate::domain::Scope, &str)>, by: super::By, range: &super::Range, map: &std::collections::BTreeMap<String, Totals>) -> Value {
+    json!({
+        "scope": tenant.map(|(s, _)| s.as_str()),
+        "id": tenant.map(|(_, id)| id),
+        "range": range.label,
+        "by": by.as_str(),
+        "breakdown": totals_map(map),
+    })
+}
+
 /// `GET /v1/{profiles,orgs}/{id}/usage`.
 pub fn report(r: &Report) -> Value {
     json!({

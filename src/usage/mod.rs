@@ -59,6 +59,70 @@ impl Range {
     }
 }
 
+/// What `spendgate usage --by` breaks spend down by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    Tag,
+    Provider,
+    Model,
+}
+
+impl By {
+    pub fn parse(s: &str) -> Result<By, String> {
+        match s {
+            "tag" => Ok(By::Tag),
+            "provider" => Ok(By::Provider),
+            "model" => Ok(By::Model),
+            _ => Err(format!("`--by {s}` is not one of tag, provider, model")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            By::Tag => "tag",
+            By::Provider => "provider",
+            By::Model => "model",
+        }
+    }
+
+    /// The breakdown of a history this dimension selects.
+    pub fn of(self, h: &History) -> &BTreeMap<String, Totals> {
+        match self {
+            By::Tag => &h.by_tag,
+            By::Provider => &h.by_provider,
+            By::Model => &h.by_model,
+        }
+    }
+}
+
+/// Spend over `range` broken down `by` one dimension: of one tenant, or (`None`) of the whole
+/// fleet, summed over every profile (each call counts for exactly one profile).
+pub async fn breakdown(app: &App, tenant: Option<(Scope, &str)>, by: By, range: &Range) -> Result<BTreeMap<String, Totals>, StoreError> {
+    let runtime = app.runtime();
+    let days = runtime.calendar.recent_days(app.clock.now(), range.days);
+    let tenants: Vec<(Scope, String)> = match tenant {
+        Some((scope, id)) => vec![(scope, id.to_string())],
+        None => bounded(app.store.tenants(Scope::Profile))
+            .await?
+            .into_iter()
+            .map(|id| (Scope::Profile, id))
+            .collect(),
+    };
+    let days = &days;
+    let histories: Vec<History> = stream::iter(tenants)
+        .map(|(scope, id)| async move { history(app, scope, &id, days, 0).await })
+        .buffer_unordered(LIST_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut out: BTreeMap<String, Totals> = BTreeMap::new();
+    for h in &histories {
+        for (k, t) in by.of(h) {
+            out.entry(k.clone()).or_default().add(t);
+        }
+    }
+    Ok(out)
+}
+
 /// One limit of a tenant and the value of its counter in the current window.
 #[derive(Debug, Clone)]
 pub struct LimitStatus {
