@@ -11,7 +11,8 @@
 //! store (`Store::claim_alert`, a `SET NX` on Redis) and only that claim fires; each process
 //! also remembers what it saw, so a threshold costs the store one call per process and window.
 //! The claim runs in a background task, never on the request path. When the store cannot be
-//! reached, the alert fires anyway (a repeat is better than a missed alert). Changing a
+//! reached, the alert fires anyway (a repeat is better than a missed alert). The embedded
+//! memory store keeps its claims in memory: after a restart an alert may fire once more. Changing a
 //! limit's max makes its thresholds new ones.
 //!
 //! The webhook is delivered by a background task fed through a bounded queue: a slow or

@@ -128,7 +128,7 @@ impl Metrics {
         let characters = counter("characters_total", "Characters billed.", &["tenant", "provider", "model"]);
         let quota_rejections = counter(
             "quota_rejections_total",
-            "Requests refused with 402 because a limit was used up.",
+            "Requests refused because a limit was used up (402 for a daily or monthly limit, 429 for a minute or hour limit).",
             &["tenant", "scope", "metric", "window"],
         );
         let shadow_refusals = counter(
