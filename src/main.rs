@@ -49,6 +49,10 @@ enum Command {
         /// Last day covered (YYYY-MM-DD; today by default), with --from.
         #[arg(long, requires = "from")]
         to: Option<String>,
+        /// Print one breakdown of the spend instead: by tag, provider or model (of the tenant
+        /// named, or of every profile).
+        #[arg(long, value_parser = ["tag", "provider", "model"])]
+        by: Option<String>,
         /// Print the usage API's JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
             range,
             from,
             to,
+            by,
             json,
         } => {
             use spendgate::domain::Scope;
@@ -95,7 +100,7 @@ fn main() -> ExitCode {
                 (None, Some(o)) => Target::One(Scope::Org, o),
                 (None, None) => Target::All,
             };
-            runtime.block_on(run(cli.config.as_deref(), target, &RangeArgs { range, from, to }, json))
+            runtime.block_on(run(cli.config.as_deref(), target, &RangeArgs { range, from, to }, by.as_deref(), json))
         }
     }
 }

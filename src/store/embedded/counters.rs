@@ -31,6 +31,21 @@ fn scope_index(s: Scope) -> usize {
     }
 }
 
+/// A bucket id's position in time. Days and months sort as their ids do; a minute's or an
+/// hour's id is its local start with the offset then (`2026-10-25T02:05+01:00`), which sorts
+/// wrongly when clocks go back, so it is compared as the instant it names.
+fn starts(window: Window, id: &str) -> (i64, &str) {
+    if !window.is_rate() {
+        return (0, id);
+    }
+    // An hour's id has no minutes: `2026-10-25T02+01:00`.
+    let parsed = match id.len() {
+        19 => chrono::DateTime::parse_from_str(&format!("{}:00{}", &id[..13], &id[13..]), "%Y-%m-%dT%H:%M%:z"),
+        _ => chrono::DateTime::parse_from_str(id, "%Y-%m-%dT%H:%M%:z"),
+    };
+    (parsed.map_or(i64::MIN, |t| t.timestamp()), id)
+}
+
 /// Buckets taken out by [`Counters::take_expired`].
 #[derive(Default)]
 pub struct Expired {
@@ -60,10 +75,11 @@ impl Counters {
         if amount == 0 {
             return;
         }
-        let window = self.windows.entry(key.window).or_default();
+        let kind = key.window;
+        let window = self.windows.entry(kind).or_default();
         if !window.contains_key(key.bucket.as_str()) {
             // A new bucket supersedes the older ones of its window.
-            let newest = window.keys().next_back().is_none_or(|newest| *newest < key.bucket);
+            let newest = window.keys().all(|other| starts(kind, other) < starts(kind, &key.bucket));
             if newest {
                 for b in window.values_mut() {
                     b.superseded_at.get_or_insert(now);
@@ -190,6 +206,24 @@ mod tests {
         c.add(&key("p", Window::Daily, "2026-11-27", "cost"), 1, 5000);
         assert_eq!(c.take_expired(5000 + GRACE_SECS).ids.len(), 1);
         assert_eq!(c.entries(), 2);
+    }
+
+    #[test]
+    fn the_hour_repeated_when_clocks_go_back_is_the_newest() {
+        let mut c = Counters::default();
+        // Berlin, 2026-10-25: 02:00-03:00 at +02:00, then again at +01:00.
+        c.add(&key("p", Window::Hour, "2026-10-25T02+02:00", "requests"), 1, 0);
+        c.add(&key("p", Window::Hour, "2026-10-25T02+01:00", "requests"), 1, 3600);
+        c.add(&key("p", Window::Minute, "2026-10-25T02:59+02:00", "requests"), 1, 3599);
+        c.add(&key("p", Window::Minute, "2026-10-25T02:00+01:00", "requests"), 1, 3600);
+        let gone = c.take_expired(3600 + GRACE_SECS).ids;
+        assert_eq!(
+            gone.len(),
+            2,
+            "only the first hour and minute are superseded: {gone:?}"
+        );
+        assert!(gone.iter().all(|(_, id)| id.ends_with("+02:00")), "{gone:?}");
+        assert_eq!(c.get(&key("p", Window::Hour, "2026-10-25T02+01:00", "requests")), 1);
     }
 
     #[test]
