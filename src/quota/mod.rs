@@ -429,7 +429,10 @@ mod tests {
         assert_eq!(r.body()["error"]["status"], "RATE_LIMITED");
         // Without a limit on them, no rate counters at all.
         let (limits, cal) = setup("");
-        assert_eq!(Plan::new(&limits, &Overlay::default(), &cal, RET, &tenant, &call("m"), &amounts, now).ops.len(), 16);
+        assert_eq!(
+            Plan::new(&limits, &Overlay::default(), &cal, RET, &tenant, &call("m"), &amounts, now).ops.len(),
+            16
+        );
     }
 
     #[test]

@@ -449,14 +449,7 @@ impl Store for EmbeddedStore {
             }
             claims.insert(key.to_string(), expires);
         }
-        self.send(
-            s,
-            Rec::Claim {
-                key: key.to_string(),
-                expires,
-            },
-            None,
-        );
+        self.send(s, Rec::Claim { key: key.to_string(), expires }, None);
         Ok(true)
     }
 

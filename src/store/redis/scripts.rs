@@ -268,7 +268,10 @@ pub fn settle<'a>(keys: &Keys, entries: impl IntoIterator<Item = (&'a Tag, &'a E
         inv.arg(tenants.len() * 2);
         let mut history_keys = [[0; 2]; 2];
         for (g, (scope, id)) in tenants.iter().enumerate() {
-            for (k, (period, expiry)) in [(&periods.day, periods.day_expiry), (&periods.month, periods.month_expiry)].into_iter().enumerate() {
+            for (k, (period, expiry)) in [(&periods.day, periods.day_expiry), (&periods.month, periods.month_expiry)]
+                .into_iter()
+                .enumerate()
+            {
                 let idx = inv.key(keys.history(tag, *scope, id, period));
                 history_keys[g][k] = idx;
                 inv.arg(idx);
