@@ -314,6 +314,36 @@ async fn an_interrupted_replay_does_not_count_twice() {
     assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0, "an empty journal leaves an empty file");
 }
 
+/// Redis does not roll a failed script back. A settlement batch one of whose writes fails
+/// (here the recent-requests list is a string) applies everything else exactly once and says
+/// so, rather than stopping part-way with its ids unclaimed (a retry would count the applied
+/// part again, once per attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_write_redis_refuses_is_skipped_and_the_rest_applied_once() {
+    let server = RedisServer::start();
+    let (store, metrics) = open_store_with_metrics(&server.url(), "");
+    store.ping().await.unwrap();
+    let mut c = server.conn();
+    let recent_key = "sg:{p:pw}:r:p:pw";
+    let _: () = ::redis::cmd("SET").arg(recent_key).arg("not a list").query(&mut c).unwrap();
+    let day = "2027-03-04";
+    let errors = || metrics.store_errors.with_label_values(&["settle"]).get();
+    let before = errors();
+    store.settle(&settlement("w1", "pw", None, "gemini", "m", 100, day)).await.unwrap();
+    store.settle(&settlement("w1", "pw", None, "gemini", "m", 100, day)).await.unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(store.journal_len(), 0, "applied, not journaled for a retry");
+    assert_eq!(
+        hget(&mut c, "sg:{p:pw}:c:p:pw:d:2027-03-04", "cost"),
+        100,
+        "once, the repeat is known by its id"
+    );
+    assert_eq!(hist_total(&mut c, "sg:{p:pw}:h:p:pw:d:2027-03-04", "requests"), 1);
+    let kind: String = ::redis::cmd("TYPE").arg(recent_key).query(&mut c).unwrap();
+    assert_eq!(kind, "string", "the refused write was skipped");
+    assert!(errors() > before, "and counted as a settle error");
+}
+
 // ---- Through the proxy ----
 
 fn proxy_yaml(url: &str, store_extra: &str, limits: &str) -> String {

@@ -133,11 +133,19 @@ impl Inner {
         let mut c = self.conn.clone();
         let started = Instant::now();
         let result = if replay {
-            let r = tokio::time::timeout(self.read_timeout, inv.run::<i64>(&self.scripts.settle, &mut c)).await;
+            let r = tokio::time::timeout(self.read_timeout, inv.run::<(i64, String)>(&self.scripts.settle, &mut c)).await;
             r.unwrap_or_else(|_| Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "replay timed out"))))
         } else {
-            inv.run::<i64>(&self.scripts.settle, &mut c).await
+            inv.run::<(i64, String)>(&self.scripts.settle, &mut c).await
         };
+        if let Ok((_, failed)) = &result {
+            if !failed.is_empty() {
+                // Applied (ids recorded) except the writes Redis refused: counted, and left
+                // for an operator, since retrying would apply the rest twice.
+                self.metrics.error("settle");
+                tracing::error!(error = %failed, entries = n, "Redis refused part of a settlement batch (a key of the wrong type?); the rest is applied once");
+            }
+        }
         if replay {
             for _ in 0..n {
                 self.metrics.observe("replay", started);

@@ -27,8 +27,9 @@
 -- below 2^53) and written out before a sum reaches 10^15; longer amounts are passed to
 -- HINCRBY as the decimal strings they are.
 --
--- Returns the number of entries applied (the others had been applied before: by their
--- first call, or by an earlier, interrupted replay).
+-- Returns {the number of entries applied (the others had been applied before: by their
+-- first call, or by an earlier, interrupted replay), the first write that failed or ''}.
+-- A failed write is skipped, not retried (see `write`); the ids are recorded last.
 
 local at = 0
 local function take()
@@ -38,11 +39,25 @@ end
 
 local calls_ttl, replay_ttl, cap, n = take(), take(), tonumber(take()), tonumber(take())
 
+-- Writes that fail (a key of the wrong type, an overflow) do not stop the script: Redis
+-- does not roll a script back, so stopping would leave part of the batch applied with its
+-- ids unclaimed, and the retry would apply that part again. Each is skipped instead and the
+-- first error is returned, so the batch's entries are applied exactly once everywhere else.
+local failed = false
+local function write(...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then
+    failed = failed or r.err
+    return nil
+  end
+  return r
+end
+
 local expiring = {}
 local function expire_once(key, ttl)
   if not expiring[key] then
     expiring[key] = true
-    redis.call('EXPIRE', key, ttl)
+    write('EXPIRE', key, ttl)
   end
 end
 
@@ -78,14 +93,19 @@ local lists, pushes = {}, {}
 -- Tag sets touched by the batch, in order, with their expire-at.
 local tag_sets, tag_order = {}, {}
 
+-- The ids of the entries applied by this batch, recorded last (see the end).
+local claims, seen = {}, {}
+
 local applied = 0
 for _ = 1, n do
   local calls, id, replayed = KEYS[tonumber(take())], take(), tonumber(take())
-  local fresh = redis.call('HSETNX', calls, id, 1) == 1
-  expire_once(calls, calls_ttl)
+  local fresh = not seen[id] and redis.call('HEXISTS', calls, id) == 0
   if fresh and replayed > 0 then
-    fresh = redis.call('SADD', KEYS[replayed], id) == 1
-    expire_once(KEYS[replayed], replay_ttl)
+    fresh = redis.call('SISMEMBER', KEYS[replayed], id) == 0
+  end
+  if fresh then
+    seen[id] = true
+    claims[#claims + 1] = {calls, id, replayed}
   end
   -- An entry applied before is read past without effect.
   for _ = 1, tonumber(take()) do
@@ -124,9 +144,9 @@ for _ = 1, n do
       if fresh then
         for _, tag in ipairs(tags) do
           local name = tag
-          if redis.call('SISMEMBER', set, tag) == 0 then
-            if redis.call('SCARD', set) < max then
-              redis.call('SADD', set, tag)
+          if write('SISMEMBER', set, tag) ~= 1 then
+            if (write('SCARD', set) or max) < max then
+              write('SADD', set, tag)
             else
               name = 'other'
             end
@@ -168,12 +188,12 @@ for _, key in ipairs(hashes) do
   local h = sums[key]
   local anchored = false
   local function incr(field, by)
-    local v = redis.call('HINCRBY', key, field, by)
-    if not anchored then
+    local v = write('HINCRBY', key, field, by)
+    if v and not anchored then
       anchored = true
       -- The first field written was new: so is the hash.
       if v == tonumber(by) then
-        redis.call('EXPIREAT', key, h.expire)
+        write('EXPIREAT', key, h.expire)
       end
     end
   end
@@ -191,14 +211,26 @@ for _, key in ipairs(hashes) do
 end
 
 for _, t in ipairs(tag_order) do
-  redis.call('EXPIREAT', t[1], t[2])
+  write('EXPIREAT', t[1], t[2])
 end
 
 for _, key in ipairs(lists) do
   local p = pushes[key]
   -- Oldest first, so the newest ends up at the head.
-  redis.call('LPUSH', key, unpack(p))
-  redis.call('LTRIM', key, 0, cap - 1)
-  redis.call('EXPIREAT', key, p.expire)
+  if write('LPUSH', key, unpack(p)) then
+    write('LTRIM', key, 0, cap - 1)
+    write('EXPIREAT', key, p.expire)
+  end
 end
-return applied
+
+-- The ids last, and these must succeed: when they cannot be written (out of memory) the
+-- script fails, and the whole batch is retried. (Out of memory, the writes above failed too.)
+for _, c in ipairs(claims) do
+  redis.call('HSET', c[1], c[2], 1)
+  expire_once(c[1], calls_ttl)
+  if c[3] > 0 then
+    redis.call('SADD', KEYS[c[3]], c[2])
+    expire_once(KEYS[c[3]], replay_ttl)
+  end
+end
+return {applied, failed or ''}
