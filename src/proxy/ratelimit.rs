@@ -18,6 +18,8 @@
 //! otherwise. `w` is the window's nominal length in seconds (a month counts 30 days) and `t`
 //! the seconds until the current window ends.
 
+use std::fmt::Write;
+
 use chrono::{DateTime, Utc};
 use http::HeaderValue;
 
@@ -37,7 +39,7 @@ pub fn headers(plan: &Plan, before: &[i64], now: DateTime<Utc>) -> Option<(Heade
         }
         let remaining = (check.limit.max - after).max(0);
         let fraction = remaining as f64 / check.limit.max as f64;
-        let slot = &mut best[Window::ALL.iter().position(|w| *w == check.limit.window).expect("every window is in ALL")];
+        let slot = &mut best[check.limit.window as usize];
         if slot.is_none_or(|(f, _, _)| fraction < f) {
             *slot = Some((fraction, i, remaining));
         }
@@ -47,16 +49,13 @@ pub fn headers(plan: &Plan, before: &[i64], now: DateTime<Utc>) -> Option<(Heade
         return None;
     }
     chosen.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut policy = String::new();
-    let mut state = String::new();
+    // Written straight into the two values: this runs for every admitted request.
+    let mut policy = String::with_capacity(64 * chosen.len());
+    let mut state = String::with_capacity(48 * chosen.len());
     for (n, (_, i, remaining)) in chosen.into_iter().enumerate() {
         let check = &plan.checks[i];
         let limit = &check.limit;
-        let mut name = format!("{}-{}-{}", check.scope.as_str(), limit.metric.as_str(), limit.window.as_str());
-        if let Some(m) = &limit.matcher {
-            name.push('-');
-            name.push_str(&m.id);
-        }
+        let name = Name(check.scope.as_str(), limit.metric.as_str(), limit.window.as_str(), limit.matcher.as_ref().map(|m| m.id.as_str()));
         let (q, r, unit) = match limit.metric {
             Metric::CostUsd => (limit.max / 1000, remaining / 1000, Some("usd-micros")),
             Metric::Tokens => (limit.max, remaining, Some("tokens")),
@@ -68,14 +67,28 @@ pub fn headers(plan: &Plan, before: &[i64], now: DateTime<Utc>) -> Option<(Heade
             policy.push_str(", ");
             state.push_str(", ");
         }
-        policy.push_str(&format!("\"{name}\";q={q}"));
+        // Writing to a String cannot fail.
+        let _ = write!(policy, "\"{name}\";q={q}");
         if let Some(u) = unit {
-            policy.push_str(&format!(";qu=\"{u}\""));
+            let _ = write!(policy, ";qu=\"{u}\"");
         }
-        policy.push_str(&format!(";w={}", nominal_seconds(limit.window)));
-        state.push_str(&format!("\"{name}\";r={r};t={t}"));
+        let _ = write!(policy, ";w={}", nominal_seconds(limit.window));
+        let _ = write!(state, "\"{name}\";r={r};t={t}");
     }
     Some((HeaderValue::from_str(&policy).ok()?, HeaderValue::from_str(&state).ok()?))
+}
+
+/// A policy's name: `<scope>-<metric>-<window>[-<match id>]`.
+struct Name<'a>(&'a str, &'a str, &'a str, Option<&'a str>);
+
+impl std::fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}-{}", self.0, self.1, self.2)?;
+        match self.3 {
+            Some(id) => write!(f, "-{id}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A window's nominal length in seconds (a month counts 30 days).
