@@ -1,6 +1,7 @@
 # Shared by the bench scripts (sourced, not run): builds the release binaries, makes a work
 # directory cleaned up on exit with every started process, and starts the mock upstream.
-# Sets WORK, PIDS, MOCK (the mock's port) and TICKS; defines cpu_ticks. Needs TARGET.
+# Sets WORK, PIDS, MOCK (the mock's port) and TICKS; defines cpu_ticks and start_nginx.
+# Needs TARGET.
 
 cargo build --release --bin spendgate --example mock_upstream >&2
 
@@ -42,3 +43,36 @@ MOCK=$(free_port)
 "$TARGET/release/examples/mock_upstream" "127.0.0.1:$MOCK" 2>"$WORK/mock.log" &
 PIDS+=($!)
 wait_port "$MOCK"
+
+# The reference: nginx proxy_pass to the mock with upstream keepalive, one worker per CPU, no
+# access log, no buffering, for each path prefix given (`/elevenlabs/`, ...). Sets NGINX (its
+# port) and NGINX_PROCS (its processes, for cpu_ticks).
+start_nginx() {
+  NGINX=$(free_port)
+  mkdir -p "$WORK/nginx"
+  local locations="" prefix
+  for prefix in "$@"; do
+    locations+="    location $prefix { proxy_pass http://mock/; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }
+"
+  done
+  cat >"$WORK/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  upstream mock { server 127.0.0.1:$MOCK; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX;
+$locations  }
+}
+NGINX
+  nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_port "$NGINX"
+  NGINX_PROCS=("$pid" $(pgrep -P "$pid"))
+}

@@ -66,41 +66,7 @@ single() {
   wrk -t1 -c1 -d"$DURATION" --latency -s "$1" "$2" | awk '/^ +50%/ { print $2 }'
 }
 
-# nginx: proxy_pass with upstream keepalive, one worker per CPU, no access log.
-NGINX=$(free_port)
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<NGINX
-worker_processes auto;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  upstream mock { server 127.0.0.1:$MOCK; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX;
-    location /elevenlabs/ {
-      proxy_pass http://mock/;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-    location /openai/ {
-      proxy_pass http://mock/;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-  }
-}
-NGINX
-nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
-wait_port "$NGINX"
-NGINX_PROCS=("$NGINX_PID" $(pgrep -P "$NGINX_PID"))
+start_nginx /elevenlabs/ /openai/
 
 # Starts spendgate with a store section; sets PROXY, ADMIN and PROXY_PID.
 start_proxy() {

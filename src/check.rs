@@ -42,19 +42,7 @@ pub fn summary(config: &Config) -> Result<String, String> {
     let mut print_list = |who: &str, list: &[LimitSpec]| {
         for l in list {
             any = true;
-            let filter = l.matcher.as_ref().map(|m| format!(" match {}", describe_match(m))).unwrap_or_default();
-            let state = match (l.enabled, l.mode) {
-                (false, _) => " (disabled)",
-                (true, crate::domain::Mode::Shadow) => " (shadow)",
-                _ => "",
-            };
-            let _ = writeln!(
-                out,
-                "  {who:<24} {:<8} {:<11} max {}{filter}{state}",
-                l.window.as_str(),
-                l.metric.as_str(),
-                l.max.0
-            );
+            limit_line(&mut out, who, l, "");
         }
     };
     print_list("default profile", &c.limits.default_profile);
@@ -97,23 +85,12 @@ pub fn overrides(state: &ControlState) -> String {
             }
             Some(list) => {
                 for l in list {
-                    let filter = l
-                        .matcher
-                        .as_ref()
-                        .map(|m| format!(" match {}", serde_json::to_string(m).unwrap_or_default()))
-                        .unwrap_or_default();
-                    let state = match (l.enabled, l.mode) {
-                        (false, _) => " (disabled)",
-                        (true, crate::domain::Mode::Shadow) => " (shadow)",
-                        _ => "",
-                    };
-                    let _ = writeln!(
-                        out,
-                        "  {who:<24} {:<8} {:<11} max {}{filter}{state} (override)",
-                        l.window.as_str(),
-                        l.metric.as_str(),
-                        l.max
-                    );
+                    match l.to_spec() {
+                        Ok(spec) => limit_line(&mut out, &who, &spec, " (override)"),
+                        Err(e) => {
+                            let _ = writeln!(out, "  {who:<24} override not readable: {e}");
+                        }
+                    }
                 }
             }
             None => {}
@@ -221,6 +198,23 @@ fn unpriced_name(u: Unpriced) -> &'static str {
 }
 
 /// A limit's `match`, as it would be written in the config.
+/// One limit, as `check` lists it.
+fn limit_line(out: &mut String, who: &str, l: &LimitSpec, suffix: &str) {
+    let filter = l.matcher.as_ref().map(|m| format!(" match {}", describe_match(m))).unwrap_or_default();
+    let state = match (l.enabled, l.mode) {
+        (false, _) => " (disabled)",
+        (true, crate::domain::Mode::Shadow) => " (shadow)",
+        _ => "",
+    };
+    let _ = writeln!(
+        out,
+        "  {who:<24} {:<8} {:<11} max {}{filter}{state}{suffix}",
+        l.window.as_str(),
+        l.metric.as_str(),
+        l.max.0
+    );
+}
+
 fn describe_match(m: &MatchSpec) -> String {
     let mut parts = Vec::new();
     if let Some(p) = &m.provider {
@@ -231,6 +225,9 @@ fn describe_match(m: &MatchSpec) -> String {
     }
     if let Some(path) = &m.path {
         parts.push(format!("path: \"{}\"", path.as_str()));
+    }
+    if let Some(tag) = &m.tag {
+        parts.push(format!("tag: \"{}\"", tag.as_str()));
     }
     format!("{{{}}}", parts.join(", "))
 }

@@ -55,7 +55,12 @@ pub fn headers(plan: &Plan, before: &[i64], now: DateTime<Utc>) -> Option<(Heade
     for (n, (_, i, remaining)) in chosen.into_iter().enumerate() {
         let check = &plan.checks[i];
         let limit = &check.limit;
-        let name = Name(check.scope.as_str(), limit.metric.as_str(), limit.window.as_str(), limit.matcher.as_ref().map(|m| m.id.as_str()));
+        let name = Name(
+            check.scope.as_str(),
+            limit.metric.as_str(),
+            limit.window.as_str(),
+            limit.matcher.as_ref().map(|m| m.id.as_str()),
+        );
         let (q, r, unit) = match limit.metric {
             Metric::CostUsd => (limit.max / 1000, remaining / 1000, Some("usd-micros")),
             Metric::Tokens => (limit.max, remaining, Some("tokens")),
