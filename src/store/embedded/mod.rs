@@ -23,6 +23,7 @@ mod read;
 pub mod schema;
 mod writer;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -42,7 +43,7 @@ use self::schema::OpenError;
 use self::writer::{Keep, Msg, Rec, Shared, Writer};
 use crate::config::{Durability, OnError, StoreConfig};
 use crate::domain::Scope;
-use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
+use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError, Totals};
 
 /// Longest the start waits for the lock file.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
@@ -393,6 +394,11 @@ impl Store for EmbeddedStore {
 
     async fn tenants(&self, scope: Scope) -> Result<Vec<String>, StoreError> {
         self.query(move |c| read::tenants(c, scope)).await
+    }
+
+    async fn tenant_totals(&self, scope: Scope, periods: &[String]) -> Result<HashMap<String, Totals>, StoreError> {
+        let periods = periods.to_vec();
+        self.query(move |c| read::tenant_totals(c, scope, &periods)).await
     }
 
     async fn bind_org(&self, profile: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {

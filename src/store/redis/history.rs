@@ -12,6 +12,7 @@ use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
+use futures_util::{StreamExt, TryStreamExt};
 use redis::{FromRedisValue, Value};
 
 use super::keys::Tag;
@@ -158,9 +159,14 @@ impl Inner {
         for (i, k) in keys.iter().enumerate() {
             tenants.entry((k.scope, k.tenant.as_str())).or_default().push(i);
         }
+        // The tags of many tenants (a listing sorted by ratio reads the whole fleet) are
+        // looked up side by side on the multiplexed connection, not one round trip after another.
+        let tenants: Vec<((Scope, &str), Vec<usize>)> = tenants.into_iter().collect();
+        let lookups: Vec<_> = tenants.iter().map(|((scope, tenant), _)| self.tags_of(*scope, tenant)).collect();
+        let tags: Vec<Vec<Tag>> = futures_util::stream::iter(lookups).buffered(LOOKUPS_IN_FLIGHT).try_collect().await?;
         let mut by_tag: BTreeMap<Tag, Vec<(usize, String, String)>> = BTreeMap::new();
-        for ((scope, tenant), idx) in tenants {
-            for tag in self.tags_of(scope, tenant).await? {
+        for (((_, _), idx), tenant_tags) in tenants.iter().zip(tags) {
+            for tag in tenant_tags {
                 let cells: Vec<_> = idx.iter().map(|&i| (i, self.keys.counter(&tag, &keys[i]), keys[i].field.clone())).collect();
                 by_tag.entry(tag).or_default().extend(cells);
             }
@@ -243,7 +249,28 @@ impl Inner {
         ids.sort();
         Ok(ids)
     }
+
+    /// Every tenant of a scope with usage in `periods`, and its totals over them: each
+    /// tenant's history hashes, many tenants at a time (a tenant's keys live in its own slots,
+    /// so one pipeline cannot cover several tenants on a cluster).
+    pub(super) async fn tenant_totals(&self, scope: Scope, periods: &[String]) -> Result<HashMap<String, Totals>, StoreError> {
+        let tenants = self.tenants(scope).await?;
+        let reads: Vec<_> = tenants
+            .into_iter()
+            .map(|tenant| async move {
+                let h = self.history(scope, &tenant, periods, 0).await?;
+                let mut sum = Totals::default();
+                h.days.values().for_each(|d| sum.add(d));
+                Ok::<_, StoreError>((tenant, sum))
+            })
+            .collect();
+        let sums: Vec<(String, Totals)> = futures_util::stream::iter(reads).buffer_unordered(LOOKUPS_IN_FLIGHT).try_collect().await?;
+        Ok(sums.into_iter().filter(|(_, t)| !t.is_zero()).collect())
+    }
 }
+
+/// Tenants whose keys are looked up at once by the reads that cover a whole fleet.
+const LOOKUPS_IN_FLIGHT: usize = 64;
 
 /// Adds one history field (`<metric>|<provider>|<model>`) to the totals and breakdowns.
 fn add_field(day: &mut Totals, by_provider: &mut BTreeMap<String, Totals>, by_model: &mut BTreeMap<String, Totals>, field: &str, v: i64) {
