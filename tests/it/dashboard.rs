@@ -10,9 +10,11 @@ const TOKEN: &str = "dash-7c41e0b9";
 /// The markup of every element that starts with `marker` (up to the next one, or to the end
 /// of its table row when the element is a row).
 pub fn elements<'a>(dom: &'a str, marker: &str) -> Vec<&'a str> {
-    dom.split(marker)
-        .skip(1)
-        .map(|rest| rest.split(marker).next().unwrap_or(rest))
+    let starts: Vec<usize> = dom.match_indices(marker).map(|(i, _)| i).collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| &dom[i..starts.get(n + 1).copied().unwrap_or(dom.len())])
         .map(|e| e.split("</tr>").next().unwrap_or(e))
         .collect()
 }
@@ -111,6 +113,20 @@ async fn dashboard_shows_tenants_limits_providers_and_recent_requests() {
     assert!(cards[1].contains(">3<"), "three requests: {}", cards[1]);
     assert!(cards[4].contains(">111<"), "111 characters: {}", cards[4]);
     assert_eq!(dom.matches("<rect class=\"day\"").count(), 30, "one bar a day");
+
+    // The range selector: this calendar month, and a custom span of one day.
+    let month = admin_get(&p, "/v1/profiles/p-1/usage?range=month", Some(TOKEN)).await.json();
+    let (first, today) = (month["from"].as_str().unwrap(), month["to"].as_str().unwrap());
+    let shown = dom_of(p.admin_url(&format!("/?token={TOKEN}#view=tenant&scope=profile&id=p-1&range=month"))).await;
+    assert_eq!(Some(shown.matches("<rect class=\"day\"").count() as u64), month["days"].as_u64());
+    assert!(shown.contains(&format!("{first} to {today} (")), "{shown}");
+    let shown = dom_of(p.admin_url(&format!(
+        "/?token={TOKEN}#view=tenant&scope=profile&id=p-1&range=custom&from={today}&to={today}"
+    )))
+    .await;
+    assert_eq!(shown.matches("<rect class=\"day\"").count(), 1);
+    assert!(shown.contains(&format!("{today} to {today} (1 day, UTC)")), "{shown}");
+    assert!(shown.contains("data-metric=\"requests\" data-value=\"3\""), "{shown}");
 
     // Breakdowns: Gemini is p-1's two calls, ElevenLabs its one.
     let gemini = elements(&dom, "<tr data-requests=")
