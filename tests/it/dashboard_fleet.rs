@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 use serde_json::Value;
 
-use crate::common::browser::{dump_dom, screenshot};
+use crate::common::browser::{dump_dom, screenshot, Browser};
 use crate::common::ops::*;
 use crate::common::*;
 use crate::dashboard::{attr, elements, ids, section, tenant_rows};
@@ -261,7 +261,40 @@ async fn dashboard_lists_searches_sorts_and_pages_ten_thousand_tenants() {
     assert_eq!(recent.len(), api["recent"].as_array().unwrap().len());
     assert!(recent[0].contains("/v1/text-to-speech/v1d"), "newest first: {}", recent[0]);
 
+    // The controls, clicked and typed into: search, pages, sort, a tenant, its range, its limits.
+    tokio::task::spawn_blocking(move || {
+        let mut b = Browser::open(&base);
+        let ready = "document.body.dataset.loaded === 'true'";
+        let first = "document.querySelector('tr.tenant').dataset.id";
+        let rows = "document.querySelectorAll('tr.tenant').length";
+        b.wait_for(ready);
+        b.eval("document.getElementById('q').value = '07777'; document.getElementById('list-form').requestSubmit(); true");
+        b.wait_for(&format!("{ready} && {rows} === 1"));
+        assert_eq!(b.eval(first), "p-07777");
+        b.eval("document.getElementById('q').value = ''; document.getElementById('list-form').requestSubmit(); true");
+        b.wait_for(&format!("{ready} && {rows} === 25"));
+        b.eval("document.getElementById('next').click(); true");
+        b.wait_for(&format!("{ready} && document.getElementById('list-view').dataset.page === '2'"));
+        assert_eq!(b.eval(first), "p-00023", "page 2 by ratio: after p-07777, p-00042 and p-00000 to p-00022");
+        b.eval("const s = document.getElementById('sort'); s.value = 'name'; s.dispatchEvent(new Event('change')); true");
+        b.wait_for(&format!(
+            "{ready} && document.getElementById('list-view').dataset.page === '1' && {first} === 'p-00000'"
+        ));
+        b.eval("document.querySelector('tr.tenant[data-id=\"p-00003\"] a.tenant-link').click(); true");
+        b.wait_for(&format!("{ready} && document.body.dataset.view === 'tenant'"));
+        assert_eq!(b.eval("document.getElementById('tenant-view').dataset.id"), "p-00003");
+        b.eval("const r = document.getElementById('range'); r.value = '7d'; r.dispatchEvent(new Event('change')); true");
+        b.wait_for(&format!("{ready} && document.querySelectorAll('#chart rect.day').length === 7"));
+        assert!(b.eval("window.location.hash").as_str().unwrap().contains("range=7d"));
+        b.eval("document.getElementById('tenant-limits').click(); true");
+        b.wait_for("document.getElementById('le-body').dataset.state === 'ready'");
+        assert_eq!(b.eval("document.getElementById('le-title').textContent"), "profile p-00003");
+    })
+    .await
+    .unwrap();
+
     // Pictures for review.
+    let base = p.admin_url("/");
     picture(base.clone(), "fleet-list.png").await;
     picture(tenant_url, "fleet-tenant.png").await;
     picture(format!("{base}#view=orgs&sort=cost"), "fleet-orgs.png").await;
