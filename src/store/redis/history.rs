@@ -24,6 +24,9 @@ use crate::quota::ledger::{CounterKey, History, StoreError, Totals, UsageRecord}
 /// Most (profile, tag) pairs remembered as registered; past it the memory starts over.
 const MAX_REGISTERED: usize = 100_000;
 
+/// Tenants whose keys are looked up at once by the reads that cover a whole fleet.
+const LOOKUPS_IN_FLIGHT: usize = 64;
+
 /// What this process has registered today: tag -> the profiles registered under it (looked
 /// up on every request, without building a key).
 #[derive(Default)]
@@ -268,9 +271,6 @@ impl Inner {
         Ok(sums.into_iter().filter(|(_, t)| !t.is_zero()).collect())
     }
 }
-
-/// Tenants whose keys are looked up at once by the reads that cover a whole fleet.
-const LOOKUPS_IN_FLIGHT: usize = 64;
 
 /// Adds one history field (`<metric>|<provider>|<model>`) to the totals and breakdowns.
 fn add_field(day: &mut Totals, by_provider: &mut BTreeMap<String, Totals>, by_model: &mut BTreeMap<String, Totals>, field: &str, v: i64) {
