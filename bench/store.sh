@@ -5,7 +5,9 @@
 # then the memory (RSS) and the usage API's latency for one tenant with 100,000 tenants stored.
 #
 # Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (3s), TENANTS_BIG
-# (100000), BASELINE_BIN (optional), CARGO_TARGET_DIR (target). Needs wrk, nginx, curl, python3.
+# (100000), MEMORY_DURATION (20s: long enough for every one of them to be stored),
+# BASELINE_BIN (optional), CARGO_TARGET_DIR (target), SECTIONS ("throughput
+# memory": either alone runs only that part). Needs wrk, nginx, curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +16,9 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 WARMUP=${WARMUP:-3s}
 TENANTS_BIG=${TENANTS_BIG:-100000}
+MEMORY_DURATION=${MEMORY_DURATION:-20s}
 TARGET=${CARGO_TARGET_DIR:-target}
+SECTIONS=${SECTIONS:-throughput memory}
 BIN=$(realpath -m "$TARGET/release/spendgate")
 
 for tool in wrk nginx curl python3; do
@@ -116,6 +120,7 @@ usage_latency() {
 }
 
 TTS=/v1/text-to-speech/voice
+if [[ " $SECTIONS " == *" throughput "* ]]; then
 declare -A RESULT
 RESULT[nginx]=$(load "http://127.0.0.1:$NGINX/elevenlabs$TTS" "${NGINX_PROCS[@]}")
 if [ -n "${BASELINE_BIN:-}" ]; then
@@ -143,18 +148,23 @@ for row in "nginx|nginx proxy_pass" "baseline|spendgate before (memory store, BA
     "$(awk -v a="$cpu" -v b="$ref_cpu" 'BEGIN { printf "%.2f", a / b }')"
 done
 
+fi
+
 # Memory and reads with many tenants stored.
+[[ " $SECTIONS " == *" memory "* ]] || exit 0
 start_proxy "$BIN" ""
 echo
-echo "embedded store, TTS over $TENANTS_BIG profiles for $DURATION:"
-read -r rps p50 p99 bad cpu <<<"$(TENANTS=$TENANTS_BIG load "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")"
+echo "embedded store, TTS over $TENANTS_BIG profiles for $MEMORY_DURATION:"
+read -r rps p50 p99 bad cpu <<<"$(TENANTS=$TENANTS_BIG DURATION=$MEMORY_DURATION load "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")"
+rss="$(rss_mib "$PROXY_PID" VmRSS) MiB (peak during the load $(rss_mib "$PROXY_PID" VmHWM) MiB)"
 stored=$(curl -s "http://127.0.0.1:$ADMIN/v1/profiles?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])')
 echo "  $rps req/s, p50 $p50, p99 $p99, $cpu CPU us/req; $stored profiles stored"
-echo "  RSS after the load: $(rss_mib "$PROXY_PID" VmRSS) MiB (peak $(rss_mib "$PROXY_PID" VmHWM) MiB); database $(du -sh "$WORK/run" | cut -f1)"
+echo "  RSS after the load: $rss; database $(du -sh "$WORK/run" | cut -f1)"
 read -r u50 u99 <<<"$(usage_latency "http://127.0.0.1:$ADMIN/v1/profiles/bench-4242/usage?range=30d")"
 echo "  usage API, one tenant (30d), sequential: p50 $u50 ms, p99 $u99 ms"
 read -r u50 u99 <<<"$(usage_latency "http://127.0.0.1:$ADMIN/v1/profiles/bench-4242/usage?range=all")"
 echo "  usage API, one tenant (all), sequential: p50 $u50 ms, p99 $u99 ms"
 read -r u50 u99 <<<"$(usage_latency "http://127.0.0.1:$ADMIN/v1/profiles?limit=50" 50)"
 echo "  listing, first 50 of $stored, sequential: p50 $u50 ms, p99 $u99 ms"
+echo "  RSS after the reads: $(rss_mib "$PROXY_PID" VmRSS) MiB (peak $(rss_mib "$PROXY_PID" VmHWM) MiB)"
 stop_proxy

@@ -121,16 +121,18 @@ impl App {
         let runtime = Runtime::new(config)?;
         warn_missing_tokens(&runtime.config);
         // Every store call is timed and counted in one place.
-        let store = Arc::new(Timed::new(store, metrics.store_errors.clone(), metrics.store_duration.clone()));
+        let store: Arc<dyn Store> = Arc::new(Timed::new(store, metrics.store_errors.clone(), metrics.store_duration.clone()));
+        let settlements = TaskTracker::new();
+        let alerts = Alerts::new(store.clone(), settlements.clone());
         Ok(Arc::new(App {
             runtime: ArcSwap::from_pointee(runtime),
             store,
             control,
             control_cache: ControlCache::default(),
             metrics,
-            alerts: Alerts::new(),
+            alerts,
             clock,
-            settlements: TaskTracker::new(),
+            settlements,
             stopping: CancellationToken::new(),
             body_budget: BodyBudget::default(),
             orgs: OrgCache::default(),

@@ -8,7 +8,9 @@ use spendgate::config::Config;
 
 // The request path allocates from every worker thread at once and the embedded store's
 // writer frees what they allocated; glibc's malloc spent about a tenth of the proxy's CPU
-// there (arena locks, consolidation), mimalloc a fraction of it.
+// there (arena locks, consolidation), mimalloc a fraction of it. Built without transparent
+// huge pages: with them, 2 MiB pages stay resident for a few live objects (RSS 95-106 MiB
+// against 81 MiB without, at 100,000 tenants, for no measurable speed).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -50,6 +52,10 @@ enum Command {
         /// Last day covered (YYYY-MM-DD; today by default), with --from.
         #[arg(long, requires = "from")]
         to: Option<String>,
+        /// Print one breakdown of the spend instead: by tag, provider or model (of the tenant
+        /// named, or of every profile).
+        #[arg(long, value_parser = ["tag", "provider", "model"])]
+        by: Option<String>,
         /// Print the usage API's JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
             range,
             from,
             to,
+            by,
             json,
         } => {
             use spendgate::domain::Scope;
@@ -96,7 +103,7 @@ fn main() -> ExitCode {
                 (None, Some(o)) => Target::One(Scope::Org, o),
                 (None, None) => Target::All,
             };
-            runtime.block_on(run(cli.config.as_deref(), target, &RangeArgs { range, from, to }, json))
+            runtime.block_on(run(cli.config.as_deref(), target, &RangeArgs { range, from, to }, by.as_deref(), json))
         }
     }
 }

@@ -84,8 +84,12 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub overhead: Histogram,
     pub store_duration: HistogramVec,
+    /// Spend and calls per attribution tag (only with `metrics.tag_labels`).
+    pub tag_cost_usd: CounterVec,
+    pub tag_requests: IntCounterVec,
     pub tenants: Mutex<LabelCap>,
     pub models: LabelCap,
+    pub tags: Mutex<LabelCap>,
     /// Tenants with their own label whose limits the quota gauges report.
     /// Per scope (profiles, orgs).
     quota_tenants: Mutex<[BTreeSet<String>; 2]>,
@@ -125,7 +129,7 @@ impl Metrics {
         let characters = counter("characters_total", "Characters billed.", &["tenant", "provider", "model"]);
         let quota_rejections = counter(
             "quota_rejections_total",
-            "Requests refused with 402 because a limit was used up.",
+            "Requests refused because a limit was used up (402 for a daily or monthly limit, 429 for a minute or hour limit).",
             &["tenant", "scope", "metric", "window"],
         );
         let shadow_refusals = counter(
@@ -213,8 +217,24 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(store_duration.clone())).expect("metric registered once");
+        let tag_requests = counter(
+            "tag_requests_total",
+            "Settled calls per attribution tag (metrics.tag_labels; a call with several tags counts under each).",
+            &["tag"],
+        );
+        let tag_cost_usd = CounterVec::new(
+            Opts::new(
+                "spendgate_tag_cost_usd_total",
+                "Cost in USD per attribution tag (metrics.tag_labels; a call with several tags counts under each).",
+            ),
+            &["tag"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(tag_cost_usd.clone())).expect("metric registered once");
         let m = Self {
             registry,
+            tag_cost_usd,
+            tag_requests,
             requests,
             cost_usd,
             tokens,
@@ -235,6 +255,7 @@ impl Metrics {
             store_duration,
             tenants: Mutex::new(LabelCap::new(cfg.tenant_labels, cfg.max_tenants)),
             models: LabelCap::new(true, MAX_MODEL_LABELS),
+            tags: Mutex::new(LabelCap::new(cfg.tag_labels, cfg.max_tags)),
             quota_tenants: Mutex::new([BTreeSet::new(), BTreeSet::new()]),
             render_lock: Mutex::new(()),
         };
@@ -254,8 +275,10 @@ impl Metrics {
     /// The name of every metric family this process exports.
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 18] = [
+        let collectors: [&dyn Collector; 20] = [
             &self.requests,
+            &self.tag_requests,
+            &self.tag_cost_usd,
             &self.cost_usd,
             &self.tokens,
             &self.characters,
@@ -300,6 +323,26 @@ impl Metrics {
         self.tenants.lock().label(id)
     }
 
+    /// Counts a settled call under each of its tags, when `metrics.tag_labels` is on.
+    pub fn note_tags(&self, tags: &[String], cost_nanos: i64) {
+        if tags.is_empty() {
+            return;
+        }
+        let caps = self.tags.lock();
+        for tag in tags {
+            let label = caps.label(tag);
+            if label.is_empty() {
+                return;
+            }
+            self.tag_requests.with_label_values(&[&label]).inc();
+            if cost_nanos > 0 {
+                self.tag_cost_usd
+                    .with_label_values(&[&label])
+                    .inc_by(crate::domain::money::nanos_to_usd(cost_nanos));
+            }
+        }
+    }
+
     /// The label for a model name (capped).
     pub fn model(&self, model: &str) -> String {
         self.models.label(model)
@@ -308,6 +351,7 @@ impl Metrics {
     /// Applies a reloaded `metrics:` section.
     pub fn reconfigure(&self, cfg: &MetricsConfig) {
         self.tenants.lock().reconfigure(cfg.tenant_labels, cfg.max_tenants);
+        self.tags.lock().reconfigure(cfg.tag_labels, cfg.max_tags);
     }
 
     /// The text exposition format, with the quota gauges replaced by `quota` first (kept as

@@ -2,7 +2,9 @@
 //!
 //! The file's directory is watched (not the file), so editors that write a new file and rename
 //! it over the old one, and Kubernetes ConfigMap volumes (which swap a `..data` symlink), are
-//! seen too. Events are debounced; then the file is read and, only if its bytes differ from
+//! seen too. Only events naming the file (or the ConfigMap's `..data` entries) count: the
+//! embedded store's database often sits in the same directory and is written many times a
+//! second. Events are debounced; then the file is read and, only if its bytes differ from
 //! the last ones seen, [`App::reload`] runs. A broken file is logged and counted there, and
 //! the configuration in force stays until the file is fixed.
 //!
@@ -33,6 +35,17 @@ fn relevant(kind: &EventKind) -> bool {
     }
 }
 
+/// Whether an event in the directory may concern the file named `name`: it names the file
+/// (written, created, renamed over), or a Kubernetes ConfigMap entry (`..data`,
+/// `..2026_11_29...`: the volume swaps a symlink the file goes through), or no path at all.
+fn concerns(paths: &[PathBuf], name: &std::ffi::OsStr) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|p| match p.file_name() {
+            Some(n) => n == name || n.as_encoded_bytes().starts_with(b".."),
+            None => true,
+        })
+}
+
 /// Starts watching `path`'s directory. Returns the task that reloads on changes until
 /// shutdown, or the reason watching is impossible (the proxy then still reloads on SIGHUP and
 /// `POST /v1/reload`).
@@ -41,10 +54,11 @@ pub fn watch(app: Arc<App>, path: PathBuf, shutdown: watch::Receiver<bool>) -> R
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
     let changed = Arc::new(Notify::new());
     let signal = changed.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(e) if relevant(&e.kind) => signal.notify_one(),
+        Ok(e) if relevant(&e.kind) && concerns(&e.paths, &name) => signal.notify_one(),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "config file watcher error"),
     })?;
@@ -105,5 +119,23 @@ mod tests {
         assert!(!relevant(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
         assert!(relevant(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
         assert!(relevant(&EventKind::Modify(notify::event::ModifyKind::Any)));
+    }
+
+    #[test]
+    fn only_events_naming_the_file_or_a_configmap_swap_count() {
+        let name = std::ffi::OsStr::new("spendgate.yaml");
+        let at = |p: &str| vec![PathBuf::from(p)];
+        assert!(concerns(&at("/etc/sg/spendgate.yaml"), name));
+        assert!(concerns(&at("/etc/sg/..data"), name));
+        assert!(concerns(&at("/etc/sg/..2026_11_29_10_00_00.123"), name));
+        assert!(concerns(&[], name));
+        // A rename of an editor's temporary file over the config names both.
+        assert!(concerns(
+            &[PathBuf::from("/etc/sg/.spendgate.yaml.swp"), PathBuf::from("/etc/sg/spendgate.yaml")],
+            name
+        ));
+        assert!(!concerns(&at("/etc/sg/spendgate.db-wal"), name));
+        assert!(!concerns(&at("/etc/sg/spendgate.db"), name));
+        assert!(!concerns(&at("/etc/sg/.spendgate.yaml.swp"), name));
     }
 }

@@ -6,7 +6,10 @@ use http::HeaderMap;
 use parking_lot::Mutex;
 
 use crate::config::{Missing, TenantConfig};
-use crate::domain::tenant_id::validate_id;
+use crate::domain::tenant_id::{validate_id, validate_tag};
+
+/// Most attribution tags one request may carry.
+pub const MAX_TAGS: usize = 4;
 
 /// The tenant a request is charged to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,30 @@ pub fn identify(headers: &HeaderMap, cfg: &TenantConfig) -> Result<Tenant, Tenan
         None => None,
     };
     Ok(Tenant { profile, org })
+}
+
+/// The attribution tags of a request (`tenant.tag_header`): comma-separated, each validated
+/// like a tenant id (`=` allowed too), duplicates dropped, at most [`MAX_TAGS`]. The header may
+/// also appear several times. `Err` is the message of a 400 `invalid_tag`.
+pub fn tags(headers: &HeaderMap, cfg: &TenantConfig) -> Result<Vec<String>, String> {
+    let Some(name) = cfg.tag_header.as_deref() else { return Ok(Vec::new()) };
+    let mut out: Vec<String> = Vec::new();
+    for v in headers.get_all(name) {
+        let s = v.to_str().map_err(|_| format!("invalid tag header {name}: the value is not visible ASCII"))?;
+        for tag in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            validate_tag(tag).map_err(|e| format!("invalid tag header {name}: {e}"))?;
+            if !out.iter().any(|t| t == tag) {
+                out.push(tag.to_string());
+            }
+        }
+    }
+    if out.len() > MAX_TAGS {
+        return Err(format!(
+            "invalid tag header {name}: {} tags; at most {MAX_TAGS} are allowed per request",
+            out.len()
+        ));
+    }
+    Ok(out)
 }
 
 /// Most profile -> org bindings kept in memory; past it the cache starts afresh (the store
@@ -124,6 +151,22 @@ mod tests {
             identify(&headers(&[("x-profile-id", "ok"), ("x-org-id", "{x}")]), &cfg).unwrap_err().kind(),
             "tenant_invalid"
         );
+    }
+
+    #[test]
+    fn tags_are_validated_deduplicated_and_bounded() {
+        let cfg = TenantConfig::default();
+        let h = headers(&[("x-spendgate-tag", "tool=script-writer, team=video"), ("X-Spendgate-Tag", "tool=script-writer")]);
+        assert_eq!(tags(&h, &cfg).unwrap(), ["tool=script-writer", "team=video"]);
+        assert!(tags(&headers(&[]), &cfg).unwrap().is_empty());
+        assert!(tags(&headers(&[("x-spendgate-tag", "a b")]), &cfg).unwrap_err().contains("only letters"));
+        assert!(tags(&headers(&[("x-spendgate-tag", "a,b,c,d,e")]), &cfg).unwrap_err().contains("at most 4"));
+        assert!(tags(&headers(&[("x-spendgate-tag", &"a".repeat(129))]), &cfg).is_err());
+        let off = TenantConfig {
+            tag_header: None,
+            ..TenantConfig::default()
+        };
+        assert!(tags(&headers(&[("x-spendgate-tag", "a b")]), &off).unwrap().is_empty());
     }
 
     #[test]

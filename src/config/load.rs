@@ -101,6 +101,9 @@ impl Config {
         if self.tenant.org_header.as_deref().is_some_and(|h| h.trim().is_empty()) {
             self.tenant.org_header = None;
         }
+        if self.tenant.tag_header.as_deref().is_some_and(|h| h.trim().is_empty()) {
+            self.tenant.tag_header = None;
+        }
     }
 
     /// Checks that span several keys. Returns the offending key and a message.
@@ -118,6 +121,15 @@ impl Config {
             }
             if h.eq_ignore_ascii_case(&self.tenant.profile_header) {
                 return Err(("tenant.org_header".into(), "must differ from tenant.profile_header".into()));
+            }
+        }
+        if let Some(h) = &self.tenant.tag_header {
+            if !header_ok(h) {
+                return Err(("tenant.tag_header".into(), format!("`{h}` is not a valid header name")));
+            }
+            let tenant_headers = std::iter::once(&self.tenant.profile_header).chain(self.tenant.org_header.as_ref());
+            if tenant_headers.into_iter().any(|t| t.eq_ignore_ascii_case(h)) {
+                return Err(("tenant.tag_header".into(), "must differ from the profile and org headers".into()));
             }
         }
         let mut org_of: BTreeMap<&str, &str> = BTreeMap::new();
@@ -290,6 +302,9 @@ impl Config {
         if self.store.key_prefix.is_empty() || self.store.key_prefix.contains(['{', '}', ' ']) {
             return Err(("store.key_prefix".into(), "must be non-empty without braces or spaces".into()));
         }
+        if self.store.max_tags == 0 {
+            return Err(("store.max_tags".into(), "must be at least 1".into()));
+        }
         if self.reserve.bytes_per_token == 0 {
             return Err(("reserve.bytes_per_token".into(), "must be at least 1".into()));
         }
@@ -419,6 +434,15 @@ mod tests {
         let e = parse("limits:\n  default_org:\n    - metric: cost_usd\n      window: weekly\n      max: 1\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("limits.default_org[0].window"));
         assert_eq!(e.line, Some(4));
+    }
+
+    #[test]
+    fn rate_windows_parse() {
+        let c = parse("limits:\n  default_profile:\n    - {metric: requests, window: minute, max: 60}\n    - {metric: tokens, window: hour, max: 100000}\n    - {metric: requests, window: daily, max: 1000}\n").unwrap();
+        let windows: Vec<_> = c.limits.default_profile.iter().map(|l| l.window.as_str()).collect();
+        assert_eq!(windows, ["minute", "hour", "daily"]);
+        let e = parse("limits:\n  default_org:\n    - {metric: requests, window: second, max: 1}\n").unwrap_err();
+        assert!(e.to_string().contains("minute") && e.to_string().contains("hour"), "{e}");
     }
 
     #[test]

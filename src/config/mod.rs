@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 pub use diff::restart_only_changes;
 pub use load::{ConfigError, EMBEDDED_DEFAULT};
-pub use values::{ListenAddr, NonNegative, Pattern, Positive, Ratio, Seconds, TimeZone};
+pub use values::{AlertAt, ListenAddr, NonNegative, Pattern, Positive, Ratio, Seconds, TimeZone};
 
 use crate::domain::window::Window;
 use crate::domain::{Metric, Mode};
@@ -211,6 +211,9 @@ pub struct StoreConfig {
     pub retention: RetentionConfig,
     /// How many recent requests are kept per tenant for the usage API.
     pub recent_max: usize,
+    /// Most distinct attribution tags kept per tenant in the history; a tenant's further new
+    /// tags are recorded as `other`.
+    pub max_tags: usize,
 }
 
 impl Default for StoreConfig {
@@ -234,6 +237,7 @@ impl Default for StoreConfig {
             journal_max_entries: 100_000,
             retention: RetentionConfig::default(),
             recent_max: 50,
+            max_tags: 100,
         }
     }
 }
@@ -284,6 +288,9 @@ pub struct TenantConfig {
     pub missing: Missing,
     /// Remove the tenant headers before forwarding upstream.
     pub strip: bool,
+    /// The optional header of attribution tags (`tool=script-writer`, comma-separated, at most
+    /// 4); always removed before forwarding. Empty string or null turns tags off.
+    pub tag_header: Option<String>,
     /// Org id -> its profiles. A profile belongs to one org: one named here always counts
     /// for it; any other keeps the first org it is seen with (remembered in the store).
     pub orgs: BTreeMap<String, Vec<String>>,
@@ -296,6 +303,7 @@ impl Default for TenantConfig {
             org_header: Some("X-Org-Id".into()),
             missing: Missing::Reject,
             strip: true,
+            tag_header: Some("X-Spendgate-Tag".into()),
             orgs: BTreeMap::new(),
         }
     }
@@ -534,7 +542,7 @@ pub struct LimitSpec {
     pub window: Window,
     pub max: Positive,
     #[serde(default)]
-    pub alert_at: Ratio,
+    pub alert_at: AlertAt,
     #[serde(default = "yes")]
     pub enabled: bool,
     #[serde(default)]
@@ -558,6 +566,9 @@ pub struct MatchSpec {
     /// Glob on the upstream path (after the prefix), e.g. `/v1/audio/*`.
     #[serde(default)]
     pub path: Option<Pattern>,
+    /// Glob on the request's attribution tags (`tool=script-writer`): matches when any tag does.
+    #[serde(default)]
+    pub tag: Option<Pattern>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -567,6 +578,11 @@ pub struct MetricsConfig {
     pub tenant_labels: bool,
     /// Most tenants that get their own label; the rest are folded into `other`.
     pub max_tenants: usize,
+    /// Export spend per attribution tag (`spendgate_tag_cost_usd_total{tag}`,
+    /// `spendgate_tag_requests_total{tag}`).
+    pub tag_labels: bool,
+    /// Most tags that get their own label; the rest are folded into `other`.
+    pub max_tags: usize,
 }
 
 impl Default for MetricsConfig {
@@ -574,15 +590,28 @@ impl Default for MetricsConfig {
         Self {
             tenant_labels: true,
             max_tenants: 1000,
+            tag_labels: false,
+            max_tags: 100,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
-    /// POST a JSON event here when a limit crosses its `alert_at`.
+    /// POST a JSON event here when a limit crosses one of its `alert_at` thresholds.
     pub webhook_url: Option<String>,
+    /// The webhook body: `json` (spendgate's event) or `slack` (a Slack incoming-webhook
+    /// message, `{"text": ...}`, which Slack-compatible chat tools also accept).
+    pub format: AlertFormat,
     pub timeout: Seconds,
     pub retries: u32,
 }
@@ -591,6 +620,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         Self {
             webhook_url: None,
+            format: AlertFormat::Json,
             timeout: Seconds::from_secs(5),
             retries: 3,
         }

@@ -58,6 +58,44 @@ impl<'de> Deserialize<'de> for Ratio {
     }
 }
 
+/// `alert_at`: one fraction or a list of them (`[0.5, 0.8, 0.95]`), each in (0, 1]; kept
+/// sorted, without repeats. Defaults to `[0.8]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertAt(pub Vec<f64>);
+
+/// Most thresholds one limit may have.
+pub const MAX_THRESHOLDS: usize = 8;
+
+impl Default for AlertAt {
+    fn default() -> Self {
+        AlertAt(vec![0.8])
+    }
+}
+
+impl<'de> Deserialize<'de> for AlertAt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(f64),
+            Many(Vec<f64>),
+        }
+        let mut v = match OneOrMany::deserialize(d).map_err(|_| de::Error::custom("expected a fraction in (0, 1] or a list of them, e.g. [0.5, 0.8, 0.95]"))? {
+            OneOrMany::One(x) => vec![x],
+            OneOrMany::Many(v) => v,
+        };
+        if v.is_empty() || v.len() > MAX_THRESHOLDS {
+            return Err(de::Error::custom(format!("needs 1 to {MAX_THRESHOLDS} thresholds, got {}", v.len())));
+        }
+        if let Some(bad) = v.iter().find(|x| !x.is_finite() || **x <= 0.0 || **x > 1.0) {
+            return Err(de::Error::custom(format!("must be a fraction in (0, 1], got {bad}")));
+        }
+        v.sort_by(f64::total_cmp);
+        v.dedup();
+        Ok(AlertAt(v))
+    }
+}
+
 /// Seconds, as a positive number (fractions allowed).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Seconds(pub std::time::Duration);

@@ -4,6 +4,12 @@
 /// Longest tenant id accepted; ids become store keys and metric labels.
 pub const MAX_ID_LEN: usize = 128;
 
+/// Checks an attribution tag (`tool=script-writer`): like a tenant id, and `=` is allowed too.
+pub fn validate_tag(tag: &str) -> Result<(), String> {
+    let without_eq = tag.replace('=', "_");
+    validate_id(&without_eq).map_err(|e| e.replace("the id", "the tag").replace(": @ -", ": @ - ="))
+}
+
 /// Checks an id: 1..=128 bytes of `[A-Za-z0-9._:@-]`.
 pub fn validate_id(id: &str) -> Result<(), String> {
     if id.is_empty() {

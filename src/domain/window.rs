@@ -1,35 +1,52 @@
-//! Calendar windows (day and month) in the configured time zone, and the clock they read.
+//! Windows in the configured time zone (fixed minutes and hours, calendar days and months),
+//! and the clock they read.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Offset, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-/// The length of a limit's window.
+/// The length of a limit's window. `Minute` and `Hour` are rate windows (fixed minutes and
+/// hours of the configured zone's clock); `Daily` and `Monthly` are calendar windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Window {
+    Minute,
+    Hour,
     Daily,
     Monthly,
 }
 
 impl Window {
+    /// Every window, shortest first.
+    pub const ALL: [Window; 4] = [Window::Minute, Window::Hour, Window::Daily, Window::Monthly];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            Window::Minute => "minute",
+            Window::Hour => "hour",
             Window::Daily => "daily",
             Window::Monthly => "monthly",
         }
     }
 
-    /// "Daily" / "Monthly", for messages.
+    /// "Per-minute" / "Hourly" / "Daily" / "Monthly", for messages.
     pub fn title(self) -> &'static str {
         match self {
+            Window::Minute => "Per-minute",
+            Window::Hour => "Hourly",
             Window::Daily => "Daily",
             Window::Monthly => "Monthly",
         }
+    }
+
+    /// A rate window (minute or hour): its refusal is 429 `rate_limited`, which clients
+    /// retry after a short wait, instead of 402.
+    pub fn is_rate(self) -> bool {
+        matches!(self, Window::Minute | Window::Hour)
     }
 }
 
@@ -39,11 +56,13 @@ impl fmt::Display for Window {
     }
 }
 
-/// One concrete window: a calendar day or month in the configured zone.
+/// One concrete window: a minute, an hour, a calendar day or month in the configured zone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Bucket {
     pub window: Window,
-    /// `2026-11-22` for a day, `2026-11` for a month.
+    /// `2026-11-22` for a day, `2026-11` for a month; for a minute or an hour its local start
+    /// with the zone's offset then (`2026-11-22T10:05+01:00`, `2026-11-22T10+01:00`), so the
+    /// hour repeated when clocks go back is a bucket of its own.
     pub id: String,
     /// The instant the window ends (and the next one starts).
     pub resets_at: DateTime<Utc>,
@@ -112,11 +131,11 @@ impl Calendar {
     /// so the ids are formatted once per window, not per request.
     pub fn bucket(&self, window: Window, at: DateTime<Utc>) -> Bucket {
         /// Per window kind: the zone, the instant the window starts, the window.
-        type Last = [Option<(Tz, DateTime<Utc>, Bucket)>; 2];
+        type Last = [Option<(Tz, DateTime<Utc>, Bucket)>; 4];
         thread_local! {
-            static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new([None, None]) };
+            static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new([None, None, None, None]) };
         }
-        let slot = usize::from(window == Window::Monthly);
+        let slot = window as usize;
         let hit = LAST.with_borrow(|last| match &last[slot] {
             Some((tz, starts, b)) if *tz == self.tz && *starts <= at && at < b.resets_at => Some(b.clone()),
             _ => None,
@@ -131,9 +150,12 @@ impl Calendar {
 
     /// The window containing `at`, with the instant it starts.
     fn compute_bucket(&self, window: Window, at: DateTime<Utc>) -> (DateTime<Utc>, Bucket) {
+        if window.is_rate() {
+            return self.rate_bucket(window, at);
+        }
         let date = self.local_date(at);
         let first = match window {
-            Window::Daily => date,
+            Window::Minute | Window::Hour | Window::Daily => date,
             Window::Monthly => date.with_day(1).expect("the first of a month exists"),
         };
         (self.start_of(first), self.bucket_of(window, date))
@@ -141,6 +163,7 @@ impl Calendar {
 
     fn bucket_of(&self, window: Window, date: NaiveDate) -> Bucket {
         match window {
+            Window::Minute | Window::Hour => unreachable!("rate windows are handled above"),
             Window::Daily => Bucket {
                 window,
                 id: date.format("%Y-%m-%d").to_string(),
@@ -155,6 +178,30 @@ impl Calendar {
                 }
             }
         }
+    }
+
+    /// The fixed minute or hour containing `at`: the local clock's minute or hour at the zone's
+    /// offset at `at` (zones whose offset is not whole hours start their hours off the UTC hour).
+    fn rate_bucket(&self, window: Window, at: DateTime<Utc>) -> (DateTime<Utc>, Bucket) {
+        let local = at.with_timezone(&self.tz);
+        let offset = local.offset().fix();
+        let fixed = at.with_timezone(&offset);
+        let (len, start) = match window {
+            Window::Minute => (Duration::minutes(1), fixed.with_second(0).and_then(|t| t.with_nanosecond(0))),
+            _ => (
+                Duration::hours(1),
+                fixed.with_minute(0).and_then(|t| t.with_second(0)).and_then(|t| t.with_nanosecond(0)),
+            ),
+        };
+        let start = start.expect("truncating to a minute or an hour at a fixed offset is valid");
+        let format = if window == Window::Minute { "%Y-%m-%dT%H:%M%:z" } else { "%Y-%m-%dT%H%:z" };
+        let starts = start.with_timezone(&Utc);
+        let bucket = Bucket {
+            window,
+            id: start.format(format).to_string(),
+            resets_at: starts + len,
+        };
+        (starts, bucket)
     }
 
     /// The ids of the daily buckets of the last `days` days, newest first, ending at `at`.
@@ -236,6 +283,34 @@ mod tests {
         let cal = Calendar::new(chrono_tz::America::Santiago);
         let start = cal.start_of(NaiveDate::from_ymd_opt(2026, 9, 6).unwrap());
         assert_eq!(start.with_timezone(&cal.tz).format("%H:%M").to_string(), "01:00");
+    }
+
+    #[test]
+    fn minutes_and_hours_in_zone_time() {
+        let cal = Calendar::new(chrono_tz::Europe::Berlin);
+        let m = cal.bucket(Window::Minute, utc("2026-11-22T10:05:42.5Z"));
+        assert_eq!(m.id, "2026-11-22T11:05+01:00");
+        assert_eq!(m.resets_at, utc("2026-11-22T10:06:00Z"));
+        let h = cal.bucket(Window::Hour, utc("2026-11-22T10:05:42Z"));
+        assert_eq!(h.id, "2026-11-22T11+01:00");
+        assert_eq!(h.resets_at, utc("2026-11-22T11:00:00Z"));
+        // Half-hour zones start their hours at :30 UTC.
+        let india = Calendar::new(chrono_tz::Asia::Kolkata);
+        let h = india.bucket(Window::Hour, utc("2026-11-22T10:05:00Z"));
+        assert_eq!(h.id, "2026-11-22T15+05:30");
+        assert_eq!(h.resets_at, utc("2026-11-22T10:30:00Z"));
+    }
+
+    #[test]
+    fn the_repeated_hour_when_clocks_go_back_is_its_own_bucket() {
+        let cal = Calendar::new(chrono_tz::Europe::Berlin);
+        // 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:xx local happens twice.
+        let first = cal.bucket(Window::Hour, utc("2026-10-25T00:30:00Z"));
+        let second = cal.bucket(Window::Hour, utc("2026-10-25T01:30:00Z"));
+        assert_eq!(first.id, "2026-10-25T02+02:00");
+        assert_eq!(second.id, "2026-10-25T02+01:00");
+        assert_eq!(first.resets_at, utc("2026-10-25T01:00:00Z"));
+        assert_eq!(second.resets_at, utc("2026-10-25T02:00:00Z"));
     }
 
     #[test]

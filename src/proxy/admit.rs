@@ -49,6 +49,8 @@ pub struct Admitted {
     pub reservation: Reservation,
     /// The tightest limit's remaining amount after this call's reservation, and its reset.
     pub remaining: Option<(Metric, i64, DateTime<Utc>)>,
+    /// The `RateLimit-Policy` and `RateLimit` headers (`super::ratelimit`).
+    pub ratelimit: Option<(HeaderValue, HeaderValue)>,
     /// The `X-Spendgate-Warning` header, when a limit crossed its alert threshold.
     pub warning: Option<HeaderValue>,
     /// The share of the buffering budget the body holds (released once it is sent).
@@ -112,6 +114,7 @@ pub async fn admit(
     }
     let tenant =
         tenant::identify(req.headers(), &runtime.config.tenant).map_err(|e| own.error(&unknown(), StatusCode::BAD_REQUEST, e.kind(), &e.to_string()))?;
+    let tags = tenant::tags(req.headers(), &runtime.config.tenant).map_err(|m| own.error(&unknown(), StatusCode::BAD_REQUEST, "invalid_tag", &m))?;
     let tenant = org_of(app, runtime, tenant)
         .await
         .map_err(|(status, kind, msg)| own.error(&unknown(), status, kind, &msg))?;
@@ -238,6 +241,7 @@ pub async fn admit(
         kind: route.kind,
         model: call.model.as_deref(),
         path: &upstream_path,
+        tags: &tags,
     };
     let now = app.clock.now();
     let plan = Plan::new(
@@ -255,13 +259,14 @@ pub async fn admit(
         id: id.clone(),
         record: UsageRecord {
             at: now,
-            day: runtime.calendar.local_date(now).format("%Y-%m-%d").to_string(),
+            day: runtime.calendar.bucket(crate::domain::window::Window::Daily, now).id,
             profile: tenant.profile.clone(),
             org: tenant.org.clone(),
             provider: route.name.clone(),
             model: call.model.clone().unwrap_or_else(|| "unknown".into()),
             path: upstream_path.clone(),
             status: 0,
+            tags: tags.clone(),
             totals: Totals {
                 requests: 1,
                 cost_nanos: amounts.cost_nanos,
@@ -282,6 +287,7 @@ pub async fn admit(
         let c = &plan.checks[i];
         (c.limit.metric, rem, c.resets_at)
     });
+    let ratelimit = before.as_ref().and_then(|b| super::ratelimit::headers(&plan, b, now));
     let reservation = Reservation::new(Settler {
         id,
         app: app.clone(),
@@ -289,6 +295,7 @@ pub async fn admit(
         route: route.clone(),
         prices,
         tenant,
+        tags,
         call: call.clone(),
         path: upstream_path.clone(),
         status: 0,
@@ -313,6 +320,7 @@ pub async fn admit(
         query,
         reservation,
         remaining,
+        ratelimit,
         warning,
         buffered,
     })
@@ -433,7 +441,8 @@ async fn reserve(
                 ])
                 .inc();
             tracing::info!(tenant = %refusal.tenant, scope = %refusal.scope, metric = %refusal.limit.metric, window = %refusal.limit.window, "refused: {}", refusal.message());
-            let mut r = reply::json_response(StatusCode::PAYMENT_REQUIRED, &refusal.body());
+            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::PAYMENT_REQUIRED);
+            let mut r = reply::json_response(status, &refusal.body());
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after(now)));
             Err(r)
         }

@@ -34,6 +34,7 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
         query,
         mut reservation,
         remaining,
+        ratelimit,
         warning,
         buffered,
     } = admitted;
@@ -96,6 +97,10 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
     remove_hop_by_hop(&mut parts.headers);
     if let Some((metric, rem, resets_at)) = remaining {
         set_remaining_headers(&mut parts.headers, metric, rem, resets_at);
+    }
+    if let Some((policy, state)) = ratelimit {
+        parts.headers.insert("ratelimit-policy", policy);
+        parts.headers.insert("ratelimit", state);
     }
     if let Some(w) = warning {
         parts.headers.insert("x-spendgate-warning", w);
@@ -163,6 +168,10 @@ fn extractor_for(
 fn prepare_upstream_headers(headers: &mut http::HeaderMap, runtime: &Runtime, route: &Route) {
     remove_hop_by_hop(headers);
     let tenant_cfg = &runtime.config.tenant;
+    // Tags are spendgate's own: never forwarded.
+    if let Some(h) = &tenant_cfg.tag_header {
+        headers.remove(h.as_str());
+    }
     if tenant_cfg.strip {
         headers.remove(tenant_cfg.profile_header.as_str());
         if let Some(h) = &tenant_cfg.org_header {

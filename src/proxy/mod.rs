@@ -7,6 +7,7 @@ pub mod handler;
 pub mod headers;
 mod idle;
 pub mod meter;
+pub mod ratelimit;
 pub mod reply;
 pub mod settle;
 

@@ -43,6 +43,8 @@ pub struct Settler {
     /// The price table the call is priced from (the route's, or its wire family's).
     pub prices: ProviderKind,
     pub tenant: Tenant,
+    /// The request's attribution tags (`tenant.tag_header`).
+    pub tags: Vec<String>,
     pub call: Call,
     pub path: String,
     pub status: u16,
@@ -190,6 +192,7 @@ impl Settler {
                 model: d.model.clone().unwrap_or_else(|| "unknown".into()),
                 path: d.path.clone(),
                 status: 200,
+                tags: d.tags.clone(),
                 totals: Totals {
                     requests: 0,
                     cost_nanos: actual.cost_nanos - d.charged.cost_nanos,
@@ -201,8 +204,7 @@ impl Settler {
                 reason: Some("adjustment".into()),
             },
             id: next_id(),
-            expire_daily: d.plan.expire_daily,
-            expire_monthly: d.plan.expire_monthly,
+            expires: d.plan.expires,
         };
         tracing::info!(provider = %self.route.name, id = %super::reply::loggable(id), charged = d.charged.cost_nanos, reported = actual.cost_nanos, "a call billed later settles to its reported usage");
         spawn_store(&self.app, settlement);
@@ -257,6 +259,8 @@ impl Settler {
                 .inc_by(usage.characters);
         }
 
+        m.note_tags(&self.tags, cost);
+
         // Without a reservation (store unreachable when admitted) the whole amount is added.
         let mut plan = self.plan;
         if self.before.is_none() {
@@ -282,6 +286,7 @@ impl Settler {
                     prices: self.prices,
                     model: self.call.model.clone(),
                     path: self.path.clone(),
+                    tags: self.tags.clone(),
                 },
             );
         }
@@ -296,6 +301,7 @@ impl Settler {
                 model,
                 path: self.path.clone(),
                 status: self.status,
+                tags: self.tags.clone(),
                 totals: Totals {
                     requests: 1,
                     cost_nanos: cost,
@@ -307,8 +313,7 @@ impl Settler {
                 reason: settled.anomaly.map(|a| a.as_str().to_string()),
             },
             id: self.id.clone(),
-            expire_daily: plan.expire_daily,
-            expire_monthly: plan.expire_monthly,
+            expires: plan.expires,
         };
         m.overhead.observe((self.overhead + started.elapsed()).as_secs_f64());
         spawn_store(&self.app, settlement);

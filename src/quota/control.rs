@@ -34,7 +34,7 @@ pub struct LimitEntry {
     pub metric: Metric,
     pub window: Window,
     pub max: f64,
-    pub alert_at: f64,
+    pub alert_at: Thresholds,
     pub enabled: bool,
     pub mode: Mode,
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
@@ -51,6 +51,26 @@ pub struct MatchEntry {
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// A limit's `alert_at` as stored: one number when there is one threshold (as entries made
+/// before several thresholds existed were stored), else the ascending list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Thresholds {
+    One(f64),
+    Many(Vec<f64>),
+}
+
+impl Thresholds {
+    fn of(v: &[f64]) -> Thresholds {
+        match v {
+            [one] => Thresholds::One(*one),
+            many => Thresholds::Many(many.to_vec()),
+        }
+    }
 }
 
 impl LimitEntry {
@@ -60,13 +80,14 @@ impl LimitEntry {
             metric: spec.metric,
             window: spec.window,
             max: spec.max.0,
-            alert_at: spec.alert_at.0,
+            alert_at: Thresholds::of(&spec.alert_at.0),
             enabled: spec.enabled,
             mode: spec.mode,
             matcher: spec.matcher.as_ref().map(|m| MatchEntry {
                 provider: m.provider.clone(),
                 model: m.model.as_ref().map(|p| p.as_str().to_string()),
                 path: m.path.as_ref().map(|p| p.as_str().to_string()),
+                tag: m.tag.as_ref().map(|p| p.as_str().to_string()),
             }),
         }
     }

@@ -25,6 +25,8 @@ pub struct Deferred {
     pub prices: ProviderKind,
     pub model: Option<String>,
     pub path: String,
+    /// The call's attribution tags.
+    pub tags: Vec<String>,
 }
 
 /// Calls billed later (background responses), by provider and id, until the answer that

@@ -35,15 +35,46 @@ pub struct CounterOp {
     pub max: Option<i64>,
 }
 
+/// When the counter buckets of one request may be deleted, per window. Rate windows (minute,
+/// hour) are kept a little past their end; days and months for the configured retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    pub minute: DateTime<Utc>,
+    pub hour: DateTime<Utc>,
+    pub daily: DateTime<Utc>,
+    pub monthly: DateTime<Utc>,
+}
+
+impl Expiry {
+    /// The same instant for every window.
+    pub fn all(at: DateTime<Utc>) -> Expiry {
+        Expiry {
+            minute: at,
+            hour: at,
+            daily: at,
+            monthly: at,
+        }
+    }
+
+    /// When a bucket of `window` may be deleted.
+    pub fn of(&self, window: Window) -> DateTime<Utc> {
+        match window {
+            Window::Minute => self.minute,
+            Window::Hour => self.hour,
+            Window::Daily => self.daily,
+            Window::Monthly => self.monthly,
+        }
+    }
+}
+
 /// The atomic check-and-reserve of one request.
 #[derive(Debug, Clone)]
 pub struct ReserveRequest {
     /// Shared, so a store that keeps them past the call (the embedded store's writer) does
     /// not copy every key.
     pub ops: std::sync::Arc<[CounterOp]>,
-    /// When the buckets may be deleted (per window).
-    pub expire_daily: DateTime<Utc>,
-    pub expire_monthly: DateTime<Utc>,
+    /// When the buckets may be deleted (per window: `expires.of(op.key.window)`).
+    pub expires: Expiry,
     /// The call being reserved, for a store that records open calls (see
     /// [`Store::keeps_open_calls`]); its settlement carries the same id.
     pub call: Option<std::sync::Arc<OpenCall>>,
@@ -105,6 +136,10 @@ pub struct UsageRecord {
     pub model: String,
     pub path: String,
     pub status: u16,
+    /// Attribution tags as sent (`tool=script-writer`); a store bounds the distinct tags it
+    /// keeps per tenant (see [`Store::settle`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     pub totals: Totals,
     /// Why the totals are an estimate rather than the provider's report (`timeout`, `cut`,
     /// `client_gone`, `crash`, ...); absent when they are the reported usage.
@@ -120,8 +155,8 @@ pub struct Settlement {
     pub record: UsageRecord,
     /// Id of this settlement, so a replay after an outage applies it once.
     pub id: String,
-    pub expire_daily: DateTime<Utc>,
-    pub expire_monthly: DateTime<Utc>,
+    /// When the buckets may be deleted (per window: `expires.of(key.window)`).
+    pub expires: Expiry,
 }
 
 /// A tenant's history over a set of days.
@@ -131,6 +166,8 @@ pub struct History {
     pub days: BTreeMap<String, Totals>,
     pub by_provider: BTreeMap<String, Totals>,
     pub by_model: BTreeMap<String, Totals>,
+    /// By attribution tag; a call with several tags counts under each.
+    pub by_tag: BTreeMap<String, Totals>,
     /// Newest first.
     pub recent: Vec<UsageRecord>,
 }
@@ -156,7 +193,9 @@ pub trait Store: Send + Sync {
     /// Checks every op's max and, if none refuses, adds every op's amount, atomically.
     async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError>;
 
-    /// Applies a settlement (counter corrections and history).
+    /// Applies a settlement (counter corrections and history). The history counts the record
+    /// under each of its tags, keeping at most `store.max_tags` distinct tags per tenant: a
+    /// tenant's tags past that bound are counted as `other`.
     async fn settle(&self, s: &Settlement) -> Result<(), StoreError>;
 
     /// [`Store::settle`] for a caller that is done with the settlement: a store that keeps it
@@ -202,6 +241,11 @@ pub trait Store: Send + Sync {
     fn keeps_open_calls(&self) -> bool {
         false
     }
+
+    /// Claims a one-time event shared by every replica (an alert of one limit, threshold and
+    /// window): `true` for the first claim of `key` until `expires`, `false` for every later
+    /// one. Redis: `SET key 1 NX EXAT expires`.
+    async fn claim_alert(&self, key: &str, expires: DateTime<Utc>) -> Result<bool, StoreError>;
 
     /// Reachability, for `/readyz` and `spendgate check`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -15,6 +15,8 @@ pub struct CallKey<'a> {
     pub kind: ProviderKind,
     pub model: Option<&'a str>,
     pub path: &'a str,
+    /// The request's attribution tags.
+    pub tags: &'a [String],
 }
 
 /// A compiled `match`.
@@ -23,25 +25,32 @@ pub struct Matcher {
     provider: Option<String>,
     model: Option<Pattern>,
     path: Option<Pattern>,
+    tag: Option<Pattern>,
     /// Stable id of this match, part of the counter's store field.
     pub id: String,
 }
 
 impl Matcher {
     fn new(spec: &MatchSpec) -> Option<Self> {
-        if spec.provider.is_none() && spec.model.is_none() && spec.path.is_none() {
+        if spec.provider.is_none() && spec.model.is_none() && spec.path.is_none() && spec.tag.is_none() {
             return None;
         }
-        let canonical = format!(
+        let mut canonical = format!(
             "provider={};model={};path={}",
             spec.provider.as_deref().unwrap_or(""),
             spec.model.as_ref().map_or("", Pattern::as_str),
             spec.path.as_ref().map_or("", Pattern::as_str)
         );
+        // Appended only when set, so the ids (and counters) of matches without a tag stay.
+        if let Some(t) = &spec.tag {
+            canonical.push_str(";tag=");
+            canonical.push_str(t.as_str());
+        }
         Some(Self {
             provider: spec.provider.clone(),
             model: spec.model.clone(),
             path: spec.path.clone(),
+            tag: spec.tag.clone(),
             id: format!("{:016x}", fnv1a64(canonical.as_bytes())),
         })
     }
@@ -63,6 +72,11 @@ impl Matcher {
                 return false;
             }
         }
+        if let Some(t) = &self.tag {
+            if !call.tags.iter().any(|tag| t.is_match(tag)) {
+                return false;
+            }
+        }
         true
     }
 
@@ -77,6 +91,9 @@ impl Matcher {
         }
         if let Some(p) = &self.path {
             parts.push(format!("path {}", p.as_str()));
+        }
+        if let Some(t) = &self.tag {
+            parts.push(format!("tag {}", t.as_str()));
         }
         parts.join(", ")
     }
@@ -95,7 +112,10 @@ pub struct Limit {
     pub window: Window,
     /// In the metric's integer unit (nano-dollars for cost).
     pub max: i64,
+    /// The lowest alert threshold (a fraction of `max`).
     pub alert_at: f64,
+    /// Every alert threshold, ascending; each fires once per window.
+    pub thresholds: Arc<[f64]>,
     pub enabled: bool,
     pub mode: Mode,
     pub matcher: Option<Matcher>,
@@ -111,7 +131,8 @@ impl Limit {
             metric: spec.metric,
             window: spec.window,
             max: max.max(1),
-            alert_at: spec.alert_at.0,
+            alert_at: spec.alert_at.0.first().copied().unwrap_or(0.8),
+            thresholds: spec.alert_at.0.iter().copied().collect(),
             enabled: spec.enabled,
             mode: spec.mode,
             matcher: spec.matcher.as_ref().and_then(Matcher::new),
@@ -204,6 +225,7 @@ mod tests {
             window: Window::Monthly,
             max: 10_000_000_000,
             alert_at: 0.8,
+            thresholds: Arc::from([0.8]),
             enabled: true,
             mode: Mode::Enforce,
             matcher: None,
@@ -220,6 +242,7 @@ mod tests {
             provider: Some("gemini".into()),
             model: Some(Pattern::new("imagen-*").unwrap()),
             path: None,
+            tag: None,
         })
         .unwrap();
         assert_eq!(a.id, format!("{:016x}", fnv1a64(b"provider=gemini;model=imagen-*;path=")));
@@ -228,6 +251,7 @@ mod tests {
             kind: ProviderKind::Gemini,
             model: Some("imagen-4.0-generate-001"),
             path: "/v1beta/models/imagen-4.0-generate-001:predict",
+            tags: &[],
         };
         assert!(a.matches(&call));
         assert!(!a.matches(&CallKey { model: None, ..call }));

@@ -21,7 +21,7 @@ use crate::domain::{Metric, Scope};
 use crate::providers::Usage;
 use crate::tenant::Tenant;
 use control::{Adjustment, Overlay};
-use ledger::{CounterKey, CounterOp, OpenCall, ReserveRequest};
+use ledger::{CounterKey, CounterOp, Expiry, OpenCall, ReserveRequest};
 use limit::{CallKey, Limit, LimitSet};
 pub use refusal::Refusal;
 
@@ -74,11 +74,10 @@ pub struct Plan {
     /// The metric each op counts.
     pub metrics: Vec<Metric>,
     pub checks: Vec<Check>,
-    pub expire_daily: DateTime<Utc>,
-    pub expire_monthly: DateTime<Utc>,
+    pub expires: Expiry,
 }
 
-/// How long counters are kept after their window ends.
+/// How long counters are kept after their window ends (rate windows: see [`Plan::new`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     pub daily_days: u32,
@@ -90,7 +89,9 @@ impl Plan {
     /// (cost, tokens, requests, characters per day and month), so a limit added later sees
     /// what was already spent in its window; limits with a `match` get their own counter.
     /// The run-time `overlay` chooses each tenant's list (override or YAML) and raises maxima
-    /// by the window's grants and its last reset's offset.
+    /// by the window's grants and its last reset's offset. Minute and hour counters exist only
+    /// for the limits that use them (a rate window is short: a new one starts from zero soon
+    /// enough); limits of one window and metric share one counter.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         limits: &LimitSet,
@@ -104,31 +105,53 @@ impl Plan {
     ) -> Plan {
         let daily = calendar.bucket(Window::Daily, now);
         let monthly = calendar.bucket(Window::Monthly, now);
-        let expire_daily = daily.resets_at + Duration::days(i64::from(retention.daily_days));
-        let expire_monthly = monthly.resets_at + Duration::days(31 * i64::from(retention.monthly_months));
+        // Rate windows are kept a little past their end, for a settlement that arrives late.
+        let expires = Expiry {
+            minute: now + Duration::minutes(3),
+            hour: now + Duration::hours(2),
+            daily: daily.resets_at + Duration::days(i64::from(retention.daily_days)),
+            monthly: monthly.resets_at + Duration::days(31 * i64::from(retention.monthly_months)),
+        };
         let mut plan = Plan {
             ops: Vec::with_capacity(24),
             metrics: Vec::with_capacity(24),
             checks: Vec::new(),
-            expire_daily,
-            expire_monthly,
+            expires,
         };
+        let mut rate: [Option<Bucket>; 2] = [None, None];
         let scopes = std::iter::once((Scope::Profile, tenant.profile.as_str())).chain(tenant.org.as_deref().map(|o| (Scope::Org, o)));
         for (scope, id) in scopes {
             // The tenant's run-time control data, looked up once (none for most tenants).
             let run_time = overlay.tenant(scope, id);
-            for bucket in [&daily, &monthly] {
+            let list = run_time.and_then(|t| t.limits.as_ref()).unwrap_or_else(|| limits.for_tenant(scope, id));
+            for window in Window::ALL {
+                let bucket = match window {
+                    Window::Daily => &daily,
+                    Window::Monthly => &monthly,
+                    Window::Minute | Window::Hour => {
+                        if !list.iter().any(|l| l.window == window && l.applies_to(call)) {
+                            continue;
+                        }
+                        let slot = &mut rate[usize::from(window == Window::Hour)];
+                        &*slot.get_or_insert_with(|| calendar.bucket(window, now))
+                    }
+                };
                 let base = plan.ops.len();
-                for metric in Metric::ALL {
-                    plan.push_op(scope, id, bucket, metric.field().to_string(), metric, amounts.get(metric));
+                if !window.is_rate() {
+                    for metric in Metric::ALL {
+                        plan.push_op(scope, id, bucket, metric.field().to_string(), metric, amounts.get(metric));
+                    }
                 }
-                let list = run_time.and_then(|t| t.limits.as_ref()).unwrap_or_else(|| limits.for_tenant(scope, id));
-                for limit in list.iter().filter(|l| l.window == bucket.window && l.applies_to(call)) {
+                for limit in list.iter().filter(|l| l.window == window && l.applies_to(call)) {
                     let adj = run_time.map_or_else(Adjustment::default, |t| control::adjustment_of(&t.record, limit, &bucket.id));
-                    let op = if limit.matcher.is_some() {
-                        plan.push_op(scope, id, bucket, limit.field(), limit.metric, amounts.get(limit.metric))
-                    } else {
+                    let op = if limit.matcher.is_none() && !window.is_rate() {
                         base + Metric::ALL.iter().position(|m| *m == limit.metric).expect("every metric has a base counter")
+                    } else {
+                        let field = limit.field();
+                        match plan.ops[base..].iter().position(|o| o.key.field == field) {
+                            Some(i) => base + i,
+                            None => plan.push_op(scope, id, bucket, field, limit.metric, amounts.get(limit.metric)),
+                        }
                     };
                     let mut limit = limit.clone();
                     limit.max = limit.max.saturating_add(adj.granted);
@@ -170,8 +193,7 @@ impl Plan {
     pub fn reserve_request(&self, call: Option<OpenCall>) -> ReserveRequest {
         ReserveRequest {
             ops: self.ops.as_slice().into(),
-            expire_daily: self.expire_daily,
-            expire_monthly: self.expire_monthly,
+            expires: self.expires,
             call: call.map(std::sync::Arc::new),
         }
     }
@@ -254,6 +276,7 @@ mod tests {
             kind: ProviderKind::Gemini,
             model: Some(model),
             path: "/v1/models/x:predict",
+            tags: &[],
         }
     }
 
@@ -363,6 +386,53 @@ mod tests {
         };
         let plan = Plan::new(&limits, &overlay, &cal, RET, &other, &call("m"), &Amounts::default(), now);
         assert_eq!(plan.ops[plan.checks[0].op].max, Some(10_000_000_000));
+    }
+
+    #[test]
+    fn rate_windows_get_counters_only_where_a_limit_uses_them() {
+        let (limits, cal) = setup(
+            "limits:\n  default_profile:\n    - {metric: requests, window: minute, max: 10}\n    - {metric: cost_usd, window: minute, max: 1, match: {provider: gemini}}\n    - {metric: tokens, window: hour, max: 1000}\n",
+        );
+        let tenant = Tenant {
+            profile: "p1".into(),
+            org: Some("acme".into()),
+        };
+        let amounts = Amounts {
+            cost_nanos: 5,
+            tokens: 7,
+            requests: 1,
+            characters: 0,
+        };
+        let now = DateTime::parse_from_rfc3339("2026-11-22T10:05:30Z").unwrap().with_timezone(&Utc);
+        let plan = Plan::new(&limits, &Overlay::default(), &cal, RET, &tenant, &call("m"), &amounts, now);
+        // 16 base counters + the profile's minute requests and cost#match and hour tokens;
+        // the org (default_org is empty) gets no rate counters.
+        assert_eq!(plan.ops.len(), 19);
+        assert_eq!(plan.checks.len(), 3);
+        let minute = &plan.ops[plan.checks[0].op];
+        assert_eq!(
+            (minute.key.window, minute.key.bucket.as_str(), minute.key.field.as_str()),
+            (Window::Minute, "2026-11-22T10:05+00:00", "requests")
+        );
+        assert_eq!(minute.max, Some(10));
+        assert_eq!(plan.checks[0].resets_at, now + Duration::seconds(30));
+        let hour = &plan.ops[plan.checks[2].op];
+        assert_eq!(
+            (hour.key.window, hour.key.bucket.as_str(), hour.amount),
+            (Window::Hour, "2026-11-22T10+00:00", 7)
+        );
+        assert!(plan.expires.minute > plan.checks[0].resets_at);
+        let r = plan.refusal(plan.checks[0].op, 10);
+        assert_eq!((r.status(), r.kind()), (429, "rate_limited"));
+        assert_eq!(r.retry_after(now), 30);
+        assert_eq!(r.message(), "Per-minute request limit reached for profile p1: used 10 requests of 10 requests");
+        assert_eq!(r.body()["error"]["status"], "RATE_LIMITED");
+        // Without a limit on them, no rate counters at all.
+        let (limits, cal) = setup("");
+        assert_eq!(
+            Plan::new(&limits, &Overlay::default(), &cal, RET, &tenant, &call("m"), &amounts, now).ops.len(),
+            16
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! The 402 answer when a limit is used up: one body that every official SDK surfaces readably
-//! (an `error` object) and that apps written against the older in-app check keep reading
-//! (`detail.error == "quota_exceeded"`, `detail.current_costs`, `detail.monthly_quota`).
+//! The answer when a limit is used up: 402 `quota_exceeded` for a daily or monthly limit, 429
+//! `rate_limited` for a minute or hour limit (SDKs retry a 429 with backoff, which is right
+//! for a window that ends within the hour; a spend refusal is never a 429). One body that every
+//! official SDK surfaces readably (an `error` object) and that apps written against the older
+//! in-app check keep reading (`detail.error == "quota_exceeded"`, `detail.current_costs`,
+//! `detail.monthly_quota`).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
@@ -24,6 +27,24 @@ impl Refusal {
         self.limit.refusal_message(self.scope, &self.tenant, self.current)
     }
 
+    /// `rate_limited` for a minute or hour limit, else `quota_exceeded`.
+    pub fn kind(&self) -> &'static str {
+        if self.limit.window.is_rate() {
+            "rate_limited"
+        } else {
+            "quota_exceeded"
+        }
+    }
+
+    /// 429 for a minute or hour limit, else 402.
+    pub fn status(&self) -> u16 {
+        if self.limit.window.is_rate() {
+            429
+        } else {
+            402
+        }
+    }
+
     /// Whole seconds until the window resets (at least 1), for `Retry-After`.
     pub fn retry_after(&self, now: DateTime<Utc>) -> i64 {
         let ms = (self.resets_at - now).num_milliseconds();
@@ -40,12 +61,13 @@ impl Refusal {
         if let Some(m) = &self.limit.matcher {
             limit["match"] = json!(m.describe());
         }
+        let kind = self.kind();
         json!({
             "type": "error",
             "error": {
-                "type": "quota_exceeded",
-                "code": "quota_exceeded",
-                "status": "QUOTA_EXCEEDED",
+                "type": kind,
+                "code": kind,
+                "status": kind.to_ascii_uppercase(),
                 "message": message,
                 "tenant": self.tenant,
                 "scope": self.scope.as_str(),
@@ -54,8 +76,8 @@ impl Refusal {
                 "resets_at": self.resets_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             },
             "detail": {
-                "error": "quota_exceeded",
-                "status": "quota_exceeded",
+                "error": kind,
+                "status": kind,
                 "message": message,
                 "current_costs": current,
                 "monthly_quota": max,

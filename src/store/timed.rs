@@ -97,6 +97,10 @@ impl Store for Timed {
         self.inner.keeps_open_calls()
     }
 
+    async fn claim_alert(&self, key: &str, expires: chrono::DateTime<chrono::Utc>) -> Result<bool, StoreError> {
+        self.call("claim_alert", self.inner.claim_alert(key, expires)).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.call("ping", self.inner.ping()).await
     }
@@ -138,6 +142,9 @@ mod tests {
         async fn bind_org(&self, _: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {
             Ok(org.map(str::to_string))
         }
+        async fn claim_alert(&self, _: &str, _: chrono::DateTime<chrono::Utc>) -> Result<bool, StoreError> {
+            Ok(true)
+        }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
         }
@@ -152,8 +159,7 @@ mod tests {
         let store = Timed::new(Arc::new(Broken), m.store_errors.clone(), m.store_duration.clone());
         let req = ReserveRequest {
             ops: Vec::new().into(),
-            expire_daily: chrono::Utc::now(),
-            expire_monthly: chrono::Utc::now(),
+            expires: crate::quota::ledger::Expiry::all(chrono::Utc::now()),
             call: None,
         };
         assert!(store.reserve(&req).await.is_err());

@@ -1,6 +1,7 @@
-//! `spendgate usage --config FILE [--profile ID | --org ID] [--range 30d | --from D [--to D]] [--json]`: usage
-//! against limits, read from the configured store (Redis, or the memory store's snapshot
-//! file as last written by the proxy).
+//! `spendgate usage --config FILE [--profile ID | --org ID] [--range 30d | --from D [--to D]]
+//! [--by tag|provider|model] [--json]`: usage against limits, read from the configured store.
+//! `--by` prints one breakdown instead: of the tenant, or of the whole fleet (every profile)
+//! without one.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use crate::config::Config;
 use crate::domain::window::Clock;
 use crate::domain::Scope;
 
-use super::{json, listing, range_from, report, table};
+use super::{breakdown, json, listing, range_from, report, table, By};
 
 /// Which tenants to print.
 pub enum Target {
@@ -26,7 +27,14 @@ pub struct RangeArgs {
     pub to: Option<String>,
 }
 
-pub async fn run(path: Option<&Path>, target: Target, span: &RangeArgs, as_json: bool) -> ExitCode {
+pub async fn run(path: Option<&Path>, target: Target, span: &RangeArgs, by: Option<&str>, as_json: bool) -> ExitCode {
+    let by = match by.map(By::parse).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -74,6 +82,27 @@ pub async fn run(path: Option<&Path>, target: Target, span: &RangeArgs, as_json:
     if let Err(e) = app.refresh_control().await {
         eprintln!("error: cannot read the limit overrides: {e}");
         return ExitCode::FAILURE;
+    }
+    if let Some(by) = by {
+        let tenant = match &target {
+            Target::One(scope, id) => Some((*scope, id.as_str())),
+            Target::All => None,
+        };
+        return match breakdown(&app, tenant, by, &range).await {
+            Ok(map) if as_json => {
+                println!("{:#}", json::breakdown(tenant, by, &range, &map));
+                ExitCode::SUCCESS
+            }
+            Ok(map) => {
+                let who = tenant.map_or_else(|| "all profiles".to_string(), |(s, id)| format!("{} {id}", s.as_str()));
+                print!("{}", table::breakdown(&format!("{who}  (range {})", range.label), by, &map));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match target {
         Target::One(scope, id) => match report(&app, scope, &id, range).await {

@@ -42,6 +42,7 @@ pub fn limit(s: &LimitStatus) -> Value {
         "ratio": s.ratio(),
         "remaining": m.display(s.remaining()),
         "alert_at": s.limit.alert_at,
+        "thresholds": s.limit.thresholds.to_vec(),
         "enabled": s.limit.enabled,
         "mode": match s.limit.mode { Mode::Enforce => "enforce", Mode::Shadow => "shadow" },
         "window_id": s.window_id,
@@ -65,12 +66,24 @@ pub fn record(r: &UsageRecord) -> Value {
         "path": r.path,
         "status": r.status,
         "reason": r.reason,
+        "tags": r.tags,
         "cost_usd": nanos_to_usd(r.totals.cost_nanos),
         "cost_nanos": r.totals.cost_nanos,
         "input_tokens": r.totals.input_tokens,
         "output_tokens": r.totals.output_tokens,
         "cached_tokens": r.totals.cached_tokens,
         "characters": r.totals.characters,
+    })
+}
+
+/// `spendgate usage --by ... --json`: `tenant` is `None` for the whole fleet.
+pub fn breakdown(tenant: Option<(crate::domain::Scope, &str)>, by: super::By, range: &super::Range, map: &std::collections::BTreeMap<String, Totals>) -> Value {
+    json!({
+        "scope": tenant.map(|(s, _)| s.as_str()),
+        "id": tenant.map(|(_, id)| id),
+        "range": range.label,
+        "by": by.as_str(),
+        "breakdown": totals_map(map),
     })
 }
 
@@ -88,6 +101,7 @@ pub fn report(r: &Report) -> Value {
         "totals": totals(&r.totals),
         "by_provider": totals_map(&r.by_provider),
         "by_model": totals_map(&r.by_model),
+        "by_tag": totals_map(&r.by_tag),
         "today": totals(&r.today),
         "month": totals(&r.month),
         "limits": r.limits.iter().map(limit).collect::<Vec<_>>(),

@@ -130,6 +130,70 @@ pub fn range_from(range: Option<&str>, from: Option<&str>, to: Option<&str>, ret
     }
 }
 
+/// What `spendgate usage --by` breaks spend down by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    Tag,
+    Provider,
+    Model,
+}
+
+impl By {
+    pub fn parse(s: &str) -> Result<By, String> {
+        match s {
+            "tag" => Ok(By::Tag),
+            "provider" => Ok(By::Provider),
+            "model" => Ok(By::Model),
+            _ => Err(format!("`--by {s}` is not one of tag, provider, model")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            By::Tag => "tag",
+            By::Provider => "provider",
+            By::Model => "model",
+        }
+    }
+
+    /// The breakdown of a history this dimension selects.
+    pub fn of(self, h: &History) -> &BTreeMap<String, Totals> {
+        match self {
+            By::Tag => &h.by_tag,
+            By::Provider => &h.by_provider,
+            By::Model => &h.by_model,
+        }
+    }
+}
+
+/// Spend over `range` broken down `by` one dimension: of one tenant, or (`None`) of the whole
+/// fleet, summed over every profile (each call counts for exactly one profile).
+pub async fn breakdown(app: &App, tenant: Option<(Scope, &str)>, by: By, range: &Range) -> Result<BTreeMap<String, Totals>, StoreError> {
+    let runtime = app.runtime();
+    let days = range.days(&runtime.calendar, app.clock.now());
+    let tenants: Vec<(Scope, String)> = match tenant {
+        Some((scope, id)) => vec![(scope, id.to_string())],
+        None => bounded(app.store.tenants(Scope::Profile))
+            .await?
+            .into_iter()
+            .map(|id| (Scope::Profile, id))
+            .collect(),
+    };
+    let days = &days;
+    let histories: Vec<History> = stream::iter(tenants)
+        .map(|(scope, id)| async move { history(app, scope, &id, days, 0).await })
+        .buffer_unordered(LIST_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut out: BTreeMap<String, Totals> = BTreeMap::new();
+    for h in &histories {
+        for (k, t) in by.of(h) {
+            out.entry(k.clone()).or_default().add(t);
+        }
+    }
+    Ok(out)
+}
+
 /// One limit of a tenant and the value of its counter in the current window.
 #[derive(Debug, Clone)]
 pub struct LimitStatus {
@@ -173,6 +237,9 @@ pub struct Report {
     pub totals: Totals,
     pub by_provider: BTreeMap<String, Totals>,
     pub by_model: BTreeMap<String, Totals>,
+    /// By attribution tag (a call with several tags counts under each; a tenant's tags past
+    /// `store.max_tags` are `other`).
+    pub by_tag: BTreeMap<String, Totals>,
     /// The current local day and month.
     pub today: Totals,
     pub month: Totals,
@@ -302,8 +369,8 @@ pub async fn limit_statuses(app: &App, runtime: &Runtime, scope: Scope, id: &str
 
 /// The limits of several tenants, read from the store in one call.
 pub async fn limit_statuses_many(app: &App, runtime: &Runtime, tenants: &[(Scope, String)], now: DateTime<Utc>) -> Result<Vec<Vec<LimitStatus>>, StoreError> {
-    let buckets = [Window::Daily, Window::Monthly].map(|w| runtime.calendar.bucket(w, now));
-    let bucket = |w: Window| &buckets[usize::from(w == Window::Monthly)];
+    let buckets = Window::ALL.map(|w| runtime.calendar.bucket(w, now));
+    let bucket = |w: Window| &buckets[w as usize];
     let overlay = app.control_cache.load_full();
     let mut keys = Vec::new();
     for (scope, id) in tenants {
@@ -414,6 +481,7 @@ pub async fn report(app: &App, scope: Scope, id: &str, range: Range) -> Result<O
         month: sum_days(month.iter().filter_map(|d| month_source.days.get(d))),
         by_provider: h.by_provider,
         by_model: h.by_model,
+        by_tag: h.by_tag,
         limits,
         daily: range_days
             .iter()

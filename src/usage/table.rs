@@ -98,6 +98,23 @@ fn totals_row(name: &str, t: &Totals) -> Vec<String> {
 
 const TOTALS_HEADER: [&str; 7] = ["", "REQUESTS", "COST", "INPUT TOK", "OUTPUT TOK", "CACHED TOK", "CHARS"];
 
+/// `spendgate usage --by`: one breakdown, the largest cost first.
+pub fn breakdown(title: &str, by: super::By, map: &std::collections::BTreeMap<String, Totals>) -> String {
+    let mut rows: Vec<(&String, &Totals)> = map.iter().collect();
+    rows.sort_by(|a, b| b.1.cost_nanos.cmp(&a.1.cost_nanos).then_with(|| a.0.cmp(b.0)));
+    let mut out = format!("{title}\n\n");
+    if rows.is_empty() {
+        out.push_str(&format!("no usage by {} in the range\n", by.as_str()));
+        return out;
+    }
+    let mut header = TOTALS_HEADER;
+    let name = format!("BY {}", by.as_str().to_ascii_uppercase());
+    header[0] = &name;
+    let rows: Vec<_> = rows.into_iter().map(|(k, t)| totals_row(k, t)).collect();
+    out.push_str(&render(&header, &rows));
+    out
+}
+
 /// One tenant in detail.
 pub fn report(r: &Report) -> String {
     let mut out = String::new();
@@ -123,7 +140,7 @@ pub fn report(r: &Report) -> String {
         totals_row(&format!("range {}", r.range.label), &r.totals),
     ];
     out.push_str(&render(&TOTALS_HEADER, &rows));
-    for (title, map) in [("BY PROVIDER", &r.by_provider), ("BY MODEL", &r.by_model)] {
+    for (title, map) in [("BY PROVIDER", &r.by_provider), ("BY MODEL", &r.by_model), ("BY TAG", &r.by_tag)] {
         if map.is_empty() {
             continue;
         }

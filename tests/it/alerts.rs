@@ -84,8 +84,8 @@ async fn crossing_alert_at_warns_and_posts_once_per_window_with_retries() {
     for _ in 0..3 {
         assert!(send(&p, GEMINI_FLASH, "p-1", None).await.headers.contains_key("x-spendgate-warning"));
     }
-    // Alerts fire synchronously when a request is admitted or settled: once every
-    // settlement is written, `fired` is final; each fired event ends as sent, failed or
+    // Alerts fire when a request is admitted or settled, claimed in the store by tasks the
+    // settlement tracker follows: once every settlement is written, `fired` is final; each fired event ends as sent, failed or
     // dropped, and once they add up no more webhook calls can come.
     settled_or_fail(&p.handle).await;
     assert_eq!(
@@ -172,5 +172,51 @@ async fn shadow_limits_alert_and_count_but_never_refuse() {
     }
     let event: serde_json::Value = serde_json::from_slice(&hook.last().body).unwrap();
     assert_eq!(event["limit"]["mode"], "shadow");
+    p.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn several_thresholds_fire_once_each_in_the_slack_format() {
+    let upstream = Mock::start(fixture_upstream).await;
+    let hook = Mock::start(|_| Reply::new(200)).await;
+    let yaml = format!(
+        "{}alerts:\n  webhook_url: \"{}/hook\"\n  format: slack\nlimits:\n  default_profile:\n    - {{metric: requests, window: daily, max: 10, alert_at: [0.95, 0.5, 0.8]}}\n",
+        providers_yaml(),
+        hook.url()
+    );
+    let p = start_proxy(&yaml, &upstream.url()).await;
+    for _ in 0..10 {
+        assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
+    }
+    settled_or_fail(&p.handle).await;
+    wait_deliveries_done(&p).await;
+    let mut texts: Vec<String> = hook
+        .seen
+        .lock()
+        .iter()
+        .map(|s| {
+            serde_json::from_slice::<serde_json::Value>(&s.body).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    texts.sort();
+    assert_eq!(texts.len(), 3, "one event per threshold: {texts:?}");
+    assert!(
+        texts[0].starts_with("spendgate: profile p-1 reached 100% of its daily request limit (10 requests of 10 requests; alert at 95%), resets "),
+        "{texts:?}"
+    );
+    assert!(
+        texts[1].starts_with("spendgate: profile p-1 reached 50% of its daily request limit (5 requests of 10 requests; alert at 50%)"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[2].starts_with("spendgate: profile p-1 reached 80% of its daily request limit (8 requests of 10 requests; alert at 80%)"),
+        "{texts:?}"
+    );
+    let u = admin_get(&p, "/v1/profiles/p-1/usage?range=7d", None).await.json();
+    assert_eq!(u["limits"][0]["alert_at"], 0.5);
+    assert_eq!(u["limits"][0]["thresholds"], serde_json::json!([0.5, 0.8, 0.95]));
     p.handle.shutdown().await;
 }

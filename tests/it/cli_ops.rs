@@ -150,3 +150,60 @@ async fn sighup_reloads_and_usage_reads_the_database() {
     assert!(!ok);
     assert!(err.contains("range"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_breaks_spend_down_by_tag_provider_or_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(fixture_upstream).await;
+    let config = write_config(dir.path(), &yaml(dir.path(), 100), &mock.url());
+    let p = start_proxy_file(&config, spendgate::domain::window::Clock::system()).await;
+    let send_tagged = |path: &'static str, profile: &'static str, tag: &'static str| {
+        let p = &p;
+        async move {
+            let body = if path.starts_with("/elevenlabs") {
+                fixture("elevenlabs/tts_request.json")
+            } else {
+                b"{\"contents\": []}".to_vec()
+            };
+            let h = [("x-profile-id", profile), ("content-type", "application/json"), ("x-spendgate-tag", tag)];
+            p.client.post(&p.url(path), &h, body).await.status.as_u16()
+        }
+    };
+    assert_eq!(send_tagged(GEMINI_FLASH, "p-1", "tool=script-writer").await, 200);
+    assert_eq!(send_tagged(ELEVENLABS_TTS, "p-1", "tool=voice").await, 200);
+    assert_eq!(send_tagged(ELEVENLABS_TTS, "p-2", "tool=voice").await, 200);
+    p.handle.shutdown().await;
+
+    let run = |args: &'static [&'static str]| {
+        let cfg = config.clone();
+        tokio::task::spawn_blocking(move || usage(&cfg, args))
+    };
+    let (ok, out, err) = run(&["--profile", "p-1", "--by", "tag"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("profile p-1  (range 30d)"), "{out}");
+    let rows: Vec<Vec<&str>> = out.lines().skip(3).map(|l| l.split_whitespace().collect()).collect();
+    // The largest cost first.
+    assert_eq!(rows[0][..3], ["tool=voice", "1", "$0.0111"], "{out}");
+    assert_eq!(rows[1][..3], ["tool=script-writer", "1", "$0.002010"], "{out}");
+
+    // Without a tenant: every profile, summed.
+    let (ok, out, err) = run(&["--by", "tag", "--range", "7d", "--json"]).await.unwrap();
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["by"], "tag");
+    assert_eq!(v["range"], "7d");
+    assert_eq!(v["breakdown"]["tool=voice"]["requests"], 2);
+    assert_eq!(v["breakdown"]["tool=voice"]["cost_nanos"], 2 * ELEVENLABS_TTS_NANOS);
+
+    let (ok, out, err) = run(&["--by", "provider"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("all profiles  (range 30d)"), "{out}");
+    assert!(out.lines().any(|l| l.split_whitespace().take(2).eq(["elevenlabs", "2"])), "{out}");
+    assert!(out.lines().any(|l| l.split_whitespace().take(2).eq(["gemini", "1"])), "{out}");
+    let (ok, out, err) = run(&["--org", "nobody-here", "--by", "model"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("no usage by model"), "{out}");
+    let (ok, _, err) = run(&["--by", "day"]).await.unwrap();
+    assert!(!ok);
+    assert!(err.contains("tag") && err.contains("provider"), "{err}");
+}

@@ -200,6 +200,83 @@ async fn sigterm_during_load_loses_no_settlement() {
     assert!(!b.log().contains("could not record a settlement"), "{}", b.log());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_hold_a_10_per_minute_limit_exactly_under_100_concurrent_requests() {
+    let server = RedisServer::start();
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: requests, window: minute, max: 10}\n";
+    let body = config_body(&server.url(), false, &mock.url(), limits);
+    let (a, b) = (Proc::start(&body).await, Proc::start(&body).await);
+    // The burst must fall in one minute: start it early in one.
+    let into_minute = Utc::now().timestamp() % 60;
+    if into_minute > 40 {
+        tokio::time::sleep(Duration::from_secs((61 - into_minute) as u64)).await;
+    }
+    let from = Utc::now();
+    let requests: Vec<_> = (0..100).map(|i| (i % 2, "p-rpm".to_string(), None)).collect();
+    let statuses = burst(&[&a, &b], &requests).await;
+    assert_eq!(
+        Calendar::new(chrono_tz::UTC).bucket(Window::Minute, from).id,
+        Calendar::new(chrono_tz::UTC).bucket(Window::Minute, Utc::now()).id,
+        "the burst took longer than expected"
+    );
+    assert_eq!(count(&statuses, 200), 10, "{statuses:?}\n{}\n{}", a.log(), b.log());
+    assert_eq!(count(&statuses, 429), 90);
+    assert_eq!(mock.count(), 10);
+    let minute = Calendar::new(chrono_tz::UTC).bucket(Window::Minute, from);
+    let mut c = server.conn();
+    let key = format!("sg:{{p:p-rpm}}:c:p:p-rpm:i:{}", minute.id);
+    assert_eq!(hget(&mut c, &key, "requests"), 10);
+    let ttl: i64 = ::redis::cmd("TTL").arg(&key).query(&mut c).unwrap();
+    assert!((60..=240).contains(&ttl), "a minute counter expires minutes after its window: {ttl}");
+    // A refusal carries the seconds to the next minute.
+    let client = TestClient::new();
+    let r = client
+        .post(
+            &a.url("/elevenlabs/v1/text-to-speech/voice"),
+            &[("x-profile-id", "p-rpm"), ("content-type", "application/json")],
+            tts_body(),
+        )
+        .await;
+    if r.status == 429 {
+        let retry: i64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_crossing_a_threshold_together_send_one_webhook_per_threshold() {
+    let server = RedisServer::start();
+    let mock = Mock::start(|_| tts_reply()).await;
+    let hook = Mock::start(|_| Reply::new(204)).await;
+    let limits = "  default_profile:\n    - {metric: requests, window: daily, max: 40, alert_at: [0.5, 0.8]}\n";
+    let body = format!(
+        "{}alerts:\n  webhook_url: \"{}/hook\"\n",
+        config_body(&server.url(), false, &mock.url(), limits),
+        hook.url()
+    );
+    let (a, b) = (Proc::start(&body).await, Proc::start(&body).await);
+    // Both replicas see both thresholds crossed, at the same time.
+    let requests: Vec<_> = (0..40).map(|i| (i % 2, "p-alert".to_string(), None)).collect();
+    let statuses = burst(&[&a, &b], &requests).await;
+    assert_eq!(count(&statuses, 200), 40);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while hook.count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "alerts were not sent\n{}\n{}", a.log(), b.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Any duplicate would have been posted by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events: Vec<serde_json::Value> = hook.seen.lock().iter().map(|s| serde_json::from_slice(&s.body).unwrap()).collect();
+    assert_eq!(events.len(), 2, "one webhook per threshold across both replicas: {events:?}");
+    let mut crossed: Vec<f64> = events.iter().map(|e| e["alert_at"].as_f64().unwrap()).collect();
+    crossed.sort_by(f64::total_cmp);
+    assert_eq!(crossed, [0.5, 0.8]);
+    assert!(events
+        .iter()
+        .all(|e| e["tenant"] == "p-alert" && e["thresholds"] == serde_json::json!([0.5, 0.8])));
+}
+
 /// Profile ids whose keys fall on each of the cluster's masters, `per_master` of each.
 fn profiles_on_every_master(cluster: &RedisCluster, per_master: usize) -> Vec<String> {
     let mut c = cluster.nodes[0].conn();

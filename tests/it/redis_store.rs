@@ -10,7 +10,7 @@ use spendgate::config::Config;
 use spendgate::domain::window::{Clock, Window};
 use spendgate::domain::Scope;
 use spendgate::metrics::Metrics;
-use spendgate::quota::ledger::{CounterKey, CounterOp, ReserveOutcome, ReserveRequest, Settlement, Store, Totals, UsageRecord};
+use spendgate::quota::ledger::{CounterKey, CounterOp, Expiry, ReserveOutcome, ReserveRequest, Settlement, Store, Totals, UsageRecord};
 use spendgate::store::redis::{RedisStore, StoreMetrics};
 
 fn open_store(url: &str, extra: &str) -> RedisStore {
@@ -53,8 +53,7 @@ fn far() -> DateTime<Utc> {
 fn reserve_req(ops: Vec<CounterOp>) -> ReserveRequest {
     ReserveRequest {
         ops: ops.into(),
-        expire_daily: far(),
-        expire_monthly: far(),
+        expires: Expiry::all(far()),
         call: None,
     }
 }
@@ -173,6 +172,7 @@ fn settlement(id: &str, profile: &str, org: Option<&str>, provider: &str, model:
     Settlement {
         deltas,
         record: UsageRecord {
+            tags: Vec::new(),
             at: Utc::now(),
             day: day.into(),
             profile: profile.into(),
@@ -191,8 +191,7 @@ fn settlement(id: &str, profile: &str, org: Option<&str>, provider: &str, model:
             reason: None,
         },
         id: id.into(),
-        expire_daily: far(),
-        expire_monthly: far(),
+        expires: Expiry::all(far()),
     }
 }
 
@@ -653,4 +652,44 @@ async fn rediss_with_a_private_ca() {
     // The public roots do not know this CA: the handshake fails and the store is unreachable.
     let untrusted = open_store(&url, "");
     assert!(untrusted.ping().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_are_kept_per_tenant_bounded_and_limited_on_redis() {
+    let server = RedisServer::start();
+    let mock = Mock::start(|_| tts_reply()).await;
+    let limits = "  default_profile:\n    - {metric: requests, window: daily, max: 1, match: {tag: \"tool=a\"}}\n";
+    let p = start_fixed(&proxy_yaml(&server.url(), "  max_tags: 2\n", limits), &mock.url()).await;
+    let call = |profile: &'static str, org: Option<&'static str>, tag: &'static str| {
+        let p = &p;
+        async move {
+            let mut h = vec![("x-profile-id", profile), ("content-type", "application/json"), ("x-spendgate-tag", tag)];
+            if let Some(o) = org {
+                h.push(("x-org-id", o));
+            }
+            p.client
+                .post(&p.url("/elevenlabs/v1/text-to-speech/voice"), &h, tts_body())
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(call("p-1", Some("acme"), "tool=a,team=x").await, 200);
+    assert_eq!(call("p-1", Some("acme"), "tool=a").await, 402, "the tag's limit holds on Redis");
+    assert_eq!(call("p-1", Some("acme"), "tool=b").await, 200);
+    assert_eq!(call("p-2", Some("acme"), "tool=c").await, 200);
+    settled_or_fail(&p.handle).await;
+    let u = crate::common::ops::admin_get(&p, "/v1/profiles/p-1/usage?range=7d", None).await.json();
+    assert_eq!(u["by_tag"]["tool=a"]["requests"], 1, "{u}");
+    assert_eq!(u["by_tag"]["team=x"]["requests"], 1);
+    assert_eq!(u["by_tag"]["other"]["requests"], 1, "a third distinct tag past max_tags 2");
+    assert_eq!(u["by_tag"]["other"]["cost_usd"].as_f64().unwrap(), PRICE as f64 / 1e9);
+    assert_eq!(u["totals"]["requests"], 2);
+    // The org has its own bound: tool=a, team=x, then other for tool=b and tool=c.
+    let o = crate::common::ops::admin_get(&p, "/v1/orgs/acme/usage?range=7d", None).await.json();
+    assert_eq!(o["by_tag"]["other"]["requests"], 2, "{o}");
+    assert_eq!(o["totals"]["requests"], 3);
+    let mut c = server.conn();
+    let members: Vec<String> = ::redis::cmd("SMEMBERS").arg("sg:{o:acme}:g:p:p-1").query(&mut c).unwrap();
+    assert_eq!(members.len(), 2);
 }

@@ -87,6 +87,38 @@ async fn a_limit_edited_in_the_file_refuses_the_next_request_within_two_seconds(
     p.handle.shutdown().await;
 }
 
+/// The embedded store's database beside the config file is written many times a second
+/// under traffic; its writes must not hold back (or stand in for) the config's own change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_beside_a_busy_database_still_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(fixture_upstream).await;
+    let store = format!("store:\n  path: \"{}\"\n  commit_interval: 0.002\n", dir.path().join("spendgate.db").display());
+    let path = write_config(dir.path(), &yaml(1_000_000, &store), &mock.url());
+    let p = std::sync::Arc::new(start_proxy_file(&path, Clock::system()).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Traffic until told to stop (bounded in count), so the database is written throughout.
+    let traffic = {
+        let (p, stop) = (p.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 20_000 {
+                assert_eq!(send(&p, GEMINI_FLASH, "p-busy", None).await.status, 200);
+                sent += 1;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&path, complete_yaml(&yaml(2_000_000, &store), &mock.url())).unwrap();
+    wait_reloads_within(&p, "success", 1.0, Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = traffic.await.unwrap();
+    assert!(sent > 0);
+    assert_eq!(reloads(&p, "success").await, 1.0, "the database's writes reload nothing");
+    assert!(dir.path().join("spendgate.db-wal").exists(), "the database is in the config's directory");
+}
+
 #[tokio::test]
 async fn a_broken_file_keeps_the_proxy_serving_under_the_old_config() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,8 @@
 //! writes only these. Only the current window buckets are kept: a bucket is dropped once a
 //! newer bucket of its window has existed for [`GRACE_SECS`] (the limits never look back,
 //! and the history keeps what was spent). Per tenant and bucket, the fields live in one
-//! small vector, so a tenant costs a few hundred bytes whatever its history.
+//! small vector of (field number, value); field names are kept once for the whole store. A
+//! tenant costs about 130 bytes per current bucket whatever its history.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -14,12 +15,15 @@ use crate::quota::ledger::{CounterKey, CounterOp, ReserveOutcome};
 /// arrive; they only matter to the history, which the database keeps).
 pub const GRACE_SECS: i64 = 600;
 
-type Fields = Vec<(Box<str>, i64)>;
+/// (field number in [`Counters::names`], value).
+type Fields = Vec<(u32, i64)>;
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Bucket {
     /// Per scope (profile, org): tenant -> its fields.
-    tenants: [HashMap<String, Fields>; 2],
+    tenants: [Map<Box<str>, Fields>; 2],
     /// When a newer bucket of the same window was first seen (unix seconds).
     superseded_at: Option<i64>,
 }
@@ -29,6 +33,21 @@ fn scope_index(s: Scope) -> usize {
         Scope::Profile => 0,
         Scope::Org => 1,
     }
+}
+
+/// A bucket id's position in time. Days and months sort as their ids do; a minute's or an
+/// hour's id is its local start with the offset then (`2026-10-25T02:05+01:00`), which sorts
+/// wrongly when clocks go back, so it is compared as the instant it names.
+fn starts(window: Window, id: &str) -> (i64, &str) {
+    if !window.is_rate() {
+        return (0, id);
+    }
+    // An hour's id has no minutes: `2026-10-25T02+01:00`.
+    let parsed = match id.len() {
+        19 => chrono::DateTime::parse_from_str(&format!("{}:00{}", &id[..13], &id[13..]), "%Y-%m-%dT%H:%M%:z"),
+        _ => chrono::DateTime::parse_from_str(id, "%Y-%m-%dT%H:%M%:z"),
+    };
+    (parsed.map_or(i64::MIN, |t| t.timestamp()), id)
 }
 
 /// Buckets taken out by [`Counters::take_expired`].
@@ -43,15 +62,33 @@ pub struct Expired {
 pub struct Counters {
     /// Window -> bucket id -> bucket. Bucket ids of a window sort by time.
     windows: HashMap<Window, BTreeMap<String, Bucket>>,
+    /// Every field name seen (`cost`, `requests`, `cost#<match id>`, ...): a handful, one
+    /// per metric and per limit with a `match`.
+    names: Vec<Box<str>>,
 }
 
 impl Counters {
+    fn number(&self, field: &str) -> Option<u32> {
+        self.names.iter().position(|n| **n == *field).map(|i| i as u32)
+    }
+
+    fn number_or_add(&mut self, field: &str) -> u32 {
+        match self.number(field) {
+            Some(n) => n,
+            None => {
+                self.names.push(field.into());
+                (self.names.len() - 1) as u32
+            }
+        }
+    }
+
     pub fn get(&self, key: &CounterKey) -> i64 {
+        let Some(field) = self.number(&key.field) else { return 0 };
         self.windows
             .get(&key.window)
             .and_then(|w| w.get(key.bucket.as_str()))
             .and_then(|b| b.tenants[scope_index(key.scope)].get(key.tenant.as_str()))
-            .and_then(|f| f.iter().find(|(name, _)| **name == *key.field))
+            .and_then(|f| f.iter().find(|(n, _)| *n == field))
             .map_or(0, |(_, v)| *v)
     }
 
@@ -60,10 +97,12 @@ impl Counters {
         if amount == 0 {
             return;
         }
-        let window = self.windows.entry(key.window).or_default();
+        let field = self.number_or_add(&key.field);
+        let kind = key.window;
+        let window = self.windows.entry(kind).or_default();
         if !window.contains_key(key.bucket.as_str()) {
             // A new bucket supersedes the older ones of its window.
-            let newest = window.keys().next_back().is_none_or(|newest| *newest < key.bucket);
+            let newest = window.keys().all(|other| starts(kind, other) < starts(kind, &key.bucket));
             if newest {
                 for b in window.values_mut() {
                     b.superseded_at.get_or_insert(now);
@@ -81,11 +120,12 @@ impl Counters {
         let tenants = &mut bucket.tenants[scope_index(key.scope)];
         let fields = match tenants.get_mut(key.tenant.as_str()) {
             Some(f) => f,
-            None => tenants.entry(key.tenant.clone()).or_default(),
+            // Room for the four metrics of a tenant without `match` limits.
+            None => tenants.entry(key.tenant.as_str().into()).or_insert_with(|| Vec::with_capacity(4)),
         };
-        match fields.iter_mut().find(|(name, _)| **name == *key.field) {
+        match fields.iter_mut().find(|(n, _)| *n == field) {
             Some((_, v)) => *v += amount,
-            None => fields.push((key.field.as_str().into(), amount)),
+            None => fields.push((field, amount)),
         }
     }
 
@@ -190,6 +230,20 @@ mod tests {
         c.add(&key("p", Window::Daily, "2026-11-27", "cost"), 1, 5000);
         assert_eq!(c.take_expired(5000 + GRACE_SECS).ids.len(), 1);
         assert_eq!(c.entries(), 2);
+    }
+
+    #[test]
+    fn the_hour_repeated_when_clocks_go_back_is_the_newest() {
+        let mut c = Counters::default();
+        // Berlin, 2026-10-25: 02:00-03:00 at +02:00, then again at +01:00.
+        c.add(&key("p", Window::Hour, "2026-10-25T02+02:00", "requests"), 1, 0);
+        c.add(&key("p", Window::Hour, "2026-10-25T02+01:00", "requests"), 1, 3600);
+        c.add(&key("p", Window::Minute, "2026-10-25T02:59+02:00", "requests"), 1, 3599);
+        c.add(&key("p", Window::Minute, "2026-10-25T02:00+01:00", "requests"), 1, 3600);
+        let gone = c.take_expired(3600 + GRACE_SECS).ids;
+        assert_eq!(gone.len(), 2, "only the first hour and minute are superseded: {gone:?}");
+        assert!(gone.iter().all(|(_, id)| id.ends_with("+02:00")), "{gone:?}");
+        assert_eq!(c.get(&key("p", Window::Hour, "2026-10-25T02+01:00", "requests")), 1);
     }
 
     #[test]

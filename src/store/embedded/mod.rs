@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use prometheus::IntCounter;
 use rusqlite::Connection;
@@ -76,6 +76,7 @@ impl Options {
                 recent_max: c.recent_max,
                 daily_days: c.retention.daily_days,
                 monthly_months: c.retention.monthly_months,
+                max_tags: c.max_tags,
             },
             snapshot: c.snapshot.clone(),
         }
@@ -89,6 +90,9 @@ struct Serving {
     /// Serializes first bindings (check, then hand over).
     bind_lock: Mutex<()>,
     bind_conn: Mutex<Connection>,
+    /// Alerts claimed and not yet expired: key -> expiry (unix seconds). Loaded at start,
+    /// each new claim written through.
+    claims: Mutex<HashMap<String, i64>>,
     _lock_file: File,
 }
 
@@ -139,6 +143,7 @@ impl EmbeddedStore {
         let mut counters = Counters::default();
         let loaded = read::load_counters(&conn, &mut counters, Utc::now().timestamp()).map_err(|e| OpenError::from_sqlite(path, &e))?;
         tracing::info!(path = %path.display(), counters = loaded, durability = ?opts.durability, "embedded store opened");
+        let claims = read::alert_claims(&conn, Utc::now().timestamp()).map_err(|e| OpenError::from_sqlite(path, &e))?;
 
         let reader = schema::open_reader(path)?;
         let bind_conn = schema::open_reader(path)?;
@@ -168,6 +173,7 @@ impl EmbeddedStore {
                 counters: Mutex::new(counters),
                 bind_lock: Mutex::new(()),
                 bind_conn: Mutex::new(bind_conn),
+                claims: Mutex::new(claims.into_iter().collect()),
                 _lock_file: lock_file,
             }),
         })
@@ -247,9 +253,12 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Other(format!("embedded store read failed: {e}")))
     }
 
-    /// Drops the window buckets no limit reads any more, from memory and the database.
+    /// Drops the window buckets no limit reads any more, from memory and the database, and
+    /// the expired alert claims from memory (housekeeping deletes them from the database).
     fn sweep(&self, s: &Serving) {
-        let expired = s.counters.lock().take_expired(Utc::now().timestamp());
+        let now = Utc::now().timestamp();
+        s.claims.lock().retain(|_, expires| *expires > now);
+        let expired = s.counters.lock().take_expired(now);
         for (window, bucket) in expired.ids.iter().cloned() {
             self.send(s, Rec::Prune { window, bucket }, None);
         }
@@ -430,6 +439,23 @@ impl Store for EmbeddedStore {
 
     fn keeps_open_calls(&self) -> bool {
         true
+    }
+
+    /// One process owns the database, so the claim is decided in memory; it is written
+    /// through, so a restart does not send the alert again.
+    async fn claim_alert(&self, key: &str, expires: DateTime<Utc>) -> Result<bool, StoreError> {
+        let s = self.serving()?;
+        let now = Utc::now().timestamp();
+        let expires = expires.timestamp();
+        {
+            let mut claims = s.claims.lock();
+            if claims.get(key).is_some_and(|e| *e > now) {
+                return Ok(false);
+            }
+            claims.insert(key.to_string(), expires);
+        }
+        self.send(s, Rec::Claim { key: key.to_string(), expires }, None);
+        Ok(true)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -31,10 +31,12 @@ fn totals_at(row: &Row<'_>, first: usize) -> rusqlite::Result<Totals> {
     })
 }
 
-/// A usage record from a row that starts `at, day, profile, org, provider, model, path` and
-/// has its totals from column `totals`.
+/// A usage record from a row that starts `at, day, profile, org, provider, model, path`,
+/// has its totals from column `totals` and its tags (comma-separated or NULL) in the column
+/// after them.
 fn record_at(r: &Row<'_>, status: u16, reason: Option<String>, totals: usize) -> rusqlite::Result<UsageRecord> {
     let at: String = r.get(0)?;
+    let tags: Option<String> = r.get(totals + 6)?;
     Ok(UsageRecord {
         at: DateTime::parse_from_rfc3339(&at).map(|t| t.with_timezone(&Utc)).unwrap_or_default(),
         day: r.get(1)?,
@@ -45,6 +47,7 @@ fn record_at(r: &Row<'_>, status: u16, reason: Option<String>, totals: usize) ->
         path: r.get(6)?,
         status,
         reason,
+        tags: tags.map(|t| t.split(',').map(str::to_string).collect()).unwrap_or_default(),
         totals: totals_at(r, totals)?,
     })
 }
@@ -73,6 +76,11 @@ pub fn history(conn: &Connection, scope: Scope, tenant: &str, periods: &[String]
             let (m, t) = row?;
             out.by_model.insert(m, t);
         }
+        let mut st = conn.prepare_cached(&format!("SELECT tag, {TOTALS} FROM daily_tag WHERE {within} GROUP BY tag"))?;
+        for row in st.query_map(params![s, tenant, days], |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))? {
+            let (tag, t) = row?;
+            out.by_tag.insert(tag, t);
+        }
     }
     if !months.is_empty() {
         let months = serde_json::to_string(&months).expect("strings serialize");
@@ -91,7 +99,7 @@ pub fn history(conn: &Connection, scope: Scope, tenant: &str, periods: &[String]
         };
         let mut st = conn.prepare_cached(&format!(
             "SELECT at, day, profile, org, provider, model, path, status, reason, requests, cost_nanos, input_tokens, \
-             output_tokens, cached_tokens, characters FROM recent WHERE {column} = ?1 ORDER BY id DESC LIMIT ?2"
+             output_tokens, cached_tokens, characters, tags FROM recent WHERE {column} = ?1 ORDER BY id DESC LIMIT ?2"
         ))?;
         let limit = i64::try_from(recent).unwrap_or(i64::MAX);
         for row in st.query_map(params![tenant, limit], |r| record_at(r, r.get(7)?, r.get(8)?, 9))? {
@@ -181,7 +189,7 @@ pub fn settle_crashed(conn: &mut Connection, keep: Keep) -> rusqlite::Result<(us
     let records: Vec<UsageRecord> = {
         let mut st = tx.prepare(
             "SELECT at, day, profile, org, provider, model, path, requests, cost_nanos, input_tokens, output_tokens, \
-             cached_tokens, characters FROM open_calls",
+             cached_tokens, characters, tags FROM open_calls",
         )?;
         let rows = st.query_map([], |r| record_at(r, 0, Some("crash".into()), 7))?;
         rows.collect::<rusqlite::Result<_>>()?
@@ -202,4 +210,11 @@ pub fn settle_crashed(conn: &mut Connection, keep: Keep) -> rusqlite::Result<(us
 /// A value of the `meta` table.
 pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()
+}
+
+/// The alert claims not yet expired at `now` (unix seconds).
+pub fn alert_claims(conn: &Connection, now: i64) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut st = conn.prepare("SELECT key, expires FROM alert_claims WHERE expires > ?1")?;
+    let rows = st.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }

@@ -11,7 +11,7 @@ use crate::config::Durability;
 
 /// The schema this build writes. A database with a newer version is refused (it was written
 /// by a newer spendgate).
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// Each migration takes the schema from its index to its index + 1.
 const MIGRATIONS: &[&str] = &[
@@ -112,6 +112,29 @@ const MIGRATIONS: &[&str] = &[
          entry  TEXT NOT NULL
      );
      CREATE INDEX audit_tenant ON audit (tenant, id);",
+    // 2 -> 3: attribution tags (per-day totals by tag, each tenant's bounded set of tags, the
+    // tags of recent and open calls) and the alert claims.
+    "ALTER TABLE recent ADD COLUMN tags TEXT;
+     ALTER TABLE open_calls ADD COLUMN tags TEXT;
+     CREATE TABLE daily_tag (
+         scope TEXT NOT NULL, tenant TEXT NOT NULL, day TEXT NOT NULL, tag TEXT NOT NULL,
+         requests INTEGER NOT NULL, cost_nanos INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
+         output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, characters INTEGER NOT NULL,
+         PRIMARY KEY (scope, tenant, day, tag)
+     ) WITHOUT ROWID;
+     CREATE INDEX daily_tag_day ON daily_tag (day);
+     CREATE TABLE tenant_tags (
+         scope    TEXT NOT NULL,
+         tenant   TEXT NOT NULL,
+         tag      TEXT NOT NULL,
+         last_day TEXT NOT NULL,
+         PRIMARY KEY (scope, tenant, tag)
+     ) WITHOUT ROWID;
+     CREATE INDEX tenant_tags_last_day ON tenant_tags (last_day);
+     CREATE TABLE alert_claims (
+         key     TEXT PRIMARY KEY,
+         expires INTEGER NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 /// Why the database cannot be used, in words an operator can act on.
@@ -265,6 +288,31 @@ mod tests {
         assert_eq!(v, VERSION);
         drop(c);
         open_reader(&path).unwrap();
+    }
+
+    #[test]
+    fn a_version_2_database_migrates_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute(
+                "INSERT INTO recent (at, day, profile, provider, model, path, status, requests, cost_nanos, input_tokens, \
+                 output_tokens, cached_tokens, characters) VALUES ('2026-11-01T00:00:00Z', '2026-11-01', 'p1', 'openai', 'm', '/x', 200, 1, 5, 0, 0, 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let c = open_writer(&path, Durability::Batched).unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, VERSION);
+        let (cost, tags): (i64, Option<String>) = c.query_row("SELECT cost_nanos, tags FROM recent", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((cost, tags), (5, None));
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM daily_tag", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0);
     }
 
     #[test]

@@ -2,7 +2,7 @@ use chrono::Duration as ChronoDuration;
 
 use super::*;
 use crate::domain::window::Window;
-use crate::quota::ledger::{CounterOp, OpenCall, Totals, UsageRecord};
+use crate::quota::ledger::{CounterOp, Expiry, OpenCall, Totals, UsageRecord};
 
 fn opts(dir: &Path) -> Options {
     Options {
@@ -15,6 +15,7 @@ fn opts(dir: &Path) -> Options {
             recent_max: 3,
             daily_days: 400,
             monthly_months: 25,
+            max_tags: 2,
         },
         snapshot: None,
     }
@@ -44,6 +45,7 @@ fn record(profile: &str, org: Option<&str>, cost: i64) -> UsageRecord {
         model: "gpt-4o".into(),
         path: "/v1/chat/completions".into(),
         status: 200,
+        tags: Vec::new(),
         totals: Totals {
             requests: 1,
             cost_nanos: cost,
@@ -71,8 +73,7 @@ fn reserve_req(id: &str, profile: &str, cost: i64, max: i64) -> ReserveRequest {
             },
         ]
         .into(),
-        expire_daily: far,
-        expire_monthly: far,
+        expires: Expiry::all(far),
         call: Some(std::sync::Arc::new(OpenCall {
             id: id.into(),
             record: record(profile, None, cost),
@@ -86,8 +87,7 @@ fn settlement(id: &str, profile: &str, org: Option<&str>, reserved: i64, cost: i
         deltas: vec![(key(profile, "cost"), cost - reserved)],
         record: record(profile, org, cost),
         id: id.into(),
-        expire_daily: far,
-        expire_monthly: far,
+        expires: Expiry::all(far),
     }
 }
 
@@ -192,6 +192,94 @@ async fn a_restart_keeps_counters_and_charges_calls_left_open() {
     assert_eq!(h.recent[1].reason, None);
 }
 
+async fn reopen(o: Options) -> EmbeddedStore {
+    loop {
+        match EmbeddedStore::open(o.clone(), counter()) {
+            Ok(s) => break s,
+            Err(OpenError::Locked { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn tagged(id: &str, profile: &str, org: Option<&str>, cost: i64, tags: &[&str]) -> Settlement {
+    let mut s = settlement(id, profile, org, 0, cost);
+    s.record.tags = tags.iter().map(|t| t.to_string()).collect();
+    s
+}
+
+#[tokio::test]
+async fn tags_are_counted_per_tenant_up_to_the_bound_then_as_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
+    // max_tags is 2: `a` and `b` are kept, `c` is past the bound.
+    s.settle(&tagged("1", "p", Some("acme"), 10, &["a"])).await.unwrap();
+    s.settle(&tagged("2", "p", Some("acme"), 20, &["b", "a"])).await.unwrap();
+    s.settle(&tagged("3", "p", Some("acme"), 40, &["c"])).await.unwrap();
+    s.settle(&tagged("4", "q", Some("acme"), 80, &["c"])).await.unwrap();
+    s.settle(&tagged("5", "p", None, 1, &[])).await.unwrap();
+    let h = s.history(Scope::Profile, "p", &days(), 10).await.unwrap();
+    let cost = |h: &History, t: &str| h.by_tag.get(t).map(|t| t.cost_nanos);
+    assert_eq!(cost(&h, "a"), Some(30));
+    assert_eq!(cost(&h, "b"), Some(20));
+    assert_eq!(cost(&h, "other"), Some(40));
+    assert_eq!(cost(&h, "c"), None);
+    assert_eq!(h.by_tag.len(), 3);
+    assert_eq!(h.recent[1].tags, ["c"], "recent requests keep the tags as sent");
+    assert_eq!(h.recent[2].tags, ["b", "a"]);
+    // Another profile has its own set; the org's set filled up with a and b.
+    let q = s.history(Scope::Profile, "q", &days(), 0).await.unwrap();
+    assert_eq!(cost(&q, "c"), Some(80));
+    let org = s.history(Scope::Org, "acme", &days(), 0).await.unwrap();
+    assert_eq!((cost(&org, "a"), cost(&org, "b"), cost(&org, "other")), (Some(30), Some(20), Some(120)));
+    // The bound holds across a restart (the sets are in the database).
+    let o = opts(dir.path());
+    drop(s);
+    let s = reopen(o).await;
+    s.settle(&tagged("6", "p", None, 5, &["d"])).await.unwrap();
+    let h = s.history(Scope::Profile, "p", &days(), 0).await.unwrap();
+    assert_eq!(cost(&h, "other"), Some(45));
+}
+
+#[tokio::test]
+async fn an_alert_is_claimed_once_until_it_expires_even_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let later = Utc::now() + ChronoDuration::hours(1);
+    {
+        let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
+        assert!(s.claim_alert("p:p1:daily:cost:0.8", later).await.unwrap());
+        assert!(!s.claim_alert("p:p1:daily:cost:0.8", later).await.unwrap());
+        assert!(s.claim_alert("p:p1:daily:cost:0.95", later).await.unwrap());
+        let past = Utc::now() - ChronoDuration::seconds(1);
+        assert!(s.claim_alert("gone", past).await.unwrap());
+        assert!(s.claim_alert("gone", later).await.unwrap(), "an expired claim can be made again");
+        s.flush().await.unwrap();
+    }
+    let s = reopen(opts(dir.path())).await;
+    assert!(!s.claim_alert("p:p1:daily:cost:0.8", later).await.unwrap(), "remembered after a restart");
+    let r = EmbeddedStore::open_read_only(opts(dir.path())).unwrap();
+    assert!(r.claim_alert("x", later).await.is_err(), "a reader claims nothing");
+}
+
+#[tokio::test]
+async fn a_call_open_at_a_crash_keeps_its_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
+        let mut req = reserve_req("open", "p", 7, 100);
+        let mut call = (**req.call.as_ref().unwrap()).clone();
+        call.record.tags = vec!["tool=x".into()];
+        req.call = Some(std::sync::Arc::new(call));
+        s.reserve(&req).await.unwrap();
+        s.flush().await.unwrap();
+    }
+    let s = reopen(opts(dir.path())).await;
+    let h = s.history(Scope::Profile, "p", &days(), 10).await.unwrap();
+    assert_eq!(h.recent[0].reason.as_deref(), Some("crash"));
+    assert_eq!(h.recent[0].tags, ["tool=x"]);
+    assert_eq!(h.by_tag["tool=x"].cost_nanos, 7);
+}
+
 #[tokio::test]
 async fn one_process_owns_a_database_and_readers_see_commits() {
     let dir = tempfile::tempdir().unwrap();
@@ -283,6 +371,7 @@ fn retention_deletes_counted_back_from_the_newest_day() {
         recent_max: 10,
         daily_days: 2,
         monthly_months: 1,
+        max_tags: 10,
     };
     let recs: Vec<UsageRecord> = ["2026-09-30", "2026-11-26", "2026-11-27", "2026-11-29"]
         .iter()

@@ -51,6 +51,8 @@ pub enum Rec {
     Bind { profile: String, org: Option<String> },
     /// A window bucket the limits no longer read.
     Prune { window: Window, bucket: String },
+    /// An alert claimed until `expires` (unix seconds).
+    Claim { key: String, expires: i64 },
 }
 
 pub enum Msg {
@@ -78,6 +80,8 @@ pub struct Keep {
     pub recent_max: usize,
     pub daily_days: u32,
     pub monthly_months: u32,
+    /// Most distinct tags kept per tenant; past it a tenant's new tags count as `other`.
+    pub max_tags: usize,
 }
 
 pub struct Writer {
@@ -209,6 +213,7 @@ pub struct HistoryBatch<'a> {
     daily_model: HashMap<(Scope, &'a str, &'a str, &'a str), Totals>,
     monthly: HashMap<(Scope, &'a str, &'a str), Totals>,
     tenants: HashMap<(Scope, &'a str), &'a str>,
+    /// Every record of the batch, in order (the recent requests, and the tags).
     recent: Vec<&'a UsageRecord>,
 }
 
@@ -248,6 +253,7 @@ impl<'a> HistoryBatch<'a> {
         for ((scope, tenant), day) in &self.tenants {
             st.execute(params![scope_name(*scope), tenant, day])?;
         }
+        self.write_tags(tx, keep)?;
         if keep.recent_max == 0 {
             return Ok(());
         }
@@ -257,10 +263,85 @@ impl<'a> HistoryBatch<'a> {
         Ok(())
     }
 
+    /// The totals by tag: each record counts under each of its tags, per tenant, under the
+    /// tag's name while the tenant's set of tags holds it or has room (`keep.max_tags`), else
+    /// under `other`. Decided in the records' order, as they were settled.
+    fn write_tags(&self, tx: &Transaction<'_>, keep: Keep) -> rusqlite::Result<()> {
+        let mut sums: HashMap<(Scope, &str, &str, &str), Totals> = HashMap::new();
+        let mut known: HashMap<(Scope, &str, &str), bool> = HashMap::new();
+        let mut sizes: HashMap<(Scope, &str), usize> = HashMap::new();
+        let max = i64::try_from(keep.max_tags.max(1)).unwrap_or(i64::MAX);
+        for rec in self.recent.iter().filter(|r| !r.tags.is_empty()) {
+            let scopes = std::iter::once((Scope::Profile, rec.profile.as_str())).chain(rec.org.as_deref().map(|o| (Scope::Org, o)));
+            for (scope, tenant) in scopes {
+                for tag in &rec.tags {
+                    let kept = match known.get(&(scope, tenant, tag.as_str())) {
+                        Some(k) => *k,
+                        None => {
+                            let k = claim_tag(tx, scope, tenant, tag, &rec.day, max, &mut sizes)?;
+                            known.insert((scope, tenant, tag.as_str()), k);
+                            k
+                        }
+                    };
+                    let name = if kept { tag.as_str() } else { OTHER_TAG };
+                    sums.entry((scope, tenant, &rec.day, name)).or_default().add(&rec.totals);
+                }
+            }
+        }
+        for ((scope, tenant, day, tag), totals) in &sums {
+            add_totals(tx, TotalsTable::DailyTag, &[scope_name(*scope), tenant, day, tag], totals)?;
+        }
+        Ok(())
+    }
+
     /// The profiles whose recent requests grew.
     pub fn profiles(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.recent.iter().map(|r| r.profile.as_str())
     }
+}
+
+/// The name a tenant's tags past `store.max_tags` are counted under.
+pub const OTHER_TAG: &str = "other";
+
+/// Whether `tag` is in the tenant's set of tags, adding it while the set has room; its
+/// `last_day` follows its use (retention forgets the tags of days no longer kept).
+fn claim_tag<'a>(
+    tx: &Transaction<'_>,
+    scope: Scope,
+    tenant: &'a str,
+    tag: &str,
+    day: &str,
+    max: i64,
+    sizes: &mut HashMap<(Scope, &'a str), usize>,
+) -> rusqlite::Result<bool> {
+    let s = scope_name(scope);
+    let present = tx
+        .prepare_cached("UPDATE tenant_tags SET last_day = ?4 WHERE scope = ?1 AND tenant = ?2 AND tag = ?3 AND last_day < ?4")?
+        .execute(params![s, tenant, tag, day])?
+        > 0
+        || tx
+            .prepare_cached("SELECT 1 FROM tenant_tags WHERE scope = ?1 AND tenant = ?2 AND tag = ?3")?
+            .exists(params![s, tenant, tag])?;
+    if present {
+        return Ok(true);
+    }
+    let size = match sizes.get(&(scope, tenant)) {
+        Some(n) => *n,
+        None => {
+            let n: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM tenant_tags WHERE scope = ?1 AND tenant = ?2")?
+                .query_row(params![s, tenant], |r| r.get(0))?;
+            usize::try_from(n).unwrap_or(usize::MAX)
+        }
+    };
+    if i64::try_from(size).unwrap_or(i64::MAX) >= max {
+        sizes.insert((scope, tenant), size);
+        return Ok(false);
+    }
+    tx.prepare_cached("INSERT INTO tenant_tags VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![s, tenant, tag, day])?;
+    sizes.insert((scope, tenant), size + 1);
+    Ok(true)
 }
 
 /// The history tables that sum totals per key.
@@ -272,6 +353,8 @@ pub enum TotalsTable {
     DailyModel,
     /// Keyed by scope, tenant, month.
     Monthly,
+    /// Keyed by scope, tenant, day, tag.
+    DailyTag,
 }
 
 impl TotalsTable {
@@ -295,6 +378,7 @@ impl TotalsTable {
             TotalsTable::DailyProvider => upsert!("daily_provider", "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10", "scope, tenant, day, provider"),
             TotalsTable::DailyModel => upsert!("daily_model", "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10", "scope, tenant, day, model"),
             TotalsTable::Monthly => upsert!("monthly", "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9", "scope, tenant, month"),
+            TotalsTable::DailyTag => upsert!("daily_tag", "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10", "scope, tenant, day, tag"),
         }
     }
 }
@@ -317,7 +401,7 @@ pub fn insert_recent(tx: &Connection, r: &UsageRecord) -> rusqlite::Result<()> {
     let t = &r.totals;
     tx.prepare_cached(
         "INSERT INTO recent (at, day, profile, org, provider, model, path, status, reason, requests, cost_nanos, \
-         input_tokens, output_tokens, cached_tokens, characters) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+         input_tokens, output_tokens, cached_tokens, characters, tags) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?
     .execute(params![
         r.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
@@ -334,9 +418,16 @@ pub fn insert_recent(tx: &Connection, r: &UsageRecord) -> rusqlite::Result<()> {
         t.input_tokens,
         t.output_tokens,
         t.cached_tokens,
-        t.characters
+        t.characters,
+        tags_column(&r.tags)
     ])?;
     Ok(())
+}
+
+/// Tags as a column: comma-separated (a tag, validated like a tenant id, has no comma), NULL
+/// for none.
+pub fn tags_column(tags: &[String]) -> Option<String> {
+    (!tags.is_empty()).then(|| tags.join(","))
 }
 
 /// Keeps each of `profiles` to its newest `recent_max` recent requests. An org's newest are
@@ -367,6 +458,7 @@ fn commit(conn: &mut Connection, batch: &[Rec], keep: Keep) -> rusqlite::Result<
     let mut history = HistoryBatch::default();
     let mut binds: Vec<(&str, Option<&str>)> = Vec::new();
     let mut prunes: Vec<(Window, &str)> = Vec::new();
+    let mut claims: Vec<(&str, i64)> = Vec::new();
     for r in batch {
         match r {
             Rec::Reserve { call, ops } => {
@@ -396,6 +488,7 @@ fn commit(conn: &mut Connection, batch: &[Rec], keep: Keep) -> rusqlite::Result<
             }
             Rec::Bind { profile, org } => binds.push((profile, org.as_deref())),
             Rec::Prune { window, bucket } => prunes.push((*window, bucket)),
+            Rec::Claim { key, expires } => claims.push((key, *expires)),
         }
     }
     let tx = conn.transaction()?;
@@ -413,7 +506,7 @@ fn commit(conn: &mut Connection, batch: &[Rec], keep: Keep) -> rusqlite::Result<
                 st.execute(params![scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, k.field, d])?;
             }
         }
-        let mut st = tx.prepare_cached("INSERT OR REPLACE INTO open_calls VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")?;
+        let mut st = tx.prepare_cached("INSERT OR REPLACE INTO open_calls VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)")?;
         for (id, r) in opened {
             let t = &r.totals;
             st.execute(params![
@@ -430,7 +523,8 @@ fn commit(conn: &mut Connection, batch: &[Rec], keep: Keep) -> rusqlite::Result<
                 t.input_tokens,
                 t.output_tokens,
                 t.cached_tokens,
-                t.characters
+                t.characters,
+                tags_column(&r.tags)
             ])?;
         }
         let mut st = tx.prepare_cached("DELETE FROM open_calls WHERE id = ?1")?;
@@ -440,6 +534,10 @@ fn commit(conn: &mut Connection, batch: &[Rec], keep: Keep) -> rusqlite::Result<
         let mut st = tx.prepare_cached("INSERT INTO org_bindings VALUES (?1, ?2) ON CONFLICT (profile) DO NOTHING")?;
         for (p, o) in binds {
             st.execute(params![p, o])?;
+        }
+        let mut st = tx.prepare_cached("INSERT OR REPLACE INTO alert_claims VALUES (?1, ?2)")?;
+        for (key, expires) in claims {
+            st.execute(params![key, expires])?;
         }
         history.write(&tx, keep)?;
     }
@@ -461,6 +559,9 @@ pub fn housekeeping(conn: &mut Connection, keep: Keep) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     tx.execute("DELETE FROM daily_provider WHERE day < ?1", [&day_cutoff])?;
     tx.execute("DELETE FROM daily_model WHERE day < ?1", [&day_cutoff])?;
+    tx.execute("DELETE FROM daily_tag WHERE day < ?1", [&day_cutoff])?;
+    tx.execute("DELETE FROM tenant_tags WHERE last_day < ?1", [&day_cutoff])?;
+    tx.execute("DELETE FROM alert_claims WHERE expires < ?1", [chrono::Utc::now().timestamp()])?;
     if let Some(m) = &month_cutoff {
         tx.execute("DELETE FROM monthly WHERE month < ?1", [m])?;
         // A tenant without any history left is forgotten.

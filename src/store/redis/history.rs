@@ -220,10 +220,11 @@ impl Inner {
                 if fields.is_empty() {
                     continue;
                 }
-                let day = out.days.entry(p.clone()).or_default();
+                let mut day = out.days.remove(p).unwrap_or_default();
                 for (field, v) in fields {
-                    add_field(day, &mut out.by_provider, &mut out.by_model, &field, v);
+                    add_field(&mut day, &mut out, &field, v);
                 }
+                out.days.insert(p.clone(), day);
             }
             if recent > 0 {
                 let items: Vec<String> = FromRedisValue::from_redis_value(replies.next().unwrap_or(Value::Nil)).map_err(bad)?;
@@ -272,13 +273,19 @@ impl Inner {
     }
 }
 
-/// Adds one history field (`<metric>|<provider>|<model>`) to the totals and breakdowns.
-fn add_field(day: &mut Totals, by_provider: &mut BTreeMap<String, Totals>, by_model: &mut BTreeMap<String, Totals>, field: &str, v: i64) {
+/// Adds one history field to the totals and breakdowns: `<metric>|<provider>|<model>`, or
+/// `<metric>|#tag|<tag>` for the per-tag breakdown (not part of the totals: a call with
+/// several tags counts under each; provider names cannot contain `#`).
+fn add_field(day: &mut Totals, out: &mut History, field: &str, v: i64) {
     let mut parts = field.splitn(3, '|');
     if let (Some(metric), Some(provider), Some(model)) = (parts.next(), parts.next(), parts.next()) {
+        if provider == "#tag" {
+            add_metric(out.by_tag.entry(model.to_string()).or_default(), metric, v);
+            return;
+        }
         add_metric(day, metric, v);
-        add_metric(by_provider.entry(provider.to_string()).or_default(), metric, v);
-        add_metric(by_model.entry(model.to_string()).or_default(), metric, v);
+        add_metric(out.by_provider.entry(provider.to_string()).or_default(), metric, v);
+        add_metric(out.by_model.entry(model.to_string()).or_default(), metric, v);
     }
 }
 
@@ -287,17 +294,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_give_totals_and_both_breakdowns() {
+    fn fields_give_totals_and_breakdowns() {
         let mut day = Totals::default();
-        let (mut p, mut m) = (BTreeMap::new(), BTreeMap::new());
-        add_field(&mut day, &mut p, &mut m, "cost|gemini|models/gemini:2.5|x", 5);
-        add_field(&mut day, &mut p, &mut m, "cost|vertex|imagen", 2);
-        add_field(&mut day, &mut p, &mut m, "in|gemini|models/gemini:2.5|x", 7);
-        add_field(&mut day, &mut p, &mut m, "junk", 1);
-        assert_eq!(day.cost_nanos, 7);
+        let mut h = History::default();
+        add_field(&mut day, &mut h, "cost|gemini|models/gemini:2.5|x", 5);
+        add_field(&mut day, &mut h, "cost|vertex|imagen", 2);
+        add_field(&mut day, &mut h, "in|gemini|models/gemini:2.5|x", 7);
+        add_field(&mut day, &mut h, "cost|#tag|tool=a", 5);
+        add_field(&mut day, &mut h, "junk", 1);
+        assert_eq!(day.cost_nanos, 7, "tag fields are not in the totals");
         assert_eq!(day.input_tokens, 7);
-        assert_eq!(p["gemini"].cost_nanos, 5);
-        assert_eq!(m["models/gemini:2.5|x"].input_tokens, 7);
-        assert_eq!(m["imagen"].cost_nanos, 2);
+        assert_eq!(h.by_provider["gemini"].cost_nanos, 5);
+        assert_eq!(h.by_model["models/gemini:2.5|x"].input_tokens, 7);
+        assert_eq!(h.by_model["imagen"].cost_nanos, 2);
+        assert_eq!(h.by_tag["tool=a"].cost_nanos, 5);
+        assert!(!h.by_provider.contains_key("#tag"));
     }
 }

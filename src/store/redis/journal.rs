@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::quota::ledger::{CounterKey, UsageRecord};
+use crate::domain::window::Window;
+use crate::quota::ledger::{CounterKey, Expiry, UsageRecord};
 use crate::store::snapshot;
 
 /// One unit of counting to apply to Redis: counter deltas, and for a settlement the record
@@ -32,8 +33,40 @@ pub struct Entry {
     /// Unix seconds after which the daily and monthly counters may be deleted.
     pub expire_daily: i64,
     pub expire_monthly: i64,
+    /// The same for minute and hour counters (absent in entries written before rate windows).
+    #[serde(default)]
+    pub expire_minute: i64,
+    #[serde(default)]
+    pub expire_hour: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<UsageRecord>,
+}
+
+impl Entry {
+    /// An entry without a record; its expiries are `expires`'.
+    pub fn counting(id: String, tag: String, created: i64, counters: Vec<(CounterKey, i64)>, expires: &Expiry) -> Entry {
+        Entry {
+            id,
+            tag,
+            created,
+            counters,
+            expire_daily: expires.daily.timestamp(),
+            expire_monthly: expires.monthly.timestamp(),
+            expire_minute: expires.minute.timestamp(),
+            expire_hour: expires.hour.timestamp(),
+            record: None,
+        }
+    }
+
+    /// Unix seconds after which a counter of `window` may be deleted.
+    pub fn expire_at(&self, window: Window) -> i64 {
+        match window {
+            Window::Minute => self.expire_minute,
+            Window::Hour => self.expire_hour,
+            Window::Daily => self.expire_daily,
+            Window::Monthly => self.expire_monthly,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -245,7 +278,6 @@ impl JournalFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::window::Window;
     use crate::domain::Scope;
 
     fn entry(id: &str) -> Entry {
@@ -265,6 +297,8 @@ mod tests {
             )],
             expire_daily: 1_900_000_000,
             expire_monthly: 1_900_000_000,
+            expire_minute: 1_900_000_000,
+            expire_hour: 1_900_000_000,
             record: None,
         }
     }

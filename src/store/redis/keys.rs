@@ -84,6 +84,8 @@ pub struct Keys {
 
 fn window_letter(w: Window) -> char {
     match w {
+        Window::Minute => 'i',
+        Window::Hour => 'h',
         Window::Daily => 'd',
         Window::Monthly => 'm',
     }
@@ -103,7 +105,8 @@ impl Keys {
         Keys { prefix: prefix.to_string() }
     }
 
-    /// The hash of a tenant's counters in one window: `<prefix>:{<tag>}:c:<p|o>:<tenant>:<d|m>:<bucket>`.
+    /// The hash of a tenant's counters in one window: `<prefix>:{<tag>}:c:<p|o>:<tenant>:<i|h|d|m>:<bucket>`
+    /// (`i` a minute, `h` an hour, `d` a day, `m` a month).
     /// Its fields are the counter fields (`cost`, `tokens`, `requests`, `chars`, `requests#<match>`...).
     pub fn counter(&self, tag: &Tag, key: &CounterKey) -> String {
         format!(
@@ -120,6 +123,12 @@ impl Keys {
     /// `<prefix>:{<tag>}:h:<p|o>:<tenant>:<d|m>:<period>`.
     pub fn history(&self, tag: &Tag, scope: Scope, tenant: &str, period: &str) -> String {
         format!("{}:{{{tag}}}:h:{}:{tenant}:{}:{period}", self.prefix, scope.tag(), period_letter(period))
+    }
+
+    /// The set of a tenant's distinct attribution tags (at most `store.max_tags`):
+    /// `<prefix>:{<tag>}:g:<p|o>:<tenant>`.
+    pub fn tag_set(&self, tag: &Tag, scope: Scope, tenant: &str) -> String {
+        format!("{}:{{{tag}}}:g:{}:{tenant}", self.prefix, scope.tag())
     }
 
     /// The capped list of a tenant's recent requests (JSON, newest first):
@@ -151,6 +160,11 @@ impl Keys {
     /// The org a profile belongs to ("" for none): `<prefix>:{p:<profile>}:org`.
     pub fn org_of(&self, profile: &str) -> String {
         format!("{}:{{p:{profile}}}:org", self.prefix)
+    }
+
+    /// A claimed one-time alert (see `Store::claim_alert`): `<prefix>:alert:<key>`.
+    pub fn alert(&self, key: &str) -> String {
+        format!("{}:alert:{key}", self.prefix)
     }
 
     /// The sorted set of every tenant of a scope (score: last seen): `<prefix>:tenants:<p|o>`.

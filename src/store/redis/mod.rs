@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use parking_lot::Mutex;
 use prometheus::{HistogramVec, IntCounterVec};
 use redis::{RedisError, RedisResult, Value};
@@ -52,7 +52,6 @@ use self::keys::{Keys, Tag};
 use self::outage::{background, guarded, Breaker, Guarded};
 use self::scripts::{ApplyParams, ReserveOp, Scripts};
 use crate::config::{OnError, StoreConfig};
-use crate::domain::window::Window;
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
 
@@ -153,6 +152,7 @@ impl RedisStore {
                 daily_days: cfg.retention.daily_days,
                 monthly_months: cfg.retention.monthly_months,
                 dedupe_ttl: DEDUPE_TTL.as_secs() as i64,
+                max_tags: cfg.max_tags,
             },
             fence: Mutex::new(fence),
             journal: Mutex::new(journal),
@@ -238,13 +238,6 @@ impl Inner {
         }
     }
 
-    fn expiry(req_daily: DateTime<Utc>, req_monthly: DateTime<Utc>, w: Window) -> DateTime<Utc> {
-        match w {
-            Window::Daily => req_daily,
-            Window::Monthly => req_monthly,
-        }
-    }
-
     /// Records what Redis answered in the fence (values without this replica's pending).
     fn observe(&self, req: &ReserveRequest, cells: &[Cell], outcome: &ReserveOutcome) {
         let mut fence = self.fence.lock();
@@ -252,14 +245,14 @@ impl Inner {
             ReserveOutcome::Admitted { before } => {
                 for ((op, cell), b) in req.ops.iter().zip(cells).zip(before) {
                     if op.max.is_some() {
-                        let exp = Self::expiry(req.expire_daily, req.expire_monthly, op.key.window).timestamp();
+                        let exp = req.expires.of(op.key.window).timestamp();
                         fence.observe(cell, b.saturating_add(op.amount), exp);
                     }
                 }
             }
             ReserveOutcome::Refused { index, current } => {
                 if let (Some(op), Some(cell)) = (req.ops.get(*index), cells.get(*index)) {
-                    let exp = Self::expiry(req.expire_daily, req.expire_monthly, op.key.window).timestamp();
+                    let exp = req.expires.of(op.key.window).timestamp();
                     fence.observe(cell, *current, exp);
                 }
             }
@@ -321,7 +314,8 @@ impl Store for RedisStore {
                 field: &cell.1,
                 amount: op.amount,
                 max: op.max.map(|m| m.saturating_sub(*p)),
-                expire: Inner::expiry(req.expire_daily, req.expire_monthly, op.key.window),
+                expire: req.expires.of(op.key.window),
+                window: op.key.window,
             })
             .collect();
         if let Some((p, o)) = tenants_of(req.ops.iter().map(|op| &op.key)) {
@@ -383,13 +377,8 @@ impl Store for RedisStore {
         let inner = &self.inner;
         let tag = Tag::for_request(&s.record.profile, s.record.org.as_deref());
         let entry = Arc::new(Entry {
-            id: s.id.clone(),
-            tag: tag.as_str().to_string(),
-            created: Utc::now().timestamp(),
-            counters: s.deltas.clone(),
-            expire_daily: s.expire_daily.timestamp(),
-            expire_monthly: s.expire_monthly.timestamp(),
             record: Some(s.record.clone()),
+            ..Entry::counting(s.id.clone(), tag.as_str().to_string(), Utc::now().timestamp(), s.deltas.clone(), &s.expires)
         });
         let journal = |entry: Arc<Entry>, in_flight| {
             let r = inner.journal_push(Arc::unwrap_or_clone(entry), in_flight);
@@ -468,6 +457,18 @@ impl Store for RedisStore {
         let mut c = inner.conn.clone();
         let (bound,): (Option<String>,) = inner.bounded(pipe.query_async(&mut c)).await?;
         Ok(bound.filter(|o| !o.is_empty()))
+    }
+
+    async fn claim_alert(&self, key: &str, expires: chrono::DateTime<Utc>) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let key = inner.keys.alert(key);
+        // Never in the past (a test clock, a clock set back): Redis would refuse the EXAT.
+        let at = expires.timestamp().max(Utc::now().timestamp() + 60);
+        let mut c = inner.conn.clone();
+        let set: Option<String> = inner
+            .bounded(redis::cmd("SET").arg(&key).arg(1).arg("NX").arg("EXAT").arg(at).query_async(&mut c))
+            .await?;
+        Ok(set.is_some())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -212,15 +212,13 @@ impl Inner {
         tokio::spawn(async move {
             if let Ok(Ok(Some(ReserveOutcome::Admitted { .. }))) = handle.await {
                 inner.breaker.success();
-                let entry = Entry {
-                    id: inner.next_id("c"),
-                    tag: tag.as_str().to_string(),
-                    created: Utc::now().timestamp(),
-                    counters: req.ops.iter().filter(|op| op.amount != 0).map(|op| (op.key.clone(), -op.amount)).collect(),
-                    expire_daily: req.expire_daily.timestamp(),
-                    expire_monthly: req.expire_monthly.timestamp(),
-                    record: None,
-                };
+                let entry = Entry::counting(
+                    inner.next_id("c"),
+                    tag.as_str().to_string(),
+                    Utc::now().timestamp(),
+                    req.ops.iter().filter(|op| op.amount != 0).map(|op| (op.key.clone(), -op.amount)).collect(),
+                    &req.expires,
+                );
                 if let Err(e) = inner.journal_push(entry, None) {
                     tracing::error!(error = %e, "a reservation applied after its timeout cannot be taken back");
                 }
@@ -244,15 +242,13 @@ impl Inner {
             }
             return Err(why);
         }
-        let entry = Entry {
+        let entry = Entry::counting(
             id,
-            tag: tag.as_str().to_string(),
+            tag.as_str().to_string(),
             created,
-            counters: req.ops.iter().filter(|op| op.amount != 0).map(|op| (op.key.clone(), op.amount)).collect(),
-            expire_daily: req.expire_daily.timestamp(),
-            expire_monthly: req.expire_monthly.timestamp(),
-            record: None,
-        };
+            req.ops.iter().filter(|op| op.amount != 0).map(|op| (op.key.clone(), op.amount)).collect(),
+            &req.expires,
+        );
         let outcome = {
             let mut journal = self.journal.lock();
             if !journal.has_room_for_reservation() {
@@ -276,7 +272,7 @@ impl Inner {
                     cell,
                     amount: op.amount,
                     max: op.max,
-                    expires: Self::expiry(req.expire_daily, req.expire_monthly, op.key.window).timestamp(),
+                    expires: req.expires.of(op.key.window).timestamp(),
                 })
                 .collect();
             // Admitted: the fence has counted the amounts as pending, and the journal entry

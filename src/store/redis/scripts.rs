@@ -87,9 +87,15 @@ impl Invocation {
 }
 
 /// An expiry never in the past: Redis deletes a key whose `EXPIREAT` has passed, and a
-/// clock set back (or a test clock) must not wipe live counters.
-fn expire_at(at: DateTime<Utc>) -> i64 {
-    at.timestamp().max((Utc::now() + Duration::days(1)).timestamp())
+/// clock set back (or a test clock) must not wipe live counters. The floor is a day, or for
+/// the short-lived counters of rate windows a few times their length.
+fn expire_at(at: DateTime<Utc>, window: Window) -> i64 {
+    let floor = match window {
+        Window::Minute => Duration::minutes(3),
+        Window::Hour => Duration::hours(2),
+        Window::Daily | Window::Monthly => Duration::days(1),
+    };
+    at.timestamp().max((Utc::now() + floor).timestamp())
 }
 
 /// One counter of a reservation, already resolved to its Redis key.
@@ -101,6 +107,8 @@ pub struct ReserveOp<'a> {
     /// replayed yet.
     pub max: Option<i64>,
     pub expire: DateTime<Utc>,
+    /// The counter's window (sets the floor of its expiry).
+    pub window: Window,
 }
 
 /// Seconds the ids of first calls are kept (`Keys::calls`).
@@ -129,7 +137,7 @@ pub fn reserve(calls_key: String, id: &str, ops: &[ReserveOp<'_>]) -> Invocation
     inv.arg(groups.len());
     for (key, members) in &groups {
         inv.key(key.to_string());
-        inv.arg(expire_at(ops[members[0]].expire));
+        inv.arg(expire_at(ops[members[0]].expire, ops[members[0]].window));
         inv.arg(members.len());
         for &i in members {
             let op = &ops[i];
@@ -199,6 +207,8 @@ pub struct ApplyParams {
     pub monthly_months: u32,
     /// Seconds the set of replayed ids is kept.
     pub dedupe_ttl: i64,
+    /// Most distinct tags kept per tenant (`store.max_tags`).
+    pub max_tags: usize,
 }
 
 /// The arguments of `settle.lua` for a batch of entries (all in one hash slot on a
@@ -207,7 +217,7 @@ pub struct ApplyParams {
 pub fn settle<'a>(keys: &Keys, entries: impl IntoIterator<Item = (&'a Tag, &'a Entry)>, replay: bool, p: &ApplyParams) -> Invocation {
     let mut inv = Invocation::default();
     let now = Utc::now();
-    let recent_expiry = expire_at(now + Duration::days(i64::from(p.daily_days)));
+    let recent_expiry = expire_at(now + Duration::days(i64::from(p.daily_days)), Window::Daily);
 
     inv.arg(CALLS_TTL);
     inv.arg(p.dedupe_ttl);
@@ -233,20 +243,17 @@ pub fn settle<'a>(keys: &Keys, entries: impl IntoIterator<Item = (&'a Tag, &'a E
         let counters: Vec<_> = entry.counters.iter().filter(|(_, d)| *d != 0).collect();
         inv.arg(counters.len());
         for (key, delta) in counters {
-            let at = match key.window {
-                Window::Daily => entry.expire_daily,
-                Window::Monthly => entry.expire_monthly,
-            };
+            let at = entry.expire_at(key.window);
             let idx = inv.key(keys.counter(tag, key));
             inv.arg(idx);
             inv.arg(&key.field);
             inv.arg(delta);
-            inv.arg(expire_at(DateTime::from_timestamp(at, 0).unwrap_or_default()));
+            inv.arg(expire_at(DateTime::from_timestamp(at, 0).unwrap_or_default(), key.window));
         }
 
         let Some(rec) = &entry.record else {
-            // No history: no history keys, no fields, no lists, an empty record.
-            for a in ["0", "0", "0", ""] {
+            // No history: no history keys, no fields, no tags, no lists, an empty record.
+            for a in ["0", "0", "0", "0", ""] {
                 inv.arg(a);
             }
             continue;
@@ -259,9 +266,14 @@ pub fn settle<'a>(keys: &Keys, entries: impl IntoIterator<Item = (&'a Tag, &'a E
             .chain(rec.org.as_deref().map(|o| (Scope::Org, o)))
             .collect();
         inv.arg(tenants.len() * 2);
-        for (scope, id) in &tenants {
-            for (period, expiry) in [(&periods.day, periods.day_expiry), (&periods.month, periods.month_expiry)] {
+        let mut history_keys = [[0; 2]; 2];
+        for (g, (scope, id)) in tenants.iter().enumerate() {
+            for (k, (period, expiry)) in [(&periods.day, periods.day_expiry), (&periods.month, periods.month_expiry)]
+                .into_iter()
+                .enumerate()
+            {
                 let idx = inv.key(keys.history(tag, *scope, id, period));
+                history_keys[g][k] = idx;
                 inv.arg(idx);
                 inv.arg(expiry);
             }
@@ -271,6 +283,23 @@ pub fn settle<'a>(keys: &Keys, entries: impl IntoIterator<Item = (&'a Tag, &'a E
         for (metric, v) in &fields {
             inv.arg(format!("{metric}|{}|{}", rec.provider, rec.model));
             inv.arg(v);
+        }
+        // Tags: each tenant's tag set with its bound, then the tags; the metrics are the
+        // fields' above.
+        inv.arg(rec.tags.len());
+        if !rec.tags.is_empty() {
+            for t in &rec.tags {
+                inv.arg(t);
+            }
+            inv.arg(tenants.len());
+            for (g, (scope, id)) in tenants.iter().enumerate() {
+                let idx = inv.key(keys.tag_set(tag, *scope, id));
+                inv.arg(idx);
+                inv.arg(p.max_tags.max(1));
+                inv.arg(periods.month_expiry);
+                inv.arg(history_keys[g][0]);
+                inv.arg(history_keys[g][1]);
+            }
         }
         inv.arg(tenants.len());
         for (scope, id) in &tenants {
@@ -298,8 +327,11 @@ impl Periods {
         Periods {
             day: day.format("%Y-%m-%d").to_string(),
             month: day.format("%Y-%m").to_string(),
-            day_expiry: expire_at(utc_midnight(day) + Duration::days(2 + i64::from(p.daily_days))),
-            month_expiry: expire_at(utc_midnight(first_of_next_month(day)) + Duration::days(1 + 31 * i64::from(p.monthly_months))),
+            day_expiry: expire_at(utc_midnight(day) + Duration::days(2 + i64::from(p.daily_days)), Window::Daily),
+            month_expiry: expire_at(
+                utc_midnight(first_of_next_month(day)) + Duration::days(1 + 31 * i64::from(p.monthly_months)),
+                Window::Monthly,
+            ),
         }
     }
 }
@@ -338,6 +370,7 @@ mod tests {
                 amount: 5,
                 max: Some(10),
                 expire: far,
+                window: Window::Daily,
             },
             ReserveOp {
                 key: "k1",
@@ -345,6 +378,7 @@ mod tests {
                 amount: 1,
                 max: None,
                 expire: far,
+                window: Window::Daily,
             },
             ReserveOp {
                 key: "k2",
@@ -352,6 +386,7 @@ mod tests {
                 amount: 5,
                 max: None,
                 expire: far,
+                window: Window::Daily,
             },
         ];
         let inv = reserve("calls".into(), "id-1", &ops);
@@ -380,7 +415,10 @@ mod tests {
             ],
             expire_daily: far,
             expire_monthly: far,
+            expire_minute: far,
+            expire_hour: far,
             record: Some(UsageRecord {
+                tags: vec!["tool=a".into()],
                 at: Utc::now(),
                 day: "2026-11-22".into(),
                 profile: "p1".into(),
@@ -402,6 +440,7 @@ mod tests {
             daily_days: 400,
             monthly_months: 25,
             dedupe_ttl: 60,
+            max_tags: 100,
         };
         let inv = settle(&keys, [(&tag, &entry)], true, &p);
         let (k, a) = inv.parts();
@@ -415,6 +454,8 @@ mod tests {
         assert!(a.contains(&"requests|gemini|m:x".to_string()));
         assert!(!a.iter().any(|x| x.starts_with("chars|")), "zero fields are skipped");
         assert_eq!(k.iter().filter(|k| k.contains(":h:")).count(), 4, "day and month of the profile and the org");
+        assert_eq!(k.iter().filter(|k| k.contains(":g:")).count(), 2, "the tag sets of the profile and the org");
+        assert!(a.contains(&"tool=a".to_string()));
         let inv = settle(&keys, [(&tag, &entry)], false, &p);
         assert_eq!(inv.parts().1[6], "0", "a first call is not a replay");
         assert!(!inv.parts().0.iter().any(|k| k.contains(":j:")));

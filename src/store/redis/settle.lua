@@ -11,10 +11,15 @@
 --   counters: n, then n x {key index, field, delta, expire-at}
 --   history:  n keys, then n x {key index, expire-at}; m fields, then m x {field, value}
 --             (every field is added to every history key of the entry)
+--   tags:     t, then t tags; when t > 0: g tenants, then g x {tag set key index, max
+--             tags, expire-at, day history key index, month history key index}. Each field's
+--             metric (its part before the first `|`) is also counted as `<metric>|#tag|<tag>`
+--             in the tenant's two history keys, under the tag's name while the tenant's set
+--             of tags holds it or is below its max, else under `other`.
 --   recent:   n lists, then n x {key index, expire-at}; the record
 --
--- What does not depend on one entry is done once per batch: each id hash and set gets its
--- expiry once; each counter and history field is incremented once, by the sum of its
+-- What does not depend on one entry is done once per batch: each id hash, replay set and
+-- tag set gets its expiry once; each counter and history field is incremented once, by the sum of its
 -- entries' amounts; each hash gets its expire-at once, when the batch creates it; each list
 -- gets one push of all its records, one trim and one expiry.
 --
@@ -70,6 +75,8 @@ local function add(key, field, by, expire)
 end
 
 local lists, pushes = {}, {}
+-- Tag sets touched by the batch, in order, with their expire-at.
+local tag_sets, tag_order = {}, {}
 
 local applied = 0
 for _ = 1, n do
@@ -87,15 +94,53 @@ for _ = 1, n do
       add(key, field, delta, expire)
     end
   end
-  local hist = {}
+  local hist, hist_expires = {}, {}
   for i = 1, tonumber(take()) do
-    hist[i] = {KEYS[tonumber(take())], take()}
+    local idx, expire = tonumber(take()), take()
+    hist[i] = {KEYS[idx], expire}
+    hist_expires[idx] = expire
   end
-  for _ = 1, tonumber(take()) do
+  local function hist_expire(idx)
+    return hist_expires[idx]
+  end
+  local fields = {}
+  for i = 1, tonumber(take()) do
     local field, value = take(), take()
+    fields[i] = {field, value}
     if fresh then
       for _, h in ipairs(hist) do
         add(h[1], field, value, h[2])
+      end
+    end
+  end
+  local tags = {}
+  for i = 1, tonumber(take()) do
+    tags[i] = take()
+  end
+  if #tags > 0 then
+    for _ = 1, tonumber(take()) do
+      local set, max, expire = KEYS[tonumber(take())], tonumber(take()), take()
+      local day, month = tonumber(take()), tonumber(take())
+      if fresh then
+        for _, tag in ipairs(tags) do
+          local name = tag
+          if redis.call('SISMEMBER', set, tag) == 0 then
+            if redis.call('SCARD', set) < max then
+              redis.call('SADD', set, tag)
+            else
+              name = 'other'
+            end
+          end
+          for _, f in ipairs(fields) do
+            local field = string.match(f[1], '^[^|]+') .. '|#tag|' .. name
+            add(KEYS[day], field, f[2], hist_expire(day))
+            add(KEYS[month], field, f[2], hist_expire(month))
+          end
+        end
+        if not tag_sets[set] then
+          tag_sets[set] = true
+          tag_order[#tag_order + 1] = {set, expire}
+        end
       end
     end
   end
@@ -143,6 +188,10 @@ for _, key in ipairs(hashes) do
   for _, l in ipairs(h.long) do
     incr(l[1], l[2])
   end
+end
+
+for _, t in ipairs(tag_order) do
+  redis.call('EXPIREAT', t[1], t[2])
 end
 
 for _, key in ipairs(lists) do
