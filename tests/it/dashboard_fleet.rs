@@ -126,9 +126,17 @@ async fn dashboard_lists_searches_sorts_and_pages_ten_thousand_tenants() {
     .await
     .expect("seeding hung");
     assert!(statuses.iter().all(|s| *s == 200), "{:?}", statuses.iter().find(|s| **s != 200));
-    for path in [GEMINI_FLASH, ELEVENLABS_TTS] {
-        assert_eq!(send(&p, path, "p-07777", Some(&org(7777))).await.status, 200);
-    }
+    assert_eq!(send(&p, GEMINI_FLASH, "p-07777", Some(&org(7777))).await.status, 200);
+    // One call attributed to two features (X-Spendgate-Tag): it counts under both tags.
+    let o = org(7777);
+    let tagged = [
+        ("x-profile-id", "p-07777"),
+        ("x-org-id", o.as_str()),
+        ("content-type", "application/json"),
+        ("x-spendgate-tag", "tool=narration,team=video"),
+    ];
+    let r = p.client.post(&p.url(ELEVENLABS_TTS), &tagged, fixture("elevenlabs/tts_request.json")).await;
+    assert_eq!(r.status, 200);
     for _ in 0..4 {
         assert_eq!(send(&p, GEMINI_FLASH, "p-00042", Some(&org(42))).await.status, 200);
     }
@@ -246,7 +254,8 @@ async fn dashboard_lists_searches_sorts_and_pages_ten_thousand_tenants() {
         assert_eq!(attr(bar, "data-cost-nanos").map(str::to_string), Some(d["cost_nanos"].to_string()));
     }
     // Breakdowns and recent requests.
-    for (key, map) in [("provider", &api["by_provider"]), ("model", &api["by_model"])] {
+    assert_eq!(api["by_tag"].as_object().map(|m| m.len()), Some(2), "{api}");
+    for (key, map) in [("provider", &api["by_provider"]), ("model", &api["by_model"]), ("tag", &api["by_tag"])] {
         let rows = elements(&dom, "<tr data-requests=");
         for (name, v) in map.as_object().unwrap() {
             let row = rows
@@ -260,6 +269,7 @@ async fn dashboard_lists_searches_sorts_and_pages_ten_thousand_tenants() {
     let recent = elements(&dom, "<tr class=\"request\"");
     assert_eq!(recent.len(), api["recent"].as_array().unwrap().len());
     assert!(recent[0].contains("/v1/text-to-speech/v1d"), "newest first: {}", recent[0]);
+    assert!(recent[0].contains("<span>tool=narration</span><span>team=video</span>"), "{}", recent[0]);
 
     // The controls, clicked and typed into: search, pages, sort, a tenant, its range, its limits.
     tokio::task::spawn_blocking(move || {
