@@ -42,7 +42,8 @@ enum Command {
         /// One org in detail.
         #[arg(long)]
         org: Option<String>,
-        /// Days covered by the totals: 7d, 30d, 90d, all (or <N>d); 30d by default.
+        /// Days covered by the totals: month (the current calendar month), 7d, 30d, 90d, all
+        /// (or <N>d); 30d by default.
         #[arg(long, conflicts_with = "from")]
         range: Option<String>,
         /// First day covered (YYYY-MM-DD, in the configured zone), instead of --range.

@@ -5,8 +5,8 @@
 //! |---|---|---|
 //! | `/metrics` | GET | Prometheus text format (behind the token unless `admin.public_metrics`) |
 //! | `/healthz`, `/readyz` | GET | probes (open) |
-//! | `/v1/profiles`, `/v1/orgs` | GET | every known tenant against its limits |
-//! | `/v1/profiles/{id}/usage`, `/v1/orgs/{id}/usage` | GET | one tenant, `?range=7d\|30d\|90d\|all` |
+//! | `/v1/profiles`, `/v1/orgs` | GET | every known tenant against its limits, `?q=&sort=ratio\|cost\|name&order=&offset=&limit=` |
+//! | `/v1/profiles/{id}/usage`, `/v1/orgs/{id}/usage` | GET | one tenant, `?range=month\|7d\|30d\|90d\|all` or `?from=&to=` |
 //! | `/v1/{profiles,orgs}/{id}/limits` | GET, PUT, DELETE | effective limits; set or remove a run-time override |
 //! | `/v1/{profiles,orgs}/{id}/grants` | POST | a top-up for the current window |
 //! | `/v1/{profiles,orgs}/{id}/reset` | POST | start the current window afresh |

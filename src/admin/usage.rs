@@ -23,12 +23,34 @@ fn number(query: Option<&str>, name: &str) -> Result<Option<usize>, String> {
     }
 }
 
+/// The listing's query: `q`, `sort`, `order`, `offset`, `limit`.
+fn list_query(query: Option<&str>) -> Result<usage::ListQuery, String> {
+    let sort = match query_param(query, "sort") {
+        Some(s) => usage::SortKey::parse(&s)?,
+        None => usage::SortKey::Name,
+    };
+    let descending = match query_param(query, "order").as_deref() {
+        None => sort.descending_by_default(),
+        Some("desc") => true,
+        Some("asc") => false,
+        Some(o) => return Err(format!("`order` must be asc or desc, got `{o}`")),
+    };
+    Ok(usage::ListQuery {
+        search: query_param(query, "q").filter(|q| !q.is_empty()),
+        sort,
+        descending,
+        offset: number(query, "offset")?.unwrap_or(0),
+        limit: number(query, "limit")?,
+    })
+}
+
 /// Every known tenant of a scope (an org token: its org, or its org's profiles). Optional
-/// `?offset=N&limit=M` pages through large fleets.
+/// `?q=` (a substring of the id), `?sort=ratio|cost|name&order=asc|desc` and
+/// `?offset=N&limit=M` search, order and page through large fleets.
 pub async fn listing(app: &App, who: &Principal, scope: Scope, query: Option<&str>) -> Response<AdminBody> {
-    let (offset, limit) = match (number(query, "offset"), number(query, "limit")) {
-        (Ok(o), Ok(l)) => (o.unwrap_or(0), l),
-        (Err(m), _) | (_, Err(m)) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
+    let q = match list_query(query) {
+        Ok(q) => q,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", &m),
     };
     let allowed: Option<BTreeSet<String>> = match (who.org(), scope) {
         (None, _) => None,
@@ -47,7 +69,7 @@ pub async fn listing(app: &App, who: &Principal, scope: Scope, query: Option<&st
     };
     let only = allowed.map(|set| move |id: &str| set.contains(id));
     let only_ref = only.as_ref().map(|f| f as &(dyn Fn(&str) -> bool + Sync));
-    match usage::listing(app, scope, offset, limit, only_ref).await {
+    match usage::search(app, scope, &q, only_ref).await {
         Ok(l) => json(StatusCode::OK, &usage::json::listing(&l)),
         Err(e) => store_failed(&e),
     }

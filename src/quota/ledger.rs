@@ -3,7 +3,7 @@
 //! which counters a request touches and which maxima apply; a store applies the plan
 //! atomically.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -214,6 +214,23 @@ pub trait Store: Send + Sync {
 
     /// Every tenant of a scope that has history.
     async fn tenants(&self, scope: Scope) -> Result<Vec<String>, StoreError>;
+
+    /// Every tenant of a scope with usage in `periods` (day ids `2026-11-22` or month ids
+    /// `2026-11`, as for [`Store::history`]) and its totals summed over them: what a listing
+    /// sorted by spend reads for the whole fleet at once. The default asks
+    /// [`Store::history`] tenant by tenant; a backend that can, answers in one read.
+    async fn tenant_totals(&self, scope: Scope, periods: &[String]) -> Result<HashMap<String, Totals>, StoreError> {
+        let mut out = HashMap::new();
+        for tenant in self.tenants(scope).await? {
+            let h = self.history(scope, &tenant, periods, 0).await?;
+            let mut sum = Totals::default();
+            h.days.values().for_each(|d| sum.add(d));
+            if !sum.is_zero() {
+                out.insert(tenant, sum);
+            }
+        }
+        Ok(out)
+    }
 
     /// The org a profile belongs to, shared by every replica: the one already remembered, or
     /// else `org`, which is remembered from now on (`None` remembers that the profile belongs

@@ -4,6 +4,7 @@
 //! of their own (a journal replay, script loading) and failures they absorb (a Redis call
 //! that timed out but was journaled).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +13,7 @@ use async_trait::async_trait;
 use prometheus::{HistogramVec, IntCounterVec};
 
 use crate::domain::Scope;
-use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
+use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError, Totals};
 
 /// A store whose calls are timed and counted.
 pub struct Timed {
@@ -78,6 +79,10 @@ impl Store for Timed {
 
     async fn tenants(&self, scope: Scope) -> Result<Vec<String>, StoreError> {
         self.call("tenants", self.inner.tenants(scope)).await
+    }
+
+    async fn tenant_totals(&self, scope: Scope, periods: &[String]) -> Result<HashMap<String, Totals>, StoreError> {
+        self.call("tenant_totals", self.inner.tenant_totals(scope, periods)).await
     }
 
     async fn bind_org(&self, profile: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {

@@ -106,7 +106,15 @@ pub fn report(r: &Report) -> Value {
         "month": totals(&r.month),
         "limits": r.limits.iter().map(limit).collect::<Vec<_>>(),
         "recent": r.recent.iter().map(record).collect::<Vec<_>>(),
+        "daily": r.daily.iter().map(|(date, t)| day(date, t)).collect::<Vec<_>>(),
     })
+}
+
+/// One day of a report's `daily`: the date and its totals.
+fn day(date: &str, t: &Totals) -> Value {
+    let mut v = totals(t);
+    v["date"] = json!(date);
+    v
 }
 
 fn summary(s: &Summary) -> Value {
@@ -115,6 +123,7 @@ fn summary(s: &Summary) -> Value {
         "named": s.named,
         "today": totals(&s.today),
         "month": totals(&s.month),
+        "ratio": s.ratio(),
         "limits": s.limits.iter().map(limit).collect::<Vec<_>>(),
     })
 }
@@ -130,6 +139,12 @@ pub fn listing(l: &Listing) -> Value {
         "timezone": l.timezone,
         "generated_at": time(l.generated_at),
         "total": l.total,
+        "known": l.known,
+        "q": l.query.search,
+        "sort": l.query.sort.as_str(),
+        "order": if l.query.descending { "desc" } else { "asc" },
+        "offset": l.query.offset,
+        "limit": l.query.limit,
         key: l.tenants.iter().map(summary).collect::<Vec<_>>(),
     })
 }

@@ -30,7 +30,7 @@ const LIST_CONCURRENCY: usize = 8;
 /// The span of days a report covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
-    /// As asked for: `7d`, `30d`, `all`, or `2026-11-01..2026-11-15`.
+    /// As asked for: `7d`, `30d`, `all`, `month`, or `2026-11-01..2026-11-15`.
     pub label: String,
     pub span: Span,
 }
@@ -66,7 +66,7 @@ impl Range {
             .strip_suffix('d')
             .and_then(|n| n.parse::<u32>().ok())
             .filter(|n| (1..=retained).contains(n))
-            .ok_or_else(|| format!("range `{s}` is not one of 7d, 30d, 90d, all (or <N>d with N from 1 to {retained})"))?;
+            .ok_or_else(|| format!("range `{s}` is not one of month, 7d, 30d, 90d, all (or <N>d with N from 1 to {retained})"))?;
         Ok(Range {
             label: s.to_string(),
             span: Span::Last(days),
@@ -112,12 +112,19 @@ impl Range {
     }
 }
 
-/// The range of a usage request: `range=` or `from=`/`to=` (not both).
+/// The range of a usage request: `range=` (`<N>d`, `all`, or `month`: the current calendar
+/// month up to today) or `from=`/`to=` (not both).
 pub fn range_from(range: Option<&str>, from: Option<&str>, to: Option<&str>, retention_days: u32, today: NaiveDate) -> Result<Range, String> {
     match (range, from, to) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err("give either `range` or `from`/`to`, not both".into()),
         (_, None, Some(_)) => Err("`to` needs `from`".into()),
         (_, Some(f), t) => Range::dates(f, t, retention_days, today),
+        (Some("month"), None, None) => {
+            let first = today.with_day(1).expect("every month has a first day");
+            let mut r = Range::dates(&first.format("%Y-%m-%d").to_string(), None, retention_days, today)?;
+            r.label = "month".into();
+            Ok(r)
+        }
         (Some(r), None, None) => Range::parse(r, retention_days),
         (None, None, None) => Ok(Range::default_range()),
     }
@@ -239,6 +246,8 @@ pub struct Report {
     pub limits: Vec<LimitStatus>,
     /// Newest first.
     pub recent: Vec<UsageRecord>,
+    /// Every day of the range, oldest first, with its totals (zero on days without traffic).
+    pub daily: Vec<(String, Totals)>,
 }
 
 /// A tenant in a listing: its current day and month, and its limits.
@@ -252,14 +261,82 @@ pub struct Summary {
     pub limits: Vec<LimitStatus>,
 }
 
+impl Summary {
+    /// How close the tenant is to its nearest limit: see [`closest_ratio`].
+    pub fn ratio(&self) -> Option<f64> {
+        closest_ratio(&self.limits)
+    }
+}
+
+/// The highest ratio to its max among the enabled limits (1.0 = used up); `None` without an
+/// enabled limit. A limit of max 0 counts as used up.
+pub fn closest_ratio(limits: &[LimitStatus]) -> Option<f64> {
+    limits
+        .iter()
+        .filter(|l| l.limit.enabled)
+        .map(|l| if l.limit.max > 0 { l.ratio() } else { 1.0 })
+        .max_by(f64::total_cmp)
+}
+
+/// What a listing is ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortKey {
+    /// The tenant id.
+    #[default]
+    Name,
+    /// [`closest_ratio`]: the tenants nearest to a limit first when descending.
+    Ratio,
+    /// Spend in the current month.
+    Cost,
+}
+
+impl SortKey {
+    pub fn parse(s: &str) -> Result<SortKey, String> {
+        match s {
+            "name" | "id" => Ok(SortKey::Name),
+            "ratio" => Ok(SortKey::Ratio),
+            "cost" => Ok(SortKey::Cost),
+            _ => Err(format!("`sort` must be one of ratio, cost, name, got `{s}`")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SortKey::Name => "name",
+            SortKey::Ratio => "ratio",
+            SortKey::Cost => "cost",
+        }
+    }
+
+    /// The order when none is asked for: names A to Z, ratios and costs largest first.
+    pub fn descending_by_default(self) -> bool {
+        self != SortKey::Name
+    }
+}
+
+/// Which tenants of a listing, in which order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListQuery {
+    /// Keeps the tenants whose id contains this, ignoring case.
+    pub search: Option<String>,
+    pub sort: SortKey,
+    pub descending: bool,
+    pub offset: usize,
+    /// At most this many tenants (all of them when `None`).
+    pub limit: Option<usize>,
+}
+
 /// Every known tenant of a scope, summarised.
 #[derive(Debug, Clone)]
 pub struct Listing {
     pub scope: Scope,
     pub generated_at: DateTime<Utc>,
     pub timezone: String,
-    /// How many tenants are known in all (before `offset`/`limit`).
+    /// How many tenants match the search (before `offset`/`limit`): what a pager counts.
     pub total: usize,
+    /// How many tenants are known in all (before the search).
+    pub known: usize,
+    pub query: ListQuery,
     pub tenants: Vec<Summary>,
 }
 
@@ -406,25 +483,22 @@ pub async fn report(app: &App, scope: Scope, id: &str, range: Range) -> Result<O
         by_model: h.by_model,
         by_tag: h.by_tag,
         limits,
+        daily: range_days
+            .iter()
+            .rev()
+            .map(|d| (d.clone(), h.days.get(d).cloned().unwrap_or_default()))
+            .collect(),
         recent: h.recent,
     }))
 }
 
-async fn summary(app: &App, runtime: &Runtime, scope: Scope, id: String, now: DateTime<Utc>) -> Result<Summary, StoreError> {
-    let month = month_days(&runtime.calendar, now);
-    let (h, limits) = tokio::try_join!(history(app, scope, &id, &month, 0), limit_statuses(app, runtime, scope, &id, now))?;
-    Ok(Summary {
-        named: runtime.limits.named(scope).any(|n| *n == id),
-        today: h.days.get(&month[0]).cloned().unwrap_or_default(),
-        month: sum_days(h.days.values()),
-        limits,
-        id,
-    })
+/// The ids from `offset`, at most `limit` of them.
+fn page<T>(items: Vec<T>, q: &ListQuery) -> Vec<T> {
+    items.into_iter().skip(q.offset).take(q.limit.unwrap_or(usize::MAX)).collect()
 }
 
 /// Every tenant of a scope known to the store or named in the config, sorted by id, from
-/// `offset`, at most `limit` of them.
-/// `only`, when given, keeps the tenants it answers true for (a scoped token's view).
+/// `offset`, at most `limit` of them (see [`search`]).
 pub async fn listing(
     app: &App,
     scope: Scope,
@@ -432,6 +506,23 @@ pub async fn listing(
     limit: Option<usize>,
     only: Option<&(dyn Fn(&str) -> bool + Sync)>,
 ) -> Result<Listing, StoreError> {
+    let q = ListQuery {
+        offset,
+        limit,
+        ..ListQuery::default()
+    };
+    search(app, scope, &q, only).await
+}
+
+/// The tenants of a scope known to the store or named in the config that match `q.search`,
+/// ordered by `q.sort`, one page of them summarised.
+/// `only`, when given, keeps the tenants it answers true for (a scoped token's view).
+///
+/// Cost: the ids come from one store call; sorting by ratio reads the current counters of
+/// every matching tenant in one call (memory for the embedded store), sorting by cost reads
+/// every tenant's month in one call ([`crate::quota::ledger::Store::tenant_totals`]); only
+/// the page's tenants are then read one by one.
+pub async fn search(app: &App, scope: Scope, q: &ListQuery, only: Option<&(dyn Fn(&str) -> bool + Sync)>) -> Result<Listing, StoreError> {
     let runtime = app.runtime();
     let now = app.clock.now();
     let mut ids: BTreeSet<String> = bounded(app.store.tenants(scope)).await?.into_iter().collect();
@@ -440,19 +531,78 @@ pub async fn listing(
     if let Some(keep) = only {
         ids.retain(|id| keep(id));
     }
+    let known = ids.len();
+    if let Some(needle) = q.search.as_deref().map(str::to_lowercase).filter(|n| !n.is_empty()) {
+        ids.retain(|id| id.to_lowercase().contains(&needle));
+    }
     let total = ids.len();
-    let page: Vec<String> = ids.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect();
-    let rt = &runtime;
-    let tenants = stream::iter(page)
-        .map(|id| summary(app, rt, scope, id, now))
-        .buffered(LIST_CONCURRENCY)
-        .try_collect()
-        .await?;
+    let ids: Vec<String> = ids.into_iter().collect();
+    let month_id = runtime.calendar.bucket(Window::Monthly, now).id;
+    let today_id = runtime.calendar.bucket(Window::Daily, now).id;
+    // The page, with what was read to order it.
+    let (page_ids, mut statuses): (Vec<String>, Option<Vec<Vec<LimitStatus>>>) = match q.sort {
+        SortKey::Name => {
+            let mut ids = ids;
+            if q.descending {
+                ids.reverse();
+            }
+            (page(ids, q), None)
+        }
+        SortKey::Ratio => {
+            let tenants: Vec<(Scope, String)> = ids.into_iter().map(|id| (scope, id)).collect();
+            let all = limit_statuses_many(app, &runtime, &tenants, now).await?;
+            let mut rows: Vec<(Option<f64>, String, Vec<LimitStatus>)> = tenants.into_iter().zip(all).map(|((_, id), l)| (closest_ratio(&l), id, l)).collect();
+            // Ties (and tenants without limits, last when descending) by id, A to Z.
+            let key = |r: &Option<f64>| r.unwrap_or(-1.0);
+            if q.descending {
+                rows.sort_by(|a, b| key(&b.0).total_cmp(&key(&a.0)).then_with(|| a.1.cmp(&b.1)));
+            } else {
+                rows.sort_by(|a, b| key(&a.0).total_cmp(&key(&b.0)).then_with(|| a.1.cmp(&b.1)));
+            }
+            let (ids, limits): (Vec<String>, Vec<Vec<LimitStatus>>) = page(rows, q).into_iter().map(|(_, id, l)| (id, l)).unzip();
+            (ids, Some(limits))
+        }
+        SortKey::Cost => {
+            let spent = bounded(app.store.tenant_totals(scope, std::slice::from_ref(&month_id))).await?;
+            let cost = |id: &str| spent.get(id).map_or(0, |t| t.cost_nanos);
+            let mut rows: Vec<(i64, String)> = ids.into_iter().map(|id| (cost(&id), id)).collect();
+            if q.descending {
+                rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            } else {
+                rows.sort();
+            }
+            (page(rows, q).into_iter().map(|(_, id)| id).collect(), None)
+        }
+    };
+    let limits = match statuses.take() {
+        Some(l) => l,
+        None => {
+            let tenants: Vec<(Scope, String)> = page_ids.iter().map(|id| (scope, id.clone())).collect();
+            limit_statuses_many(app, &runtime, &tenants, now).await?
+        }
+    };
+    let periods = [today_id.clone(), month_id.clone()];
+    let reads: Vec<_> = page_ids.iter().map(|id| history(app, scope, id, &periods, 0)).collect();
+    let histories: Vec<History> = stream::iter(reads).buffered(LIST_CONCURRENCY).try_collect().await?;
+    let tenants = page_ids
+        .into_iter()
+        .zip(limits)
+        .zip(histories)
+        .map(|((id, limits), mut h)| Summary {
+            named: runtime.limits.named(scope).any(|n| *n == id),
+            today: h.days.remove(&today_id).unwrap_or_default(),
+            month: h.days.remove(&month_id).unwrap_or_default(),
+            limits,
+            id,
+        })
+        .collect();
     Ok(Listing {
         scope,
         generated_at: now,
         timezone: runtime.calendar.tz.name().to_string(),
         total,
+        known,
+        query: q.clone(),
         tenants,
     })
 }
@@ -507,5 +657,18 @@ mod tests {
             assert!(range_from(range, from, to, 400, today).is_err(), "{range:?} {from:?} {to:?}");
         }
         assert_eq!(range_from(None, None, None, 400, today).unwrap(), Range::default_range());
+        // The current calendar month, up to today, within the retained days.
+        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        let r = range_from(Some("month"), None, None, 400, today).unwrap();
+        assert_eq!((r.label.as_str(), r.span), ("month", Span::Dates { from: day(1), to: today }));
+        assert_eq!(r.days(&cal, now).len(), 29);
+        let r = range_from(Some("month"), None, None, 10, today).unwrap();
+        assert_eq!(r.span, Span::Dates { from: day(19), to: today });
+        let first = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        assert_eq!(
+            range_from(Some("month"), None, None, 400, first).unwrap().span,
+            Span::Dates { from: first, to: first }
+        );
+        assert!(range_from(Some("month"), Some("2026-11-01"), None, 400, today).is_err());
     }
 }

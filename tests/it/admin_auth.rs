@@ -68,7 +68,10 @@ async fn token_guards_the_api_and_the_page_but_not_probes() {
     assert!(String::from_utf8_lossy(&r.body).contains("wrong"));
     let r = p.client.get(&p.admin_url(&format!("/?token={TOKEN}")), &[]).await;
     assert_eq!(r.status, 200);
-    assert!(String::from_utf8_lossy(&r.body).contains("id=\"profiles\""));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("id=\"tenants\""),
+        "the dashboard, not the sign-in form"
+    );
     assert_eq!(admin_get(&p, "/", Some(TOKEN)).await.status, 200);
 
     p.handle.shutdown().await;

@@ -1,58 +1,52 @@
 //! The dashboard page in headless Chromium (Debian's `chromium` package), after real traffic
 //! through the proxy, behind the admin token; and its limits editor, driven by clicks.
 
-use std::process::Command;
-use std::time::Duration;
-
-use crate::common::browser::chromium;
+use crate::common::browser::dump_dom;
 use crate::common::ops::*;
-use crate::common::process::output_within;
 use crate::common::*;
 
 const TOKEN: &str = "dash-7c41e0b9";
 
-/// The DOM of `url` after the page's scripts ran (virtual time lets its fetches finish).
-fn dump_dom(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    // A hang detector, not a speed check; chromium is killed if the test fails.
-    let out = output_within(
-        Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--virtual-time-budget=5000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("--dump-dom")
-            .arg(url),
-        None,
-        Duration::from_secs(90),
-    );
-    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        dom.contains("</html>"),
-        "chromium printed no DOM (status {}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dom
+/// The markup of every element that starts with `marker` (up to the next one, or to the end
+/// of its table row when the element is a row).
+pub fn elements<'a>(dom: &'a str, marker: &str) -> Vec<&'a str> {
+    let starts: Vec<usize> = dom.match_indices(marker).map(|(i, _)| i).collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| &dom[i..starts.get(n + 1).copied().unwrap_or(dom.len())])
+        .map(|e| e.split("</tr>").next().unwrap_or(e))
+        .collect()
 }
 
-/// The markup of one tenant's card.
-fn card<'a>(dom: &'a str, scope: &str, id: &str) -> &'a str {
-    let marker = format!("data-scope=\"{scope}\" data-id=\"{id}\"");
-    let start = dom.find(&marker).unwrap_or_else(|| panic!("no card for {scope} {id}:\n{dom}"));
+/// The value of attribute `name` in a piece of markup.
+pub fn attr<'a>(markup: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=\"");
+    let start = markup.find(&key)? + key.len();
+    markup[start..].split('"').next()
+}
+
+/// The tenant rows of a list, in order.
+pub fn tenant_rows(dom: &str) -> Vec<&str> {
+    elements(dom, "<tr class=\"tenant\"")
+}
+
+/// The ids of rows (or other elements carrying `data-id`).
+pub fn ids<'a>(rows: &[&'a str]) -> Vec<&'a str> {
+    rows.iter().map(|r| attr(r, "data-id").expect("a data-id")).collect()
+}
+
+/// The markup inside the element whose opening tag contains `marker`, up to `until`.
+pub fn section<'a>(dom: &'a str, marker: &str, until: &str) -> &'a str {
+    let start = dom.find(marker).unwrap_or_else(|| panic!("no {marker} in:\n{dom}"));
     let rest = &dom[start..];
-    let end = rest[marker.len()..].find("class=\"card tenant\"").map_or(rest.len(), |e| e + marker.len());
-    &rest[..end]
+    &rest[..rest.find(until).unwrap_or(rest.len())]
+}
+
+async fn dom_of(url: String) -> String {
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&url)).await.unwrap();
+    assert!(dom.contains("data-loaded=\"true\""), "the page did not finish loading:\n{dom}");
+    dom
 }
 
 const LIMITS: &str = "limits:\n  default_profile:\n    - {metric: requests, window: daily, max: 3}\n    - {metric: cost_usd, window: monthly, max: 0.018, alert_at: 0.8}\n    - {metric: characters, window: monthly, max: 1000}\n  default_org:\n    - {metric: cost_usd, window: monthly, max: 50}\n";
@@ -73,56 +67,94 @@ async fn dashboard_shows_tenants_limits_providers_and_recent_requests() {
     assert_eq!(send(&p, GEMINI_STREAM, "p-2", None).await.status, 200);
     settled_or_fail(&p.handle).await;
 
-    let url = p.admin_url(&format!("/?token={TOKEN}"));
-    let dom = tokio::task::spawn_blocking(move || dump_dom(&url)).await.unwrap();
-    assert!(dom.contains("data-loaded=\"true\""), "the page did not finish loading:\n{dom}");
+    // The page runs under a CSP that allows its own inline code by hash only (it loaded, so
+    // the hashes are right).
+    let page = admin_get(&p, "/", Some(TOKEN)).await;
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'sha256-") && !csp.contains("unsafe"), "{csp}");
 
-    // p-1: requests used up (red), cost past alert_at (amber: 0.0151194 of 0.018), characters fine.
-    let p1 = card(&dom, "profile", "p-1");
+    // The profiles, closest to a limit first: p-1 has used its 3 daily requests.
+    let dom = dom_of(p.admin_url(&format!("/?token={TOKEN}"))).await;
+    let rows = tenant_rows(&dom);
+    assert_eq!(ids(&rows), ["p-1", "p-2"], "{dom}");
+    assert_eq!(attr(rows[0], "data-ratio"), Some("1.0000"), "{}", rows[0]);
     assert!(
-        p1.contains("data-metric=\"requests\" data-window=\"daily\" data-state=\"over\" data-ratio=\"1.0000\""),
-        "{p1}"
+        rows[0].contains("data-state=\"over\"") && rows[0].contains("daily requests: 3 / 3"),
+        "{}",
+        rows[0]
     );
-    assert!(
-        p1.contains("data-metric=\"cost_usd\" data-window=\"monthly\" data-state=\"warn\" data-ratio=\"0.8400\""),
-        "{p1}"
-    );
-    assert!(
-        p1.contains("data-metric=\"characters\" data-window=\"monthly\" data-state=\"ok\" data-ratio=\"0.1110\""),
-        "{p1}"
-    );
-    assert!(p1.contains("$0.0151 / $0.0180 (84.0%)"), "{p1}");
-    assert!(p1.contains("style=\"width: 100%;\""), "bars are capped at full width: {p1}");
-    assert!(p1.contains("30 days by provider: elevenlabs $0.0111 · gemini $0.004019"), "{p1}");
-    let p2 = card(&dom, "profile", "p-2");
-    assert!(p2.contains("data-metric=\"requests\" data-window=\"daily\" data-state=\"ok\""), "{p2}");
-    let acme = card(&dom, "org", "acme");
-    assert!(acme.contains("data-metric=\"cost_usd\" data-window=\"monthly\" data-state=\"ok\""), "{acme}");
-    assert!(acme.contains("month $0.0151 · 3 req"), "{acme}");
+    assert!(rows[0].contains(">$0.0151<"), "month cost: {}", rows[0]);
+    assert!(dom.contains("Profiles <span class=\"count\">(2)</span>"), "{dom}");
 
-    // Cost by provider over the profiles: Gemini is p-1's two calls plus p-2's stream.
-    let gemini = dom
-        .split("data-provider=\"gemini\"")
-        .nth(1)
-        .expect("a gemini row")
-        .split("</tr>")
-        .next()
-        .unwrap();
-    assert!(gemini.contains(">3<") && gemini.contains("$0.004847"), "{gemini}");
-    let eleven = dom
-        .split("data-provider=\"elevenlabs\"")
-        .nth(1)
-        .expect("an elevenlabs row")
-        .split("</tr>")
-        .next()
-        .unwrap();
+    // p-1's page: requests used up (red), cost past alert_at (amber: 0.0151194 of 0.018),
+    // characters fine.
+    let dom = dom_of(p.admin_url(&format!("/?token={TOKEN}#view=tenant&scope=profile&id=p-1&range=30d"))).await;
+    let limits = section(&dom, "id=\"limits\"", "id=\"chart\"");
+    assert!(
+        limits.contains("data-metric=\"requests\" data-window=\"daily\" data-state=\"over\" data-ratio=\"1.0000\""),
+        "{limits}"
+    );
+    assert!(
+        limits.contains("data-metric=\"cost_usd\" data-window=\"monthly\" data-state=\"warn\" data-ratio=\"0.8400\""),
+        "{limits}"
+    );
+    assert!(
+        limits.contains("data-metric=\"characters\" data-window=\"monthly\" data-state=\"ok\" data-ratio=\"0.1110\""),
+        "{limits}"
+    );
+    assert!(limits.contains("$0.0151 / $0.0180 (84.0%)"), "{limits}");
+    assert!(limits.contains("style=\"width: 100%;\""), "bars are capped at full width: {limits}");
+    assert!(limits.contains("class=\"tick\" title=\"alert at 80%\""), "a tick marks alert_at: {limits}");
+    let cards = elements(&dom, "<div class=\"card metric\"");
+    assert_eq!(
+        attr(cards[0], "data-value"),
+        Some(&*(2 * GEMINI_FLASH_NANOS + ELEVENLABS_TTS_NANOS).to_string())
+    );
+    assert!(cards[1].contains(">3<"), "three requests: {}", cards[1]);
+    assert!(cards[4].contains(">111<"), "111 characters: {}", cards[4]);
+    assert_eq!(dom.matches("<rect class=\"day\"").count(), 30, "one bar a day");
+
+    // The range selector: this calendar month, and a custom span of one day.
+    let month = admin_get(&p, "/v1/profiles/p-1/usage?range=month", Some(TOKEN)).await.json();
+    let (first, today) = (month["from"].as_str().unwrap(), month["to"].as_str().unwrap());
+    let shown = dom_of(p.admin_url(&format!("/?token={TOKEN}#view=tenant&scope=profile&id=p-1&range=month"))).await;
+    assert_eq!(Some(shown.matches("<rect class=\"day\"").count() as u64), month["days"].as_u64());
+    assert!(shown.contains(&format!("{first} to {today} (")), "{shown}");
+    let shown = dom_of(p.admin_url(&format!(
+        "/?token={TOKEN}#view=tenant&scope=profile&id=p-1&range=custom&from={today}&to={today}"
+    )))
+    .await;
+    assert_eq!(shown.matches("<rect class=\"day\"").count(), 1);
+    assert!(shown.contains(&format!("{today} to {today} (1 day, UTC)")), "{shown}");
+    assert!(shown.contains("data-metric=\"requests\" data-value=\"3\""), "{shown}");
+
+    // Breakdowns: Gemini is p-1's two calls, ElevenLabs its one.
+    let gemini = elements(&dom, "<tr data-requests=")
+        .into_iter()
+        .find(|r| r.contains("data-provider=\"gemini\""))
+        .expect("a gemini row");
+    assert!(gemini.contains(">2<") && gemini.contains("$0.004019"), "{gemini}");
+    let eleven = elements(&dom, "<tr data-requests=")
+        .into_iter()
+        .find(|r| r.contains("data-provider=\"elevenlabs\""))
+        .expect("an elevenlabs row");
     assert!(eleven.contains(">1<") && eleven.contains("$0.0111"), "{eleven}");
+    assert!(dom.contains("data-model=\"gemini-2.5-flash\""), "{dom}");
 
     // Recent requests, newest first.
-    let rows: Vec<&str> = dom.split("<tr class=\"request\">").skip(1).collect();
-    assert_eq!(rows.len(), 4, "{dom}");
-    assert!(rows[0].contains(">p-2<") && rows[0].contains("streamGenerateContent"), "{}", rows[0]);
-    assert!(rows[1].contains("/v1/text-to-speech/v1d") && rows[1].contains(">acme<"), "{}", rows[1]);
+    let rows = elements(&dom, "<tr class=\"request\"");
+    assert_eq!(rows.len(), 3, "{dom}");
+    assert!(rows[0].contains("/v1/text-to-speech/v1d") && rows[0].contains(">acme<"), "{}", rows[0]);
+    assert!(rows[2].contains("generateContent"), "{}", rows[2]);
+
+    // The orgs, compared side by side.
+    let dom = dom_of(p.admin_url(&format!("/?token={TOKEN}#view=orgs"))).await;
+    assert_eq!(ids(&tenant_rows(&dom)), ["acme"]);
+    let cost = elements(&dom, "<div class=\"cell compare-cost\"");
+    assert_eq!(attr(cost[0], "data-id"), Some("acme"));
+    assert!(cost[0].contains(">$0.0151<"), "{}", cost[0]);
+    let ratio = elements(&dom, "<div class=\"cell compare-ratio\"");
+    assert_eq!(attr(ratio[0], "data-ratio"), Some("0.0003"), "{}", ratio[0]);
 
     // Without the token the browser gets the sign-in form, and no data.
     let url = p.admin_url("/");
@@ -196,9 +228,12 @@ async fn the_limits_editor_saves_what_the_proxy_enforces_next_and_follows_the_to
     let url = p.admin_url(&format!("/?token={}#limits/profile/p-1", TOKEN_ACME.1));
     tokio::task::spawn_blocking(move || {
         let mut b = Browser::open(&url);
+        let listed = "Array.from(document.querySelectorAll('tr.tenant')).map(c => c.dataset.scope + ':' + c.dataset.id).join(',')";
         b.wait_for("document.body.dataset.loaded === 'true'");
-        let cards = b.eval("Array.from(document.querySelectorAll('.card.tenant')).map(c => c.dataset.scope + ':' + c.dataset.id).join(',')");
-        assert_eq!(cards, "profile:p-1,org:acme");
+        assert_eq!(b.eval(listed), "profile:p-1");
+        b.eval("window.location.hash = '#view=orgs'; true");
+        b.wait_for("document.body.dataset.view === 'orgs' && document.body.dataset.loaded === 'true'");
+        assert_eq!(b.eval(listed), "org:acme");
         b.wait_for("document.getElementById('le-body').dataset.state === 'ready'");
         assert_eq!(b.eval("document.getElementById('le-body').dataset.writable"), "false");
     })

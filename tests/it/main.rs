@@ -11,6 +11,7 @@ mod cli;
 mod cli_ops;
 mod concurrency;
 mod dashboard;
+mod dashboard_fleet;
 mod deploy;
 mod embedded_store;
 mod escape;

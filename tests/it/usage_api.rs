@@ -136,6 +136,30 @@ async fn usage_api_on(store_name: &str, store: &str) {
         totals(&v["by_provider"]["gemini"], 3, 3 * GEMINI_FLASH_NANOS, 72, 2403, 0, &format!("p-1 gemini {q}"));
     }
 
+    // The daily points of a range: every day, oldest first, zero where nothing happened.
+    let v = admin_get(&p, "/v1/profiles/p-1/usage?range=30d", None).await.json();
+    let daily = v["daily"].as_array().unwrap_or_else(|| panic!("{store_name}: no daily in {v}"));
+    assert_eq!(daily.len(), 30, "{store_name}");
+    assert_eq!(
+        (daily[0]["date"].as_str(), daily[29]["date"].as_str()),
+        (Some("2026-10-24"), Some("2026-11-22"))
+    );
+    for d in daily {
+        match d["date"].as_str().unwrap() {
+            "2026-11-12" => totals(d, 1, GEMINI_FLASH_NANOS, 24, 801, 0, "p-1 on the 12th"),
+            "2026-11-22" => totals(d, 3, today, 48, 1602, 111, "p-1 on the 22nd"),
+            other => totals(d, 0, 0, 0, 0, 0, other),
+        }
+    }
+    // The current calendar month.
+    let v = admin_get(&p, "/v1/profiles/p-1/usage?range=month", None).await.json();
+    assert_eq!(
+        (v["range"].as_str(), v["from"].as_str(), v["to"].as_str()),
+        (Some("month"), Some("2026-11-01"), Some("2026-11-22"))
+    );
+    assert_eq!(v["daily"].as_array().unwrap().len(), 22);
+    totals(&v["totals"], 4, month, 72, 2403, 111, "p-1 month range");
+
     // The org sees what its profiles did; its match limit counts only what matched.
     let v = admin_get(&p, "/v1/orgs/acme/usage?range=30d", None).await.json();
     assert_eq!(v["scope"], "org");
@@ -177,6 +201,35 @@ async fn usage_api_on(store_name: &str, store: &str) {
     let page = admin_get(&p, "/v1/profiles?offset=1&limit=1", None).await.json();
     assert_eq!(page["profiles"].as_array().unwrap().len(), 1);
     assert_eq!(page["profiles"][0]["id"], "p-2");
+    // Search, sort and page: p-1 is nearest a limit (3 of 100 daily requests), then p-2 (2).
+    let ids = |v: &Value| -> Vec<String> {
+        v["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let v = admin_get(&p, "/v1/profiles?sort=ratio", None).await.json();
+    assert_eq!(ids(&v), ["p-1", "p-2", "p-named"], "{store_name}: {v}");
+    assert_eq!((v["sort"].as_str(), v["order"].as_str()), (Some("ratio"), Some("desc")));
+    assert!((v["profiles"][0]["ratio"].as_f64().unwrap() - 0.03).abs() < 1e-9, "{}", v["profiles"][0]);
+    assert_eq!(v["profiles"][2]["ratio"], 0.0);
+    let v = admin_get(&p, "/v1/profiles?sort=ratio&order=asc&offset=1&limit=1", None).await.json();
+    assert_eq!((ids(&v), v["total"].as_u64()), (vec!["p-2".to_string()], Some(3)));
+    let v = admin_get(&p, "/v1/profiles?sort=cost&order=asc", None).await.json();
+    assert_eq!(ids(&v), ["p-named", "p-2", "p-1"], "{store_name}: {v}");
+    let v = admin_get(&p, "/v1/profiles?sort=name&order=desc", None).await.json();
+    assert_eq!(ids(&v), ["p-named", "p-2", "p-1"]);
+    let v = admin_get(&p, "/v1/profiles?q=NAM&sort=cost", None).await.json();
+    assert_eq!(
+        (ids(&v), v["total"].as_u64(), v["known"].as_u64()),
+        (vec!["p-named".to_string()], Some(1), Some(3))
+    );
+    assert_eq!(v["q"], "NAM");
+    let v = admin_get(&p, "/v1/profiles?q=zzz", None).await.json();
+    assert_eq!((v["total"].as_u64(), v["profiles"].as_array().map(Vec::len)), (Some(0), Some(0)));
+
     let v = admin_get(&p, "/v1/orgs", None).await.json();
     let ids: Vec<&str> = v["orgs"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["acme"]);
@@ -191,6 +244,8 @@ async fn usage_api_on(store_name: &str, store: &str) {
         ("/v1/profiles/p-1/usage?range=0d", 400, "bad_range"),
         ("/v1/profiles/p-1/usage?range=", 400, "bad_range"),
         ("/v1/profiles?limit=x", 400, "bad_request"),
+        ("/v1/profiles?sort=spend", 400, "bad_request"),
+        ("/v1/profiles?order=up", 400, "bad_request"),
         ("/v1/nothing", 404, "not_found"),
     ] {
         let r = admin_get(&p, path, None).await;

@@ -43,7 +43,7 @@ use self::schema::OpenError;
 use self::writer::{Keep, Msg, Rec, Shared, Writer};
 use crate::config::{Durability, OnError, StoreConfig};
 use crate::domain::Scope;
-use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
+use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError, Totals};
 
 /// Longest the start waits for the lock file.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
@@ -403,6 +403,11 @@ impl Store for EmbeddedStore {
 
     async fn tenants(&self, scope: Scope) -> Result<Vec<String>, StoreError> {
         self.query(move |c| read::tenants(c, scope)).await
+    }
+
+    async fn tenant_totals(&self, scope: Scope, periods: &[String]) -> Result<HashMap<String, Totals>, StoreError> {
+        let periods = periods.to_vec();
+        self.query(move |c| read::tenant_totals(c, scope, &periods)).await
     }
 
     async fn bind_org(&self, profile: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {

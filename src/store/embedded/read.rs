@@ -2,6 +2,8 @@
 //! months, straight from SQL), the tenant registry, org bindings, the committed counters,
 //! and the start-up recovery (calls open at a crash, counters of the current windows).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::de::DeserializeOwned;
@@ -102,6 +104,28 @@ pub fn history(conn: &Connection, scope: Scope, tenant: &str, periods: &[String]
         let limit = i64::try_from(recent).unwrap_or(i64::MAX);
         for row in st.query_map(params![tenant, limit], |r| record_at(r, r.get(7)?, r.get(8)?, 9))? {
             out.recent.push(row?);
+        }
+    }
+    Ok(out)
+}
+
+/// Every tenant of a scope with usage in `periods` (day ids read the daily table, month ids
+/// the monthly one) and its totals over them: one grouped query per kind of period, through
+/// the tables' indexes on the day and the month.
+pub fn tenant_totals(conn: &Connection, scope: Scope, periods: &[String]) -> rusqlite::Result<HashMap<String, Totals>> {
+    let mut out: HashMap<String, Totals> = HashMap::new();
+    let (months, days): (Vec<&String>, Vec<&String>) = periods.iter().partition(|p| p.len() == 7);
+    for (table, column, ids) in [("daily_provider", "day", days), ("monthly", "month", months)] {
+        if ids.is_empty() {
+            continue;
+        }
+        let ids = serde_json::to_string(&ids).expect("strings serialize");
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT tenant, {TOTALS} FROM {table} WHERE {column} IN (SELECT value FROM json_each(?2)) AND scope = ?1 GROUP BY tenant"
+        ))?;
+        for row in st.query_map(params![scope_name(scope), ids], |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))? {
+            let (tenant, t) = row?;
+            out.entry(tenant).or_default().add(&t);
         }
     }
     Ok(out)

@@ -129,6 +129,28 @@ async fn counts_settles_and_reads_its_own_writes() {
 }
 
 #[tokio::test]
+async fn tenant_totals_sum_every_tenant_over_days_or_months_in_one_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
+    s.settle(&settlement("a", "p", Some("acme"), 0, 4)).await.unwrap();
+    s.settle(&settlement("b", "q", None, 0, 7)).await.unwrap();
+    s.settle(&settlement("c", "q", None, 0, 3)).await.unwrap();
+    for periods in [vec!["2026-11-29".to_string()], days(), vec!["2026-11".to_string()]] {
+        let t = s.tenant_totals(Scope::Profile, &periods).await.unwrap();
+        assert_eq!(t.len(), 2, "{periods:?}");
+        assert_eq!((t["p"].requests, t["p"].cost_nanos, t["p"].input_tokens), (1, 4, 10), "{periods:?}");
+        assert_eq!((t["q"].requests, t["q"].cost_nanos, t["q"].output_tokens), (2, 10, 10), "{periods:?}");
+    }
+    assert!(s.tenant_totals(Scope::Profile, &["2026-11-28".to_string()]).await.unwrap().is_empty());
+    let orgs = s.tenant_totals(Scope::Org, &days()).await.unwrap();
+    assert_eq!(orgs.keys().collect::<Vec<_>>(), ["acme"]);
+    assert_eq!(orgs["acme"].cost_nanos, 4);
+    // The same answer as the default, tenant by tenant, would give.
+    let one = s.history(Scope::Profile, "q", &days(), 0).await.unwrap();
+    assert_eq!(one.days["2026-11-29"], s.tenant_totals(Scope::Profile, &days()).await.unwrap()["q"]);
+}
+
+#[tokio::test]
 async fn recent_requests_are_bounded_per_tenant() {
     let dir = tempfile::tempdir().unwrap();
     let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();

@@ -12,8 +12,10 @@ use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
+use futures_util::{StreamExt, TryStreamExt};
 use redis::{FromRedisValue, Value};
 
+use super::conn::Conn;
 use super::keys::Tag;
 use super::scripts::add_metric;
 use super::Inner;
@@ -22,6 +24,13 @@ use crate::quota::ledger::{CounterKey, History, StoreError, Totals, UsageRecord}
 
 /// Most (profile, tag) pairs remembered as registered; past it the memory starts over.
 const MAX_REGISTERED: usize = 100_000;
+
+/// Tenants whose keys are looked up at once by the reads that cover a whole fleet, on a
+/// cluster (one call each).
+const LOOKUPS_IN_FLIGHT: usize = 64;
+
+/// Commands per pipeline of those reads on standalone Redis.
+const PIPELINE: usize = 1_000;
 
 /// What this process has registered today: tag -> the profiles registered under it (looked
 /// up on every request, without building a key).
@@ -151,6 +160,44 @@ impl Inner {
         Ok(tags)
     }
 
+    /// [`Inner::tags_of`] for many tenants (a listing sorted by ratio or cost reads the whole
+    /// fleet). Standalone Redis: the profiles' `homes` in pipelines of [`PIPELINE`] reads. A
+    /// cluster, where a pipeline stays within one slot: one read per profile, many in flight.
+    async fn tags_of_many(&self, tenants: &[(Scope, &str)]) -> Result<Vec<Vec<Tag>>, StoreError> {
+        if !matches!(self.conn, Conn::Single(_)) {
+            let lookups: Vec<_> = tenants.iter().map(|(scope, tenant)| self.tags_of(*scope, tenant)).collect();
+            return futures_util::stream::iter(lookups).buffered(LOOKUPS_IN_FLIGHT).try_collect().await;
+        }
+        let profiles: Vec<&str> = tenants.iter().filter(|(s, _)| *s == Scope::Profile).map(|(_, t)| *t).collect();
+        let reads: Vec<_> = profiles
+            .chunks(PIPELINE)
+            .map(|chunk| async move {
+                let mut pipe = redis::pipe();
+                for p in chunk {
+                    pipe.cmd("ZRANGE").arg(self.keys.homes(p)).arg(0).arg(-1);
+                }
+                let mut c = self.conn.clone();
+                self.bounded(pipe.query_async::<Vec<Vec<String>>>(&mut c)).await
+            })
+            .collect();
+        let homes: Vec<Vec<Vec<String>>> = futures_util::future::try_join_all(reads).await?;
+        let mut homes = homes.into_iter().flatten();
+        Ok(tenants
+            .iter()
+            .map(|(scope, tenant)| {
+                let own = Tag::own(*scope, tenant);
+                if *scope == Scope::Org {
+                    return vec![own];
+                }
+                let mut tags: Vec<Tag> = homes.next().unwrap_or_default().iter().filter_map(|h| Tag::parse(h)).collect();
+                if !tags.contains(&own) {
+                    tags.push(own);
+                }
+                tags
+            })
+            .collect())
+    }
+
     /// Counter values: Redis, summed over the tenant's tags, plus what this replica counted
     /// and has not replayed yet.
     pub(super) async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
@@ -158,14 +205,25 @@ impl Inner {
         for (i, k) in keys.iter().enumerate() {
             tenants.entry((k.scope, k.tenant.as_str())).or_default().push(i);
         }
+        let tenants: Vec<((Scope, &str), Vec<usize>)> = tenants.into_iter().collect();
+        let names: Vec<(Scope, &str)> = tenants.iter().map(|(t, _)| *t).collect();
+        let tags = self.tags_of_many(&names).await?;
         let mut by_tag: BTreeMap<Tag, Vec<(usize, String, String)>> = BTreeMap::new();
-        for ((scope, tenant), idx) in tenants {
-            for tag in self.tags_of(scope, tenant).await? {
+        for ((_, idx), tenant_tags) in tenants.iter().zip(tags) {
+            for tag in tenant_tags {
                 let cells: Vec<_> = idx.iter().map(|&i| (i, self.keys.counter(&tag, &keys[i]), keys[i].field.clone())).collect();
                 by_tag.entry(tag).or_default().extend(cells);
             }
         }
-        let reads = by_tag.values().map(|cells| async move {
+        // One pipeline per tag (its slot); on standalone Redis the tags' cells share
+        // pipelines of PIPELINE reads instead.
+        let batches: Vec<Vec<(usize, String, String)>> = if matches!(self.conn, Conn::Single(_)) {
+            let all: Vec<_> = by_tag.into_values().flatten().collect();
+            all.chunks(PIPELINE).map(<[_]>::to_vec).collect()
+        } else {
+            by_tag.into_values().collect()
+        };
+        let reads = batches.iter().map(|cells| async move {
             let mut pipe = redis::pipe();
             for (_, key, field) in cells {
                 pipe.cmd("HGET").arg(key).arg(field);
@@ -176,7 +234,7 @@ impl Inner {
         let results = futures_util::future::join_all(reads).await;
         let mut out = vec![0i64; keys.len()];
         let fence = self.fence.lock();
-        for (cells, values) in by_tag.values().zip(results) {
+        for (cells, values) in batches.iter().zip(results) {
             for ((i, key, field), v) in cells.iter().zip(values?) {
                 let pending = fence.pending(&(key.clone(), field.clone()));
                 out[*i] = out[*i].saturating_add(v.unwrap_or(0)).saturating_add(pending);
@@ -243,6 +301,63 @@ impl Inner {
             .await?;
         ids.sort();
         Ok(ids)
+    }
+
+    /// Every tenant of a scope with usage in `periods`, and its totals over them: each
+    /// tenant's history hashes, many tenants at a time (a tenant's keys live in its own slots,
+    /// so one pipeline cannot cover several tenants on a cluster).
+    pub(super) async fn tenant_totals(&self, scope: Scope, periods: &[String]) -> Result<HashMap<String, Totals>, StoreError> {
+        let tenants = self.tenants(scope).await?;
+        if matches!(self.conn, Conn::Single(_)) {
+            return self.tenant_totals_pipelined(scope, tenants, periods).await;
+        }
+        let reads: Vec<_> = tenants
+            .into_iter()
+            .map(|tenant| async move {
+                let h = self.history(scope, &tenant, periods, 0).await?;
+                let mut sum = Totals::default();
+                h.days.values().for_each(|d| sum.add(d));
+                Ok::<_, StoreError>((tenant, sum))
+            })
+            .collect();
+        let sums: Vec<(String, Totals)> = futures_util::stream::iter(reads).buffer_unordered(LOOKUPS_IN_FLIGHT).try_collect().await?;
+        Ok(sums.into_iter().filter(|(_, t)| !t.is_zero()).collect())
+    }
+}
+
+impl Inner {
+    /// [`Inner::tenant_totals`] on standalone Redis: every tenant's history hashes (per tag
+    /// and period) in pipelines of [`PIPELINE`] reads.
+    async fn tenant_totals_pipelined(&self, scope: Scope, tenants: Vec<String>, periods: &[String]) -> Result<HashMap<String, Totals>, StoreError> {
+        let names: Vec<(Scope, &str)> = tenants.iter().map(|t| (scope, t.as_str())).collect();
+        let tags = self.tags_of_many(&names).await?;
+        let mut cells: Vec<(usize, String)> = Vec::new();
+        for (i, (tenant, tenant_tags)) in tenants.iter().zip(&tags).enumerate() {
+            for tag in tenant_tags {
+                cells.extend(periods.iter().map(|p| (i, self.keys.history(tag, scope, tenant, p))));
+            }
+        }
+        let reads: Vec<_> = cells
+            .chunks(PIPELINE)
+            .map(|chunk| async move {
+                let mut pipe = redis::pipe();
+                for (_, key) in chunk {
+                    pipe.cmd("HGETALL").arg(key);
+                }
+                let mut c = self.conn.clone();
+                self.bounded(pipe.query_async::<Vec<Vec<(String, i64)>>>(&mut c)).await
+            })
+            .collect();
+        let hashes: Vec<Vec<Vec<(String, i64)>>> = futures_util::future::try_join_all(reads).await?;
+        let mut sums = vec![Totals::default(); tenants.len()];
+        // The breakdowns are not needed here; add_field fills them anyway.
+        let mut scratch = History::default();
+        for ((i, _), fields) in cells.iter().zip(hashes.into_iter().flatten()) {
+            for (field, v) in fields {
+                add_field(&mut sums[*i], &mut scratch, &field, v);
+            }
+        }
+        Ok(tenants.into_iter().zip(sums).filter(|(_, t)| !t.is_zero()).collect())
     }
 }
 

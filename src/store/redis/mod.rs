@@ -435,6 +435,10 @@ impl Store for RedisStore {
         self.inner.tenants(scope).await
     }
 
+    async fn tenant_totals(&self, scope: Scope, periods: &[String]) -> Result<std::collections::HashMap<String, crate::quota::ledger::Totals>, StoreError> {
+        self.inner.tenant_totals(scope, periods).await
+    }
+
     async fn bind_org(&self, profile: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {
         let inner = &self.inner;
         if inner.breaker.is_open() {

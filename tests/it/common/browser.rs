@@ -21,6 +21,70 @@ pub fn chromium() -> PathBuf {
     found.unwrap_or_else(|| panic!("chromium not found on PATH: install Debian's `chromium` package (apt-get install -y chromium)"))
 }
 
+/// The flags every headless run here uses.
+const HEADLESS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--no-first-run",
+    "--no-default-browser-check",
+    // Virtual time: the page's fetches finish before the DOM is read or the picture taken.
+    "--virtual-time-budget=5000",
+];
+
+/// Runs chromium once on `url` with `extra` flags (a hang detector bounds it, not a speed
+/// check; chromium is killed if the test fails).
+fn run_once(url: &str, extra: &[String]) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    super::process::output_within(
+        Command::new(chromium())
+            .args(HEADLESS)
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url),
+        None,
+        Duration::from_secs(90),
+    )
+}
+
+/// The DOM of `url` after the page's scripts ran. Blocking.
+pub fn dump_dom(url: &str) -> String {
+    let out = run_once(url, &["--dump-dom".to_string()]);
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        dom.contains("</html>"),
+        "chromium printed no DOM (status {}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dom
+}
+
+/// A PNG of `url` at 1280x2000 after the page's scripts ran, written to `path`. Blocking.
+pub fn screenshot(url: &str, path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let out = run_once(
+        url,
+        &[
+            format!("--screenshot={}", path.display()),
+            "--window-size=1280,2000".to_string(),
+            "--hide-scrollbars".to_string(),
+        ],
+    );
+    assert!(
+        path.is_file(),
+        "chromium wrote no screenshot to {} (status {}):\n{}",
+        path.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// One browser with one page.
 pub struct Browser {
     _process: Guard,
