@@ -236,7 +236,7 @@ impl Default for StoreConfig {
             journal: None,
             journal_max_entries: 100_000,
             retention: RetentionConfig::default(),
-            recent_max: 50,
+            recent_max: 100,
             max_tags: 100,
         }
     }
