@@ -24,6 +24,8 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 WARMUP=${WARMUP:-3s}
 TARGET=${CARGO_TARGET_DIR:-target}
+# Resolved here: the proxy is started from the work directory.
+BIN=$(realpath -m "$TARGET/release/spendgate")
 
 for tool in wrk nginx redis-server redis-cli curl python3; do
   command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
@@ -86,7 +88,7 @@ limits:
 $1
 YAML
   rm -f "$WORK"/spendgate.db*
-  (cd "$WORK" && RUST_LOG=warn exec "$(realpath "$TARGET")/release/spendgate" --config "$WORK/spendgate.yaml" 2>"$WORK/spendgate.log") &
+  (cd "$WORK" && RUST_LOG=warn exec "$BIN" --config "$WORK/spendgate.yaml" 2>"$WORK/spendgate.log") &
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")
   wait_port "$ADMIN"
