@@ -281,6 +281,36 @@ async fn a_call_open_at_a_crash_keeps_its_tags() {
 }
 
 #[tokio::test]
+async fn recent_requests_follow_their_charges_within_a_second_or_at_once_for_a_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path());
+    let s = EmbeddedStore::open(o.clone(), counter()).unwrap();
+    let c = Connection::open(&o.path).unwrap();
+    let count = |table: &str| -> i64 { c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)).unwrap() };
+    s.settle(&settlement("a", "p", None, 0, 5)).await.unwrap();
+    // The charge is committed within the commit interval (a few ms here)...
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while count("daily_provider") == 0 {
+        assert!(std::time::Instant::now() < deadline, "the charge was not committed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ...its recent-request row within a second, with no reader asking.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while count("recent") == 0 {
+        assert!(std::time::Instant::now() < deadline, "the recent request was never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A reader has them written first.
+    s.settle(&settlement("b", "p", None, 0, 6)).await.unwrap();
+    let h = s.history(Scope::Profile, "p", &days(), 10).await.unwrap();
+    assert_eq!(h.recent.len(), 2);
+    // And closing writes what waits.
+    s.settle(&settlement("c", "p", None, 0, 7)).await.unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(count("recent"), 3);
+}
+
+#[tokio::test]
 async fn one_process_owns_a_database_and_readers_see_commits() {
     let dir = tempfile::tempdir().unwrap();
     let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();

@@ -24,8 +24,12 @@ use crate::quota::ledger::{CounterKey, CounterOp, OpenCall, Totals, UsageRecord}
 
 /// Most records in one transaction.
 const MAX_BATCH: usize = 4096;
-/// How often the recent requests of the profiles that grew are trimmed to `recent_max`.
+/// How often the recent requests are written (and the profiles that grew trimmed to
+/// `recent_max`): they are a view of the calls, not their charge, which every commit
+/// carries. Someone reading the store (a barrier) has them written at once.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// Most recent requests waiting for their write; past it they are written at once.
+const RECENT_PENDING_MAX: usize = 8192;
 /// How often retention is enforced when nothing else happens.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 /// First and longest pause between retries of a failed commit.
@@ -102,10 +106,11 @@ impl Writer {
         let mut housekept = Instant::now() - HOUSEKEEPING;
         let mut retry = RETRY_FIRST;
         let mut open = true;
-        // Profiles whose recent requests grew since they were last trimmed; trimmed at most
-        // once a second (or when someone waits), not per commit.
-        let mut to_trim: HashSet<String> = HashSet::new();
-        let mut trimmed = Instant::now();
+        // The recent requests of committed calls, written (and the profiles that grew
+        // trimmed) at most once a second, or when someone waits: a recent-request row per
+        // call and commit was most of the writer's cost (each commit rewrote the pages of
+        // every profile's end of the index).
+        let mut recent = Recent::default();
         while open || !batch.is_empty() {
             if batch.is_empty() && waiters.is_empty() {
                 if housekept.elapsed() >= HOUSEKEEPING {
@@ -114,7 +119,11 @@ impl Writer {
                     }
                     housekept = Instant::now();
                 }
-                match self.rx.recv_timeout(HOUSEKEEPING) {
+                if recent.due(false) {
+                    recent.write(&mut self.conn, self.keep);
+                }
+                let wait = if recent.is_empty() { HOUSEKEEPING } else { TRIM_EVERY };
+                match self.rx.recv_timeout(wait) {
                     Ok(m) => take(m, &mut batch, &mut waiters),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -140,22 +149,6 @@ impl Writer {
             match commit(&mut self.conn, &batch, self.keep) {
                 Ok(()) => {
                     self.shared.unwritten.fetch_sub(batch.len(), Ordering::AcqRel);
-                    if self.keep.recent_max > 0 {
-                        for r in &batch {
-                            if let Rec::Settle { record, .. } = r {
-                                if !to_trim.contains(&record.profile) {
-                                    to_trim.insert(record.profile.clone());
-                                }
-                            }
-                        }
-                    }
-                    if !to_trim.is_empty() && (!waiters.is_empty() || trimmed.elapsed() >= TRIM_EVERY) {
-                        match prune_recent(&mut self.conn, to_trim.iter().map(String::as_str), self.keep) {
-                            Ok(()) => to_trim.clear(),
-                            Err(e) => tracing::warn!(error = %e, "embedded store: recent requests could not be trimmed; retrying later"),
-                        }
-                        trimmed = Instant::now();
-                    }
                     if !self.shared.pending_binds.lock().is_empty() {
                         let mut pending = self.shared.pending_binds.lock();
                         for r in &batch {
@@ -164,7 +157,16 @@ impl Writer {
                             }
                         }
                     }
-                    batch.clear();
+                    for r in batch.drain(..) {
+                        if let Rec::Settle { record, .. } = r {
+                            if self.keep.recent_max > 0 {
+                                recent.push(record);
+                            }
+                        }
+                    }
+                    if recent.due(!waiters.is_empty() || !open) {
+                        recent.write(&mut self.conn, self.keep);
+                    }
                     if self.shared.failing.swap(false, Ordering::AcqRel) {
                         tracing::info!("embedded store: the database is written again");
                     }
@@ -185,6 +187,75 @@ impl Writer {
                     }
                     std::thread::sleep(retry);
                     retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        if !recent.is_empty() {
+            recent.write(&mut self.conn, self.keep);
+        }
+    }
+}
+
+/// Recent requests of committed calls, waiting for their write.
+struct Recent {
+    records: Vec<UsageRecord>,
+    /// Profiles whose recent requests grew since they were last trimmed.
+    grown: HashSet<String>,
+    written: Instant,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent {
+            records: Vec::new(),
+            grown: HashSet::new(),
+            written: Instant::now(),
+        }
+    }
+}
+
+impl Recent {
+    fn push(&mut self, record: UsageRecord) {
+        if !self.grown.contains(&record.profile) {
+            self.grown.insert(record.profile.clone());
+        }
+        self.records.push(record);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.grown.is_empty()
+    }
+
+    /// Time to write: a second has passed, many wait, or `now` (someone reads, or the store
+    /// closes).
+    fn due(&self, now: bool) -> bool {
+        !self.is_empty() && (now || self.records.len() >= RECENT_PENDING_MAX || self.written.elapsed() >= TRIM_EVERY)
+    }
+
+    /// Writes the rows and trims the profiles that grew, in one transaction. On failure the
+    /// rows are kept for the next try, up to a bound past which the oldest are dropped (the
+    /// calls' charges are not among them: those are committed already).
+    fn write(&mut self, conn: &mut Connection, keep: Keep) {
+        self.written = Instant::now();
+        let result = (|| {
+            let tx = conn.transaction()?;
+            for r in &self.records {
+                insert_recent(&tx, r)?;
+            }
+            prune_recent_in(&tx, self.grown.iter().map(String::as_str), keep)?;
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => {
+                self.records.clear();
+                self.grown.clear();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, rows = self.records.len(), "embedded store: recent requests could not be written; retrying later");
+                if self.records.len() > 4 * RECENT_PENDING_MAX {
+                    let drop = self.records.len() - 4 * RECENT_PENDING_MAX;
+                    self.records.drain(..drop);
+                    tracing::error!(rows = drop, "embedded store: recent requests dropped (their charges are recorded)");
                 }
             }
         }
@@ -236,7 +307,20 @@ impl<'a> HistoryBatch<'a> {
         self.recent.push(rec);
     }
 
+    /// Writes the totals, the tenants and the tags, and the recent requests.
     pub fn write(&self, tx: &Transaction<'_>, keep: Keep) -> rusqlite::Result<()> {
+        self.write_totals(tx, keep)?;
+        if keep.recent_max == 0 {
+            return Ok(());
+        }
+        for r in &self.recent {
+            insert_recent(tx, r)?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything but the recent requests (the writer writes those on its own pace).
+    pub fn write_totals(&self, tx: &Transaction<'_>, keep: Keep) -> rusqlite::Result<()> {
         for ((scope, tenant, day, provider), totals) in &self.daily_provider {
             add_totals(tx, TotalsTable::DailyProvider, &[scope_name(*scope), tenant, day, provider], totals)?;
         }
@@ -253,14 +337,7 @@ impl<'a> HistoryBatch<'a> {
         for ((scope, tenant), day) in &self.tenants {
             st.execute(params![scope_name(*scope), tenant, day])?;
         }
-        self.write_tags(tx, keep)?;
-        if keep.recent_max == 0 {
-            return Ok(());
-        }
-        for r in &self.recent {
-            insert_recent(tx, r)?;
-        }
-        Ok(())
+        self.write_tags(tx, keep)
     }
 
     /// The totals by tag: each record counts under each of its tags, per tenant, under the
@@ -434,17 +511,20 @@ pub fn tags_column(tags: &[String]) -> Option<String> {
 /// among its profiles' newest, so this bounds the orgs too.
 pub fn prune_recent<'p>(conn: &mut Connection, profiles: impl IntoIterator<Item = &'p str>, keep: Keep) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    {
-        let mut st = tx.prepare_cached(
-            "DELETE FROM recent WHERE profile = ?1 AND id <= \
-             (SELECT id FROM recent WHERE profile = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-        )?;
-        let offset = i64::try_from(keep.recent_max).unwrap_or(i64::MAX);
-        for p in profiles {
-            st.execute(params![p, offset])?;
-        }
-    }
+    prune_recent_in(&tx, profiles, keep)?;
     tx.commit()
+}
+
+fn prune_recent_in<'p>(tx: &Transaction<'_>, profiles: impl IntoIterator<Item = &'p str>, keep: Keep) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(
+        "DELETE FROM recent WHERE profile = ?1 AND id <= \
+         (SELECT id FROM recent WHERE profile = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+    )?;
+    let offset = i64::try_from(keep.recent_max).unwrap_or(i64::MAX);
+    for p in profiles {
+        st.execute(params![p, offset])?;
+    }
+    Ok(())
 }
 
 /// Writes one batch in one transaction.
@@ -539,7 +619,7 @@ fn commit(conn: &mut Connection, batch: &[Rec], keep: Keep) -> rusqlite::Result<
         for (key, expires) in claims {
             st.execute(params![key, expires])?;
         }
-        history.write(&tx, keep)?;
+        history.write_totals(&tx, keep)?;
     }
     tx.commit()
 }
