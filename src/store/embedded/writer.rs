@@ -29,7 +29,7 @@ const MAX_BATCH: usize = 4096;
 /// carries. Someone reading the store (a barrier) has them written at once.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Most recent requests waiting for their write; past it they are written at once.
-const RECENT_PENDING_MAX: usize = 8192;
+const RECENT_PENDING_MAX: usize = 4096;
 /// How often retention is enforced when nothing else happens.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 /// First and longest pause between retries of a failed commit.
