@@ -93,25 +93,38 @@ pub fn tags(headers: &HeaderMap, cfg: &TenantConfig) -> Result<Vec<String>, Stri
     Ok(out)
 }
 
-/// Most profile -> org bindings kept in memory; past it the cache starts afresh (the store
-/// keeps them all).
-const ORG_CACHE_MAX: usize = 100_000;
+/// Most profile -> org bindings kept in memory per generation (two generations: at most
+/// twice this many); the store keeps them all.
+const ORG_CACHE_GENERATION: usize = 50_000;
 
-/// Profile -> org bindings already read from the store (they never change once made).
+/// Profile -> org bindings already read from the store (they never change once made). Two
+/// generations: when the newer fills up it becomes the older and the older is dropped, and a
+/// binding found in the older moves to the newer. A fleet larger than the cache then loses
+/// only its least recently seen half at a time, not every binding at once (which sent every
+/// request back to the store together).
 #[derive(Default)]
-pub struct OrgCache(Mutex<HashMap<String, Option<String>>>);
+pub struct OrgCache(Mutex<[HashMap<String, Option<String>>; 2]>);
 
 impl OrgCache {
     pub fn get(&self, profile: &str) -> Option<Option<String>> {
-        self.0.lock().get(profile).cloned()
+        let mut g = self.0.lock();
+        if let Some(org) = g[0].get(profile) {
+            return Some(org.clone());
+        }
+        let (key, org) = g[1].remove_entry(profile)?;
+        Self::put(&mut g, key, org.clone());
+        Some(org)
     }
 
     pub fn insert(&self, profile: &str, org: Option<String>) {
-        let mut map = self.0.lock();
-        if map.len() >= ORG_CACHE_MAX {
-            map.clear();
+        Self::put(&mut self.0.lock(), profile.to_string(), org);
+    }
+
+    fn put(g: &mut [HashMap<String, Option<String>>; 2], profile: String, org: Option<String>) {
+        if g[0].len() >= ORG_CACHE_GENERATION {
+            g[1] = std::mem::take(&mut g[0]);
         }
-        map.insert(profile.to_string(), org);
+        g[0].insert(profile, org);
     }
 }
 
@@ -133,6 +146,24 @@ mod tests {
         let t = identify(&headers(&[("x-profile-id", "p-123"), ("X-Org-Id", "acme")]), &cfg).unwrap();
         assert_eq!(t.profile, "p-123");
         assert_eq!(t.org.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn the_org_cache_keeps_the_recently_seen_half_when_it_fills() {
+        let c = OrgCache::default();
+        for i in 0..ORG_CACHE_GENERATION {
+            c.insert(&format!("p{i}"), Some("o".into()));
+        }
+        // Seen again: moved to the newer generation.
+        assert_eq!(c.get("p0"), Some(Some("o".into())));
+        for i in 0..ORG_CACHE_GENERATION {
+            c.insert(&format!("q{i}"), None);
+        }
+        assert_eq!(c.get("p0"), Some(Some("o".into())), "kept: it was seen in the newer generation");
+        assert_eq!(c.get("q1"), Some(None));
+        assert_eq!(c.get("p1"), None, "the older generation went when the newer filled twice");
+        let g = c.0.lock();
+        assert!(g[0].len() + g[1].len() <= 2 * ORG_CACHE_GENERATION);
     }
 
     #[test]
