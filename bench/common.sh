@@ -1,6 +1,7 @@
 # Shared by the bench scripts (sourced, not run): builds the release binaries, makes a work
 # directory cleaned up on exit with every started process, and starts the mock upstream.
-# Sets WORK, PIDS, MOCK (the mock's port) and TICKS; defines cpu_ticks and start_nginx.
+# Sets WORK, PIDS, MOCK (the mock's port) and TICKS; defines cpu_ticks, wait_ready and
+# start_nginx.
 # Needs TARGET.
 
 cargo build --release --bin spendgate --example mock_upstream >&2
@@ -75,4 +76,17 @@ NGINX
   PIDS+=("$pid")
   wait_port "$NGINX"
   NGINX_PROCS=("$pid" $(pgrep -P "$pid"))
+}
+
+# Waits until spendgate's admin port ($1) answers /readyz; prints its log ($2) and exits if
+# it does not.
+wait_ready() {
+  wait_port "$1"
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && return 0
+    sleep 0.05
+  done
+  echo "spendgate did not become ready:" >&2
+  cat "$2" >&2
+  exit 1
 }

@@ -71,14 +71,7 @@ YAML
   (cd "$WORK/run" && RUST_LOG=warn exec "$bin" --config spendgate.yaml 2>"$WORK/run/spendgate.log") &
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")
-  wait_port "$ADMIN"
-  for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null && return 0
-    sleep 0.05
-  done
-  echo "spendgate did not become ready:" >&2
-  cat "$WORK/run/spendgate.log" >&2
-  exit 1
+  wait_ready "$ADMIN" "$WORK/run/spendgate.log"
 }
 
 stop_proxy() {

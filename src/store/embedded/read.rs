@@ -52,6 +52,13 @@ fn record_at(r: &Row<'_>, status: u16, reason: Option<String>, totals: usize) ->
     })
 }
 
+/// Rows of `(key, totals...)` from `sql`, summed per key.
+fn grouped(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<std::collections::BTreeMap<String, Totals>> {
+    let mut st = conn.prepare_cached(sql)?;
+    let rows = st.query_map(args, |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))?;
+    rows.collect()
+}
+
 /// A tenant's history over `periods`: day ids (`2026-11-29`) read the daily tables (with the
 /// breakdowns), month ids (`2026-11`) the monthly one.
 pub fn history(conn: &Connection, scope: Scope, tenant: &str, periods: &[String], recent: usize) -> rusqlite::Result<History> {
@@ -61,36 +68,22 @@ pub fn history(conn: &Connection, scope: Scope, tenant: &str, periods: &[String]
     if !days.is_empty() {
         let days = serde_json::to_string(&days).expect("strings serialize");
         let within = "scope = ?1 AND tenant = ?2 AND day IN (SELECT value FROM json_each(?3))";
-        let mut st = conn.prepare_cached(&format!("SELECT day, {TOTALS} FROM daily_provider WHERE {within} GROUP BY day"))?;
-        for row in st.query_map(params![s, tenant, days], |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))? {
-            let (day, t) = row?;
-            out.days.insert(day, t);
-        }
-        let mut st = conn.prepare_cached(&format!("SELECT provider, {TOTALS} FROM daily_provider WHERE {within} GROUP BY provider"))?;
-        for row in st.query_map(params![s, tenant, days], |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))? {
-            let (p, t) = row?;
-            out.by_provider.insert(p, t);
-        }
-        let mut st = conn.prepare_cached(&format!("SELECT model, {TOTALS} FROM daily_model WHERE {within} GROUP BY model"))?;
-        for row in st.query_map(params![s, tenant, days], |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))? {
-            let (m, t) = row?;
-            out.by_model.insert(m, t);
-        }
-        let mut st = conn.prepare_cached(&format!("SELECT tag, {TOTALS} FROM daily_tag WHERE {within} GROUP BY tag"))?;
-        for row in st.query_map(params![s, tenant, days], |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))? {
-            let (tag, t) = row?;
-            out.by_tag.insert(tag, t);
-        }
+        let sums = |column: &str, table: &str| {
+            grouped(
+                conn,
+                &format!("SELECT {column}, {TOTALS} FROM {table} WHERE {within} GROUP BY {column}"),
+                params![s, tenant, days],
+            )
+        };
+        out.days = sums("day", "daily_provider")?;
+        out.by_provider = sums("provider", "daily_provider")?;
+        out.by_model = sums("model", "daily_model")?;
+        out.by_tag = sums("tag", "daily_tag")?;
     }
     if !months.is_empty() {
         let months = serde_json::to_string(&months).expect("strings serialize");
-        let mut st = conn.prepare_cached(&format!(
-            "SELECT month, {TOTALS} FROM monthly WHERE scope = ?1 AND tenant = ?2 AND month IN (SELECT value FROM json_each(?3)) GROUP BY month"
-        ))?;
-        for row in st.query_map(params![s, tenant, months], |r| Ok((r.get::<_, String>(0)?, totals_at(r, 1)?)))? {
-            let (m, t) = row?;
-            out.days.insert(m, t);
-        }
+        let sql = format!("SELECT month, {TOTALS} FROM monthly WHERE scope = ?1 AND tenant = ?2 AND month IN (SELECT value FROM json_each(?3)) GROUP BY month");
+        out.days.extend(grouped(conn, &sql, params![s, tenant, months])?);
     }
     if recent > 0 {
         let column = match scope {

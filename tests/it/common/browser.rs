@@ -33,9 +33,11 @@ const HEADLESS: &[&str] = &[
     "--disable-extensions",
     "--no-first-run",
     "--no-default-browser-check",
-    // Virtual time: the page's fetches finish before the DOM is read or the picture taken.
-    "--virtual-time-budget=5000",
 ];
+
+/// Virtual time for one-shot runs: the page's fetches finish before the DOM is read or the
+/// picture taken.
+const VIRTUAL_TIME: &str = "--virtual-time-budget=5000";
 
 /// Runs chromium once on `url` with `extra` flags (a hang detector bounds it, not a speed
 /// check; chromium is killed if the test fails).
@@ -44,6 +46,7 @@ fn run_once(url: &str, extra: &[String]) -> std::process::Output {
     super::process::output_within(
         Command::new(chromium())
             .args(HEADLESS)
+            .arg(VIRTUAL_TIME)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(extra)
             .arg(url),
@@ -115,24 +118,13 @@ impl Browser {
         let child_out = rustix::io::fcntl_dupfd_cloexec(&child_out, 100).unwrap();
         let profile = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(chromium());
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-extensions",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--remote-debugging-pipe",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("about:blank")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        cmd.args(HEADLESS)
+            .arg("--remote-debugging-pipe")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         // SAFETY: `place` only calls dup2 (async-signal-safe).
         unsafe {
             cmd.pre_exec(move || {
