@@ -321,7 +321,15 @@ pub fn on_settled(alerts: &Alerts, m: &Metrics, cfg: &AlertsConfig, plan: &Plan,
 /// Delivers the webhook events of `rx` until shutdown, counting each outcome in `counter`
 /// (`spendgate_alerts_total`).
 pub async fn deliver(mut rx: mpsc::Receiver<Event>, counter: IntCounterVec, mut shutdown: watch::Receiver<bool>) {
-    let client = crate::upstream::client::build(Duration::from_secs(10));
+    use crate::upstream::client::{build, ClientOptions};
+    let client = build(ClientOptions::public(Duration::from_secs(10))).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "alert webhooks are sent directly, not through the environment's proxy");
+        build(ClientOptions {
+            proxy: &crate::config::EgressProxy::Direct,
+            ..ClientOptions::public(Duration::from_secs(10))
+        })
+        .expect("a direct client with the built-in roots always builds")
+    });
     let slots = Arc::new(Semaphore::new(PARALLEL_DELIVERIES));
     loop {
         let event = tokio::select! {

@@ -202,6 +202,12 @@ impl Config {
                 }
                 None => {}
             }
+            if p.tls_roots == super::TlsRoots::None && p.tls_ca_file.is_none() {
+                return Err((format!("{key}.tls_roots"), "`none` trusts nothing without a `tls_ca_file`".into()));
+            }
+            if let super::EgressProxy::Via(url) = &p.proxy {
+                validate_proxy(url).map_err(|m| (format!("{key}.proxy"), m))?;
+            }
             if let Some(env) = &p.api_key_env {
                 if env.is_empty() || env.contains('=') {
                     return Err((format!("{key}.api_key_env"), format!("`{env}` is not an environment variable name")));
@@ -337,6 +343,23 @@ fn validate_upstream(url: &str) -> Result<(), String> {
     }
     if uri.query().is_some() {
         return Err(format!("`{url}` must not carry a query string"));
+    }
+    Ok(())
+}
+
+/// An egress proxy URL: `http://[user:password@]host[:port]` (a `CONNECT` tunnel is opened
+/// through it; TLS to the proxy itself and SOCKS are not spoken).
+pub(crate) fn validate_proxy(url: &str) -> Result<(), String> {
+    const FORM: &str = "`env`, `none` or `http://[user:password@]host:port`";
+    let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not {FORM}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("`{url}`: only http:// proxies are supported (expected {FORM})"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+        return Err(format!("`{url}` must not have a path"));
     }
     Ok(())
 }

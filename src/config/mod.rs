@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use diff::restart_only_changes;
+pub(crate) use load::validate_proxy;
 pub use load::{ConfigError, EMBEDDED_DEFAULT};
 pub use values::{AlertAt, ListenAddr, NonNegative, Pattern, Positive, Ratio, Seconds, TimeZone};
 
@@ -384,6 +385,54 @@ pub struct ProviderConfig {
     /// What to do with a call to an endpoint the proxy cannot meter.
     #[serde(default)]
     pub unmetered: Unmetered,
+    /// Which certificate authorities an `https://` upstream's certificate may chain to.
+    #[serde(default)]
+    pub tls_roots: TlsRoots,
+    /// PEM file of further CAs to trust for this upstream: a private CA, or the CA of a
+    /// TLS-inspecting egress gateway.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// How connections to the upstream leave the host.
+    #[serde(default)]
+    pub proxy: EgressProxy,
+}
+
+/// `providers.<name>.tls_roots`: the built-in trust anchors of an `https://` upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsRoots {
+    /// Mozilla's root program, compiled into the binary (same on every host).
+    #[default]
+    Webpki,
+    /// The operating system's store (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
+    System,
+    /// None: only the CAs of `tls_ca_file`.
+    None,
+}
+
+/// `providers.<name>.proxy`: an HTTP proxy the upstream is reached through (a `CONNECT`
+/// tunnel, so TLS stays end to end between spendgate and the provider).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum EgressProxy {
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY` from the environment, as
+    /// curl reads them; loopback upstreams are always reached directly.
+    #[default]
+    Env,
+    /// Always direct, whatever the environment says.
+    Direct,
+    /// This proxy, `http://[user:password@]host:port`, for every connection.
+    Via(String),
+}
+
+impl<'de> Deserialize<'de> for EgressProxy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "env" => EgressProxy::Env,
+            "none" | "direct" => EgressProxy::Direct,
+            _ => EgressProxy::Via(s),
+        })
+    }
 }
 
 /// `providers.<name>.unmetered`: calls to endpoints the proxy cannot charge.
@@ -445,6 +494,9 @@ fn default_providers() -> BTreeMap<String, ProviderConfig> {
         listen: None,
         timeouts: TimeoutsConfig::default(),
         unmetered: Unmetered::Reject,
+        tls_roots: TlsRoots::Webpki,
+        tls_ca_file: None,
+        proxy: EgressProxy::Env,
     };
     BTreeMap::from([
         ("elevenlabs".into(), p(ProviderKind::Elevenlabs, "/elevenlabs", "https://api.elevenlabs.io")),

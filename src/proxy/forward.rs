@@ -63,20 +63,24 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
     let response = match response {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            tracing::warn!(provider = %route.name, error = %e, "upstream request failed");
+            let cause = causes(&e);
+            tracing::warn!(provider = %route.name, error = %cause, "upstream request failed");
             let s = reservation.settler_mut();
             s.note_upstream_failure("connect");
             s.status = 502;
-            if e.is_connect() {
+            let connected = !e.is_connect();
+            if connected {
+                reservation.settle_unanswered(Anomaly::UpstreamError);
+            } else {
                 // No connection was made: the provider never saw the call.
                 reservation.settle(Settled::upstream_error(), BodyEnd::Complete);
-            } else {
-                reservation.settle_unanswered(Anomaly::UpstreamError);
             }
+            // The cause (a certificate, a proxy, a deadline) is what an operator needs; it
+            // carries no credential (a proxy's are never in these errors).
             return reply::error(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
-                &format!("provider {} could not be reached", route.name),
+                &format!("provider {} could not be reached: {cause}", route.name),
             );
         }
         Err(_) => {
@@ -120,6 +124,22 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
     let meter = Meter::new(&mut parts.headers, extractor, filter, reservation);
     let body = MeteredBody::new(incoming, route.read_idle, meter);
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// An error and its sources, `outer: inner: innermost`, repeated words dropped (hyper's
+/// outer layers only say "client error (Connect)").
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(inner) = next {
+        let text = inner.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = inner.source();
+    }
+    out
 }
 
 /// `X-Spendgate-Remaining` (the tightest limit's remaining amount and unit) and

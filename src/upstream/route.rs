@@ -36,6 +36,13 @@ impl Route {
         let scheme = parts.scheme.ok_or("upstream has no scheme")?;
         let authority = parts.authority.ok_or("upstream has no host")?;
         let base_path = parts.path_and_query.map(|p| p.path().trim_end_matches('/').to_string()).unwrap_or_default();
+        let client = client::build(client::ClientOptions {
+            connect_timeout: cfg.timeouts.connect.0,
+            tls_roots: cfg.tls_roots,
+            tls_ca_file: cfg.tls_ca_file.as_deref(),
+            proxy: &cfg.proxy,
+            scheme: scheme.as_str(),
+        })?;
         let api_key = cfg.api_key_env.as_deref().map(|var| ApiKey::from_env(cfg.kind, var)).transpose()?;
         Ok(Route {
             name: name.to_string(),
@@ -46,7 +53,7 @@ impl Route {
             authority,
             base_path,
             read_idle: cfg.timeouts.read_idle.0,
-            client: client::build(cfg.timeouts.connect.0),
+            client,
             api_key_env: cfg.api_key_env.clone(),
             api_key,
         })

@@ -31,4 +31,5 @@ mod sdk_elevenlabs_gemini;
 mod sdk_media_compat;
 mod sdk_openai_anthropic;
 mod tags;
+mod upstream_tls;
 mod usage_api;

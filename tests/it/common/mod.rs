@@ -61,6 +61,8 @@ pub struct Seen {
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// HTTP/1.1 or HTTP/2, as spoken on the connection.
+    pub version: http::Version,
 }
 
 /// How the mock answers one request.
@@ -131,6 +133,16 @@ pub struct Mock {
 
 impl Mock {
     pub async fn start(responder: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Mock {
+        Mock::serve(None, responder).await
+    }
+
+    /// A mock that speaks TLS with `config` (its certificate and ALPN offer); HTTP/2 or
+    /// HTTP/1.1 as the handshake chose.
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>, responder: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Mock {
+        Mock::serve(Some(tokio_rustls::TlsAcceptor::from(config)), responder).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>, responder: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Mock {
         env::init();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -143,7 +155,7 @@ impl Mock {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (seen, resp) = (seen2.clone(), resp2.clone());
+                let (seen, resp, tls) = (seen2.clone(), resp2.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (seen, resp) = (seen.clone(), resp.clone());
@@ -156,15 +168,25 @@ impl Mock {
                                 query: parts.uri.query().map(str::to_string),
                                 headers: parts.headers,
                                 body,
+                                version: parts.version,
                             };
                             let reply = (resp.lock().clone())(&s);
                             seen.lock().push(s);
                             Ok::<_, Infallible>(build_response(reply))
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = server.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            // A handshake the client aborts (an untrusted certificate) ends here.
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = server.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -320,6 +342,7 @@ pub mod ops;
 pub mod process;
 pub mod python;
 pub mod redis;
+pub mod tls;
 
 /// A mock that streams a fixture as SSE in pieces of `piece` bytes, holding everything after
 /// the first piece until the returned gate is notified.
