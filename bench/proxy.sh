@@ -40,34 +40,6 @@ REDIS_PID=$!
 PIDS+=("$REDIS_PID")
 wait_port "$REDIS"
 
-# Runs wrk with a script against a URL while measuring the CPU of the given processes;
-# prints "req/s p50 p99 non-2xx cpu_us_per_request redis_cpu_us_per_request".
-load() {
-  local script=$1 url=$2
-  shift 2
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$script" "$url" >/dev/null
-  local before redis_before after redis_after
-  before=$(cpu_ticks "$@")
-  redis_before=$(cpu_ticks "$REDIS_PID")
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "$url" >"$WORK/wrk.out"
-  after=$(cpu_ticks "$@")
-  redis_after=$(cpu_ticks "$REDIS_PID")
-  awk -v cpu=$((after - before)) -v rcpu=$((redis_after - redis_before)) -v hz="$TICKS" '
-    /^Requests\/sec:/ { rps = $2 }
-    /requests in/ { n = $1 }
-    /^ +50%/ { p50 = $2 }
-    /^ +99%/ { p99 = $2 }
-    /Non-2xx or 3xx responses:/ { bad = $5 }
-    END { printf "%s %s %s %s %.1f %.1f\n", rps, p50, p99, (bad == "" ? 0 : bad), cpu * 1e6 / hz / n, rcpu * 1e6 / hz / n }
-  ' "$WORK/wrk.out"
-}
-
-# p50 with one connection (the latency one request sees), for a script and a URL.
-single() {
-  wrk -t1 -c1 -d2s -s "$1" "$2" >/dev/null
-  wrk -t1 -c1 -d"$DURATION" --latency -s "$1" "$2" | awk '/^ +50%/ { print $2 }'
-}
-
 start_nginx /elevenlabs/ /openai/
 
 # Starts spendgate with a store section; sets PROXY, ADMIN and PROXY_PID.
@@ -135,14 +107,6 @@ start_proxy "store:
 RESULT[redis]=$(load $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path" "$PROXY_PID")
 SINGLE[redis]=$(single $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path")
 stop_proxy
-
-# Latencies as microseconds.
-us() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-    if (u == "us") print n; else if (u == "ms") print n * 1000; else if (u == "s") print n * 1e6; else print n
-  }'
-}
 
 echo
 echo "wrk: $THREADS threads, $CONNECTIONS connections, $DURATION after a $WARMUP warm-up; 1-connection p50 over $DURATION."

@@ -27,26 +27,6 @@ done
 
 # shellcheck source=bench/common.sh
 source bench/common.sh
-# wrk with bench/tts.lua against a URL, measuring the CPU of the processes given; prints
-# "req/s p50 p99 non-2xx cpu_us_per_request".
-load() {
-  local url=$1
-  shift
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s bench/tts.lua "$url" >/dev/null
-  local before after
-  before=$(cpu_ticks "$@")
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/tts.lua "$url" >"$WORK/wrk.out"
-  after=$(cpu_ticks "$@")
-  awk -v cpu=$((after - before)) -v hz="$TICKS" '
-    /^Requests\/sec:/ { rps = $2 }
-    /requests in/ { n = $1 }
-    /^ +50%/ { p50 = $2 }
-    /^ +99%/ { p99 = $2 }
-    /Non-2xx or 3xx responses:/ { bad = $5 }
-    END { printf "%s %s %s %s %.1f\n", rps, p50, p99, (bad == "" ? 0 : bad), cpu * 1e6 / hz / n }
-  ' "$WORK/wrk.out"
-}
-
 start_nginx /elevenlabs/
 
 # Starts a spendgate binary with a store section, in a fresh directory; sets PROXY, ADMIN,
@@ -93,27 +73,27 @@ usage_latency() {
 TTS=/v1/text-to-speech/voice
 if [[ " $SECTIONS " == *" throughput "* ]]; then
 declare -A RESULT
-RESULT[nginx]=$(load "http://127.0.0.1:$NGINX/elevenlabs$TTS" "${NGINX_PROCS[@]}")
+RESULT[nginx]=$(load bench/tts.lua "http://127.0.0.1:$NGINX/elevenlabs$TTS" "${NGINX_PROCS[@]}")
 if [ -n "${BASELINE_BIN:-}" ]; then
   start_proxy "$BASELINE_BIN" ""
-  RESULT[baseline]=$(load "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")
+  RESULT[baseline]=$(load bench/tts.lua "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")
   stop_proxy
 fi
 for d in batched strict; do
   start_proxy "$BIN" "store:
   durability: $d"
-  RESULT[$d]=$(load "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")
+  RESULT[$d]=$(load bench/tts.lua "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")
   stop_proxy
 done
 
 echo
 echo "wrk: $THREADS threads, $CONNECTIONS connections, $DURATION after a $WARMUP warm-up; TTS over 100 profiles. $(nproc) CPUs shared by everything."
 printf "%-44s %10s %8s %9s %9s %7s %11s %9s\n" "target" "req/s" "x nginx" "p50" "p99" "non-2xx" "CPU us/req" "x nginx"
-read -r ref_rps _ _ _ ref_cpu <<<"${RESULT[nginx]}"
+read -r ref_rps _ _ _ ref_cpu _ <<<"${RESULT[nginx]}"
 for row in "nginx|nginx proxy_pass" "baseline|spendgate before (memory store, BASELINE_BIN)" "batched|spendgate embedded, durability: batched" "strict|spendgate embedded, durability: strict"; do
   IFS='|' read -r name label <<<"$row"
   [ -n "${RESULT[$name]:-}" ] || continue
-  read -r rps p50 p99 bad cpu <<<"${RESULT[$name]}"
+  read -r rps p50 p99 bad cpu _ <<<"${RESULT[$name]}"
   printf "%-44s %10s %8s %9s %9s %7s %11s %9s\n" "$label" "$rps" \
     "$(awk -v a="$rps" -v b="$ref_rps" 'BEGIN { printf "%.2f", a / b }')" "$p50" "$p99" "$bad" "$cpu" \
     "$(awk -v a="$cpu" -v b="$ref_cpu" 'BEGIN { printf "%.2f", a / b }')"
@@ -126,7 +106,7 @@ fi
 start_proxy "$BIN" ""
 echo
 echo "embedded store, TTS over $TENANTS_BIG profiles for $MEMORY_DURATION:"
-read -r rps p50 p99 bad cpu <<<"$(TENANTS=$TENANTS_BIG DURATION=$MEMORY_DURATION load "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")"
+read -r rps p50 p99 bad cpu _ <<<"$(TENANTS=$TENANTS_BIG DURATION=$MEMORY_DURATION load bench/tts.lua "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")"
 rss="$(rss_mib "$PROXY_PID" VmRSS) MiB (peak during the load $(rss_mib "$PROXY_PID" VmHWM) MiB)"
 stored=$(curl -s "http://127.0.0.1:$ADMIN/v1/profiles?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])')
 echo "  $rps req/s, p50 $p50, p99 $p99, $cpu CPU us/req; $stored profiles stored"

@@ -6,7 +6,11 @@
 //!
 //! ```text
 //! cargo run --release --example mock_upstream -- 127.0.0.1:18080
+//! cargo run --release --example mock_upstream -- 127.0.0.1:18443 --tls cert.pem key.pem [--h1]
 //! ```
+//!
+//! With `--tls` it speaks HTTPS with that certificate, offering `h2` and `http/1.1` in ALPN
+//! (only `http/1.1` with `--h1`), as the providers do.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -77,13 +81,40 @@ async fn answer(req: Request<Incoming>, audio: Bytes) -> Result<Response<Full<By
     Ok(r)
 }
 
+/// A TLS acceptor for the certificate chain and key in PEM files.
+fn tls_acceptor(cert: &str, key: &str, h2: bool) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |e: &dyn std::fmt::Display| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string());
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(&e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| bad(&e))?;
+    config.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:18080".into())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let addr: SocketAddr = args
+        .first()
+        .map_or("127.0.0.1:18080", String::as_str)
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("listen address: {e}")))?;
+    let tls = match args.iter().position(|a| a == "--tls") {
+        Some(i) => match (args.get(i + 1), args.get(i + 2)) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key, !args.iter().any(|a| a == "--h1"))?),
+            _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "--tls needs CERT and KEY")),
+        },
+        None => None,
+    };
     let listener = TcpListener::bind(addr).await?;
     eprintln!("mock upstream listening on {}", listener.local_addr()?);
     let audio = Bytes::from(vec![0xffu8; AUDIO_BYTES]);
@@ -96,12 +127,20 @@ async fn main() -> std::io::Result<()> {
             }
         };
         let _ = stream.set_nodelay(true);
-        let audio = audio.clone();
+        let (audio, tls) = (audio.clone(), tls.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(req, audio.clone()));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = match tls {
+                None => server.serve_connection(TokioIo::new(stream), svc).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => server.serve_connection(TokioIo::new(stream), svc).await,
+                    Err(e) => {
+                        eprintln!("TLS handshake: {e}");
+                        return;
+                    }
+                },
+            };
         });
     }
 }
