@@ -96,7 +96,11 @@ fn tls_acceptor(cert: &str, key: &str, h2: bool) -> std::io::Result<tokio_rustls
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| bad(&e))?;
-    config.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::app::{open_control, open_store, Access, Runtime};
-use crate::config::{Config, LimitSpec, MatchSpec, NonNegative, PriceSpec, Unpriced};
+use crate::config::{Config, LimitSpec, MatchSpec, NonNegative, PriceSpec, TlsRoots, Unpriced};
 use crate::domain::Scope;
 use crate::pricing;
 use crate::quota::control::ControlState;
@@ -36,6 +36,25 @@ pub fn summary(config: &Config) -> Result<String, String> {
         };
         let key = p.api_key_env.as_deref().map(|e| format!(", key from ${e}")).unwrap_or_default();
         let _ = writeln!(out, "  {name:<12} {:<10} {mount:<20} -> {}{key}", p.kind.as_str(), p.upstream);
+        let mut transport = Vec::new();
+        if p.tls_roots != TlsRoots::Webpki || p.tls_ca_file.is_some() {
+            let roots = match p.tls_roots {
+                TlsRoots::Webpki => Some("the built-in roots"),
+                TlsRoots::System => Some("the system store"),
+                TlsRoots::None => None,
+            };
+            let file = p.tls_ca_file.as_ref().map(|f| f.display().to_string());
+            transport.push(format!(
+                "trusts {}",
+                [roots.map(str::to_string), file].into_iter().flatten().collect::<Vec<_>>().join(" and ")
+            ));
+        }
+        if let Some(via) = crate::upstream::egress::describe(&p.proxy, &p.upstream)? {
+            transport.push(via);
+        }
+        if !transport.is_empty() {
+            let _ = writeln!(out, "  {:<12} {}", "", transport.join("; "));
+        }
     }
     let _ = writeln!(out, "\nlimits:");
     let mut any = false;

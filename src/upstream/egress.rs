@@ -90,6 +90,21 @@ impl Egress {
     }
 }
 
+/// How connections to `upstream` leave, for `spendgate check`: `None` when directly, else
+/// the proxy's address (never its credentials) and where it was configured.
+pub fn describe(proxy: &EgressProxy, upstream: &str) -> Result<Option<String>, String> {
+    let uri: Uri = upstream.parse().map_err(|e| format!("upstream `{upstream}`: {e}"))?;
+    let egress = Egress::new(HttpConnector::new(), proxy, uri.scheme_str().unwrap_or("https"))?;
+    Ok(egress.proxy_for(&uri).map(|via| {
+        let from = if matches!(proxy, EgressProxy::Env) {
+            "from the environment"
+        } else {
+            "configured"
+        };
+        format!("through the HTTP proxy {} ({from})", via.uri().authority().map_or("", |a| a.as_str()))
+    }))
+}
+
 /// `localhost`, or an address in 127.0.0.0/8 or `::1`.
 fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');

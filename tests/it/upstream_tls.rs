@@ -276,7 +276,19 @@ fn bad_transport_settings_are_refused_at_start_with_the_key() {
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, yaml).unwrap();
         let mut cmd = std::process::Command::new(bin);
-        cmd.args(["check", "--config"]).arg(&path).env_remove("HTTPS_PROXY").env_remove("https_proxy");
+        cmd.args(["check", "--config"]).arg(&path);
+        for var in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            cmd.env_remove(var);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -307,7 +319,7 @@ fn bad_transport_settings_are_refused_at_start_with_the_key() {
         (
             "providers:\n  openai: {kind: openai, prefix: /openai, upstream: \"https://a.test\"}\n",
             &[("HTTPS_PROXY", "https://p:3128")],
-            &["HTTPS_PROXY", "proxy: none"],
+            &["HTTPS_PROXY", "proxy: none", "only http://"],
         ),
         (
             "providers:\n  openai: {kind: openai, prefix: /openai, upstream: \"https://a.test\", proxy: none}\n",
@@ -315,6 +327,28 @@ fn bad_transport_settings_are_refused_at_start_with_the_key() {
             &[],
         ),
     ];
+    // What `check` prints about the transport: trusted CAs, and the proxy without its
+    // credentials.
+    let ca = TestCa::new("check");
+    let (ok, out) = check(
+        &format!(
+            "providers:\n  openai: {{kind: openai, prefix: /openai, upstream: \"https://a.test\", tls_roots: system, tls_ca_file: \"{}\", proxy: \"http://u:secret@proxy.test:3128\"}}\n",
+            ca.file_str()
+        ),
+        &[("SSL_CERT_FILE", &ca.file_str())],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("trusts the system store and {}", ca.file_str())), "{out}");
+    assert!(out.contains("through the HTTP proxy proxy.test:3128 (configured)"), "{out}");
+    assert!(!out.contains("secret"), "credentials are not printed: {out}");
+    let (ok, out) = check(
+        "providers:\n  openai: {kind: openai, prefix: /openai, upstream: \"https://a.test\"}\n  local: {kind: openai, prefix: /local, upstream: \"http://127.0.0.1:9\"}\n",
+        &[("HTTPS_PROXY", "http://u:secret@proxy.test:3128"), ("HTTP_PROXY", "http://proxy.test:3128")],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("through the HTTP proxy proxy.test:3128 (from the environment)"), "{out}");
+    assert!(!out.contains("secret"), "credentials are not printed: {out}");
+    assert_eq!(out.matches("through the HTTP proxy").count(), 1, "loopback is direct: {out}");
     for (yaml, env, words) in cases {
         let (ok, out) = check(yaml, env);
         if words.is_empty() {
