@@ -165,9 +165,9 @@ impl Alerts {
         for &threshold in limit.thresholds.iter().filter(|t| r >= **t) {
             let key = Fired {
                 scope: check.scope,
-                tenant: check.tenant.clone(),
+                tenant: check.tenant.to_string(),
                 window: limit.window,
-                field: limit.field(),
+                field: limit.field().to_string(),
                 resets_at: check.resets_at.timestamp(),
                 max: limit.max,
                 threshold_bits: threshold.to_bits(),

@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use http::{Response, StatusCode};
@@ -424,7 +425,7 @@ pub async fn grant(app: &App, who: &Principal, scope: Scope, id: &str, body: &[u
     let g = Grant {
         metric: body.metric,
         window: body.window,
-        bucket: bucket.id,
+        bucket: bucket.id.to_string(),
         amount,
         reason: reason.clone(),
         token: who.name.clone(),
@@ -460,7 +461,7 @@ pub async fn reset(app: &App, who: &Principal, scope: Scope, id: &str, body: &[u
     }
     let now = app.clock.now();
     let bucket = app.runtime().calendar.bucket(body.window, now);
-    let mut fields: Vec<String> = limits.iter().map(Limit::field).collect();
+    let mut fields: Vec<String> = limits.iter().map(|l| l.field().to_string()).collect();
     fields.push(body.metric.field().to_string());
     fields.sort();
     fields.dedup();
@@ -468,10 +469,10 @@ pub async fn reset(app: &App, who: &Principal, scope: Scope, id: &str, body: &[u
         .iter()
         .map(|f| CounterKey {
             scope,
-            tenant: id.to_string(),
+            tenant: Arc::from(id),
             window: body.window,
             bucket: bucket.id.clone(),
-            field: f.clone(),
+            field: Arc::from(f.as_str()),
         })
         .collect();
     let values = match app.store.read(&keys).await {
@@ -482,7 +483,7 @@ pub async fn reset(app: &App, who: &Principal, scope: Scope, id: &str, body: &[u
     let r = Reset {
         metric: body.metric,
         window: body.window,
-        bucket: bucket.id,
+        bucket: bucket.id.to_string(),
         offsets,
         reason: reason.clone(),
         token: who.name.clone(),

@@ -27,6 +27,12 @@ impl Metric {
         }
     }
 
+    /// The short store field name, shared (counter keys hold it without allocating).
+    pub fn counter_field(self) -> std::sync::Arc<str> {
+        static FIELDS: std::sync::LazyLock<[std::sync::Arc<str>; 4]> = std::sync::LazyLock::new(|| Metric::ALL.map(|m| std::sync::Arc::from(m.field())));
+        FIELDS[self as usize].clone()
+    }
+
     /// The short store field name.
     pub fn field(self) -> &'static str {
         match self {

@@ -63,7 +63,7 @@ pub struct Bucket {
     /// `2026-11-22` for a day, `2026-11` for a month; for a minute or an hour its local start
     /// with the zone's offset then (`2026-11-22T10:05+01:00`, `2026-11-22T10+01:00`), so the
     /// hour repeated when clocks go back is a bucket of its own.
-    pub id: String,
+    pub id: std::sync::Arc<str>,
     /// The instant the window ends (and the next one starts).
     pub resets_at: DateTime<Utc>,
 }
@@ -166,14 +166,14 @@ impl Calendar {
             Window::Minute | Window::Hour => unreachable!("rate windows are handled above"),
             Window::Daily => Bucket {
                 window,
-                id: date.format("%Y-%m-%d").to_string(),
+                id: date.format("%Y-%m-%d").to_string().into(),
                 resets_at: self.start_of(date + Duration::days(1)),
             },
             Window::Monthly => {
                 let next = first_of_next_month(date);
                 Bucket {
                     window,
-                    id: date.format("%Y-%m").to_string(),
+                    id: date.format("%Y-%m").to_string().into(),
                     resets_at: self.start_of(next),
                 }
             }
@@ -198,7 +198,7 @@ impl Calendar {
         let starts = start.with_timezone(&Utc);
         let bucket = Bucket {
             window,
-            id: start.format(format).to_string(),
+            id: start.format(format).to_string().into(),
             resets_at: starts + len,
         };
         (starts, bucket)
@@ -249,10 +249,10 @@ mod tests {
     fn utc_day_and_month() {
         let cal = Calendar::new(chrono_tz::UTC);
         let b = cal.bucket(Window::Daily, utc("2026-11-22T23:59:59Z"));
-        assert_eq!(b.id, "2026-11-22");
+        assert_eq!(&*b.id, "2026-11-22");
         assert_eq!(b.resets_at, utc("2026-11-23T00:00:00Z"));
         let m = cal.bucket(Window::Monthly, utc("2026-12-31T10:00:00Z"));
-        assert_eq!(m.id, "2026-12");
+        assert_eq!(&*m.id, "2026-12");
         assert_eq!(m.resets_at, utc("2027-01-01T00:00:00Z"));
     }
 
@@ -261,10 +261,10 @@ mod tests {
         let cal = Calendar::new(chrono_tz::America::New_York);
         // 03:00 UTC on the 1st is still the 30th in New York (UTC-5).
         let d = cal.bucket(Window::Daily, utc("2026-12-01T03:00:00Z"));
-        assert_eq!(d.id, "2026-11-30");
+        assert_eq!(&*d.id, "2026-11-30");
         assert_eq!(d.resets_at, utc("2026-12-01T05:00:00Z"));
         let m = cal.bucket(Window::Monthly, utc("2026-12-01T03:00:00Z"));
-        assert_eq!(m.id, "2026-11");
+        assert_eq!(&*m.id, "2026-11");
         assert_eq!(m.resets_at, utc("2026-12-01T05:00:00Z"));
     }
 
@@ -273,7 +273,7 @@ mod tests {
         let cal = Calendar::new(chrono_tz::Europe::Berlin);
         // 2026-03-29: clocks go forward at 02:00, so the day is 23 hours long.
         let d = cal.bucket(Window::Daily, utc("2026-03-28T23:30:00Z"));
-        assert_eq!(d.id, "2026-03-29");
+        assert_eq!(&*d.id, "2026-03-29");
         assert_eq!(d.resets_at, utc("2026-03-29T22:00:00Z"));
     }
 
@@ -289,15 +289,15 @@ mod tests {
     fn minutes_and_hours_in_zone_time() {
         let cal = Calendar::new(chrono_tz::Europe::Berlin);
         let m = cal.bucket(Window::Minute, utc("2026-11-22T10:05:42.5Z"));
-        assert_eq!(m.id, "2026-11-22T11:05+01:00");
+        assert_eq!(&*m.id, "2026-11-22T11:05+01:00");
         assert_eq!(m.resets_at, utc("2026-11-22T10:06:00Z"));
         let h = cal.bucket(Window::Hour, utc("2026-11-22T10:05:42Z"));
-        assert_eq!(h.id, "2026-11-22T11+01:00");
+        assert_eq!(&*h.id, "2026-11-22T11+01:00");
         assert_eq!(h.resets_at, utc("2026-11-22T11:00:00Z"));
         // Half-hour zones start their hours at :30 UTC.
         let india = Calendar::new(chrono_tz::Asia::Kolkata);
         let h = india.bucket(Window::Hour, utc("2026-11-22T10:05:00Z"));
-        assert_eq!(h.id, "2026-11-22T15+05:30");
+        assert_eq!(&*h.id, "2026-11-22T15+05:30");
         assert_eq!(h.resets_at, utc("2026-11-22T10:30:00Z"));
     }
 
@@ -307,8 +307,8 @@ mod tests {
         // 2026-10-25: 03:00 CEST becomes 02:00 CET; 02:xx local happens twice.
         let first = cal.bucket(Window::Hour, utc("2026-10-25T00:30:00Z"));
         let second = cal.bucket(Window::Hour, utc("2026-10-25T01:30:00Z"));
-        assert_eq!(first.id, "2026-10-25T02+02:00");
-        assert_eq!(second.id, "2026-10-25T02+01:00");
+        assert_eq!(&*first.id, "2026-10-25T02+02:00");
+        assert_eq!(&*second.id, "2026-10-25T02+01:00");
         assert_eq!(first.resets_at, utc("2026-10-25T01:00:00Z"));
         assert_eq!(second.resets_at, utc("2026-10-25T02:00:00Z"));
     }

@@ -259,7 +259,7 @@ pub async fn admit(
         id: id.clone(),
         record: UsageRecord {
             at: now,
-            day: runtime.calendar.bucket(crate::domain::window::Window::Daily, now).id,
+            day: runtime.calendar.bucket(crate::domain::window::Window::Daily, now).id.to_string(),
             profile: tenant.profile.clone(),
             org: tenant.org.clone(),
             provider: route.name.clone(),

@@ -185,7 +185,7 @@ impl Settler {
             // The history gets the difference; the call itself was recorded when it settled.
             record: UsageRecord {
                 at: now,
-                day: self.runtime.calendar.bucket(Window::Daily, now).id,
+                day: self.runtime.calendar.bucket(Window::Daily, now).id.to_string(),
                 profile: d.tenant.profile.clone(),
                 org: d.tenant.org.clone(),
                 provider: self.route.name.clone(),
@@ -294,7 +294,7 @@ impl Settler {
             deltas: plan.deltas(&actual),
             record: UsageRecord {
                 at: now,
-                day: self.runtime.calendar.bucket(Window::Daily, now).id,
+                day: self.runtime.calendar.bucket(Window::Daily, now).id.to_string(),
                 profile: self.tenant.profile.clone(),
                 org: self.tenant.org.clone(),
                 provider: provider.to_string(),

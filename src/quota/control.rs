@@ -411,7 +411,7 @@ pub fn adjustment_of(record: &TenantControl, limit: &Limit, bucket: &str) -> Adj
         .iter()
         .rev()
         .find(|r| same(r.metric, r.window, &r.bucket))
-        .and_then(|r| r.offsets.get(&limit.field()).copied())
+        .and_then(|r| r.offsets.get(&*limit.field()).copied())
         .unwrap_or(0);
     Adjustment { granted, offset }
 }

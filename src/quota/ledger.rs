@@ -4,6 +4,7 @@
 //! atomically.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,12 +17,12 @@ use crate::domain::Scope;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CounterKey {
     pub scope: Scope,
-    pub tenant: String,
+    pub tenant: Arc<str>,
     pub window: Window,
     /// `2026-11-22` or `2026-11`.
-    pub bucket: String,
+    pub bucket: Arc<str>,
     /// `cost`, `tokens`, `requests`, `chars`, or one of those with `#<match id>`.
-    pub field: String,
+    pub field: Arc<str>,
 }
 
 /// One counter a request touches.

@@ -119,6 +119,8 @@ pub struct Limit {
     pub enabled: bool,
     pub mode: Mode,
     pub matcher: Option<Matcher>,
+    /// The store field that counts this limit (see [`Limit::field`]), made once.
+    field: Arc<str>,
 }
 
 impl Limit {
@@ -127,6 +129,7 @@ impl Limit {
             Metric::CostUsd => usd_to_nanos(spec.max.0),
             _ => spec.max.0.ceil() as i64,
         };
+        let matcher = spec.matcher.as_ref().and_then(Matcher::new);
         Self {
             metric: spec.metric,
             window: spec.window,
@@ -135,7 +138,15 @@ impl Limit {
             thresholds: spec.alert_at.0.iter().copied().collect(),
             enabled: spec.enabled,
             mode: spec.mode,
-            matcher: spec.matcher.as_ref().and_then(Matcher::new),
+            field: Self::field_of(spec.metric, matcher.as_ref()),
+            matcher,
+        }
+    }
+
+    fn field_of(metric: Metric, matcher: Option<&Matcher>) -> Arc<str> {
+        match matcher {
+            Some(m) => Arc::from(format!("{}#{}", metric.field(), m.id)),
+            None => metric.counter_field(),
         }
     }
 
@@ -149,11 +160,8 @@ impl Limit {
     }
 
     /// The store field that counts this limit: the metric, plus the match id if any.
-    pub fn field(&self) -> String {
-        match &self.matcher {
-            Some(m) => format!("{}#{}", self.metric.field(), m.id),
-            None => self.metric.field().to_string(),
-        }
+    pub fn field(&self) -> Arc<str> {
+        self.field.clone()
     }
 
     /// Message when this limit refuses: "Monthly cost limit reached for profile p-123: used $10.02 of $10.00".
@@ -229,6 +237,7 @@ mod tests {
             enabled: true,
             mode: Mode::Enforce,
             matcher: None,
+            field: Metric::CostUsd.counter_field(),
         };
         assert_eq!(
             l.refusal_message(Scope::Profile, "p-123", 10_020_000_000),

@@ -14,6 +14,8 @@ pub mod ledger;
 pub mod limit;
 pub mod refusal;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, Utc};
 
 use crate::domain::window::{Bucket, Calendar, Window};
@@ -59,7 +61,7 @@ impl Amounts {
 pub struct Check {
     pub op: usize,
     pub scope: Scope,
-    pub tenant: String,
+    pub tenant: Arc<str>,
     /// The limit, its max raised by the window's grants.
     pub limit: Limit,
     pub resets_at: DateTime<Utc>,
@@ -121,6 +123,7 @@ impl Plan {
         let mut rate: [Option<Bucket>; 2] = [None, None];
         let scopes = std::iter::once((Scope::Profile, tenant.profile.as_str())).chain(tenant.org.as_deref().map(|o| (Scope::Org, o)));
         for (scope, id) in scopes {
+            let name: Arc<str> = Arc::from(id);
             // The tenant's run-time control data, looked up once (none for most tenants).
             let run_time = overlay.tenant(scope, id);
             let list = run_time.and_then(|t| t.limits.as_ref()).unwrap_or_else(|| limits.for_tenant(scope, id));
@@ -139,7 +142,7 @@ impl Plan {
                 let base = plan.ops.len();
                 if !window.is_rate() {
                     for metric in Metric::ALL {
-                        plan.push_op(scope, id, bucket, metric.field().to_string(), metric, amounts.get(metric));
+                        plan.push_op(scope, &name, bucket, metric.counter_field(), metric, amounts.get(metric));
                     }
                 }
                 for limit in list.iter().filter(|l| l.window == window && l.applies_to(call)) {
@@ -150,7 +153,7 @@ impl Plan {
                         let field = limit.field();
                         match plan.ops[base..].iter().position(|o| o.key.field == field) {
                             Some(i) => base + i,
-                            None => plan.push_op(scope, id, bucket, field, limit.metric, amounts.get(limit.metric)),
+                            None => plan.push_op(scope, &name, bucket, field, limit.metric, amounts.get(limit.metric)),
                         }
                     };
                     let mut limit = limit.clone();
@@ -163,7 +166,7 @@ impl Plan {
                     plan.checks.push(Check {
                         op,
                         scope,
-                        tenant: id.to_string(),
+                        tenant: name.clone(),
                         limit,
                         resets_at: bucket.resets_at,
                         offset: adj.offset,
@@ -174,11 +177,11 @@ impl Plan {
         plan
     }
 
-    fn push_op(&mut self, scope: Scope, id: &str, bucket: &Bucket, field: String, metric: Metric, amount: i64) -> usize {
+    fn push_op(&mut self, scope: Scope, id: &Arc<str>, bucket: &Bucket, field: Arc<str>, metric: Metric, amount: i64) -> usize {
         self.ops.push(CounterOp {
             key: CounterKey {
                 scope,
-                tenant: id.to_string(),
+                tenant: id.clone(),
                 window: bucket.window,
                 bucket: bucket.id.clone(),
                 field,
@@ -209,7 +212,7 @@ impl Plan {
             .expect("only ops with a max refuse, and only checks set a max");
         Refusal {
             scope: check.scope,
-            tenant: check.tenant.clone(),
+            tenant: check.tenant.to_string(),
             limit: check.limit.clone(),
             current: current - check.offset,
             resets_at: check.resets_at,
@@ -310,8 +313,8 @@ mod tests {
         assert_eq!(plan.ops.len(), 17);
         assert_eq!(plan.checks.len(), 2);
         let monthly_cost = &plan.ops[plan.checks[0].op];
-        assert_eq!(monthly_cost.key.field, "cost");
-        assert_eq!(monthly_cost.key.bucket, "2026-11");
+        assert_eq!(&*monthly_cost.key.field, "cost");
+        assert_eq!(&*monthly_cost.key.bucket, "2026-11");
         assert_eq!(monthly_cost.max, Some(10_000_000_000));
         let filtered = &plan.ops[plan.checks[1].op];
         assert!(filtered.key.field.starts_with("requests#"));
@@ -411,16 +414,13 @@ mod tests {
         assert_eq!(plan.checks.len(), 3);
         let minute = &plan.ops[plan.checks[0].op];
         assert_eq!(
-            (minute.key.window, minute.key.bucket.as_str(), minute.key.field.as_str()),
+            (minute.key.window, &*minute.key.bucket, &*minute.key.field),
             (Window::Minute, "2026-11-22T10:05+00:00", "requests")
         );
         assert_eq!(minute.max, Some(10));
         assert_eq!(plan.checks[0].resets_at, now + Duration::seconds(30));
         let hour = &plan.ops[plan.checks[2].op];
-        assert_eq!(
-            (hour.key.window, hour.key.bucket.as_str(), hour.amount),
-            (Window::Hour, "2026-11-22T10+00:00", 7)
-        );
+        assert_eq!((hour.key.window, &*hour.key.bucket, hour.amount), (Window::Hour, "2026-11-22T10+00:00", 7));
         assert!(plan.expires.minute > plan.checks[0].resets_at);
         let r = plan.refusal(plan.checks[0].op, 10);
         assert_eq!((r.status(), r.kind()), (429, "rate_limited"));
@@ -468,6 +468,6 @@ mod tests {
             characters: 0,
         });
         assert_eq!(d.len(), 2, "daily and monthly cost");
-        assert!(d.iter().all(|(k, v)| k.field == "cost" && *v == -30));
+        assert!(d.iter().all(|(k, v)| &*k.field == "cost" && *v == -30));
     }
 }

@@ -8,6 +8,7 @@ pub mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -377,7 +378,7 @@ pub async fn limit_statuses_many(app: &App, runtime: &Runtime, tenants: &[(Scope
         for limit in overlay.limits(&runtime.limits, *scope, id).0.iter() {
             keys.push(CounterKey {
                 scope: *scope,
-                tenant: id.clone(),
+                tenant: Arc::from(id.as_str()),
                 window: limit.window,
                 bucket: bucket(limit.window).id.clone(),
                 field: limit.field(),
@@ -409,7 +410,7 @@ pub async fn limit_statuses_many(app: &App, runtime: &Runtime, tenants: &[(Scope
                         source: source.as_str(*scope),
                         adjustment,
                         current: (counter - adjustment.offset).max(0),
-                        window_id: b.id.clone(),
+                        window_id: b.id.to_string(),
                         resets_at: b.resets_at,
                     }
                 })
@@ -537,8 +538,8 @@ pub async fn search(app: &App, scope: Scope, q: &ListQuery, only: Option<&(dyn F
     }
     let total = ids.len();
     let ids: Vec<String> = ids.into_iter().collect();
-    let month_id = runtime.calendar.bucket(Window::Monthly, now).id;
-    let today_id = runtime.calendar.bucket(Window::Daily, now).id;
+    let month_id = runtime.calendar.bucket(Window::Monthly, now).id.to_string();
+    let today_id = runtime.calendar.bucket(Window::Daily, now).id.to_string();
     // The page, with what was read to order it.
     let (page_ids, mut statuses): (Vec<String>, Option<Vec<Vec<LimitStatus>>>) = match q.sort {
         SortKey::Name => {

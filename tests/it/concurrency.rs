@@ -24,10 +24,10 @@ async fn reserved_cost(p: &Proxy, profile: &str) -> i64 {
     let bucket = rt.calendar.bucket(Window::Monthly, p.handle.app.clock.now());
     let key = CounterKey {
         scope: Scope::Profile,
-        tenant: profile.to_string(),
+        tenant: profile.into(),
         window: Window::Monthly,
         bucket: bucket.id,
-        field: "cost".to_string(),
+        field: "cost".into(),
     };
     p.handle.app.store.read(&[key]).await.unwrap()[0]
 }

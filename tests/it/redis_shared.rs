@@ -77,7 +77,7 @@ fn count(statuses: &[u16], s: u16) -> usize {
 /// so the totals hold across midnight.
 fn buckets(window: Window, from: DateTime<Utc>) -> Vec<String> {
     let cal = Calendar::new(chrono_tz::UTC);
-    let mut ids = vec![cal.bucket(window, from).id, cal.bucket(window, Utc::now()).id];
+    let mut ids = vec![cal.bucket(window, from).id.to_string(), cal.bucket(window, Utc::now()).id.to_string()];
     ids.dedup();
     ids
 }

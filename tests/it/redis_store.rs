@@ -371,7 +371,7 @@ async fn start_fixed(yaml: &str, upstream: &str) -> Proxy {
 
 /// The month bucket the proxy counts in, from its own calendar and clock.
 fn this_month(p: &Proxy) -> String {
-    p.handle.app.runtime().calendar.bucket(Window::Monthly, p.handle.app.clock.now()).id
+    p.handle.app.runtime().calendar.bucket(Window::Monthly, p.handle.app.clock.now()).id.to_string()
 }
 
 /// A journal file for the store: it is truncated whenever nothing is left to apply to

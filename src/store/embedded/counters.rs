@@ -86,8 +86,8 @@ impl Counters {
         let Some(field) = self.number(&key.field) else { return 0 };
         self.windows
             .get(&key.window)
-            .and_then(|w| w.get(key.bucket.as_str()))
-            .and_then(|b| b.tenants[scope_index(key.scope)].get(key.tenant.as_str()))
+            .and_then(|w| w.get(&*key.bucket))
+            .and_then(|b| b.tenants[scope_index(key.scope)].get(&*key.tenant))
             .and_then(|f| f.iter().find(|(n, _)| *n == field))
             .map_or(0, |(_, v)| *v)
     }
@@ -100,7 +100,7 @@ impl Counters {
         let field = self.number_or_add(&key.field);
         let kind = key.window;
         let window = self.windows.entry(kind).or_default();
-        if !window.contains_key(key.bucket.as_str()) {
+        if !window.contains_key(&*key.bucket) {
             // A new bucket supersedes the older ones of its window.
             let newest = window.keys().all(|other| starts(kind, other) < starts(kind, &key.bucket));
             if newest {
@@ -109,19 +109,19 @@ impl Counters {
                 }
             }
             window.insert(
-                key.bucket.clone(),
+                key.bucket.to_string(),
                 Bucket {
                     superseded_at: (!newest).then_some(now),
                     ..Bucket::default()
                 },
             );
         }
-        let bucket = window.get_mut(key.bucket.as_str()).expect("inserted above");
+        let bucket = window.get_mut(&*key.bucket).expect("inserted above");
         let tenants = &mut bucket.tenants[scope_index(key.scope)];
-        let fields = match tenants.get_mut(key.tenant.as_str()) {
+        let fields = match tenants.get_mut(&*key.tenant) {
             Some(f) => f,
             // Room for the four metrics of a tenant without `match` limits.
-            None => tenants.entry(key.tenant.as_str().into()).or_insert_with(|| Vec::with_capacity(4)),
+            None => tenants.entry(Box::from(&*key.tenant)).or_insert_with(|| Vec::with_capacity(4)),
         };
         match fields.iter_mut().find(|(n, _)| *n == field) {
             Some((_, v)) => *v += amount,

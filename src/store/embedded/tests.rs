@@ -166,6 +166,26 @@ async fn recent_requests_are_bounded_per_tenant() {
 }
 
 #[tokio::test]
+async fn recent_requests_written_together_keep_each_profiles_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
+    // Interleaved, and written in one go: only the rows the trim would keep are written.
+    for i in 0..6 {
+        s.settle(&settlement(&format!("x{i}"), "p", Some("o"), 0, i)).await.unwrap();
+        s.settle(&settlement(&format!("y{i}"), "q", Some("o"), 0, 10 + i)).await.unwrap();
+    }
+    s.flush().await.unwrap();
+    let h = s.history(Scope::Profile, "p", &days(), 100).await.unwrap();
+    assert_eq!(h.recent.iter().map(|r| r.totals.cost_nanos).collect::<Vec<_>>(), [5, 4, 3]);
+    let h = s.history(Scope::Profile, "q", &days(), 100).await.unwrap();
+    assert_eq!(h.recent.iter().map(|r| r.totals.cost_nanos).collect::<Vec<_>>(), [15, 14, 13]);
+    let o = s.history(Scope::Org, "o", &days(), 100).await.unwrap();
+    // An org lists the kept rows of its profiles.
+    assert_eq!(o.recent.iter().map(|r| r.totals.cost_nanos).collect::<Vec<_>>(), [15, 5, 14, 4, 13, 3]);
+    assert_eq!(o.days["2026-11-29"].cost_nanos, 15 + 75, "the totals keep everything");
+}
+
+#[tokio::test]
 async fn a_restart_keeps_counters_and_charges_calls_left_open() {
     let dir = tempfile::tempdir().unwrap();
     {

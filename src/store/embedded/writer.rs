@@ -7,6 +7,9 @@
 //! does meanwhile (`on_error`).
 
 use std::collections::{HashMap, HashSet};
+
+/// The writer's per-batch maps (keys are tenant ids and counter keys).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -237,9 +240,21 @@ impl Recent {
     /// calls' charges are not among them: those are committed already).
     fn write(&mut self, conn: &mut Connection, keep: Keep) {
         self.written = Instant::now();
+        // Only a profile's newest `recent_max` rows can survive the trim: older ones in
+        // this batch are not written at all (a busy profile's rows were mostly written only to
+        // be deleted).
+        let mut kept: Map<&str, usize> = Map::default();
+        let mut write: Vec<bool> = vec![false; self.records.len()];
+        for (i, r) in self.records.iter().enumerate().rev() {
+            let n = kept.entry(r.profile.as_str()).or_insert(0);
+            if *n < keep.recent_max {
+                *n += 1;
+                write[i] = true;
+            }
+        }
         let result = (|| {
             let tx = conn.transaction()?;
-            for r in &self.records {
+            for (r, _) in self.records.iter().zip(&write).filter(|(_, w)| **w) {
                 insert_recent(&tx, r)?;
             }
             prune_recent_in(&tx, self.grown.iter().map(String::as_str), keep)?;
@@ -280,10 +295,10 @@ pub fn scope_name(s: Scope) -> &'static str {
 /// History totals of one batch, summed per row.
 #[derive(Default)]
 pub struct HistoryBatch<'a> {
-    daily_provider: HashMap<(Scope, &'a str, &'a str, &'a str), Totals>,
-    daily_model: HashMap<(Scope, &'a str, &'a str, &'a str), Totals>,
-    monthly: HashMap<(Scope, &'a str, &'a str), Totals>,
-    tenants: HashMap<(Scope, &'a str), &'a str>,
+    daily_provider: Map<(Scope, &'a str, &'a str, &'a str), Totals>,
+    daily_model: Map<(Scope, &'a str, &'a str, &'a str), Totals>,
+    monthly: Map<(Scope, &'a str, &'a str), Totals>,
+    tenants: Map<(Scope, &'a str), &'a str>,
     /// Every record of the batch, in order (the recent requests, and the tags).
     recent: Vec<&'a UsageRecord>,
 }
@@ -344,9 +359,9 @@ impl<'a> HistoryBatch<'a> {
     /// tag's name while the tenant's set of tags holds it or has room (`keep.max_tags`), else
     /// under `other`. Decided in the records' order, as they were settled.
     fn write_tags(&self, tx: &Transaction<'_>, keep: Keep) -> rusqlite::Result<()> {
-        let mut sums: HashMap<(Scope, &str, &str, &str), Totals> = HashMap::new();
-        let mut known: HashMap<(Scope, &str, &str), bool> = HashMap::new();
-        let mut sizes: HashMap<(Scope, &str), usize> = HashMap::new();
+        let mut sums: Map<(Scope, &str, &str, &str), Totals> = Map::default();
+        let mut known: Map<(Scope, &str, &str), bool> = Map::default();
+        let mut sizes: Map<(Scope, &str), usize> = Map::default();
         let max = i64::try_from(keep.max_tags.max(1)).unwrap_or(i64::MAX);
         for rec in self.recent.iter().filter(|r| !r.tags.is_empty()) {
             let scopes = std::iter::once((Scope::Profile, rec.profile.as_str())).chain(rec.org.as_deref().map(|o| (Scope::Org, o)));
@@ -389,7 +404,7 @@ fn claim_tag<'a>(
     tag: &str,
     day: &str,
     max: i64,
-    sizes: &mut HashMap<(Scope, &'a str), usize>,
+    sizes: &mut Map<(Scope, &'a str), usize>,
 ) -> rusqlite::Result<bool> {
     let s = scope_name(scope);
     let present = tx
@@ -532,8 +547,8 @@ fn commit(conn: &mut Connection, batch: &[Rec], keep: Keep) -> rusqlite::Result<
     if batch.is_empty() {
         return Ok(());
     }
-    let mut counters: HashMap<&CounterKey, i64> = HashMap::new();
-    let mut opened: HashMap<&str, &UsageRecord> = HashMap::new();
+    let mut counters: Map<&CounterKey, i64> = Map::default();
+    let mut opened: Map<&str, &UsageRecord> = Map::default();
     let mut closed: Vec<&str> = Vec::new();
     let mut history = HistoryBatch::default();
     let mut binds: Vec<(&str, Option<&str>)> = Vec::new();

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use crate::quota::ledger::ReserveOutcome;
 
 /// A counter: its Redis key and field.
-pub type Cell = (String, String);
+pub type Cell = (String, std::sync::Arc<str>);
 
 #[derive(Debug, Clone, Copy)]
 struct Read {

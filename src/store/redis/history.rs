@@ -203,7 +203,7 @@ impl Inner {
     pub(super) async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
         let mut tenants: BTreeMap<(Scope, &str), Vec<usize>> = BTreeMap::new();
         for (i, k) in keys.iter().enumerate() {
-            tenants.entry((k.scope, k.tenant.as_str())).or_default().push(i);
+            tenants.entry((k.scope, &*k.tenant)).or_default().push(i);
         }
         let tenants: Vec<((Scope, &str), Vec<usize>)> = tenants.into_iter().collect();
         let names: Vec<(Scope, &str)> = tenants.iter().map(|(t, _)| *t).collect();
@@ -211,7 +211,7 @@ impl Inner {
         let mut by_tag: BTreeMap<Tag, Vec<(usize, String, String)>> = BTreeMap::new();
         for ((_, idx), tenant_tags) in tenants.iter().zip(tags) {
             for tag in tenant_tags {
-                let cells: Vec<_> = idx.iter().map(|&i| (i, self.keys.counter(&tag, &keys[i]), keys[i].field.clone())).collect();
+                let cells: Vec<_> = idx.iter().map(|&i| (i, self.keys.counter(&tag, &keys[i]), keys[i].field.to_string())).collect();
                 by_tag.entry(tag).or_default().extend(cells);
             }
         }
@@ -236,7 +236,7 @@ impl Inner {
         let fence = self.fence.lock();
         for (cells, values) in batches.iter().zip(results) {
             for ((i, key, field), v) in cells.iter().zip(values?) {
-                let pending = fence.pending(&(key.clone(), field.clone()));
+                let pending = fence.pending(&(key.clone(), std::sync::Arc::from(field.as_str())));
                 out[*i] = out[*i].saturating_add(v.unwrap_or(0)).saturating_add(pending);
             }
         }

@@ -266,8 +266,8 @@ fn tenants_of<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> Option<(String,
     let mut org = None;
     for k in keys {
         match k.scope {
-            Scope::Profile if profile.is_none() => profile = Some(k.tenant.clone()),
-            Scope::Org if org.is_none() => org = Some(k.tenant.clone()),
+            Scope::Profile if profile.is_none() => profile = Some(k.tenant.to_string()),
+            Scope::Org if org.is_none() => org = Some(k.tenant.to_string()),
             _ => {}
         }
     }

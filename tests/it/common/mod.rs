@@ -455,10 +455,10 @@ pub async fn counter(p: &Proxy, scope: spendgate::domain::Scope, tenant: &str, w
     let bucket = rt.calendar.bucket(window, p.handle.app.clock.now());
     let key = spendgate::quota::ledger::CounterKey {
         scope,
-        tenant: tenant.to_string(),
+        tenant: tenant.into(),
         window,
         bucket: bucket.id,
-        field: field.to_string(),
+        field: field.into(),
     };
     p.handle.app.store.read(&[key]).await.unwrap()[0]
 }
