@@ -42,6 +42,7 @@ use super::{
 };
 use crate::config::{ProviderKind, ReserveConfig};
 use crate::wire::json_scan::{JsonScanner, Record};
+use crate::wire::json_text::{Name, TextLen};
 use crate::wire::strict_json::{opt_bool, opt_str, opt_u64};
 
 use fees::Extras;
@@ -432,12 +433,14 @@ enum StreamKind {
     Transcript,
 }
 
+/// One chunk of a chat completions stream: its strings are measured or borrowed, never
+/// kept (see `wire::json_text`).
 #[derive(Deserialize)]
-struct ChatChunk {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    service_tier: Option<String>,
+struct ChatChunk<'a> {
+    #[serde(default, borrow)]
+    model: Option<Name<'a>>,
+    #[serde(default, borrow)]
+    service_tier: Option<Name<'a>>,
     #[serde(default)]
     usage: Option<WireUsage>,
     #[serde(default)]
@@ -452,17 +455,17 @@ struct ChunkChoice {
     delta: Option<Delta>,
     /// Legacy completions stream text here.
     #[serde(default)]
-    text: Option<String>,
+    text: Option<TextLen>,
 }
 
 #[derive(Deserialize)]
 struct Delta {
     #[serde(default)]
-    content: Option<String>,
+    content: Option<TextLen>,
     #[serde(default)]
-    refusal: Option<String>,
+    refusal: Option<TextLen>,
     #[serde(default)]
-    reasoning_content: Option<String>,
+    reasoning_content: Option<TextLen>,
     #[serde(default)]
     tool_calls: Option<Vec<ToolCallDelta>>,
 }
@@ -476,14 +479,14 @@ struct ToolCallDelta {
 #[derive(Deserialize)]
 struct FunctionDelta {
     #[serde(default)]
-    name: Option<String>,
+    name: Option<TextLen>,
     #[serde(default)]
-    arguments: Option<String>,
+    arguments: Option<TextLen>,
 }
 
-impl ChatChunk {
+impl ChatChunk<'_> {
     fn text_bytes(&self) -> usize {
-        let s = |o: &Option<String>| o.as_deref().map_or(0, str::len);
+        let s = |o: &Option<TextLen>| o.map_or(0, |l| l.0);
         self.choices
             .iter()
             .map(|c| {
@@ -633,11 +636,16 @@ impl Reader for Stream {
         if let Some(u) = &c.usage {
             self.usage = Some(u.to_usage());
         }
-        if c.model.is_some() {
-            self.noted.model = c.model;
+        // Every chunk repeats them: kept once, not once per chunk.
+        if let Some(Name(m)) = c.model {
+            if self.noted.model.as_deref() != Some(&*m) {
+                self.noted.model = Some(m.into_owned());
+            }
         }
-        if c.service_tier.is_some() {
-            self.extras.tier = c.service_tier;
+        if let Some(Name(t)) = c.service_tier {
+            if self.extras.tier.as_deref() != Some(&*t) {
+                self.extras.tier = Some(t.into_owned());
+            }
         }
         self.noted.error |= c.error.is_some();
         true

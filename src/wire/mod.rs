@@ -1,12 +1,14 @@
 //! Byte-level readers: what the proxy reads on the wire, independent of any provider.
 //!
 //! Request bodies are read strictly ([`strict_json`], [`multipart`]); response bodies are
-//! decoded ([`decode`]) and read incrementally ([`sse`] events, [`json_scan`] records). This
+//! decoded ([`decode`]) and read incrementally ([`sse`] events, [`json_scan`] records, the
+//! strings of an event without keeping them: [`json_text`]). This
 //! module depends on nothing above it: the providers build on it and turn its [`BodyError`]
 //! into their own refusals.
 
 pub mod decode;
 pub mod json_scan;
+pub mod json_text;
 pub mod multipart;
 pub mod sse;
 pub mod strict_json;
