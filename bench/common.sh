@@ -1,7 +1,7 @@
 # Shared by the bench scripts (sourced, not run): builds the release binaries, makes a work
 # directory cleaned up on exit with every started process, and starts the mock upstream.
 # Sets WORK, PIDS, MOCK (the mock's port) and TICKS; defines cpu_ticks, wait_ready,
-# start_nginx, load, single and us.
+# start_nginx, start_spendgate, stop_spendgate, load, single and us.
 # Needs TARGET.
 
 cargo build --release --bin spendgate --example mock_upstream >&2
@@ -133,4 +133,35 @@ us() {
     n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
     if (u == "us") print n; else if (u == "ms") print n * 1000; else if (u == "s") print n * 1e6; else print n
   }'
+}
+
+# Starts the spendgate binary $1 in a fresh $WORK/run (its database lands there) with the
+# provider lines $2 (YAML under `providers:`), limits no load reaches, and the extra top-level
+# YAML $3; sets PROXY, ADMIN and PROXY_PID.
+start_spendgate() {
+  local bin=$1 providers=$2 extra=${3:-}
+  PROXY=$(free_port)
+  ADMIN=$(free_port)
+  rm -rf "$WORK/run" && mkdir -p "$WORK/run"
+  cat >"$WORK/run/spendgate.yaml" <<YAML
+listen: "127.0.0.1:$PROXY"
+admin:
+  listen: "127.0.0.1:$ADMIN"
+providers:
+$providers
+limits:
+  default_profile:
+    - {metric: cost_usd, window: monthly, max: 1000000000}
+    - {metric: requests, window: daily, max: 1000000000}
+$extra
+YAML
+  (cd "$WORK/run" && RUST_LOG=warn exec "$bin" --config spendgate.yaml 2>"$WORK/run/spendgate.log") &
+  PROXY_PID=$!
+  PIDS+=("$PROXY_PID")
+  wait_ready "$ADMIN" "$WORK/run/spendgate.log"
+}
+
+stop_spendgate() {
+  kill "$PROXY_PID"
+  wait "$PROXY_PID" 2>/dev/null || true
 }

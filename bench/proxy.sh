@@ -42,33 +42,11 @@ wait_port "$REDIS"
 
 start_nginx /elevenlabs/ /openai/
 
-# Starts spendgate with a store section; sets PROXY, ADMIN and PROXY_PID.
+# Starts spendgate with the extra YAML $1 (a store section); sets PROXY, ADMIN and PROXY_PID.
+PROVIDERS="  elevenlabs: {kind: elevenlabs, prefix: /elevenlabs, upstream: \"http://127.0.0.1:$MOCK\"}
+  openai: {kind: openai, prefix: /openai, upstream: \"http://127.0.0.1:$MOCK\"}"
 start_proxy() {
-  PROXY=$(free_port)
-  ADMIN=$(free_port)
-  cat >"$WORK/spendgate.yaml" <<YAML
-listen: "127.0.0.1:$PROXY"
-admin:
-  listen: "127.0.0.1:$ADMIN"
-providers:
-  elevenlabs: {kind: elevenlabs, prefix: /elevenlabs, upstream: "http://127.0.0.1:$MOCK"}
-  openai: {kind: openai, prefix: /openai, upstream: "http://127.0.0.1:$MOCK"}
-limits:
-  default_profile:
-    - {metric: cost_usd, window: monthly, max: 1000000000}
-    - {metric: requests, window: daily, max: 1000000000}
-$1
-YAML
-  rm -f "$WORK"/spendgate.db*
-  (cd "$WORK" && RUST_LOG=warn exec "$BIN" --config "$WORK/spendgate.yaml" 2>"$WORK/spendgate.log") &
-  PROXY_PID=$!
-  PIDS+=("$PROXY_PID")
-  wait_ready "$ADMIN" "$WORK/spendgate.log"
-}
-
-stop_proxy() {
-  kill "$PROXY_PID"
-  wait "$PROXY_PID" 2>/dev/null || true
+  start_spendgate "$BIN" "$PROVIDERS" "$1"
 }
 
 declare -A RESULT SINGLE
@@ -94,19 +72,19 @@ RESULT[memory_chat]=$(load $CHAT "http://127.0.0.1:$PROXY/openai$chat_path" "$PR
 SINGLE[memory_chat]=$(single $CHAT "http://127.0.0.1:$PROXY/openai$chat_path")
 RESULT[memory_sse]=$(STREAM=1 load $CHAT "http://127.0.0.1:$PROXY/openai$chat_path" "$PROXY_PID")
 SINGLE[memory_sse]=$(STREAM=1 single $CHAT "http://127.0.0.1:$PROXY/openai$chat_path")
-stop_proxy
+stop_spendgate
 
 start_proxy ""
 RESULT[memory_100k]=$(TENANTS=100000 load $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path" "$PROXY_PID")
 SINGLE[memory_100k]=$(TENANTS=100000 single $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path")
-stop_proxy
+stop_spendgate
 
 start_proxy "store:
   backend: redis
   url: \"redis://127.0.0.1:$REDIS/0\""
 RESULT[redis]=$(load $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path" "$PROXY_PID")
 SINGLE[redis]=$(single $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path")
-stop_proxy
+stop_spendgate
 
 echo
 echo "wrk: $THREADS threads, $CONNECTIONS connections, $DURATION after a $WARMUP warm-up; 1-connection p50 over $DURATION."

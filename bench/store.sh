@@ -29,34 +29,9 @@ done
 source bench/common.sh
 start_nginx /elevenlabs/
 
-# Starts a spendgate binary with a store section, in a fresh directory; sets PROXY, ADMIN,
-# PROXY_PID.
+# Starts the spendgate binary $1 with the store section $2; sets PROXY, ADMIN, PROXY_PID.
 start_proxy() {
-  local bin=$1 store=$2
-  PROXY=$(free_port)
-  ADMIN=$(free_port)
-  rm -rf "$WORK/run" && mkdir -p "$WORK/run"
-  cat >"$WORK/run/spendgate.yaml" <<YAML
-listen: "127.0.0.1:$PROXY"
-admin:
-  listen: "127.0.0.1:$ADMIN"
-providers:
-  elevenlabs: {kind: elevenlabs, prefix: /elevenlabs, upstream: "http://127.0.0.1:$MOCK"}
-limits:
-  default_profile:
-    - {metric: cost_usd, window: monthly, max: 1000000000}
-    - {metric: requests, window: daily, max: 1000000000}
-$store
-YAML
-  (cd "$WORK/run" && RUST_LOG=warn exec "$bin" --config spendgate.yaml 2>"$WORK/run/spendgate.log") &
-  PROXY_PID=$!
-  PIDS+=("$PROXY_PID")
-  wait_ready "$ADMIN" "$WORK/run/spendgate.log"
-}
-
-stop_proxy() {
-  kill "$PROXY_PID"
-  wait "$PROXY_PID" 2>/dev/null || true
+  start_spendgate "$1" "  elevenlabs: {kind: elevenlabs, prefix: /elevenlabs, upstream: \"http://127.0.0.1:$MOCK\"}" "$2"
 }
 
 rss_mib() {
@@ -77,13 +52,13 @@ RESULT[nginx]=$(load bench/tts.lua "http://127.0.0.1:$NGINX/elevenlabs$TTS" "${N
 if [ -n "${BASELINE_BIN:-}" ]; then
   start_proxy "$BASELINE_BIN" ""
   RESULT[baseline]=$(load bench/tts.lua "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")
-  stop_proxy
+  stop_spendgate
 fi
 for d in batched strict; do
   start_proxy "$BIN" "store:
   durability: $d"
   RESULT[$d]=$(load bench/tts.lua "http://127.0.0.1:$PROXY/elevenlabs$TTS" "$PROXY_PID")
-  stop_proxy
+  stop_spendgate
 done
 
 echo
@@ -118,4 +93,4 @@ echo "  usage API, one tenant (all), sequential: p50 $u50 ms, p99 $u99 ms"
 read -r u50 u99 <<<"$(usage_latency "http://127.0.0.1:$ADMIN/v1/profiles?limit=50" 50)"
 echo "  listing, first 50 of $stored, sequential: p50 $u50 ms, p99 $u99 ms"
 echo "  RSS after the reads: $(rss_mib "$PROXY_PID" VmRSS) MiB (peak $(rss_mib "$PROXY_PID" VmHWM) MiB)"
-stop_proxy
+stop_spendgate

@@ -54,32 +54,10 @@ wait_port "$MOCK_H1"
 
 NGINX_UPSTREAM_TLS="$MOCK_H1:$PKI/ca.pem" start_nginx /elevenlabs/ /openai/
 
-# Starts spendgate against an HTTPS mock port; sets PROXY, ADMIN and PROXY_PID.
+# Starts spendgate against the HTTPS mock on port $1; sets PROXY, ADMIN and PROXY_PID.
 start_proxy() {
-  PROXY=$(free_port)
-  ADMIN=$(free_port)
-  rm -rf "$WORK/run" && mkdir -p "$WORK/run"
-  cat >"$WORK/run/spendgate.yaml" <<YAML
-listen: "127.0.0.1:$PROXY"
-admin:
-  listen: "127.0.0.1:$ADMIN"
-providers:
-  elevenlabs: {kind: elevenlabs, prefix: /elevenlabs, upstream: "https://localhost:$1", tls_ca_file: "$PKI/ca.pem"}
-  openai: {kind: openai, prefix: /openai, upstream: "https://localhost:$1", tls_ca_file: "$PKI/ca.pem"}
-limits:
-  default_profile:
-    - {metric: cost_usd, window: monthly, max: 1000000000}
-    - {metric: requests, window: daily, max: 1000000000}
-YAML
-  (cd "$WORK/run" && RUST_LOG=warn exec "$BIN" --config "$WORK/run/spendgate.yaml" 2>"$WORK/spendgate.log") &
-  PROXY_PID=$!
-  PIDS+=("$PROXY_PID")
-  wait_ready "$ADMIN" "$WORK/spendgate.log"
-}
-
-stop_proxy() {
-  kill "$PROXY_PID"
-  wait "$PROXY_PID" 2>/dev/null || true
+  start_spendgate "$BIN" "  elevenlabs: {kind: elevenlabs, prefix: /elevenlabs, upstream: \"https://localhost:$1\", tls_ca_file: \"$PKI/ca.pem\"}
+  openai: {kind: openai, prefix: /openai, upstream: \"https://localhost:$1\", tls_ca_file: \"$PKI/ca.pem\"}"
 }
 
 declare -A RESULT SINGLE
@@ -96,7 +74,7 @@ for v in h1 h2; do
   RESULT[$v]=$(load $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path" "$PROXY_PID")
   SINGLE[$v]=$(single $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path")
   RESULT[${v}_sse]=$(STREAM=1 load $CHAT "http://127.0.0.1:$PROXY/openai$chat_path" "$PROXY_PID")
-  stop_proxy
+  stop_spendgate
 done
 
 echo
