@@ -143,7 +143,12 @@ async fn wait_for_signals(handle: &spendgate::server::Handle) {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); return; }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); return; }
-            _ = hup.recv() => { let _ = handle.app.reload(); }
+            _ = hup.recv() => {
+                // Loading a config reads files (CA bundles, the system store): not on a
+                // runtime thread.
+                let app = handle.app.clone();
+                let _ = tokio::task::spawn_blocking(move || app.reload()).await;
+            }
         }
     }
 }

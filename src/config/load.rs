@@ -351,6 +351,8 @@ fn validate_upstream(url: &str) -> Result<(), String> {
 /// through it; TLS to the proxy itself and SOCKS are not spoken).
 pub(crate) fn validate_proxy(url: &str) -> Result<(), String> {
     const FORM: &str = "`env`, `none` or `http://[user:password@]host:port`";
+    let shown = redact_userinfo(url);
+    let url = shown.as_str();
     let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not {FORM}: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err(format!("`{url}`: only http:// proxies are supported (expected {FORM})"));
@@ -362,6 +364,19 @@ pub(crate) fn validate_proxy(url: &str) -> Result<(), String> {
         return Err(format!("`{url}` must not have a path"));
     }
     Ok(())
+}
+
+/// A proxy URL as it may be shown: any `user:password@` replaced by `***@`. The userinfo
+/// ends at the last `@` before the path (a password may hold `@`, `/` or `#` unescaped).
+pub(crate) fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => ("", url),
+    };
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
 }
 
 /// Best-effort line of a dotted key in the text, for checks made after parsing.

@@ -414,13 +414,16 @@ pub enum TlsRoots {
 /// tunnel, so TLS stays end to end between spendgate and the provider).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum EgressProxy {
-    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and `NO_PROXY` from the environment, as
-    /// curl reads them; loopback upstreams are always reached directly.
+    /// For an `https://` upstream, `HTTPS_PROXY` (or `https_proxy`, then `ALL_PROXY`,
+    /// `all_proxy`) with `NO_PROXY` / `no_proxy` from the environment; loopback upstreams and
+    /// `http://` upstreams are always reached directly.
     #[default]
     Env,
     /// Always direct, whatever the environment says.
     Direct,
-    /// This proxy, `http://[user:password@]host:port`, for every connection.
+    /// This proxy, `http://[user:password@]host:port`, for every connection (loopback and
+    /// `http://` upstreams included; an `http://` upstream's requests then cross the tunnel
+    /// in clear text, as they would cross the network without it).
     Via(String),
 }
 
@@ -429,7 +432,7 @@ impl<'de> Deserialize<'de> for EgressProxy {
         let s = String::deserialize(d)?;
         Ok(match s.as_str() {
             "env" => EgressProxy::Env,
-            "none" | "direct" => EgressProxy::Direct,
+            "none" => EgressProxy::Direct,
             _ => EgressProxy::Via(s),
         })
     }

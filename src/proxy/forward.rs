@@ -63,8 +63,7 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
     let response = match response {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            let cause = causes(&e);
-            tracing::warn!(provider = %route.name, error = %cause, "upstream request failed");
+            tracing::warn!(provider = %route.name, error = %crate::upstream::egress::causes(&e), "upstream request failed");
             let s = reservation.settler_mut();
             s.note_upstream_failure("connect");
             s.status = 502;
@@ -75,12 +74,12 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
                 // No connection was made: the provider never saw the call.
                 reservation.settle(Settled::upstream_error(), BodyEnd::Complete);
             }
-            // The cause (a certificate, a proxy, a deadline) is what an operator needs; it
-            // carries no credential (a proxy's are never in these errors).
+            // The reason (a certificate, the egress proxy, the deadline) without addresses; the
+            // log has the whole chain.
             return reply::error(
                 StatusCode::BAD_GATEWAY,
                 "upstream_unavailable",
-                &format!("provider {} could not be reached: {cause}", route.name),
+                &format!("provider {} could not be reached: {}", route.name, crate::upstream::egress::public_reason(&e)),
             );
         }
         Err(_) => {
@@ -124,22 +123,6 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
     let meter = Meter::new(&mut parts.headers, extractor, filter, reservation);
     let body = MeteredBody::new(incoming, route.read_idle, meter);
     Response::from_parts(parts, Either::Left(body))
-}
-
-/// An error and its sources, `outer: inner: innermost`, repeated words dropped (hyper's
-/// outer layers only say "client error (Connect)").
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(inner) = next {
-        let text = inner.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = inner.source();
-    }
-    out
 }
 
 /// `X-Spendgate-Remaining` (the tightest limit's remaining amount and unit) and

@@ -161,6 +161,11 @@ impl Limit {
 
     /// The store field that counts this limit: the metric, plus the match id if any.
     pub fn field(&self) -> Arc<str> {
+        debug_assert_eq!(
+            *self.field,
+            *Self::field_of(self.metric, self.matcher.as_ref()),
+            "a limit's metric and matcher are not changed after it is made"
+        );
         self.field.clone()
     }
 

@@ -26,13 +26,14 @@ use crate::config::EgressProxy;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Connecting<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
-/// The environment variables a proxy for `scheme` is read from, most specific first.
-fn env_vars(scheme: &str) -> &'static [&'static str] {
-    if scheme == "https" {
-        &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
-    } else {
-        &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
-    }
+/// The environment variables a proxy for an `https://` upstream is read from, in order; the
+/// first that is set and not empty is used.
+const HTTPS_PROXY_VARS: [&str; 4] = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"];
+const NO_PROXY_VARS: [&str; 2] = ["NO_PROXY", "no_proxy"];
+
+fn first_env(vars: &[&'static str]) -> Option<(&'static str, String)> {
+    vars.iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()).map(|s| (*v, s)))
 }
 
 /// Which proxy, if any, connections are made through.
@@ -52,9 +53,11 @@ pub struct Egress {
 }
 
 impl Egress {
-    /// `upstream_scheme` is the scheme of the provider's upstream (`http` or `https`): it
-    /// selects which environment variable is checked, so that a malformed proxy variable is
-    /// an error at start-up rather than a silently direct connection.
+    /// `upstream_scheme` is the scheme of the provider's upstream: the environment's proxy
+    /// applies to `https` only (a tunnel would carry an `http` upstream's requests in clear
+    /// text, and proxies refuse `CONNECT` to port 80 by default). A malformed or unsupported
+    /// proxy variable is an error here, at start-up, rather than a connection made some other
+    /// way than the operator meant.
     pub fn new(http: HttpConnector, proxy: &EgressProxy, upstream_scheme: &str) -> Result<Egress, String> {
         let rule = match proxy {
             EgressProxy::Direct => Rule::Direct,
@@ -62,20 +65,19 @@ impl Egress {
                 crate::config::validate_proxy(url)?;
                 Rule::Always(Matcher::builder().all(url.clone()).build())
             }
-            EgressProxy::Env => {
-                let set = env_vars(upstream_scheme)
-                    .iter()
-                    .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()).map(|s| (*v, s)));
-                match set {
-                    None => Rule::Direct,
-                    Some((var, url)) => {
-                        // curl takes a proxy without a scheme as http://.
-                        let full = if url.contains("://") { url.clone() } else { format!("http://{url}") };
-                        crate::config::validate_proxy(&full).map_err(|m| format!("environment variable {var}: {m} (set `proxy: none` to ignore it)"))?;
-                        Rule::Env(Matcher::from_env())
-                    }
+            EgressProxy::Env if upstream_scheme != "https" => Rule::Direct,
+            EgressProxy::Env => match first_env(&HTTPS_PROXY_VARS) {
+                None => Rule::Direct,
+                Some((var, url)) => {
+                    // A proxy without a scheme is taken as http://, as curl does.
+                    let full = if url.contains("://") { url.clone() } else { format!("http://{url}") };
+                    crate::config::validate_proxy(&full)
+                        .map_err(|m| format!("environment variable {var}: {m} (set the provider's `proxy: none` to ignore it)"))?;
+                    // Built from the very value checked (not read again by other rules).
+                    let no = first_env(&NO_PROXY_VARS).map(|(_, v)| v).unwrap_or_default();
+                    Rule::Env(Matcher::builder().https(full).no(no).build())
                 }
-            }
+            },
         };
         Ok(Egress { http, rule: Arc::new(rule) })
     }
@@ -88,6 +90,79 @@ impl Egress {
             Rule::Env(m) | Rule::Always(m) => m.intercept(dst),
         }
     }
+}
+
+/// Why a connection could not be made, beyond what the socket says: the egress proxy, or the
+/// connect deadline. The full text (with the proxy's address) is for the log; [`public`]
+/// is what the caller of the proxy is told.
+///
+/// [`public`]: EgressError::public
+#[derive(Debug)]
+pub enum EgressError {
+    Tunnel { proxy: String, target: String, source: BoxError },
+    Deadline(Duration),
+}
+
+impl EgressError {
+    /// The reason without the proxy's address or the network's internals.
+    pub fn public(&self) -> String {
+        match self {
+            EgressError::Tunnel { source, .. } => format!("the egress proxy did not open a tunnel ({source})"),
+            EgressError::Deadline(d) => format!("the connection did not finish within {d:?}"),
+        }
+    }
+}
+
+impl std::fmt::Display for EgressError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EgressError::Tunnel { proxy, target, source } => write!(f, "CONNECT {target} through the proxy {proxy}: {}", causes(&**source)),
+            EgressError::Deadline(d) => write!(f, "connect (TCP, proxy tunnel and TLS handshake) did not finish within {d:?}"),
+        }
+    }
+}
+
+impl std::error::Error for EgressError {}
+
+/// An error and its sources, `outer: inner: innermost`, a source whose text the outer one
+/// already shows left out (hyper's outer layers only say "client error (Connect)").
+pub fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(inner) = next {
+        let text = inner.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = inner.source();
+    }
+    out
+}
+
+/// What the caller of the proxy is told about a failed connect: the egress proxy's or the
+/// deadline's reason, a TLS failure (the certificate), or the socket's error kind; never an
+/// address.
+pub fn public_reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut next = Some(e);
+    while let Some(mut cur) = next {
+        // An I/O error shows its inner error's text but not as its source: look inside (TLS
+        // errors come as an I/O error wrapped in another).
+        while let Some(inner) = cur.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref) {
+            cur = inner;
+        }
+        if let Some(egress) = cur.downcast_ref::<EgressError>() {
+            return egress.public();
+        }
+        if let Some(tls) = cur.downcast_ref::<rustls::Error>() {
+            return format!("TLS handshake failed: {tls}");
+        }
+        if let Some(io) = cur.downcast_ref::<std::io::Error>() {
+            return format!("connect failed: {}", io.kind());
+        }
+        next = cur.source();
+    }
+    "connect failed".into()
 }
 
 /// How connections to `upstream` leave, for `spendgate check`: `None` when directly, else
@@ -154,8 +229,12 @@ impl Service<Uri> for Egress {
                 let connecting = tunnel.call(dst);
                 Box::pin(async move {
                     connecting.await.map_err(|e| {
-                        let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
-                        format!("proxy {} {}: {e}{cause}", proxy.authority().map(|a| a.as_str()).unwrap_or(""), target).into()
+                        let proxy = proxy.authority().map(ToString::to_string).unwrap_or_default();
+                        Box::new(EgressError::Tunnel {
+                            proxy,
+                            target,
+                            source: Box::new(e),
+                        }) as BoxError
                     })
                 })
             }
@@ -197,7 +276,7 @@ where
         Box::pin(async move {
             match tokio::time::timeout(limit, connecting).await {
                 Ok(done) => done.map_err(Into::into),
-                Err(_) => Err(format!("connect did not finish within {limit:?}").into()),
+                Err(_) => Err(Box::new(EgressError::Deadline(limit)) as BoxError),
             }
         })
     }
@@ -206,6 +285,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_caller_is_told_the_reason_without_addresses() {
+        let tls = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        assert_eq!(public_reason(&tls), "TLS handshake failed: invalid peer certificate: UnknownIssuer");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(public_reason(&refused), "connect failed: connection refused");
+        let tunnel = EgressError::Tunnel {
+            proxy: "10.0.0.5:3128".into(),
+            target: "api.openai.com:443".into(),
+            source: "tunnel error: unsuccessful".into(),
+        };
+        assert!(tunnel.to_string().contains("10.0.0.5:3128"), "the log has the address");
+        let told = public_reason(&std::io::Error::other(tunnel));
+        assert_eq!(told, "the egress proxy did not open a tunnel (tunnel error: unsuccessful)");
+        assert_eq!(
+            public_reason(&EgressError::Deadline(Duration::from_millis(300))),
+            "the connection did not finish within 300ms"
+        );
+    }
 
     #[test]
     fn loopback_hosts() {
@@ -227,6 +329,8 @@ mod tests {
     #[test]
     fn a_configured_proxy_takes_every_destination_and_direct_none() {
         let via = Egress::new(HttpConnector::new(), &EgressProxy::Via("http://u:p@proxy.test:3128".into()), "https").unwrap();
+        let plain = via.proxy_for(&"http://127.0.0.1:9/".parse().unwrap());
+        assert!(plain.is_some(), "a configured proxy takes http:// upstreams too");
         let i = via
             .proxy_for(&"https://127.0.0.1:9/".parse().unwrap())
             .expect("configured proxies apply to loopback too");
@@ -235,5 +339,10 @@ mod tests {
         let direct = Egress::new(HttpConnector::new(), &EgressProxy::Direct, "https").unwrap();
         assert!(direct.proxy_for(&"https://api.openai.com/".parse().unwrap()).is_none());
         assert!(Egress::new(HttpConnector::new(), &EgressProxy::Via("socks5://p:1".into()), "https").is_err());
+        let e = Egress::new(HttpConnector::new(), &EgressProxy::Via("https://user:s3cr@t@p:1".into()), "https")
+            .err()
+            .unwrap();
+        assert!(!e.contains("s3cr"), "credentials are not shown: {e}");
+        assert!(e.contains("***@p:1"), "{e}");
     }
 }

@@ -349,6 +349,23 @@ fn bad_transport_settings_are_refused_at_start_with_the_key() {
     assert!(out.contains("through the HTTP proxy proxy.test:3128 (from the environment)"), "{out}");
     assert!(!out.contains("secret"), "credentials are not printed: {out}");
     assert_eq!(out.matches("through the HTTP proxy").count(), 1, "loopback is direct: {out}");
+    // A refused proxy URL is shown without its credentials, from the config or the
+    // environment.
+    for (yaml, env) in [
+        (
+            "providers:\n  openai: {kind: openai, prefix: /openai, upstream: \"https://a.test\", proxy: \"https://u:secret@p:3128\"}\n",
+            &[][..],
+        ),
+        (
+            "providers:\n  openai: {kind: openai, prefix: /openai, upstream: \"https://a.test\"}\n",
+            &[("HTTPS_PROXY", "socks5://u:secret@p:1080")][..],
+        ),
+    ] {
+        let (ok, out) = check(yaml, env);
+        assert!(!ok, "{out}");
+        assert!(out.contains("***@p:"), "{out}");
+        assert!(!out.contains("secret"), "credentials are not shown: {out}");
+    }
     for (yaml, env, words) in cases {
         let (ok, out) = check(yaml, env);
         if words.is_empty() {

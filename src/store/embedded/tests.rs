@@ -169,7 +169,8 @@ async fn recent_requests_are_bounded_per_tenant() {
 async fn recent_requests_written_together_keep_each_profiles_newest() {
     let dir = tempfile::tempdir().unwrap();
     let s = EmbeddedStore::open(opts(dir.path()), counter()).unwrap();
-    // Interleaved, and written in one go: only the rows the trim would keep are written.
+    // Interleaved, and written in one go (the writer then skips the rows the trim would
+    // delete): each profile still lists its newest.
     for i in 0..6 {
         s.settle(&settlement(&format!("x{i}"), "p", Some("o"), 0, i)).await.unwrap();
         s.settle(&settlement(&format!("y{i}"), "q", Some("o"), 0, 10 + i)).await.unwrap();

@@ -208,16 +208,16 @@ impl Inner {
         let tenants: Vec<((Scope, &str), Vec<usize>)> = tenants.into_iter().collect();
         let names: Vec<(Scope, &str)> = tenants.iter().map(|(t, _)| *t).collect();
         let tags = self.tags_of_many(&names).await?;
-        let mut by_tag: BTreeMap<Tag, Vec<(usize, String, String)>> = BTreeMap::new();
+        let mut by_tag: BTreeMap<Tag, Vec<(usize, String, std::sync::Arc<str>)>> = BTreeMap::new();
         for ((_, idx), tenant_tags) in tenants.iter().zip(tags) {
             for tag in tenant_tags {
-                let cells: Vec<_> = idx.iter().map(|&i| (i, self.keys.counter(&tag, &keys[i]), keys[i].field.to_string())).collect();
+                let cells: Vec<_> = idx.iter().map(|&i| (i, self.keys.counter(&tag, &keys[i]), keys[i].field.clone())).collect();
                 by_tag.entry(tag).or_default().extend(cells);
             }
         }
         // One pipeline per tag (its slot); on standalone Redis the tags' cells share
         // pipelines of PIPELINE reads instead.
-        let batches: Vec<Vec<(usize, String, String)>> = if matches!(self.conn, Conn::Single(_)) {
+        let batches: Vec<Vec<(usize, String, std::sync::Arc<str>)>> = if matches!(self.conn, Conn::Single(_)) {
             let all: Vec<_> = by_tag.into_values().flatten().collect();
             all.chunks(PIPELINE).map(<[_]>::to_vec).collect()
         } else {
@@ -226,7 +226,7 @@ impl Inner {
         let reads = batches.iter().map(|cells| async move {
             let mut pipe = redis::pipe();
             for (_, key, field) in cells {
-                pipe.cmd("HGET").arg(key).arg(field);
+                pipe.cmd("HGET").arg(key).arg(&**field);
             }
             let mut c = self.conn.clone();
             self.bounded(pipe.query_async::<Vec<Option<i64>>>(&mut c)).await
@@ -236,7 +236,7 @@ impl Inner {
         let fence = self.fence.lock();
         for (cells, values) in batches.iter().zip(results) {
             for ((i, key, field), v) in cells.iter().zip(values?) {
-                let pending = fence.pending(&(key.clone(), std::sync::Arc::from(field.as_str())));
+                let pending = fence.pending(&(key.clone(), field.clone()));
                 out[*i] = out[*i].saturating_add(v.unwrap_or(0)).saturating_add(pending);
             }
         }
