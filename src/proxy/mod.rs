@@ -9,6 +9,7 @@ mod idle;
 pub mod meter;
 pub mod ratelimit;
 pub mod reply;
+mod repoll;
 pub mod settle;
 
 use std::convert::Infallible;
@@ -96,7 +97,7 @@ where
             async move { Ok::<_, Infallible>(handler(req).await.map(|body| idle::Tracked::new(body, guard))) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let conn = repoll::Repoll::new(graceful.watch(conn));
         let idle = limits.idle;
         tokio::spawn(async move {
             tokio::pin!(conn);
