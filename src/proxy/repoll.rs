@@ -106,10 +106,15 @@ mod tests {
         }
     }
 
+    /// A task's waker that counts its wakes, and the count.
+    fn counting_task() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
     #[test]
     fn a_wake_during_the_poll_polls_again_and_one_from_outside_reaches_the_task() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let task = Waker::from(count.clone());
+        let (count, task) = counting_task();
         let mut cx = Context::from_waker(&task);
         // Wakes itself on its first poll, is ready on its second.
         let mut polls = 0;
@@ -139,8 +144,7 @@ mod tests {
 
     #[test]
     fn a_future_that_always_wakes_itself_still_yields() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let task = Waker::from(count.clone());
+        let (count, task) = counting_task();
         let mut cx = Context::from_waker(&task);
         let mut polls = 0;
         let mut f = Box::pin(Repoll::new(std::future::poll_fn(|cx| {
