@@ -76,9 +76,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Fired {
     scope: Scope,
-    tenant: String,
+    tenant: Arc<str>,
     window: Window,
-    field: String,
+    field: Arc<str>,
     resets_at: i64,
     max: i64,
     threshold_bits: u64,
@@ -165,9 +165,9 @@ impl Alerts {
         for &threshold in limit.thresholds.iter().filter(|t| r >= **t) {
             let key = Fired {
                 scope: check.scope,
-                tenant: check.tenant.to_string(),
+                tenant: check.tenant.clone(),
                 window: limit.window,
-                field: limit.field().to_string(),
+                field: limit.field(),
                 resets_at: check.resets_at.timestamp(),
                 max: limit.max,
                 threshold_bits: threshold.to_bits(),

@@ -216,7 +216,6 @@ fn unpriced_name(u: Unpriced) -> &'static str {
     }
 }
 
-/// A limit's `match`, as it would be written in the config.
 /// One limit, as `check` lists it.
 fn limit_line(out: &mut String, who: &str, l: &LimitSpec, suffix: &str) {
     let filter = l.matcher.as_ref().map(|m| format!(" match {}", describe_match(m))).unwrap_or_default();
@@ -234,6 +233,7 @@ fn limit_line(out: &mut String, who: &str, l: &LimitSpec, suffix: &str) {
     );
 }
 
+/// A limit's `match`, as it would be written in the config.
 fn describe_match(m: &MatchSpec) -> String {
     let mut parts = Vec::new();
     if let Some(p) = &m.provider {

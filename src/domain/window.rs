@@ -48,6 +48,16 @@ impl Window {
     pub fn is_rate(self) -> bool {
         matches!(self, Window::Minute | Window::Hour)
     }
+
+    /// How long from now a rate window's counter is kept: a little past the window's end, for
+    /// a settlement that arrives late. `None` for days and months (kept for their retention).
+    pub fn rate_keep(self) -> Option<Duration> {
+        match self {
+            Window::Minute => Some(Duration::minutes(3)),
+            Window::Hour => Some(Duration::hours(2)),
+            Window::Daily | Window::Monthly => None,
+        }
+    }
 }
 
 impl fmt::Display for Window {

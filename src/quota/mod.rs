@@ -109,8 +109,8 @@ impl Plan {
         let monthly = calendar.bucket(Window::Monthly, now);
         // Rate windows are kept a little past their end, for a settlement that arrives late.
         let expires = Expiry {
-            minute: now + Duration::minutes(3),
-            hour: now + Duration::hours(2),
+            minute: now + Window::Minute.rate_keep().expect("a rate window"),
+            hour: now + Window::Hour.rate_keep().expect("a rate window"),
             daily: daily.resets_at + Duration::days(i64::from(retention.daily_days)),
             monthly: monthly.resets_at + Duration::days(31 * i64::from(retention.monthly_months)),
         };
@@ -128,11 +128,12 @@ impl Plan {
             let run_time = overlay.tenant(scope, id);
             let list = run_time.and_then(|t| t.limits.as_ref()).unwrap_or_else(|| limits.for_tenant(scope, id));
             for window in Window::ALL {
+                let mut applicable = list.iter().filter(|l| l.window == window && l.applies_to(call)).peekable();
                 let bucket = match window {
                     Window::Daily => &daily,
                     Window::Monthly => &monthly,
                     Window::Minute | Window::Hour => {
-                        if !list.iter().any(|l| l.window == window && l.applies_to(call)) {
+                        if applicable.peek().is_none() {
                             continue;
                         }
                         let slot = &mut rate[usize::from(window == Window::Hour)];
@@ -145,7 +146,7 @@ impl Plan {
                         plan.push_op(scope, &name, bucket, metric.counter_field(), metric, amounts.get(metric));
                     }
                 }
-                for limit in list.iter().filter(|l| l.window == window && l.applies_to(call)) {
+                for limit in applicable {
                     let adj = run_time.map_or_else(Adjustment::default, |t| control::adjustment_of(&t.record, limit, &bucket.id));
                     let op = if limit.matcher.is_none() && !window.is_rate() {
                         base + Metric::ALL.iter().position(|m| *m == limit.metric).expect("every metric has a base counter")
@@ -233,19 +234,17 @@ impl Plan {
 
     /// Each check's value after this request's reservation, given the values before it
     /// (counted from the window's last reset).
-    pub fn values_after(&self, before: &[i64]) -> Vec<(usize, i64)> {
+    pub fn values_after<'a>(&'a self, before: &'a [i64]) -> impl Iterator<Item = (usize, i64)> + 'a {
         self.checks
             .iter()
             .enumerate()
             .map(|(i, c)| (i, before.get(c.op).copied().unwrap_or(0) + self.ops[c.op].amount - c.offset))
-            .collect()
     }
 
     /// The tightest enabled limit after admission: `(check index, remaining)`, by the
     /// smallest remaining fraction of its max.
     pub fn tightest(&self, before: &[i64]) -> Option<(usize, i64)> {
         self.values_after(before)
-            .into_iter()
             .filter(|(i, _)| self.checks[*i].limit.enabled)
             .map(|(i, v)| (i, self.checks[i].limit.max - v))
             .min_by(|(a, ra), (b, rb)| {

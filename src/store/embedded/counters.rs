@@ -102,7 +102,8 @@ impl Counters {
         let window = self.windows.entry(kind).or_default();
         if !window.contains_key(&*key.bucket) {
             // A new bucket supersedes the older ones of its window.
-            let newest = window.keys().all(|other| starts(kind, other) < starts(kind, &key.bucket));
+            let new = starts(kind, &key.bucket);
+            let newest = window.keys().all(|other| starts(kind, other) < new);
             if newest {
                 for b in window.values_mut() {
                     b.superseded_at.get_or_insert(now);

@@ -153,11 +153,7 @@ impl Inner {
         let homes: Vec<String> = self
             .bounded(redis::cmd("ZRANGE").arg(self.keys.homes(tenant)).arg(0).arg(-1).query_async(&mut c))
             .await?;
-        let mut tags: Vec<Tag> = homes.iter().filter_map(|h| Tag::parse(h)).collect();
-        if !tags.contains(&own) {
-            tags.push(own);
-        }
-        Ok(tags)
+        Ok(profile_tags(own, &homes))
     }
 
     /// [`Inner::tags_of`] for many tenants (a listing sorted by ratio or cost reads the whole
@@ -189,11 +185,7 @@ impl Inner {
                 if *scope == Scope::Org {
                     return vec![own];
                 }
-                let mut tags: Vec<Tag> = homes.next().unwrap_or_default().iter().filter_map(|h| Tag::parse(h)).collect();
-                if !tags.contains(&own) {
-                    tags.push(own);
-                }
-                tags
+                profile_tags(own, &homes.next().unwrap_or_default())
             })
             .collect())
     }
@@ -375,6 +367,15 @@ fn add_field(day: &mut Totals, out: &mut History, field: &str, v: i64) {
         add_metric(out.by_provider.entry(provider.to_string()).or_default(), metric, v);
         add_metric(out.by_model.entry(model.to_string()).or_default(), metric, v);
     }
+}
+
+/// A profile's tags: those of the orgs it was seen under (`homes`), and its own.
+fn profile_tags(own: Tag, homes: &[String]) -> Vec<Tag> {
+    let mut tags: Vec<Tag> = homes.iter().filter_map(|h| Tag::parse(h)).collect();
+    if !tags.contains(&own) {
+        tags.push(own);
+    }
+    tags
 }
 
 #[cfg(test)]

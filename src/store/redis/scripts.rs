@@ -90,11 +90,7 @@ impl Invocation {
 /// clock set back (or a test clock) must not wipe live counters. The floor is a day, or for
 /// the short-lived counters of rate windows a few times their length.
 fn expire_at(at: DateTime<Utc>, window: Window) -> i64 {
-    let floor = match window {
-        Window::Minute => Duration::minutes(3),
-        Window::Hour => Duration::hours(2),
-        Window::Daily | Window::Monthly => Duration::days(1),
-    };
+    let floor = window.rate_keep().unwrap_or(Duration::days(1));
     at.timestamp().max((Utc::now() + floor).timestamp())
 }
 
