@@ -8,7 +8,7 @@ use std::path::Path;
 use rusqlite::{params, Connection};
 use serde::Deserialize;
 
-use super::writer::{add_totals, insert_recent, scope_name, TotalsTable};
+use super::rows::{add_totals, insert_recent, scope_name, TotalsTable};
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, Totals, UsageRecord};
 

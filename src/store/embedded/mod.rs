@@ -19,7 +19,9 @@
 pub mod control;
 mod counters;
 mod import;
+mod journal;
 mod read;
+mod rows;
 pub mod schema;
 mod writer;
 
@@ -39,8 +41,9 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use self::counters::Counters;
+pub use self::rows::Keep;
 use self::schema::OpenError;
-use self::writer::{Keep, Msg, Rec, Shared, Writer};
+use self::writer::{Msg, Rec, Shared, Writer};
 use crate::config::{Durability, OnError, StoreConfig};
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError, Totals};
@@ -131,6 +134,11 @@ impl EmbeddedStore {
                     tracing::warn!(snapshot = %snap.display(), "`store.snapshot` is deprecated: the embedded store keeps everything in its database (`store.path`); remove the key")
                 }
             }
+        }
+        // What a crash left in the journal reaches the tables before anything reads them.
+        let replayed = journal::recover(&mut conn, opts.keep).map_err(|e| other(format!("the journal cannot be applied: {e}")))?;
+        if replayed > 0 {
+            tracing::info!(rows = replayed, "applied the journal the proxy left when it last stopped");
         }
         let (crashed, cost) = read::settle_crashed(&mut conn, opts.keep).map_err(|e| OpenError::from_sqlite(path, &e))?;
         if crashed > 0 {

@@ -9,7 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::de::DeserializeOwned;
 
 use super::counters::Counters;
-use super::writer::{prune_recent, scope_name, HistoryBatch, Keep};
+use super::journal::Changes;
+use super::rows::{insert_recent, prune_recent, scope_name, Keep};
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, History, Totals, UsageRecord};
 
@@ -188,12 +189,17 @@ pub fn settle_crashed(conn: &mut Connection, keep: Keep) -> rusqlite::Result<(us
         rows.collect::<rusqlite::Result<_>>()?
     };
     let cost = records.iter().map(|r| r.totals.cost_nanos).sum();
-    let mut batch = HistoryBatch::default();
+    let mut changes = Changes::default();
     for r in &records {
-        batch.add(r);
+        changes.add_history(r);
     }
-    batch.write(&tx, keep)?;
-    let profiles: Vec<String> = batch.profiles().map(str::to_string).collect();
+    changes.apply(&tx, keep)?;
+    if keep.recent_max > 0 {
+        for r in &records {
+            insert_recent(&tx, r)?;
+        }
+    }
+    let profiles: Vec<String> = records.iter().map(|r| r.profile.clone()).collect();
     tx.execute("DELETE FROM open_calls", [])?;
     tx.commit()?;
     prune_recent(conn, profiles.iter().map(String::as_str), keep)?;

@@ -11,7 +11,7 @@ use crate::config::Durability;
 
 /// The schema this build writes. A database with a newer version is refused (it was written
 /// by a newer spendgate).
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 /// Each migration takes the schema from its index to its index + 1.
 const MIGRATIONS: &[&str] = &[
@@ -135,6 +135,12 @@ const MIGRATIONS: &[&str] = &[
          key     TEXT PRIMARY KEY,
          expires INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // 3 -> 4: the journal each commit appends to; the tables catch up with it about once a
+    // second.
+    "CREATE TABLE journal (
+         seq     INTEGER PRIMARY KEY,
+         changes BLOB NOT NULL
+     );",
 ];
 
 /// Why the database cannot be used, in words an operator can act on.

@@ -373,10 +373,65 @@ async fn strict_reservations_are_committed_before_they_return() {
     o.durability = Durability::Strict;
     let s = EmbeddedStore::open(o.clone(), counter()).unwrap();
     s.reserve(&reserve_req("a", "p", 5, 100)).await.unwrap();
-    // No barrier: a second connection sees the open call at once.
+    // No barrier: what a crash at this moment leaves (everything committed, copied by a
+    // second connection) already holds the reservation.
+    let copy = tempfile::tempdir().unwrap();
     let c = Connection::open(&o.path).unwrap();
-    let open: i64 = c.query_row("SELECT COUNT(*) FROM open_calls", [], |r| r.get(0)).unwrap();
-    assert_eq!(open, 1);
+    c.execute("VACUUM INTO ?1", [opts(copy.path()).path.to_str().unwrap()]).unwrap();
+    let after_crash = EmbeddedStore::open(opts(copy.path()), counter()).unwrap();
+    assert_eq!(after_crash.read(&[key("p", "cost")]).await.unwrap(), vec![5]);
+    let h = after_crash.history(Scope::Profile, "p", &days(), 5).await.unwrap();
+    assert_eq!(h.recent.len(), 1);
+    assert_eq!(h.recent[0].reason.as_deref(), Some("crash"), "the open call is charged its reservation");
+}
+
+#[tokio::test]
+async fn a_crash_before_the_tables_catch_up_loses_nothing_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(dir.path());
+    let s = EmbeddedStore::open(o.clone(), counter()).unwrap();
+    // Settled, settled with an org and tags, open, bound, claimed: all in a few commits, and
+    // none of it in the tables yet (they catch up after a second or for a reader).
+    s.reserve(&reserve_req("a", "p", 5, 100)).await.unwrap();
+    s.settle(&settlement("a", "p", None, 5, 3)).await.unwrap();
+    s.reserve(&reserve_req("b", "q", 4, 100)).await.unwrap();
+    let mut tagged = settlement("b", "q", Some("acme"), 4, 4);
+    tagged.record.tags = vec!["tool=x".into()];
+    s.settle(&tagged).await.unwrap();
+    s.reserve(&reserve_req("open", "p", 7, 100)).await.unwrap();
+    assert_eq!(s.bind_org("q", Some("acme")).await.unwrap().as_deref(), Some("acme"));
+    assert!(s.claim_alert("k", Utc::now() + ChronoDuration::hours(1)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let copy = tempfile::tempdir().unwrap();
+    let c = Connection::open(&o.path).unwrap();
+    let in_tables: i64 = c.query_row("SELECT COUNT(*) FROM daily_provider", [], |r| r.get(0)).unwrap();
+    let journaled: i64 = c.query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0)).unwrap();
+    assert_eq!(in_tables, 0, "the tables have not caught up yet");
+    assert!(journaled >= 1);
+    c.execute("VACUUM INTO ?1", [opts(copy.path()).path.to_str().unwrap()]).unwrap();
+
+    let after = EmbeddedStore::open(opts(copy.path()), counter()).unwrap();
+    assert_eq!(
+        after.read(&[key("p", "cost"), key("p", "requests"), key("q", "cost")]).await.unwrap(),
+        vec![10, 2, 4]
+    );
+    let p = after.history(Scope::Profile, "p", &days(), 10).await.unwrap();
+    assert_eq!(p.days["2026-11-29"].cost_nanos, 10, "3 settled + 7 charged at the crash");
+    assert_eq!(p.recent[0].reason.as_deref(), Some("crash"));
+    let acme = after.history(Scope::Org, "acme", &days(), 10).await.unwrap();
+    assert_eq!(acme.days["2026-11-29"].cost_nanos, 4);
+    assert_eq!(after.bind_org("q", None).await.unwrap().as_deref(), Some("acme"));
+    assert!(
+        !after.claim_alert("k", Utc::now() + ChronoDuration::hours(1)).await.unwrap(),
+        "the claim survived"
+    );
+    let c = Connection::open(&opts(copy.path()).path).unwrap();
+    let tags: i64 = c
+        .query_row("SELECT cost_nanos FROM daily_tag WHERE tenant = 'acme' AND tag = 'tool=x'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tags, 4);
+    let left: i64 = c.query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0, "the journal was applied and emptied at start");
 }
 
 #[tokio::test]
@@ -432,11 +487,11 @@ fn retention_deletes_counted_back_from_the_newest_day() {
         })
         .collect();
     let tx = c.transaction().unwrap();
-    let mut b = writer::HistoryBatch::default();
-    recs.iter().for_each(|r| b.add(r));
-    b.write(&tx, keep).unwrap();
+    let mut b = journal::Changes::default();
+    recs.iter().for_each(|r| b.add_history(r));
+    b.apply(&tx, keep).unwrap();
     tx.commit().unwrap();
-    writer::housekeeping(&mut c, keep).unwrap();
+    rows::housekeeping(&mut c, keep).unwrap();
     let days: Vec<String> = c
         .prepare("SELECT DISTINCT day FROM daily_provider ORDER BY day")
         .unwrap()
