@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{Datelike, Months, NaiveDate};
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::domain::Scope;
 use crate::quota::ledger::{Totals, UsageRecord};
@@ -208,13 +208,16 @@ pub fn prune_recent<'p>(conn: &mut Connection, profiles: impl IntoIterator<Item 
 }
 
 pub(super) fn prune_recent_in<'p>(tx: &Transaction<'_>, profiles: impl IntoIterator<Item = &'p str>, keep: Keep) -> rusqlite::Result<()> {
-    let mut st = tx.prepare_cached(
-        "DELETE FROM recent WHERE profile = ?1 AND id <= \
-         (SELECT id FROM recent WHERE profile = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-    )?;
+    // The newest row past the kept ones, looked up first: most profiles have none, and
+    // then nothing is deleted (a DELETE with the lookup inside also needs a statement journal).
+    let mut past = tx.prepare_cached("SELECT id FROM recent WHERE profile = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2")?;
+    let mut delete = tx.prepare_cached("DELETE FROM recent WHERE profile = ?1 AND id <= ?2")?;
     let offset = i64::try_from(keep.recent_max).unwrap_or(i64::MAX);
     for p in profiles {
-        st.execute(params![p, offset])?;
+        let id: Option<i64> = past.query_row(params![p, offset], |r| r.get(0)).optional()?;
+        if let Some(id) = id {
+            delete.execute(params![p, id])?;
+        }
     }
     Ok(())
 }

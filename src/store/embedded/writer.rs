@@ -35,8 +35,10 @@ const MATERIALIZE_MAX: usize = 65_536;
 /// `recent_max`): they are a view of the calls, not their charge, which every commit
 /// carries. Someone reading the store (a barrier) has them written at once.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
-/// Most recent requests waiting for their write; past it they are written at once.
-const RECENT_PENDING_MAX: usize = 4096;
+/// Most recent requests waiting for their write. Past it the ones a profile's newer ones
+/// push out of its `recent_max` are dropped, and if that is not enough they are written at
+/// once.
+const RECENT_PENDING_MAX: usize = 32_768;
 /// How often retention is enforced when nothing else happens.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 /// First and longest pause between retries of a failed commit.
@@ -174,7 +176,7 @@ impl Writer {
                     for r in batch.drain(..) {
                         if let Rec::Settle { record, .. } = r {
                             if self.keep.recent_max > 0 {
-                                recent.push(record);
+                                recent.push(record, self.keep.recent_max);
                             }
                         }
                     }
@@ -361,22 +363,45 @@ impl Default for Recent {
     }
 }
 
+/// Which of `records` (oldest first) are among their profile's newest `recent_max`.
+fn newest(records: &[UsageRecord], recent_max: usize) -> Vec<bool> {
+    let mut kept: Map<&str, usize> = Map::default();
+    let mut newest = vec![false; records.len()];
+    for (i, r) in records.iter().enumerate().rev() {
+        let n = kept.entry(r.profile.as_str()).or_insert(0);
+        if *n < recent_max {
+            *n += 1;
+            newest[i] = true;
+        }
+    }
+    newest
+}
+
 impl Recent {
-    fn push(&mut self, record: UsageRecord) {
+    fn push(&mut self, record: UsageRecord, recent_max: usize) {
         if !self.grown.contains(&record.profile) {
             self.grown.insert(record.profile.clone());
         }
         self.records.push(record);
+        if self.records.len() >= RECENT_PENDING_MAX {
+            // A busy profile's older rows would only be written to be trimmed.
+            let newest = newest(&self.records, recent_max);
+            let mut i = 0;
+            self.records.retain(|_| {
+                i += 1;
+                newest[i - 1]
+            });
+        }
     }
 
     fn is_empty(&self) -> bool {
         self.records.is_empty() && self.grown.is_empty()
     }
 
-    /// Time to write: a second has passed, many wait, or `now` (someone reads, or the store
-    /// closes).
+    /// Time to write: a second has passed, many wait (from many profiles), or `now`
+    /// (someone reads, or the store closes).
     fn due(&self, now: bool) -> bool {
-        !self.is_empty() && (now || self.records.len() >= RECENT_PENDING_MAX || self.written.elapsed() >= TRIM_EVERY)
+        !self.is_empty() && (now || self.records.len() >= RECENT_PENDING_MAX / 2 || self.written.elapsed() >= TRIM_EVERY)
     }
 
     /// Writes the rows and trims the profiles that grew, in one transaction. On failure the
@@ -387,15 +412,7 @@ impl Recent {
         // Only a profile's newest `recent_max` rows can survive the trim: older ones in
         // this batch are not written at all (a busy profile's rows were mostly written only to
         // be deleted).
-        let mut kept: Map<&str, usize> = Map::default();
-        let mut write: Vec<bool> = vec![false; self.records.len()];
-        for (i, r) in self.records.iter().enumerate().rev() {
-            let n = kept.entry(r.profile.as_str()).or_insert(0);
-            if *n < keep.recent_max {
-                *n += 1;
-                write[i] = true;
-            }
-        }
+        let write = newest(&self.records, keep.recent_max);
         let result = (|| {
             let tx = conn.transaction()?;
             for (r, _) in self.records.iter().zip(&write).filter(|(_, w)| **w) {
@@ -428,5 +445,45 @@ fn take(m: Msg, batch: &mut Vec<Rec>, waiters: &mut Vec<oneshot::Sender<Result<(
             waiters.extend(w);
         }
         Msg::Barrier(w) => readers.push(w),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(profile: &str, n: i64) -> UsageRecord {
+        UsageRecord {
+            at: chrono::Utc::now(),
+            day: "2026-11-29".into(),
+            profile: profile.into(),
+            org: None,
+            provider: "openai".into(),
+            model: "m".into(),
+            path: "/".into(),
+            status: 200,
+            tags: Vec::new(),
+            totals: crate::quota::ledger::Totals {
+                requests: n,
+                ..Default::default()
+            },
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn waiting_recent_requests_keep_only_each_profiles_newest() {
+        let mut r = Recent::default();
+        for i in 0..RECENT_PENDING_MAX as i64 {
+            r.push(record("busy", i), 3);
+        }
+        r.push(record("quiet", -1), 3);
+        // The busy profile's older rows went when the bound was reached; nothing was due.
+        let busy: Vec<i64> = r.records.iter().filter(|x| x.profile == "busy").map(|x| x.totals.requests).collect();
+        let last = RECENT_PENDING_MAX as i64 - 1;
+        assert_eq!(busy, [last - 2, last - 1, last]);
+        assert_eq!(r.records.len(), 4);
+        assert!(!r.due(false));
+        assert_eq!(newest(&r.records, 1), [false, false, true, true]);
     }
 }
