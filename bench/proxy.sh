@@ -6,8 +6,10 @@
 # requests over 100 profiles):
 #   1. the mock directly (the floor),
 #   2. nginx `proxy_pass` with upstream keepalive (the reference),
-#   3. spendgate with the memory store,
-#   4. spendgate with the Redis store (a local redis-server).
+#   3. a bare hyper proxy on spendgate's stack doing nothing but forward
+#      (examples/bare_proxy.rs: what the stack itself costs),
+#   4. spendgate with the memory store,
+#   5. spendgate with the Redis store (a local redis-server).
 # Then an LLM-shaped load (OpenAI chat completions, JSON and SSE streams with usage) through
 # nginx and the memory store, and the TTS load spread over 100,000 profiles instead of 100.
 # For each: requests/s, p50/p99 at CONNECTIONS connections, the CPU time the proxy process
@@ -65,6 +67,16 @@ SINGLE[nginx_chat]=$(single $CHAT "http://127.0.0.1:$NGINX/openai$chat_path")
 RESULT[nginx_sse]=$(STREAM=1 load $CHAT "http://127.0.0.1:$NGINX/openai$chat_path" "${NGINX_PROCS[@]}")
 SINGLE[nginx_sse]=$(STREAM=1 single $CHAT "http://127.0.0.1:$NGINX/openai$chat_path")
 
+cargo build --release --example bare_proxy >&2
+BARE=$(free_port)
+"$TARGET/release/examples/bare_proxy" "127.0.0.1:$BARE" "http://127.0.0.1:$MOCK" 2>"$WORK/bare.log" &
+BARE_PID=$!
+PIDS+=("$BARE_PID")
+wait_port "$BARE"
+RESULT[bare]=$(load $TTS "http://127.0.0.1:$BARE/elevenlabs$tts_path" "$BARE_PID")
+SINGLE[bare]=$(single $TTS "http://127.0.0.1:$BARE/elevenlabs$tts_path")
+kill "$BARE_PID"
+
 start_proxy ""
 RESULT[memory]=$(load $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path" "$PROXY_PID")
 SINGLE[memory]=$(single $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path")
@@ -96,6 +108,7 @@ printf "%-34s %10s %8s %9s %9s %7s %11s %8s %13s %11s\n" "target" "req/s" "x ngi
 for row in \
   "mock|mock upstream directly (TTS)|nginx|mock" \
   "nginx|nginx proxy_pass, TTS|nginx|mock" \
+  "bare|bare hyper proxy (floor), TTS|nginx|mock" \
   "memory|spendgate memory, TTS|nginx|mock" \
   "memory_100k|spendgate memory, TTS, 100k tenants|nginx|mock" \
   "redis|spendgate Redis, TTS|nginx|mock" \
