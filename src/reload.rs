@@ -2,9 +2,10 @@
 //!
 //! The file's directory is watched (not the file), so editors that write a new file and rename
 //! it over the old one, and Kubernetes ConfigMap volumes (which swap a `..data` symlink), are
-//! seen too. Only events naming the file (or the ConfigMap's `..data` entries) count: the
-//! embedded store's database often sits in the same directory and is written many times a
-//! second. Events are debounced; then the file is read and, only if its bytes differ from
+//! seen too. The embedded store's database often sits in the same directory and is written
+//! many times a second: on Linux the watch asks only for entries created, renamed, deleted or
+//! closed after a write (never a write in progress), and only events naming the file (or the
+//! ConfigMap's `..data` entries) count. Events are debounced; then the file is read and, only if its bytes differ from
 //! the last ones seen, [`App::reload`] runs. A broken file is logged and counted there, and
 //! the configuration in force stays until the file is fixed.
 //!
@@ -12,13 +13,12 @@
 //! next request. Listen addresses and the store's identity apply after a restart; a reload that
 //! changes them says so in the log.
 
+use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{watch, Notify};
 
 use crate::app::App;
@@ -26,43 +26,98 @@ use crate::app::App;
 /// Quiet time after the last event before the file is read.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Events that may change the file's content (reads, including ours, are not).
-fn relevant(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
+/// Whether an event in the directory may concern the file named `name`, from the names of the
+/// entries it concerns (`None`: the event names none): it names the file (written, created,
+/// renamed over), or a Kubernetes ConfigMap entry (`..data`, `..2026_11_29...`: the volume
+/// swaps a symlink the file goes through), or no entry at all.
+fn concerns<'a>(entries: impl IntoIterator<Item = Option<&'a OsStr>>, name: &OsStr) -> bool {
+    let mut any = false;
+    for entry in entries {
+        any = true;
+        match entry {
+            Some(n) if n == name || n.as_encoded_bytes().starts_with(b"..") => return true,
+            Some(_) => {}
+            None => return true,
+        }
     }
+    !any
 }
 
-/// Whether an event in the directory may concern the file named `name`: it names the file
-/// (written, created, renamed over), or a Kubernetes ConfigMap entry (`..data`,
-/// `..2026_11_29...`: the volume swaps a symlink the file goes through), or no path at all.
-fn concerns(paths: &[PathBuf], name: &std::ffi::OsStr) -> bool {
-    paths.is_empty()
-        || paths.iter().any(|p| match p.file_name() {
-            Some(n) => n == name || n.as_encoded_bytes().starts_with(b".."),
-            None => true,
-        })
+/// The directory watch; dropping it stops it.
+struct DirWatch {
+    #[cfg(target_os = "linux")]
+    _task: tokio_util::task::AbortOnDropHandle<()>,
+    #[cfg(not(target_os = "linux"))]
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// Watches `dir` for entries created, renamed in or out, deleted, or closed after a write:
+/// never for a write in progress or an open, so a database in the same directory (written
+/// many times a second) wakes nothing.
+#[cfg(target_os = "linux")]
+fn watch_dir(dir: &Path, name: OsString, changed: Arc<Notify>) -> Result<DirWatch, String> {
+    use futures_util::StreamExt;
+    use inotify::{Inotify, WatchMask};
+    let inotify = Inotify::init().map_err(|e| format!("inotify: {e}"))?;
+    inotify
+        .watches()
+        .add(
+            dir,
+            WatchMask::CREATE | WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM | WatchMask::DELETE,
+        )
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    let mut events = inotify.into_event_stream([0u8; 4096]).map_err(|e| format!("inotify: {e}"))?;
+    let task = tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(e) if concerns([e.name.as_deref()], &name) => changed.notify_one(),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "config file watcher error; reload with SIGHUP or POST /v1/reload");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(DirWatch {
+        _task: tokio_util::task::AbortOnDropHandle::new(task),
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn watch_dir(dir: &Path, name: OsString, changed: Arc<Notify>) -> Result<DirWatch, String> {
+    use notify::event::{AccessKind, AccessMode};
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        Ok(e) => {
+            // Reads (including ours) are not changes.
+            let relevant = match e.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                EventKind::Access(_) => false,
+                _ => true,
+            };
+            if relevant && concerns(e.paths.iter().map(|p| p.file_name()), &name) {
+                changed.notify_one();
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "config file watcher error"),
+    })
+    .map_err(|e| e.to_string())?;
+    watcher.watch(dir, RecursiveMode::NonRecursive).map_err(|e| e.to_string())?;
+    Ok(DirWatch { _watcher: watcher })
 }
 
 /// Starts watching `path`'s directory. Returns the task that reloads on changes until
 /// shutdown, or the reason watching is impossible (the proxy then still reloads on SIGHUP and
 /// `POST /v1/reload`).
-pub fn watch(app: Arc<App>, path: PathBuf, shutdown: watch::Receiver<bool>) -> Result<impl Future<Output = ()> + Send + 'static, notify::Error> {
+pub fn watch(app: Arc<App>, path: PathBuf, shutdown: watch::Receiver<bool>) -> Result<impl Future<Output = ()> + Send + 'static, String> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    let name = path.file_name().map(OsStr::to_os_string).unwrap_or_default();
     let changed = Arc::new(Notify::new());
-    let signal = changed.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(e) if relevant(&e.kind) && concerns(&e.paths, &name) => signal.notify_one(),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "config file watcher error"),
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let watcher = watch_dir(&dir, name, changed.clone())?;
     // What the file holds now, read at once (before any later change is seen): the proxy was
     // configured from it moments ago.
     let current = std::fs::read(&path).ok();
@@ -81,7 +136,7 @@ async fn read(path: &Path) -> Option<Vec<u8>> {
     }
 }
 
-async fn run(app: Arc<App>, path: PathBuf, mut last: Option<Vec<u8>>, watcher: RecommendedWatcher, changed: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+async fn run(app: Arc<App>, path: PathBuf, mut last: Option<Vec<u8>>, watcher: DirWatch, changed: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     // The watcher stops when dropped; it lives as long as this task.
     let _watcher = watcher;
     loop {
@@ -114,28 +169,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_are_not_changes() {
-        assert!(!relevant(&EventKind::Access(AccessKind::Open(notify::event::AccessMode::Any))));
-        assert!(!relevant(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
-        assert!(relevant(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
-        assert!(relevant(&EventKind::Modify(notify::event::ModifyKind::Any)));
-    }
-
-    #[test]
     fn only_events_naming_the_file_or_a_configmap_swap_count() {
-        let name = std::ffi::OsStr::new("spendgate.yaml");
-        let at = |p: &str| vec![PathBuf::from(p)];
-        assert!(concerns(&at("/etc/sg/spendgate.yaml"), name));
-        assert!(concerns(&at("/etc/sg/..data"), name));
-        assert!(concerns(&at("/etc/sg/..2026_11_29_10_00_00.123"), name));
-        assert!(concerns(&[], name));
+        let name = OsStr::new("spendgate.yaml");
+        let at = |p: &'static str| [Some(OsStr::new(p))];
+        assert!(concerns(at("spendgate.yaml"), name));
+        assert!(concerns(at("..data"), name));
+        assert!(concerns(at("..2026_11_29_10_00_00.123"), name));
+        assert!(concerns([None], name));
+        assert!(concerns(std::iter::empty(), name));
         // A rename of an editor's temporary file over the config names both.
-        assert!(concerns(
-            &[PathBuf::from("/etc/sg/.spendgate.yaml.swp"), PathBuf::from("/etc/sg/spendgate.yaml")],
-            name
-        ));
-        assert!(!concerns(&at("/etc/sg/spendgate.db-wal"), name));
-        assert!(!concerns(&at("/etc/sg/spendgate.db"), name));
-        assert!(!concerns(&at("/etc/sg/.spendgate.yaml.swp"), name));
+        assert!(concerns([Some(OsStr::new(".spendgate.yaml.swp")), Some(OsStr::new("spendgate.yaml"))], name));
+        assert!(!concerns(at("spendgate.db-wal"), name));
+        assert!(!concerns(at("spendgate.db"), name));
+        assert!(!concerns(at(".spendgate.yaml.swp"), name));
     }
 }

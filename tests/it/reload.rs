@@ -87,6 +87,36 @@ async fn a_limit_edited_in_the_file_refuses_the_next_request_within_two_seconds(
     p.handle.shutdown().await;
 }
 
+/// A Kubernetes ConfigMap volume: the file is a symlink through `..data`, itself a symlink to
+/// a timestamped directory; an update writes a new directory and renames a new `..data` over
+/// the old one. Nothing named like the file changes in the watched directory.
+#[tokio::test]
+async fn a_configmap_update_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(fixture_upstream).await;
+    let version = |name: &str, max: u32| {
+        let d = dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        write_config(&d, &yaml(max, ""), &mock.url());
+    };
+    version("..2026_11_29_10_00_00.1", 100);
+    std::os::unix::fs::symlink("..2026_11_29_10_00_00.1", dir.path().join("..data")).unwrap();
+    let path = dir.path().join("spendgate.yaml");
+    std::os::unix::fs::symlink("..data/spendgate.yaml", &path).unwrap();
+    let p = start_proxy_file(&path, Clock::system()).await;
+    assert_eq!(send(&p, GEMINI_FLASH, "p-1", None).await.status, 200);
+
+    version("..2026_11_29_10_05_00.2", 1);
+    std::os::unix::fs::symlink("..2026_11_29_10_05_00.2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("..2026_11_29_10_00_00.1")).unwrap();
+    wait_reloads_within(&p, "success", 1.0, Duration::from_secs(2)).await;
+    let r = send(&p, GEMINI_FLASH, "p-1", None).await;
+    assert_eq!(r.status, 402, "the new max of 1 is in force");
+    assert_eq!(mock.count(), 1);
+    p.handle.shutdown().await;
+}
+
 /// The embedded store's database beside the config file is written many times a second
 /// under traffic; its writes must not hold back (or stand in for) the config's own change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
