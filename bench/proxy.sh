@@ -16,7 +16,7 @@
 # (and Redis) spent per request over the measured run (from /proc/<pid>/stat), the ratios to
 # nginx on the same load, and the p50 one connection sees (added over the mock).
 #
-# Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (3s),
+# Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (3s), WARMUP_100K (20s),
 # CARGO_TARGET_DIR (target). Needs wrk, nginx, redis-server, redis-cli, curl, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -91,6 +91,14 @@ RESULT[memory_100k]=$(TENANTS=100000 load $TTS "http://127.0.0.1:$PROXY/elevenla
 SINGLE[memory_100k]=$(TENANTS=100000 single $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path")
 stop_spendgate
 
+# The same 100,000 tenants once every one of them has been seen (a warm-up long enough for
+# each wrk thread to go through all the ids): the steady state of a proxy with many tenants,
+# where the run above is mostly tenants seen for the first time.
+start_proxy ""
+RESULT[memory_100k_seen]=$(TENANTS=100000 WARMUP=${WARMUP_100K:-20s} load $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path" "$PROXY_PID")
+SINGLE[memory_100k_seen]=$(TENANTS=100000 single $TTS "http://127.0.0.1:$PROXY/elevenlabs$tts_path")
+stop_spendgate
+
 start_proxy "store:
   backend: redis
   url: \"redis://127.0.0.1:$REDIS/0\""
@@ -111,6 +119,7 @@ for row in \
   "bare|bare hyper proxy (floor), TTS|nginx|mock" \
   "memory|spendgate memory, TTS|nginx|mock" \
   "memory_100k|spendgate memory, TTS, 100k tenants|nginx|mock" \
+  "memory_100k_seen|spendgate memory, 100k tenants seen|nginx|mock" \
   "redis|spendgate Redis, TTS|nginx|mock" \
   "nginx_chat|nginx proxy_pass, chat JSON|nginx_chat|mock_chat" \
   "memory_chat|spendgate memory, chat JSON|nginx_chat|mock_chat" \
