@@ -37,7 +37,7 @@ async fn forward(client: Upstream, upstream: Uri, mut req: Request<Incoming>) ->
     *req.uri_mut() = uri;
     req.headers_mut().remove(http::header::HOST);
     match client.request(req).await {
-        Ok(r) => Ok(r.map(|b| b)),
+        Ok(r) => Ok(r),
         Err(e) => {
             eprintln!("upstream: {e}");
             std::process::exit(1);

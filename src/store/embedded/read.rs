@@ -199,7 +199,7 @@ pub fn settle_crashed(conn: &mut Connection, keep: Keep) -> rusqlite::Result<(us
             insert_recent(&tx, r)?;
         }
     }
-    let profiles: Vec<String> = records.iter().map(|r| r.profile.clone()).collect();
+    let profiles: std::collections::BTreeSet<String> = records.iter().map(|r| r.profile.clone()).collect();
     tx.execute("DELETE FROM open_calls", [])?;
     tx.commit()?;
     prune_recent(conn, profiles.iter().map(String::as_str), keep)?;

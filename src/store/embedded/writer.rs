@@ -35,15 +35,21 @@ const MATERIALIZE_MAX: usize = 65_536;
 /// `recent_max`): they are a view of the calls, not their charge, which every commit
 /// carries. Someone reading the store (a barrier) has them written at once.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
-/// Most recent requests waiting for their write. Past it the ones a profile's newer ones
-/// push out of its `recent_max` are dropped, and if that is not enough they are written at
-/// once.
+/// Bounds the recent requests waiting for their write: past half of it they are written at
+/// once (at 20,000 calls a second that is about once a second, like the timer). If they reach
+/// it (the writes failing, or a burst), the ones a profile's newer ones push out of its
+/// `recent_max` are dropped: they would only be written to be trimmed.
 const RECENT_PENDING_MAX: usize = 32_768;
 /// How often retention is enforced when nothing else happens.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
 /// First and longest pause between retries of a failed commit.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// The pause after `pause` when the retry fails again.
+fn doubled(pause: Duration) -> Duration {
+    (pause * 2).min(RETRY_MAX)
+}
 
 /// What the request path hands the writer. Settlements dominate, so the settlement's record
 /// stays inline (boxing it would cost an allocation per call); the message boxes the whole.
@@ -208,7 +214,7 @@ impl Writer {
                         let _ = w.send(Err(message.clone()));
                     }
                     std::thread::sleep(retry);
-                    retry = (retry * 2).min(RETRY_MAX);
+                    retry = doubled(retry);
                 }
             }
         }
@@ -224,9 +230,16 @@ struct Journaled {
     changes: Changes,
     /// When the oldest of them was committed.
     since: Option<Instant>,
-    /// The last attempt to write them failed: when to try again, the pause before that, and
-    /// the error.
-    failed: Option<(Instant, Duration, String)>,
+    /// The last attempt to write them failed.
+    failed: Option<Failure>,
+}
+
+/// A failed attempt to bring the tables up to date.
+struct Failure {
+    /// When to try again, and the pause that led there.
+    retry_at: Instant,
+    pause: Duration,
+    error: String,
 }
 
 impl Journaled {
@@ -243,7 +256,7 @@ impl Journaled {
     fn due(&self, now: bool) -> bool {
         let Some(since) = self.since else { return false };
         match &self.failed {
-            Some((at, ..)) => Instant::now() >= *at,
+            Some(f) => Instant::now() >= f.retry_at,
             None => now || since.elapsed() >= MATERIALIZE_EVERY || self.changes.records() >= MATERIALIZE_MAX,
         }
     }
@@ -252,7 +265,7 @@ impl Journaled {
     fn wait(&self) -> Option<Duration> {
         let since = self.since?;
         Some(match &self.failed {
-            Some((at, ..)) => at.saturating_duration_since(Instant::now()),
+            Some(f) => f.retry_at.saturating_duration_since(Instant::now()),
             None => MATERIALIZE_EVERY.saturating_sub(since.elapsed()),
         })
     }
@@ -260,7 +273,7 @@ impl Journaled {
     /// What a reader waiting for the tables is told.
     fn outcome(&self) -> Result<(), String> {
         match &self.failed {
-            Some((.., e)) => Err(e.clone()),
+            Some(f) => Err(f.error.clone()),
             None => Ok(()),
         }
     }
@@ -287,11 +300,15 @@ impl Journaled {
             Err(e) => {
                 w.errors.inc();
                 let message = format!("cannot bring the tables up to date with the journal: {e}");
-                let pause = self.failed.as_ref().map_or(RETRY_FIRST, |(_, p, _)| (*p * 2).min(RETRY_MAX));
+                let pause = self.failed.as_ref().map_or(RETRY_FIRST, |f| doubled(f.pause));
                 if self.failed.is_none() {
                     tracing::error!(error = %message, records = self.changes.records(), "embedded store: the committed records stay in the journal; retrying");
                 }
-                self.failed = Some((Instant::now() + pause, pause, message));
+                self.failed = Some(Failure {
+                    retry_at: Instant::now() + pause,
+                    pause,
+                    error: message,
+                });
             }
         }
         for r in readers.drain(..) {
@@ -351,6 +368,10 @@ struct Recent {
     /// Profiles whose recent requests grew since they were last trimmed.
     grown: HashSet<String>,
     written: Instant,
+    /// How many waiting records make the next trim of the waiting ones: twice what the last
+    /// one left, so that many profiles (whose records no trim removes) cost it once, not on
+    /// every record.
+    trim_at: usize,
 }
 
 impl Default for Recent {
@@ -359,6 +380,7 @@ impl Default for Recent {
             records: Vec::new(),
             grown: HashSet::new(),
             written: Instant::now(),
+            trim_at: RECENT_PENDING_MAX,
         }
     }
 }
@@ -383,7 +405,7 @@ impl Recent {
             self.grown.insert(record.profile.clone());
         }
         self.records.push(record);
-        if self.records.len() >= RECENT_PENDING_MAX {
+        if self.records.len() >= self.trim_at {
             // A busy profile's older rows would only be written to be trimmed.
             let newest = newest(&self.records, recent_max);
             let mut i = 0;
@@ -391,6 +413,7 @@ impl Recent {
                 i += 1;
                 newest[i - 1]
             });
+            self.trim_at = (2 * self.records.len()).max(RECENT_PENDING_MAX);
         }
     }
 
@@ -398,7 +421,7 @@ impl Recent {
         self.records.is_empty() && self.grown.is_empty()
     }
 
-    /// Time to write: a second has passed, many wait (from many profiles), or `now`
+    /// Time to write: a second has passed, many wait, or `now`
     /// (someone reads, or the store closes).
     fn due(&self, now: bool) -> bool {
         !self.is_empty() && (now || self.records.len() >= RECENT_PENDING_MAX / 2 || self.written.elapsed() >= TRIM_EVERY)
@@ -424,6 +447,7 @@ impl Recent {
         match result {
             Ok(()) => {
                 self.records.clear();
+                self.trim_at = RECENT_PENDING_MAX;
                 self.grown.clear();
             }
             Err(e) => {
@@ -485,5 +509,17 @@ mod tests {
         assert_eq!(r.records.len(), 4);
         assert!(!r.due(false));
         assert_eq!(newest(&r.records, 1), [false, false, true, true]);
+    }
+
+    #[test]
+    fn waiting_records_of_many_profiles_are_trimmed_once_per_doubling() {
+        let mut r = Recent::default();
+        for i in 0..RECENT_PENDING_MAX {
+            r.push(record(&format!("p{i}"), 1), 3);
+        }
+        // Nothing to drop: the next trim waits until they have doubled.
+        assert_eq!(r.records.len(), RECENT_PENDING_MAX);
+        assert_eq!(r.trim_at, 2 * RECENT_PENDING_MAX);
+        assert!(r.due(false), "that many wait: written at once");
     }
 }
