@@ -1,6 +1,7 @@
 //! The Redis store against real `redis-server` processes: the scripts' semantics, history,
 //! outages (open and closed), the exactly-once replay, timeouts, and calendar roll-over.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::redis::{hist_total, tts_body, tts_reply, RedisServer, PRICE};
@@ -268,6 +269,50 @@ async fn settlements_build_history_with_breakdowns_recent_requests_and_tenants()
         assert!(Instant::now() < deadline, "tenants: {profiles:?} {orgs:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Settlements that share a batch are summed in the script: amounts of up to 15 digits as
+/// Lua numbers, written out before a sum reaches 10^15, longer ones as the strings they are.
+/// Every total stays exact whatever mix of them shares a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sums_in_a_batch_stay_exact_past_what_a_double_holds() {
+    let server = RedisServer::start();
+    let store = Arc::new(open_store(&server.url(), ""));
+    let day = "2027-03-04";
+    // 15-digit amounts whose sums cross 10^15, 16- and 19-digit ones, negative corrections
+    // and odd small ones: settled together, so that they share batches.
+    let costs: Vec<i64> = (0..120i64)
+        .map(|i| match i % 6 {
+            0 => 999_999_999_999_999,
+            1 => 300_000_000_000_001,
+            2 => 4_000_000_000_000_003,
+            3 => -7,
+            4 => 1_234_567_890_123_456_789 / 1_000,
+            _ => 2 * i + 1,
+        })
+        .collect();
+    let settles = costs.iter().enumerate().map(|(i, &cost)| {
+        let store = store.clone();
+        async move { store.settle(&settlement(&format!("s{i}"), "big", Some("acme"), "gemini", "m", cost, day)).await }
+    });
+    for r in futures_util::future::join_all(settles).await {
+        r.unwrap();
+    }
+    let total: i64 = costs.iter().sum();
+    assert_eq!(
+        store
+            .read(&[
+                ck(Scope::Profile, "big", Window::Daily, day, "cost"),
+                ck(Scope::Org, "acme", Window::Monthly, "2027-03", "cost"),
+            ])
+            .await
+            .unwrap(),
+        vec![total, total]
+    );
+    let h = store.history(Scope::Profile, "big", &[day.to_string()], 0).await.unwrap();
+    assert_eq!(h.days[day].cost_nanos, total);
+    assert_eq!(h.days[day].requests, 120);
+    assert_eq!(h.by_model["m"].cost_nanos, total);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,8 @@
 -- index), {0, index, current} for the refusing counter with the lowest index, or {2} when
 -- the id was already applied.
 
+local tonumber, ARGV, KEYS, call = tonumber, ARGV, KEYS, redis.call
+
 local function ge(a, b)
   local na, nb = a:sub(1, 1) == '-', b:sub(1, 1) == '-'
   if na ~= nb then
@@ -34,66 +36,62 @@ local function ge(a, b)
   return a >= b
 end
 
-local function positive(amount)
-  return amount ~= '0' and amount:sub(1, 1) ~= '-'
-end
-
 -- Claim the id first (one call on the common, admitted path); a refusal gives it back.
-if redis.call('HSETNX', KEYS[1], ARGV[1], 1) == 0 then
+if call('HSETNX', KEYS[1], ARGV[1], 1) == 0 then
   return {2}
 end
 
-local groups = {}
-local before = {}
+-- out[index + 2]: the value of counter `index` before this request.
+local out = {1}
 local refused, refused_at
+local groups = tonumber(ARGV[3])
 local at = 4
-for k = 1, tonumber(ARGV[3]) do
-  local key, expire, n = KEYS[k + 1], ARGV[at], tonumber(ARGV[at + 1])
-  at = at + 2
+for k = 2, groups + 1 do
+  local n = tonumber(ARGV[at + 1])
+  local first = at + 2
   local fields = {}
   for f = 1, n do
-    fields[f] = ARGV[at + (f - 1) * 4 + 1]
+    fields[f] = ARGV[first + (f - 1) * 4 + 1]
   end
-  local values = redis.call('HMGET', key, unpack(fields))
+  local values = call('HMGET', KEYS[k], unpack(fields))
   for f = 1, n do
-    local o = at + (f - 1) * 4
-    local index, amount, max = tonumber(ARGV[o]), ARGV[o + 2], ARGV[o + 3]
+    local o = first + (f - 1) * 4
+    local index, max = tonumber(ARGV[o]), ARGV[o + 3]
     local current = values[f] or '0'
-    before[index + 1] = current
-    if max ~= '' and positive(amount) and ge(current, max) and (refused == nil or index < refused) then
-      refused, refused_at = index, current
+    out[index + 2] = current
+    if max ~= '' then
+      local amount = ARGV[o + 2]
+      if amount ~= '0' and amount:sub(1, 1) ~= '-' and ge(current, max) and (refused == nil or index < refused) then
+        refused, refused_at = index, current
+      end
     end
   end
-  groups[k] = {key, expire, at, n}
-  at = at + n * 4
+  at = first + n * 4
 end
 if refused ~= nil then
-  redis.call('HDEL', KEYS[1], ARGV[1])
+  call('HDEL', KEYS[1], ARGV[1])
   return {0, refused, refused_at}
 end
 
-for _, g in ipairs(groups) do
-  local key, expire, first, n = g[1], g[2], g[3], g[4]
+at = 4
+for k = 2, groups + 1 do
+  local key, expire, n = KEYS[k], ARGV[at], tonumber(ARGV[at + 1])
+  local first = at + 2
   local anchored = false
-  for f = 1, n do
-    local o = first + (f - 1) * 4
-    local amount = ARGV[o + 2]
+  for o = first + 2, first + 2 + (n - 1) * 4, 4 do
+    local amount = ARGV[o]
     if amount ~= '0' then
-      local v = redis.call('HINCRBY', key, ARGV[o + 1], amount)
+      local v = call('HINCRBY', key, ARGV[o - 1], amount)
       if not anchored then
         anchored = true
         -- The first field written was new: so is the hash.
         if v == tonumber(amount) then
-          redis.call('EXPIREAT', key, expire)
+          call('EXPIREAT', key, expire)
         end
       end
     end
   end
+  at = first + n * 4
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-
-local out = {1}
-for i = 1, #before do
-  out[i + 1] = before[i]
-end
+call('EXPIRE', KEYS[1], ARGV[2])
 return out

@@ -27,17 +27,16 @@
 -- below 2^53) and written out before a sum reaches 10^15; longer amounts are passed to
 -- HINCRBY as the decimal strings they are.
 --
+-- The loop over the entries reads ARGV in place and builds no table per entry (the history
+-- keys and fields of an entry are revisited by their positions in ARGV): Lua's allocations
+-- and collections, not Redis's commands, were most of this script's cost.
+--
 -- Returns {the number of entries applied (the others had been applied before: by their
 -- first call, or by an earlier, interrupted replay), the first write that failed or ''}.
 -- A failed write is skipped, not retried (see `write`); the ids are recorded last.
 
-local at = 0
-local function take()
-  at = at + 1
-  return ARGV[at]
-end
-
-local calls_ttl, replay_ttl, cap, n = take(), take(), tonumber(take()), tonumber(take())
+local tonumber, ARGV, KEYS, call = tonumber, ARGV, KEYS, redis.call
+local calls_ttl, replay_ttl, cap, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 
 -- Writes that fail (a key of the wrong type, an overflow) do not stop the script: Redis
 -- does not roll a script back, so stopping would leave part of the batch applied with its
@@ -53,96 +52,118 @@ local function write(...)
   return r
 end
 
-local expiring = {}
-local function expire_once(key, ttl)
-  if not expiring[key] then
-    expiring[key] = true
-    write('EXPIRE', key, ttl)
-  end
-end
-
--- Increments by hash, in the order first seen.
-local hashes, sums = {}, {}
+-- Increments by hash, in the order first seen: per hash its expire-at, its fields in order,
+-- their sums (a string until a second amount is added), and the amounts too long to sum.
+local hashes, expires, orders, sums, longs = {}, {}, {}, {}, {}
 local function add(key, field, by, expire)
-  local h = sums[key]
-  if not h then
-    h = {expire = expire, fields = {}, values = {}, long = {}}
-    sums[key] = h
+  local values = sums[key]
+  if not values then
+    values = {}
+    sums[key] = values
+    orders[key] = {}
+    expires[key] = expire
     hashes[#hashes + 1] = key
   end
   if #by > 15 then
-    h.long[#h.long + 1] = {field, by}
+    local l = longs[key]
+    if not l then
+      l = {}
+      longs[key] = l
+    end
+    l[#l + 1] = field
+    l[#l + 1] = by
     return
   end
-  local v = h.values[field]
+  local v = values[field]
   if v == nil then
     -- Kept as given: a field counted once is passed on without a conversion.
-    h.fields[#h.fields + 1] = field
-    h.values[field] = by
+    local order = orders[key]
+    order[#order + 1] = field
+    values[field] = by
     return
   end
   v = tonumber(v) + tonumber(by)
   if v >= 1e15 or v <= -1e15 then
-    h.long[#h.long + 1] = {field, string.format('%.0f', v)}
+    local l = longs[key]
+    if not l then
+      l = {}
+      longs[key] = l
+    end
+    l[#l + 1] = field
+    l[#l + 1] = string.format('%.0f', v)
     v = 0
   end
-  h.values[field] = v
+  values[field] = v
 end
 
-local lists, pushes = {}, {}
+-- Recent lists: in order first seen, each with its records and expire-at.
+local lists, pushes, list_expires = {}, {}, {}
 -- Tag sets touched by the batch, in order, with their expire-at.
 local tag_sets, tag_order = {}, {}
-
 -- The ids of the entries applied by this batch, recorded last (see the end).
 local claims, seen = {}, {}
 
 local applied = 0
+local at = 5
 for _ = 1, n do
-  local calls, id, replayed = KEYS[tonumber(take())], take(), tonumber(take())
-  local fresh = not seen[id] and redis.call('HEXISTS', calls, id) == 0
+  local calls, id, replayed = KEYS[tonumber(ARGV[at])], ARGV[at + 1], tonumber(ARGV[at + 2])
+  at = at + 3
+  local fresh = not seen[id] and call('HEXISTS', calls, id) == 0
   if fresh and replayed > 0 then
-    fresh = redis.call('SISMEMBER', KEYS[replayed], id) == 0
+    fresh = call('SISMEMBER', KEYS[replayed], id) == 0
   end
   if fresh then
     seen[id] = true
-    claims[#claims + 1] = {calls, id, replayed}
+    claims[#claims + 1] = calls
+    claims[#claims + 1] = id
+    claims[#claims + 1] = replayed
   end
   -- An entry applied before is read past without effect.
-  for _ = 1, tonumber(take()) do
-    local key, field, delta, expire = KEYS[tonumber(take())], take(), take(), take()
-    if fresh then
-      add(key, field, delta, expire)
+  local count = tonumber(ARGV[at])
+  at = at + 1
+  if fresh then
+    for o = at, at + (count - 1) * 4, 4 do
+      add(KEYS[tonumber(ARGV[o])], ARGV[o + 1], ARGV[o + 2], ARGV[o + 3])
     end
   end
-  local hist, hist_expires = {}, {}
-  for i = 1, tonumber(take()) do
-    local idx, expire = tonumber(take()), take()
-    hist[i] = {KEYS[idx], expire}
-    hist_expires[idx] = expire
-  end
-  local function hist_expire(idx)
-    return hist_expires[idx]
-  end
-  local fields = {}
-  for i = 1, tonumber(take()) do
-    local field, value = take(), take()
-    fields[i] = {field, value}
-    if fresh then
-      for _, h in ipairs(hist) do
-        add(h[1], field, value, h[2])
+  at = at + count * 4
+  -- History keys: `nh` pairs from `hist`; fields: `nf` pairs from `fields`.
+  local nh = tonumber(ARGV[at])
+  local hist = at + 1
+  at = hist + nh * 2
+  local nf = tonumber(ARGV[at])
+  local fields = at + 1
+  at = fields + nf * 2
+  if fresh then
+    for f = fields, fields + (nf - 1) * 2, 2 do
+      local field, value = ARGV[f], ARGV[f + 1]
+      for h = hist, hist + (nh - 1) * 2, 2 do
+        add(KEYS[tonumber(ARGV[h])], field, value, ARGV[h + 1])
       end
     end
   end
-  local tags = {}
-  for i = 1, tonumber(take()) do
-    tags[i] = take()
-  end
-  if #tags > 0 then
-    for _ = 1, tonumber(take()) do
-      local set, max, expire = KEYS[tonumber(take())], tonumber(take()), take()
-      local day, month = tonumber(take()), tonumber(take())
+  local nt = tonumber(ARGV[at])
+  local tags = at + 1
+  at = tags + nt
+  if nt > 0 then
+    local ng = tonumber(ARGV[at])
+    at = at + 1
+    for g = at, at + (ng - 1) * 5, 5 do
       if fresh then
-        for _, tag in ipairs(tags) do
+        local set, max, expire = KEYS[tonumber(ARGV[g])], tonumber(ARGV[g + 1]), ARGV[g + 2]
+        local day, month = tonumber(ARGV[g + 3]), tonumber(ARGV[g + 4])
+        -- The expiry of a history key is the one given with it among the entry's keys.
+        local day_expire, month_expire
+        for h = hist, hist + (nh - 1) * 2, 2 do
+          local idx = tonumber(ARGV[h])
+          if idx == day then
+            day_expire = ARGV[h + 1]
+          elseif idx == month then
+            month_expire = ARGV[h + 1]
+          end
+        end
+        for t = tags, tags + nt - 1 do
+          local tag = ARGV[t]
           local name = tag
           if write('SISMEMBER', set, tag) ~= 1 then
             if (write('SCARD', set) or max) < max then
@@ -151,41 +172,45 @@ for _ = 1, n do
               name = 'other'
             end
           end
-          for _, f in ipairs(fields) do
-            local field = string.match(f[1], '^[^|]+') .. '|#tag|' .. name
-            add(KEYS[day], field, f[2], hist_expire(day))
-            add(KEYS[month], field, f[2], hist_expire(month))
+          for f = fields, fields + (nf - 1) * 2, 2 do
+            local field = string.match(ARGV[f], '^[^|]+') .. '|#tag|' .. name
+            add(KEYS[day], field, ARGV[f + 1], day_expire)
+            add(KEYS[month], field, ARGV[f + 1], month_expire)
           end
         end
         if not tag_sets[set] then
           tag_sets[set] = true
-          tag_order[#tag_order + 1] = {set, expire}
+          tag_order[#tag_order + 1] = set
+          tag_order[#tag_order + 1] = expire
         end
       end
     end
+    at = at + ng * 5
   end
-  local mine = {}
-  for i = 1, tonumber(take()) do
-    mine[i] = {KEYS[tonumber(take())], take()}
-  end
-  local record = take()
+  local nl = tonumber(ARGV[at])
+  local mine = at + 1
+  at = mine + nl * 2
+  local record = ARGV[at]
+  at = at + 1
   if fresh then
     applied = applied + 1
-    for _, l in ipairs(mine) do
-      local p = pushes[l[1]]
+    for l = mine, mine + (nl - 1) * 2, 2 do
+      local key = KEYS[tonumber(ARGV[l])]
+      local p = pushes[key]
       if not p then
         p = {}
-        pushes[l[1]] = p
-        lists[#lists + 1] = l[1]
+        pushes[key] = p
+        lists[#lists + 1] = key
       end
-      p.expire = l[2]
+      list_expires[key] = ARGV[l + 1]
       p[#p + 1] = record
     end
   end
 end
 
-for _, key in ipairs(hashes) do
-  local h = sums[key]
+for i = 1, #hashes do
+  local key = hashes[i]
+  local values, order = sums[key], orders[key]
   local anchored = false
   local function incr(field, by)
     local v = write('HINCRBY', key, field, by)
@@ -193,44 +218,57 @@ for _, key in ipairs(hashes) do
       anchored = true
       -- The first field written was new: so is the hash.
       if v == tonumber(by) then
-        write('EXPIREAT', key, h.expire)
+        write('EXPIREAT', key, expires[key])
       end
     end
   end
-  for _, field in ipairs(h.fields) do
-    local v = h.values[field]
+  for j = 1, #order do
+    local field = order[j]
+    local v = values[field]
     if type(v) == 'string' then
       incr(field, v)
     elseif v ~= 0 then
       incr(field, string.format('%.0f', v))
     end
   end
-  for _, l in ipairs(h.long) do
-    incr(l[1], l[2])
+  local l = longs[key]
+  if l then
+    for j = 1, #l, 2 do
+      incr(l[j], l[j + 1])
+    end
   end
 end
 
-for _, t in ipairs(tag_order) do
-  write('EXPIREAT', t[1], t[2])
+for i = 1, #tag_order, 2 do
+  write('EXPIREAT', tag_order[i], tag_order[i + 1])
 end
 
-for _, key in ipairs(lists) do
-  local p = pushes[key]
+for i = 1, #lists do
+  local key = lists[i]
   -- Oldest first, so the newest ends up at the head.
-  if write('LPUSH', key, unpack(p)) then
+  if write('LPUSH', key, unpack(pushes[key])) then
     write('LTRIM', key, 0, cap - 1)
-    write('EXPIREAT', key, p.expire)
+    write('EXPIREAT', key, list_expires[key])
   end
 end
 
 -- The ids last, and these must succeed: when they cannot be written (out of memory) the
 -- script fails, and the whole batch is retried. (Out of memory, the writes above failed too.)
-for _, c in ipairs(claims) do
-  redis.call('HSET', c[1], c[2], 1)
-  expire_once(c[1], calls_ttl)
-  if c[3] > 0 then
-    redis.call('SADD', KEYS[c[3]], c[2])
-    expire_once(KEYS[c[3]], replay_ttl)
+local expiring = {}
+for i = 1, #claims, 3 do
+  local calls, id, replayed = claims[i], claims[i + 1], claims[i + 2]
+  call('HSET', calls, id, 1)
+  if not expiring[calls] then
+    expiring[calls] = true
+    write('EXPIRE', calls, calls_ttl)
+  end
+  if replayed > 0 then
+    local set = KEYS[replayed]
+    call('SADD', set, id)
+    if not expiring[set] then
+      expiring[set] = true
+      write('EXPIRE', set, replay_ttl)
+    end
   end
 end
 return {applied, failed or ''}
