@@ -244,7 +244,7 @@ pub async fn admit(
         tags: &tags,
     };
     let now = app.clock.now();
-    let plan = Plan::new(
+    let mut plan = Plan::new(
         &runtime.limits,
         &app.control_cache.load(),
         &runtime.calendar,
@@ -254,6 +254,9 @@ pub async fn admit(
         &amounts,
         now,
     );
+    if !app.store.reserves_unwatched() {
+        plan.defer_unwatched();
+    }
     let id = super::settle::next_id();
     let open = app.store.keeps_open_calls().then(|| OpenCall {
         id: id.clone(),

@@ -34,6 +34,10 @@ pub struct CounterOp {
     /// When set, the request is refused if the counter is already at or above this value
     /// (and `amount` is positive).
     pub max: Option<i64>,
+    /// A limit reads this counter when the request is admitted: its value before the request
+    /// is wanted (and `max`, when set, checked). A store may leave an unwatched counter whose
+    /// `amount` is zero out of the reservation (see [`Store::reserves_unwatched`]).
+    pub watched: bool,
 }
 
 /// When the counter buckets of one request may be deleted, per window. Rate windows (minute,
@@ -241,6 +245,16 @@ pub trait Store: Send + Sync {
     /// True when the store wants [`ReserveRequest::call`] filled in.
     fn keeps_open_calls(&self) -> bool {
         false
+    }
+
+    /// False when the store would rather have the counters no limit reads (a tenant's base
+    /// counters without a limit on them) added by the settlement than by the reservation:
+    /// the request path then reserves zero on them ([`crate::quota::Plan::defer_unwatched`])
+    /// and the settlement adds the whole amount. A limit added later counts what was settled,
+    /// not what is in flight. A store that charges a crashed call from its reservation keeps
+    /// the default.
+    fn reserves_unwatched(&self) -> bool {
+        true
     }
 
     /// Claims a one-time event shared by every replica (an alert of one limit, threshold and

@@ -157,6 +157,7 @@ impl Plan {
                             None => plan.push_op(scope, &name, bucket, field, limit.metric, amounts.get(limit.metric)),
                         }
                     };
+                    plan.ops[op].watched = true;
                     let mut limit = limit.clone();
                     limit.max = limit.max.saturating_add(adj.granted);
                     if limit.enforcing() {
@@ -189,9 +190,19 @@ impl Plan {
             },
             amount,
             max: None,
+            watched: false,
         });
         self.metrics.push(metric);
         self.ops.len() - 1
+    }
+
+    /// Reserves nothing on the counters no limit reads: their settlement adds the whole
+    /// amount (`deltas` against a zero reservation). For a store that would rather not write
+    /// them on the request's path ([`crate::quota::ledger::Store::reserves_unwatched`]).
+    pub fn defer_unwatched(&mut self) {
+        for op in self.ops.iter_mut().filter(|op| !op.watched) {
+            op.amount = 0;
+        }
     }
 
     pub fn reserve_request(&self, call: Option<OpenCall>) -> ReserveRequest {
@@ -324,6 +335,56 @@ mod tests {
         assert_eq!(plan.ops.len(), 16);
         let r = plan.refusal(plan.checks[0].op, 10_020_000_000);
         assert_eq!(r.message(), "Monthly cost limit reached for profile p1: used $10.02 of $10.00");
+    }
+
+    #[test]
+    fn deferring_leaves_only_the_watched_counters_in_the_reservation() {
+        // One enforcing limit and one that only alerts (a shadow limit is still read).
+        let (limits, cal) = setup(
+            "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 10}\n    - {metric: tokens, window: daily, max: 100, enabled: false}\n",
+        );
+        let tenant = Tenant {
+            profile: "p1".into(),
+            org: Some("acme".into()),
+        };
+        let amounts = Amounts {
+            cost_nanos: 5,
+            tokens: 7,
+            requests: 1,
+            characters: 3,
+        };
+        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
+        let mut plan = Plan::new(&limits, &Overlay::default(), &cal, RET, &tenant, &call("gemini-2.5-flash"), &amounts, now);
+        let watched: Vec<usize> = plan.checks.iter().map(|c| c.op).collect();
+        assert_eq!(watched.len(), 2);
+        assert_eq!(plan.ops.iter().filter(|op| op.watched).count(), 2);
+        plan.defer_unwatched();
+        for (i, op) in plan.ops.iter().enumerate() {
+            let expected = if watched.contains(&i) { amounts.get(plan.metrics[i]) } else { 0 };
+            assert_eq!(op.amount, expected, "{:?}", op.key);
+        }
+        // The settlement adds the whole actual amount to the deferred counters and corrects
+        // the reserved ones.
+        let actual = Amounts {
+            cost_nanos: 4,
+            tokens: 9,
+            requests: 1,
+            characters: 3,
+        };
+        let deltas: std::collections::HashMap<_, _> = plan.deltas(&actual).into_iter().collect();
+        for (i, op) in plan.ops.iter().enumerate() {
+            let m = plan.metrics[i];
+            let expected = if watched.contains(&i) {
+                actual.get(m) - amounts.get(m)
+            } else {
+                actual.get(m)
+            };
+            assert_eq!(deltas.get(&op.key).copied().unwrap_or(0), expected, "{:?}", op.key);
+        }
+        // Values after admission are unchanged for the limits.
+        let before = vec![0; plan.ops.len()];
+        let after: Vec<i64> = plan.values_after(&before).map(|(_, v)| v).collect();
+        assert_eq!(after, vec![7, 5], "daily tokens, then monthly cost");
     }
 
     #[test]

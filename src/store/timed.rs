@@ -97,6 +97,10 @@ impl Store for Timed {
         self.inner.keeps_open_calls()
     }
 
+    fn reserves_unwatched(&self) -> bool {
+        self.inner.reserves_unwatched()
+    }
+
     async fn claim_alert(&self, key: &str, expires: chrono::DateTime<chrono::Utc>) -> Result<bool, StoreError> {
         self.call("claim_alert", self.inner.claim_alert(key, expires)).await
     }
@@ -148,9 +152,25 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
         }
+        fn keeps_open_calls(&self) -> bool {
+            true
+        }
+        fn reserves_unwatched(&self) -> bool {
+            false
+        }
         fn name(&self) -> &'static str {
             "broken"
         }
+    }
+
+    /// The wrapper answers what the store it wraps answers about itself.
+    #[test]
+    fn the_store_s_own_answers_pass_through() {
+        let m = Metrics::new(&crate::config::MetricsConfig::default());
+        let store = Timed::new(Arc::new(Broken), m.store_errors.clone(), m.store_duration.clone());
+        assert!(store.keeps_open_calls());
+        assert!(!store.reserves_unwatched());
+        assert_eq!(store.name(), "broken");
     }
 
     #[tokio::test]

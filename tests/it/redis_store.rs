@@ -44,7 +44,12 @@ fn ck(scope: Scope, tenant: &str, window: Window, bucket: &str, field: &str) -> 
 }
 
 fn op(key: CounterKey, amount: i64, max: Option<i64>) -> CounterOp {
-    CounterOp { key, amount, max }
+    CounterOp {
+        key,
+        amount,
+        max,
+        watched: true,
+    }
 }
 
 fn far() -> DateTime<Utc> {
@@ -143,6 +148,43 @@ async fn reserve_checks_every_counter_exactly_and_applies_all_or_nothing() {
     assert_eq!(hget(&mut c, "sg:{p:p4}:c:p:p4:d:2027-03-04", "cost"), 1_000_000_000_000_002);
     store.reserve(&r).await.unwrap();
     assert_eq!(hget(&mut c, "sg:{p:p4}:c:p:p4:d:2027-03-04", "cost"), 1_000_000_000_000_005);
+}
+
+/// The proxy reserves nothing on counters no limit reads when the store is Redis; the
+/// store leaves them out of the script (the reply's values and a refusal's index still
+/// follow the request's ops), and the settlement adds their whole amount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwatched_counters_stay_out_of_the_reservation() {
+    let server = RedisServer::start();
+    let store = open_store(&server.url(), "");
+    assert!(!store.reserves_unwatched());
+    let day = "2027-03-04";
+    let tokens = ck(Scope::Profile, "u1", Window::Daily, day, "tokens");
+    let chars = ck(Scope::Profile, "u1", Window::Daily, day, "chars");
+    let cost = ck(Scope::Profile, "u1", Window::Monthly, "2027-03", "cost");
+    let unwatched = |key: &CounterKey| CounterOp {
+        key: key.clone(),
+        amount: 0,
+        max: None,
+        watched: false,
+    };
+    let req = || reserve_req(vec![unwatched(&tokens), op(cost.clone(), 60, Some(100)), unwatched(&chars)]);
+    assert_eq!(store.reserve(&req()).await.unwrap(), ReserveOutcome::Admitted { before: vec![0, 0, 0] });
+    assert_eq!(store.reserve(&req()).await.unwrap(), ReserveOutcome::Admitted { before: vec![0, 60, 0] });
+    assert_eq!(store.reserve(&req()).await.unwrap(), ReserveOutcome::Refused { index: 1, current: 120 });
+    let mut c = server.conn();
+    let daily: std::collections::HashMap<String, String> = ::redis::cmd("HGETALL").arg("sg:{p:u1}:c:p:u1:d:2027-03-04").query(&mut c).unwrap();
+    assert!(daily.is_empty(), "nothing written to unwatched counters: {daily:?}");
+
+    // Only unwatched counters (no limit at all): one of them still goes to Redis, so the
+    // call claims its id there and an unreachable Redis is noticed as for any other call.
+    let only = reserve_req(vec![unwatched(&tokens), unwatched(&chars)]);
+    assert_eq!(store.reserve(&only).await.unwrap(), ReserveOutcome::Admitted { before: vec![0, 0] });
+
+    let mut s = settlement("u1-a", "u1", None, "gemini", "m", 55, day);
+    s.deltas = vec![(tokens.clone(), 7), (chars.clone(), 3), (cost.clone(), -5)];
+    store.settle(&s).await.unwrap();
+    assert_eq!(store.read(&[tokens, chars, cost]).await.unwrap(), vec![7, 3, 115]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,7 +514,9 @@ async fn outage_open_forwards_everything_and_replays_its_cost_once() {
 
     // Redis comes back empty: what was counted during the outage is replayed, once. The
     // reservations of the ten in flight went down with the old Redis; their settlements
-    // (the estimate was exact, so their counter corrections are zero) bring their history.
+    // bring their history, and the whole amount of the counters no limit reads (requests
+    // here: they are left to the settlement), while the cost counter, which a limit reads,
+    // only gets its correction (zero: the estimate was exact).
     server.restart_empty();
     let key = format!("sg:{{p:p-out}}:c:p:p-out:m:{}", this_month(&p));
     let hist = format!("sg:{{p:p-out}}:h:p:p-out:m:{}", this_month(&p));
@@ -484,7 +528,7 @@ async fn outage_open_forwards_everything_and_replays_its_cost_once() {
     // Nothing is left to replay: the values are final.
     eventually("the journal is drained", || journal_empty(&journal)).await;
     assert_eq!(hget(&mut c, &key, "cost"), 20 * PRICE, "exactly once");
-    assert_eq!(hget(&mut c, &key, "requests"), 20);
+    assert_eq!(hget(&mut c, &key, "requests"), 30);
     assert_eq!(hist_total(&mut c, &hist, "requests"), 30);
     assert_eq!(hist_total(&mut c, &hist, "cost"), 30 * PRICE);
     // The usage API finds the tenant counted during the outage, with the exact cost, though

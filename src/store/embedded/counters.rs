@@ -201,11 +201,13 @@ mod tests {
                     key: key("p", Window::Daily, "2026-11-29", "requests"),
                     amount: 1,
                     max: None,
+                    watched: true,
                 },
                 CounterOp {
                     key: key("p", Window::Daily, "2026-11-29", "cost"),
                     amount,
                     max: Some(10),
+                    watched: true,
                 },
             ]
         };

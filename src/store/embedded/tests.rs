@@ -65,11 +65,13 @@ fn reserve_req(id: &str, profile: &str, cost: i64, max: i64) -> ReserveRequest {
                 key: key(profile, "requests"),
                 amount: 1,
                 max: None,
+                watched: true,
             },
             CounterOp {
                 key: key(profile, "cost"),
                 amount: cost,
                 max: Some(max),
+                watched: true,
             },
         ]
         .into(),

@@ -53,7 +53,7 @@ use self::outage::{background, guarded, Breaker, Guarded};
 use self::scripts::{ApplyParams, ReserveOp, Scripts};
 use crate::config::{OnError, StoreConfig};
 use crate::domain::Scope;
-use crate::quota::ledger::{CounterKey, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
+use crate::quota::ledger::{CounterKey, CounterOp, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
 
 /// How long the set of applied journal ids is kept after its last addition: a replay that is
 /// interrupted and retried within this time is not counted twice.
@@ -274,11 +274,46 @@ fn tenants_of<'a>(keys: impl Iterator<Item = &'a CounterKey>) -> Option<(String,
     profile.map(|p| (p, org))
 }
 
-#[async_trait]
-impl Store for RedisStore {
-    async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+impl RedisStore {
+    /// Reserves the ops that need Redis: those a limit reads, and any with an amount. The
+    /// others (counters no limit reads, deferred to the settlement) would only be read and
+    /// returned, and are left out.
+    async fn reserve_watched(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        let needed = |op: &CounterOp| op.watched || op.amount != 0;
+        if req.ops.iter().all(needed) {
+            return self.reserve_ops(req, &req.ops).await;
+        }
+        let mut kept: Vec<usize> = (0..req.ops.len()).filter(|&i| needed(&req.ops[i])).collect();
+        if kept.is_empty() {
+            // No limit reads any of them: one stays, so that the call still claims its id and
+            // the store's availability decides as for any other call (`on_error`).
+            kept.push(0);
+        }
+        let sub = ReserveRequest {
+            ops: kept.iter().map(|&i| req.ops[i].clone()).collect(),
+            ..req.clone()
+        };
+        Ok(match self.reserve_ops(&sub, &req.ops).await? {
+            ReserveOutcome::Admitted { before } => {
+                // Unwatched counters' values are not wanted: zero stands in for them.
+                let mut all = vec![0; req.ops.len()];
+                for (&i, b) in kept.iter().zip(before) {
+                    all[i] = b;
+                }
+                ReserveOutcome::Admitted { before: all }
+            }
+            ReserveOutcome::Refused { index, current } => ReserveOutcome::Refused {
+                index: kept.get(index).copied().unwrap_or(index),
+                current,
+            },
+        })
+    }
+
+    /// Reserves `req`, part of a request whose ops are `whole`: those place the keys (the tag
+    /// of the request's profile and org) and name the tenants to register.
+    async fn reserve_ops(&self, req: &ReserveRequest, whole: &[CounterOp]) -> Result<ReserveOutcome, StoreError> {
         let inner = &self.inner;
-        let Some(tag) = Tag::of_counters(req.ops.iter().map(|op| &op.key)) else {
+        let Some(tag) = Tag::of_counters(whole.iter().map(|op| &op.key)) else {
             return Ok(ReserveOutcome::Admitted { before: Vec::new() });
         };
         // The ops of one window and tenant share their hash: its name is made once.
@@ -318,7 +353,7 @@ impl Store for RedisStore {
                 window: op.key.window,
             })
             .collect();
-        if let Some((p, o)) = tenants_of(req.ops.iter().map(|op| &op.key)) {
+        if let Some((p, o)) = tenants_of(whole.iter().map(|op| &op.key)) {
             if !inner.ensure_registered(&tag, &p, o.as_deref()).await {
                 inner.failed();
                 let why = StoreError::Unavailable("cannot write the profile's index".into());
@@ -369,6 +404,19 @@ impl Store for RedisStore {
                 inner.reserve_fallback(req, tag, &cells, call_id, Some(h), StoreError::Timeout(inner.timeout))
             }
         }
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        self.reserve_watched(req).await
+    }
+
+    /// Counters no limit reads are written by the settlement: a reservation then touches only
+    /// the counters its limits read (two instead of eight for a tenant with one cost limit).
+    fn reserves_unwatched(&self) -> bool {
+        false
     }
 
     /// Joins the next batch of settlements and waits for it (see `batch`), at most
