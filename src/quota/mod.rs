@@ -293,22 +293,27 @@ mod tests {
         }
     }
 
+    /// Profile p1 of org acme, and the instant the plans are made at.
+    fn p1_of_acme() -> (Tenant, DateTime<Utc>) {
+        let tenant = Tenant {
+            profile: "p1".into(),
+            org: Some("acme".into()),
+        };
+        (tenant, DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc))
+    }
+
     #[test]
     fn base_counters_for_profile_and_org_and_filtered_limits() {
         let (limits, cal) = setup(
             "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 10}\n  orgs:\n    acme:\n      - {metric: requests, window: daily, max: 50, match: {provider: gemini, model: \"imagen-*\"}}\n",
         );
-        let tenant = Tenant {
-            profile: "p1".into(),
-            org: Some("acme".into()),
-        };
+        let (tenant, now) = p1_of_acme();
         let amounts = Amounts {
             cost_nanos: 5,
             tokens: 0,
             requests: 1,
             characters: 0,
         };
-        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
         let plan = Plan::new(
             &limits,
             &Overlay::default(),
@@ -343,17 +348,13 @@ mod tests {
         let (limits, cal) = setup(
             "limits:\n  default_profile:\n    - {metric: cost_usd, window: monthly, max: 10}\n    - {metric: tokens, window: daily, max: 100, enabled: false}\n",
         );
-        let tenant = Tenant {
-            profile: "p1".into(),
-            org: Some("acme".into()),
-        };
+        let (tenant, now) = p1_of_acme();
         let amounts = Amounts {
             cost_nanos: 5,
             tokens: 7,
             requests: 1,
             characters: 3,
         };
-        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
         let mut plan = Plan::new(&limits, &Overlay::default(), &cal, RET, &tenant, &call("gemini-2.5-flash"), &amounts, now);
         let watched: Vec<usize> = plan.checks.iter().map(|c| c.op).collect();
         assert_eq!(watched.len(), 2);

@@ -55,6 +55,15 @@ end
 -- Increments by hash, in the order first seen: per hash its expire-at, its fields in order,
 -- their sums (a string until a second amount is added), and the amounts too long to sum.
 local hashes, expires, orders, sums, longs = {}, {}, {}, {}, {}
+local function add_long(key, field, by)
+  local l = longs[key]
+  if not l then
+    l = {}
+    longs[key] = l
+  end
+  l[#l + 1] = field
+  l[#l + 1] = by
+end
 local function add(key, field, by, expire)
   local values = sums[key]
   if not values then
@@ -65,13 +74,7 @@ local function add(key, field, by, expire)
     hashes[#hashes + 1] = key
   end
   if #by > 15 then
-    local l = longs[key]
-    if not l then
-      l = {}
-      longs[key] = l
-    end
-    l[#l + 1] = field
-    l[#l + 1] = by
+    add_long(key, field, by)
     return
   end
   local v = values[field]
@@ -84,13 +87,7 @@ local function add(key, field, by, expire)
   end
   v = tonumber(v) + tonumber(by)
   if v >= 1e15 or v <= -1e15 then
-    local l = longs[key]
-    if not l then
-      l = {}
-      longs[key] = l
-    end
-    l[#l + 1] = field
-    l[#l + 1] = string.format('%.0f', v)
+    add_long(key, field, string.format('%.0f', v))
     v = 0
   end
   values[field] = v
