@@ -179,10 +179,11 @@ impl Counters {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn key(tenant: &str, window: Window, bucket: &str, field: &str) -> CounterKey {
+    /// A profile's counter (the journal's tests use it too).
+    pub(in crate::store::embedded) fn key(tenant: &str, window: Window, bucket: &str, field: &str) -> CounterKey {
         CounterKey {
             scope: Scope::Profile,
             tenant: tenant.into(),

@@ -713,17 +713,8 @@ pub fn recover(conn: &mut Connection, keep: rows::Keep) -> Result<usize, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::embedded::counters::tests::key;
     use proptest::prelude::*;
-
-    fn key(tenant: &str, window: Window, bucket: &str, field: &str) -> CounterKey {
-        CounterKey {
-            scope: Scope::Profile,
-            tenant: tenant.into(),
-            window,
-            bucket: bucket.into(),
-            field: field.into(),
-        }
-    }
 
     fn record(profile: &str, org: Option<&str>, tags: &[&str], cost: i64) -> UsageRecord {
         UsageRecord {
