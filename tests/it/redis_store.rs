@@ -401,6 +401,140 @@ async fn an_interrupted_replay_does_not_count_twice() {
     assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0, "an empty journal leaves an empty file");
 }
 
+fn ttl(c: &mut ::redis::Connection, key: &str) -> i64 {
+    ::redis::cmd("TTL").arg(key).query(c).unwrap()
+}
+
+/// The id hashes of the current hour under a tag.
+fn id_hashes(c: &mut ::redis::Connection, tag: &str) -> Vec<String> {
+    ::redis::cmd("KEYS").arg(format!("sg:{{{tag}}}:n:*")).query(c).unwrap()
+}
+
+/// Recent lists are trimmed in steps (a quarter past the cap, at least 8) rather than on
+/// every push, and readers still see at most the cap. Expiries that do not change are sent
+/// once per process: the keys still have them, also when Redis comes back empty and the
+/// keys are made again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_lists_are_trimmed_in_steps_and_keys_keep_their_expiries_across_an_empty_restart() {
+    let mut server = RedisServer::start();
+    let store = open_store(
+        &server.url(),
+        "  recent_max: 4
+",
+    );
+    let day = "2027-03-04";
+    let list = "sg:{o:acme}:r:p:p1";
+    let mut c = server.conn();
+    let mut longest = 0;
+    for i in 0..40 {
+        store
+            .settle(&settlement(&format!("t{i}"), "p1", Some("acme"), "gemini", "m", 1, day))
+            .await
+            .unwrap();
+        let len: usize = ::redis::cmd("LLEN").arg(list).query(&mut c).unwrap();
+        longest = longest.max(len);
+    }
+    assert_eq!(longest, 12, "trimmed back to 4 once past 4 + 8");
+    let h = store.history(Scope::Profile, "p1", &[day.to_string()], 100).await.unwrap();
+    assert_eq!(h.recent.len(), 4, "readers see the cap");
+    assert_eq!(h.days[day].requests, 40);
+    assert!(ttl(&mut c, list) > 390 * 86_400);
+    let ids = id_hashes(&mut c, "o:acme");
+    assert!(!ids.is_empty());
+    for k in &ids {
+        let t = ttl(&mut c, k);
+        assert!(t > 7200 && t <= 3 * 3600 + 60, "ids are kept two hours after their hour: {k} {t}");
+    }
+
+    server.restart_empty();
+    let mut c = server.conn();
+    // The first call after the restart may fail and be journaled; either way it lands.
+    let _ = store.settle(&settlement("after-1", "p1", Some("acme"), "gemini", "m", 1, day)).await;
+    eventually("the journal is replayed", || store.journal_len() == 0).await;
+    store.settle(&settlement("after-2", "p1", Some("acme"), "gemini", "m", 1, day)).await.unwrap();
+    assert_eq!(hist_total(&mut c, "sg:{o:acme}:h:p:p1:d:2027-03-04", "requests"), 2);
+    assert!(ttl(&mut c, list) > 390 * 86_400, "the list made again has its expiry");
+    for k in id_hashes(&mut c, "o:acme") {
+        assert!(ttl(&mut c, &k) > 7200, "the id hash made again has its expiry: {k}");
+    }
+}
+
+/// An id hash's expiry goes with the first reservation of a process that writes it; when
+/// that one is refused (nothing is written), the next one that is admitted sends it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_hash_gets_its_expiry_even_when_its_first_reservation_is_refused() {
+    let server = RedisServer::start();
+    let store = open_store(&server.url(), "");
+    let mut c = server.conn();
+    let cost = ck(Scope::Profile, "p7", Window::Daily, "2027-03-04", "cost");
+    let refused = store.reserve(&reserve_req(vec![op(cost.clone(), 5, Some(0))])).await.unwrap();
+    assert!(matches!(refused, ReserveOutcome::Refused { .. }));
+    assert!(id_hashes(&mut c, "p:p7").is_empty(), "a refusal writes no id");
+    let admitted = store.reserve(&reserve_req(vec![op(cost, 5, Some(10))])).await.unwrap();
+    assert_eq!(admitted, ReserveOutcome::Admitted { before: vec![0] });
+    let ids = id_hashes(&mut c, "p:p7");
+    assert_eq!(ids.len(), 1);
+    assert!(ttl(&mut c, &ids[0]) > 7200, "{}", ttl(&mut c, &ids[0]));
+}
+
+fn evalsha_calls(c: &mut ::redis::Connection) -> u64 {
+    let info: String = ::redis::cmd("INFO").arg("commandstats").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|l| l.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Concurrent reservations share script calls (the reservations of requests arriving
+/// together go out as one batch) and are still decided one after the other: 200 at once of
+/// $0.0615 against $1.00 admit exactly 17, as 200 calls one by one would. A key of the
+/// wrong type in a batch fails only its own reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reservations_share_script_calls_and_admit_exactly_as_one_by_one() {
+    let server = RedisServer::start();
+    let store = Arc::new(open_store(&server.url(), ""));
+    let mut c = server.conn();
+    let cost = ck(Scope::Profile, "p1", Window::Monthly, "2027-03", "cost");
+    // Warm up: the profile's index is written on its first request.
+    store.reserve(&reserve_req(vec![op(cost.clone(), 0, None)])).await.unwrap();
+    let before = evalsha_calls(&mut c);
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let store = store.clone();
+            let cost = cost.clone();
+            tokio::spawn(async move { store.reserve(&reserve_req(vec![op(cost, PRICE, Some(1_000_000_000))])).await })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        if let ReserveOutcome::Admitted { .. } = t.await.unwrap().unwrap() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 17);
+    assert_eq!(hget(&mut c, "sg:{p:p1}:c:p:p1:m:2027-03", "cost"), 17 * PRICE);
+    let calls = evalsha_calls(&mut c) - before;
+    assert!(calls < 200, "200 reservations took {calls} script calls");
+
+    // A counter hash Redis cannot increment (a string) fails its own reservation only.
+    let _: () = ::redis::cmd("SET").arg("sg:{p:bad}:c:p:bad:m:2027-03").arg("x").query(&mut c).unwrap();
+    let tasks: Vec<_> = ["bad", "p2", "p3", "p4"]
+        .into_iter()
+        .map(|p| {
+            let store = store.clone();
+            let key = ck(Scope::Profile, p, Window::Monthly, "2027-03", "cost");
+            tokio::spawn(async move { store.reserve(&reserve_req(vec![op(key, 5, Some(100))])).await })
+        })
+        .collect();
+    let results: Vec<_> = futures_util::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    for (i, p) in ["p2", "p3", "p4"].iter().enumerate() {
+        assert_eq!(results[i + 1].as_ref().unwrap(), &ReserveOutcome::Admitted { before: vec![0] }, "{p}");
+        assert_eq!(hget(&mut c, &format!("sg:{{p:{p}}}:c:p:{p}:m:2027-03"), "cost"), 5);
+    }
+    // The store is open on errors by default: the bad one is decided locally and journaled.
+    assert!(results[0].is_ok());
+}
+
 /// Redis does not roll a failed script back. A settlement batch one of whose writes fails
 /// (here the recent-requests list is a string) applies everything else exactly once and says
 /// so, rather than stopping part-way with its ids unclaimed (a retry would count the applied

@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, Notify};
 use super::conn::Conn;
 use super::journal::Entry;
 use super::keys::Tag;
-use super::outage::is_connection_problem;
+use super::outage::{copy_error, is_connection_problem};
 use super::{scripts, Inner};
 
 /// Most entries one script call applies, so that no call holds Redis for long.
@@ -110,7 +110,7 @@ impl Inner {
                     }
                     each
                 }
-                r => members.iter().map(|_| clone_result(&r)).collect(),
+                r => members.iter().map(|_| r.as_ref().map(|_| ()).map_err(copy_error)).collect(),
             }
         });
         let done = futures_util::future::join_all(sent).await;
@@ -129,7 +129,10 @@ impl Inner {
     /// One `settle.lua` call. Replays are timed and counted per entry as `replay`.
     async fn apply_batch<'a>(&self, entries: impl Iterator<Item = (&'a Tag, &'a Entry)> + Clone, replay: bool) -> RedisResult<()> {
         let n = entries.clone().count();
-        let inv = scripts::settle(&self.keys, entries, replay, &self.apply);
+        let inv = {
+            let mut expiries = self.expiries.lock();
+            scripts::settle(&self.keys, entries, replay, &self.apply, |k, at| expiries.needs(k, at))
+        };
         let mut c = self.conn.clone();
         let started = Instant::now();
         let result = if replay {
@@ -138,6 +141,10 @@ impl Inner {
         } else {
             inv.run::<(i64, String)>(&self.scripts.settle, &mut c).await
         };
+        if !matches!(&result, Ok((_, failed)) if failed.is_empty()) {
+            // The expiries sent may not have been set.
+            self.expiries.lock().forget();
+        }
         if let Ok((_, failed)) = &result {
             if !failed.is_empty() {
                 // Applied (ids recorded) except the writes Redis refused: counted, and left
@@ -155,16 +162,5 @@ impl Inner {
             }
         }
         result.map(|_| ())
-    }
-}
-
-/// A result for every entry of a batch (Redis errors are not `Clone`).
-fn clone_result(r: &RedisResult<()>) -> RedisResult<()> {
-    match r {
-        Ok(()) => Ok(()),
-        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-            Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e.to_string())))
-        }
-        Err(e) => Err(RedisError::from((e.kind(), "batch failed", e.to_string()))),
     }
 }

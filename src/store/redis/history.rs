@@ -239,13 +239,15 @@ impl Inner {
     /// `2026-11`), summed over its tags, with its newest `recent` requests.
     pub(super) async fn history(&self, scope: Scope, tenant: &str, periods: &[String], recent: usize) -> Result<History, StoreError> {
         let tags = self.tags_of(scope, tenant).await?;
+        // A list may hold up to a quarter more than its cap between trims (`settle.lua`).
+        let per_list = recent.min(self.apply.recent_max.max(1));
         let reads = tags.iter().map(|tag| async move {
             let mut pipe = redis::pipe();
             for p in periods {
                 pipe.cmd("HGETALL").arg(self.keys.history(tag, scope, tenant, p));
             }
-            if recent > 0 {
-                pipe.cmd("LRANGE").arg(self.keys.recent(tag, scope, tenant)).arg(0).arg(recent - 1);
+            if per_list > 0 {
+                pipe.cmd("LRANGE").arg(self.keys.recent(tag, scope, tenant)).arg(0).arg(per_list - 1);
             }
             let mut c = self.conn.clone();
             self.bounded(pipe.query_async::<Vec<Value>>(&mut c)).await

@@ -23,11 +23,13 @@
 mod batch;
 pub mod conn;
 pub mod control;
+mod expiries;
 pub mod fence;
 mod history;
 pub mod journal;
 pub mod keys;
 mod outage;
+mod reservations;
 pub mod scripts;
 
 use std::future::Future;
@@ -39,18 +41,20 @@ use async_trait::async_trait;
 use chrono::Utc;
 use parking_lot::Mutex;
 use prometheus::{HistogramVec, IntCounterVec};
-use redis::{RedisError, RedisResult, Value};
+use redis::{RedisError, RedisResult};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use self::batch::Batches;
 use self::conn::Conn;
+use self::expiries::Expiries;
 use self::fence::{Cell, Fence};
 use self::history::Registered;
 use self::journal::{Entry, Journal};
 use self::keys::{Keys, Tag};
 use self::outage::{background, guarded, Breaker, Guarded};
-use self::scripts::{ApplyParams, ReserveOp, Scripts};
+use self::reservations::Reservations;
+use self::scripts::{ApplyParams, ReserveCall, ReserveOp, Scripts};
 use crate::config::{OnError, StoreConfig};
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, CounterOp, History, ReserveOutcome, ReserveRequest, Settlement, Store, StoreError};
@@ -99,6 +103,8 @@ struct Inner {
     boot: String,
     seq: AtomicU64,
     batches: Batches,
+    reservations: Reservations,
+    expiries: Mutex<Expiries>,
 }
 
 /// The Redis backend of [`Store`].
@@ -165,6 +171,8 @@ impl RedisStore {
             boot: format!("{:x}-{:x}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)),
             seq: AtomicU64::new(0),
             batches: Batches::default(),
+            reservations: Reservations::default(),
+            expiries: Mutex::new(Expiries::default()),
         });
         let background = tokio::spawn(background(inner.clone()));
         let sender = tokio::spawn(batch::sender(inner.clone()));
@@ -339,14 +347,14 @@ impl RedisStore {
                 vec![0; cells.len()]
             }
         };
-        let ops: Vec<ReserveOp<'_>> = req
+        let ops: Vec<ReserveOp> = req
             .ops
             .iter()
             .zip(&cells)
             .zip(&pending)
             .map(|((op, cell), p)| ReserveOp {
-                key: &cell.0,
-                field: &cell.1,
+                key: cell.0.clone(),
+                field: cell.1.clone(),
                 amount: op.amount,
                 max: op.max.map(|m| m.saturating_sub(*p)),
                 expire: req.expires.of(op.key.window),
@@ -360,14 +368,16 @@ impl RedisStore {
                 return inner.reserve_fallback(req, tag, &cells, call_id, None, why);
             }
         }
-        let inv = scripts::reserve(scripts::calls_key(&inner.keys, &tag, call_id.1), &call_id.0, &ops);
+        let call = ReserveCall {
+            calls_key: scripts::calls_key(&inner.keys, &tag, call_id.1),
+            calls_expire: scripts::calls_expire_at(call_id.1),
+            id: call_id.0.clone(),
+            ops,
+        };
         let call = {
             let inner = inner.clone();
-            async move {
-                let mut c = inner.conn.clone();
-                let v: Value = inv.run(&inner.scripts.reserve, &mut c).await?;
-                scripts::reserve_reply(v)
-            }
+            let slot = tag.slot();
+            async move { inner.reserve_call(slot, call).await }
         };
         match guarded(inner.timeout, call).await {
             // The id is already recorded: an earlier attempt of this very call (a client retry

@@ -100,6 +100,16 @@ pub(super) fn is_connection_problem(e: &RedisError) -> bool {
         )
 }
 
+/// The same failure for every call a batch carried (Redis errors are not `Clone`); a
+/// connection problem stays one.
+pub(super) fn copy_error(e: &RedisError) -> RedisError {
+    if is_connection_problem(e) {
+        RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, e.to_string()))
+    } else {
+        RedisError::from((e.kind(), "batch failed", e.to_string()))
+    }
+}
+
 /// The background task: load the scripts, probe Redis while it is unreachable, replay the
 /// journal, keep the fence small.
 pub(super) async fn background(inner: Arc<Inner>) {
@@ -138,6 +148,7 @@ impl Inner {
         // writes): the tenant registry and the profiles' homes are written again, by the
         // replay and by the next settlements, rather than assumed from before.
         self.registered.lock().forget();
+        self.expiries.lock().forget();
         self.breaker.failure();
         if self.breaker.is_open() {
             self.wake.notify_one();

@@ -1,4 +1,4 @@
-//! The two Lua scripts and their arguments: `reserve.lua` (one request's check-and-reserve)
+//! The two Lua scripts and their arguments: `reserve.lua` (a batch of requests' check-and-reserve)
 //! and `settle.lua` (a batch of settlements or journal entries).
 //!
 //! Scripts are sent by SHA1 (`EVALSHA`); when Redis answers `NOSCRIPT` (after a restart or
@@ -65,6 +65,14 @@ impl Invocation {
         self.keys.len()
     }
 
+    /// [`Invocation::key`] for a borrowed name (allocated only when new).
+    fn key_ref(&mut self, key: &str) -> usize {
+        match self.index.get(key) {
+            Some(i) => *i,
+            None => self.key(key.to_string()),
+        }
+    }
+
     fn arg(&mut self, a: impl ToString) {
         self.args.push(a.to_string());
     }
@@ -95,9 +103,10 @@ fn expire_at(at: DateTime<Utc>, window: Window) -> i64 {
 }
 
 /// One counter of a reservation, already resolved to its Redis key.
-pub struct ReserveOp<'a> {
-    pub key: &'a str,
-    pub field: &'a str,
+#[derive(Debug, Clone)]
+pub struct ReserveOp {
+    pub key: String,
+    pub field: std::sync::Arc<str>,
     pub amount: i64,
     /// The max to check against, lowered by what this replica counted locally and has not
     /// replayed yet.
@@ -107,8 +116,26 @@ pub struct ReserveOp<'a> {
     pub window: Window,
 }
 
+/// One request's reservation: its id, the hash its id is recorded in (and that hash's
+/// expire-at, [`calls_expire_at`]), and its counters.
+#[derive(Debug, Clone)]
+pub struct ReserveCall {
+    pub calls_key: String,
+    pub calls_expire: i64,
+    pub id: String,
+    pub ops: Vec<ReserveOp>,
+}
+
 /// Seconds the ids of first calls are kept (`Keys::calls`).
 pub const CALLS_TTL: i64 = 2 * 3600;
+
+/// When the ids of calls made in the UTC hour of `created` expire: [`CALLS_TTL`] after the
+/// end of that hour, and never sooner than that long from now (a replay writes into the
+/// hour its entry was made in).
+pub fn calls_expire_at(created: i64) -> i64 {
+    let end_of_hour = (created.div_euclid(3600) + 1) * 3600;
+    end_of_hour.max(Utc::now().timestamp()) + CALLS_TTL
+}
 
 /// The key of the ids of calls made in the UTC hour of `created`.
 pub fn calls_key(keys: &Keys, tag: &Tag, created: i64) -> String {
@@ -116,42 +143,72 @@ pub fn calls_key(keys: &Keys, tag: &Tag, created: i64) -> String {
     keys.calls(tag, &format!("{:04}{:02}{:02}{:02}", t.year(), t.month(), t.day(), t.hour()))
 }
 
-/// The arguments of `reserve.lua` for the call `id` (recorded in `calls_key`).
-pub fn reserve(calls_key: String, id: &str, ops: &[ReserveOp<'_>]) -> Invocation {
+/// The arguments of `reserve.lua` for a batch of reservations (all in one hash slot on a
+/// cluster), applied in order. `needs_expiry(key, at)` says whether an id hash's expiry
+/// must be sent (see `expiries`).
+pub fn reserve<'a>(calls: impl IntoIterator<Item = &'a ReserveCall>, mut needs_expiry: impl FnMut(&str, i64) -> bool) -> Invocation {
     let mut inv = Invocation::default();
-    inv.key(calls_key);
+    let count_at = inv.args.len();
+    inv.arg(0);
+    let mut count = 0;
     // One group per counter hash, in order of first appearance.
     let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        match groups.iter_mut().find(|(k, _)| *k == op.key) {
-            Some(g) => g.1.push(i),
-            None => groups.push((op.key, vec![i])),
+    for call in calls {
+        count += 1;
+        groups.clear();
+        for (i, op) in call.ops.iter().enumerate() {
+            match groups.iter_mut().find(|(k, _)| *k == op.key) {
+                Some(g) => g.1.push(i),
+                None => groups.push((&op.key, vec![i])),
+            }
         }
-    }
-    inv.arg(id);
-    inv.arg(CALLS_TTL);
-    inv.arg(groups.len());
-    for (key, members) in &groups {
-        inv.key(key.to_string());
-        inv.arg(expire_at(ops[members[0]].expire, ops[members[0]].window));
-        inv.arg(members.len());
-        for &i in members {
-            let op = &ops[i];
-            inv.arg(i);
-            inv.arg(op.field);
-            inv.arg(op.amount);
-            match op.max {
-                Some(m) => inv.arg(m),
-                None => inv.arg(""),
+        let idx = inv.key_ref(&call.calls_key);
+        inv.arg(idx);
+        inv.arg(if needs_expiry(&call.calls_key, call.calls_expire) {
+            call.calls_expire
+        } else {
+            0
+        });
+        inv.arg(&call.id);
+        inv.arg(groups.len());
+        for (key, members) in &groups {
+            let idx = inv.key_ref(key);
+            inv.arg(idx);
+            let first = &call.ops[members[0]];
+            inv.arg(expire_at(first.expire, first.window));
+            inv.arg(members.len());
+            for &i in members {
+                let op = &call.ops[i];
+                inv.arg(i);
+                inv.arg(&op.field);
+                inv.arg(op.amount);
+                match op.max {
+                    Some(m) => inv.arg(m),
+                    None => inv.arg(""),
+                }
             }
         }
     }
+    inv.args[count_at] = count.to_string();
     inv
 }
 
-/// Decodes the reply of `reserve.lua`; `None` when the call's id was already applied (by
-/// the journal replay of the same reservation).
-pub fn reserve_reply(v: Value) -> RedisResult<Option<ReserveOutcome>> {
+/// Decodes the reply of `reserve.lua` for a batch of `n` reservations: per reservation its
+/// outcome, `None` when its id was already applied (by the journal replay of the same
+/// reservation, or by an earlier attempt of this very call).
+pub fn reserve_replies(v: Value, n: usize) -> RedisResult<Vec<Option<ReserveOutcome>>> {
+    let items: Vec<Value> = FromRedisValue::from_redis_value(v)?;
+    if items.len() != n {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "reserve.lua answered for another number of reservations",
+        )));
+    }
+    items.into_iter().map(reserve_reply).collect()
+}
+
+/// Decodes one reservation's reply.
+fn reserve_reply(v: Value) -> RedisResult<Option<ReserveOutcome>> {
     let items: Vec<Value> = FromRedisValue::from_redis_value(v)?;
     let int = |v: &Value| -> RedisResult<i64> { Ok(i64::from_redis_value_ref(v)?) };
     let bad = || redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "unexpected reply from reserve.lua"));
@@ -209,13 +266,21 @@ pub struct ApplyParams {
 
 /// The arguments of `settle.lua` for a batch of entries (all in one hash slot on a
 /// cluster), as first calls or (`replay`) as replays from the journal; either way each is
-/// applied once.
-pub fn settle<'a>(keys: &Keys, entries: impl IntoIterator<Item = (&'a Tag, &'a Entry)>, replay: bool, p: &ApplyParams) -> Invocation {
+/// applied once. `needs_expiry(key, at)` says whether the expiry of an id hash or a recent
+/// list must be sent (see `expiries`).
+pub fn settle<'a>(
+    keys: &Keys,
+    entries: impl IntoIterator<Item = (&'a Tag, &'a Entry)>,
+    replay: bool,
+    p: &ApplyParams,
+    mut needs_expiry: impl FnMut(&str, i64) -> bool,
+) -> Invocation {
     let mut inv = Invocation::default();
-    let now = Utc::now();
-    let recent_expiry = expire_at(now + Duration::days(i64::from(p.daily_days)), Window::Daily);
+    // A recent list lives `daily_days` after the end of the (UTC) day of its last request:
+    // the same expiry all day, so it is sent once a day per list.
+    let tomorrow = utc_midnight(Utc::now().date_naive() + Duration::days(1));
+    let recent_expiry = expire_at(tomorrow + Duration::days(i64::from(p.daily_days)), Window::Daily);
 
-    inv.arg(CALLS_TTL);
     inv.arg(p.dedupe_ttl);
     inv.arg(p.recent_max.max(1));
     let count_at = inv.args.len();
@@ -225,8 +290,12 @@ pub fn settle<'a>(keys: &Keys, entries: impl IntoIterator<Item = (&'a Tag, &'a E
     let mut last_day: Option<(String, Periods)> = None;
     for (tag, entry) in entries {
         count += 1;
-        let idx = inv.key(calls_key(keys, tag, entry.created));
+        let calls = calls_key(keys, tag, entry.created);
+        let calls_expire = calls_expire_at(entry.created);
+        let expire = if needs_expiry(&calls, calls_expire) { calls_expire } else { 0 };
+        let idx = inv.key(calls);
         inv.arg(idx);
+        inv.arg(expire);
         inv.arg(&entry.id);
         if replay {
             let day = DateTime::from_timestamp(entry.created, 0).unwrap_or_default().format("%Y-%m-%d").to_string();
@@ -299,9 +368,11 @@ pub fn settle<'a>(keys: &Keys, entries: impl IntoIterator<Item = (&'a Tag, &'a E
         }
         inv.arg(tenants.len());
         for (scope, id) in &tenants {
-            let idx = inv.key(keys.recent(tag, *scope, id));
+            let list = keys.recent(tag, *scope, id);
+            let expire = if needs_expiry(&list, recent_expiry) { recent_expiry } else { 0 };
+            let idx = inv.key(list);
             inv.arg(idx);
-            inv.arg(recent_expiry);
+            inv.arg(expire);
         }
         inv.arg(serde_json::to_string(rec).unwrap_or_default());
     }
@@ -359,40 +430,42 @@ mod tests {
     #[test]
     fn reserve_shares_keys_and_lists_one_expiry_per_key() {
         let far = Utc::now() + Duration::days(90);
-        let ops = [
-            ReserveOp {
-                key: "k1",
-                field: "cost",
-                amount: 5,
-                max: Some(10),
-                expire: far,
-                window: Window::Daily,
-            },
-            ReserveOp {
-                key: "k1",
-                field: "requests",
-                amount: 1,
-                max: None,
-                expire: far,
-                window: Window::Daily,
-            },
-            ReserveOp {
-                key: "k2",
-                field: "cost",
-                amount: 5,
-                max: None,
-                expire: far,
-                window: Window::Daily,
-            },
-        ];
-        let inv = reserve("calls".into(), "id-1", &ops);
+        let op = |key: &str, field: &str, amount, max| ReserveOp {
+            key: key.into(),
+            field: field.into(),
+            amount,
+            max,
+            expire: far,
+            window: Window::Daily,
+        };
+        let first = ReserveCall {
+            calls_key: "calls".into(),
+            calls_expire: 99,
+            id: "id-1".into(),
+            ops: vec![op("k1", "cost", 5, Some(10)), op("k1", "requests", 1, None), op("k2", "cost", 5, None)],
+        };
+        let second = ReserveCall {
+            calls_key: "calls".into(),
+            calls_expire: 99,
+            id: "id-2".into(),
+            ops: vec![op("k2", "cost", 7, Some(20))],
+        };
+        let mut expiries = super::super::expiries::Expiries::default();
+        let inv = reserve([&first, &second], |k, at| expiries.needs(k, at));
         let (keys, args) = inv.parts();
-        assert_eq!(keys, ["calls", "k1", "k2"]);
+        assert_eq!(keys, ["calls", "k1", "k2"], "every key named once in the batch");
         let far_s = far.timestamp().to_string();
         let far_s = far_s.as_str();
         assert_eq!(
             args,
-            ["id-1", "7200", "2", far_s, "2", "0", "cost", "5", "10", "1", "requests", "1", "", far_s, "1", "2", "cost", "5", ""]
+            [
+                "2", // two reservations
+                "1", "99", "id-1", "2", // id hash, its expiry, id, two counter hashes
+                "2", far_s, "2", "0", "cost", "5", "10", "1", "requests", "1", "", //
+                "3", far_s, "1", "2", "cost", "5", "", //
+                "1", "0", "id-2", "1", // the id hash's expiry is sent once
+                "3", far_s, "1", "0", "cost", "7", "20",
+            ]
         );
     }
 
@@ -438,41 +511,62 @@ mod tests {
             dedupe_ttl: 60,
             max_tags: 100,
         };
-        let inv = settle(&keys, [(&tag, &entry)], true, &p);
+        let inv = settle(&keys, [(&tag, &entry)], true, &p, |_, _| true);
         let (k, a) = inv.parts();
         assert!(k.iter().all(|k| k.contains("{o:acme}")), "{k:?}");
         assert!(k[0].starts_with("sg:{o:acme}:n:"));
         assert!(k[1].starts_with("sg:{o:acme}:j:"));
-        // The ids' and the replay set's lifetimes, the cap, one entry: its id hash, id and
-        // replay set, one counter (zero deltas are skipped).
-        assert_eq!(&a[..8], ["7200", "60", "50", "1", "1", "id-1", "2", "1"]);
+        // The replay set's lifetime, the cap, one entry: its id hash and that hash's expiry,
+        // id and replay set, one counter (zero deltas are skipped).
+        let calls_expire = calls_expire_at(entry.created).to_string();
+        assert_eq!(&a[..8], ["60", "50", "1", "1", calls_expire.as_str(), "id-1", "2", "1"]);
         assert!(a.contains(&"cost|gemini|m:x".to_string()));
         assert!(a.contains(&"requests|gemini|m:x".to_string()));
         assert!(!a.iter().any(|x| x.starts_with("chars|")), "zero fields are skipped");
         assert_eq!(k.iter().filter(|k| k.contains(":h:")).count(), 4, "day and month of the profile and the org");
         assert_eq!(k.iter().filter(|k| k.contains(":g:")).count(), 2, "the tag sets of the profile and the org");
         assert!(a.contains(&"tool=a".to_string()));
-        let inv = settle(&keys, [(&tag, &entry)], false, &p);
+        let inv = settle(&keys, [(&tag, &entry)], false, &p, |_, _| true);
         assert_eq!(inv.parts().1[6], "0", "a first call is not a replay");
         assert!(!inv.parts().0.iter().any(|k| k.contains(":j:")));
 
         // A batch names every key once and counts its entries.
         let mut second = entry.clone();
         second.id = "id-2".into();
-        let inv = settle(&keys, [(&tag, &entry), (&tag, &second)], false, &p);
+        let mut expiries = super::super::expiries::Expiries::default();
+        let inv = settle(&keys, [(&tag, &entry), (&tag, &second)], false, &p, |k, at| expiries.needs(k, at));
         let (k2, a2) = inv.parts();
-        assert_eq!(a2[3], "2");
+        assert_eq!(a2[2], "2");
         assert_eq!(k2.len(), k.len() - 1, "the same keys, without the replay set");
         assert!(a2.contains(&"id-2".to_string()));
+        // The id hash's and the two lists' expiries go with the first entry only.
+        let first = a2.iter().position(|a| a == "id-1").unwrap();
+        let second_at = a2.iter().position(|a| a == "id-2").unwrap();
+        assert_eq!(a2[first - 1], calls_expire);
+        assert_eq!(a2[second_at - 1], "0");
+        let tomorrow = utc_midnight(Utc::now().date_naive() + Duration::days(1));
+        let list_expire = (tomorrow + Duration::days(400)).timestamp().to_string();
+        assert_eq!(a2.iter().filter(|a| **a == list_expire).count(), 2, "{a2:?}");
+        // The next batch sends none of them.
+        let inv = settle(&keys, [(&tag, &second)], false, &p, |k, at| expiries.needs(k, at));
+        assert!(!inv.parts().1.contains(&list_expire));
+        assert!(!inv.parts().1.contains(&calls_expire));
     }
 
     #[test]
     fn decodes_reserve_replies() {
         let admitted = Value::Array(vec![Value::Int(1), Value::BulkString(b"12".to_vec()), Value::BulkString(b"-3".to_vec())]);
-        assert_eq!(reserve_reply(admitted).unwrap(), Some(ReserveOutcome::Admitted { before: vec![12, -3] }));
-        assert_eq!(reserve_reply(Value::Array(vec![Value::Int(2)])).unwrap(), None);
+        let again = Value::Array(vec![Value::Int(2)]);
         let refused = Value::Array(vec![Value::Int(0), Value::Int(4), Value::BulkString(b"9223372036854775807".to_vec())]);
-        assert_eq!(reserve_reply(refused).unwrap(), Some(ReserveOutcome::Refused { index: 4, current: i64::MAX }));
-        assert!(reserve_reply(Value::Int(3)).is_err());
+        assert_eq!(
+            reserve_replies(Value::Array(vec![admitted, again, refused]), 3).unwrap(),
+            [
+                Some(ReserveOutcome::Admitted { before: vec![12, -3] }),
+                None,
+                Some(ReserveOutcome::Refused { index: 4, current: i64::MAX })
+            ]
+        );
+        assert!(reserve_replies(Value::Array(vec![Value::Int(3)]), 1).is_err());
+        assert!(reserve_replies(Value::Array(vec![]), 1).is_err(), "one reply per reservation");
     }
 }

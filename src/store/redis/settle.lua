@@ -3,11 +3,10 @@
 -- entry is applied at most once, by its id. On Redis Cluster every key of a batch is in one
 -- hash slot (the caller makes one batch per slot).
 --
--- ARGV[1]: seconds a hash of call ids is kept; ARGV[2]: seconds a set of replayed ids is
--- kept; ARGV[3]: the cap of the recent lists; ARGV[4]: the number of entries. Then for each
--- entry, in order:
---   its call-id hash (key index), its id, its replayed-id set (key index; 0 for a first
---   call, which is not a replay);
+-- ARGV[1]: seconds a set of replayed ids is kept; ARGV[2]: the cap of the recent lists;
+-- ARGV[3]: the number of entries. Then for each entry, in order:
+--   its call-id hash (key index), that hash's expire-at (0 when it is set already), its
+--   id, its replayed-id set (key index; 0 for a first call, which is not a replay);
 --   counters: n, then n x {key index, field, delta, expire-at}
 --   history:  n keys, then n x {key index, expire-at}; m fields, then m x {field, value}
 --             (every field is added to every history key of the entry)
@@ -16,12 +15,16 @@
 --             metric (its part before the first `|`) is also counted as `<metric>|#tag|<tag>`
 --             in the tenant's two history keys, under the tag's name while the tenant's set
 --             of tags holds it or is below its max, else under `other`.
---   recent:   n lists, then n x {key index, expire-at}; the record
+--   recent:   n lists, then n x {key index, expire-at (0 when it is set already)}; the
+--             record
 --
 -- What does not depend on one entry is done once per batch: each id hash, replay set and
--- tag set gets its expiry once; each counter and history field is incremented once, by the sum of its
--- entries' amounts; each hash gets its expire-at once, when the batch creates it; each list
--- gets one push of all its records, one trim and one expiry.
+-- tag set gets its expiry once; each counter and history field is incremented once, by the
+-- sum of its entries' amounts; each hash gets its expire-at once, when the batch creates
+-- it; each list gets one push of all its records and its expiry. A list is trimmed back to
+-- the cap only once it has grown a quarter past it (readers take the newest `cap`), so that
+-- most pushes need no trim. Expire-ats that do not change (an id hash's, a list's for the
+-- day) are sent by the caller once per process, not with every batch.
 --
 -- Sums stay exact: amounts of at most 15 digits are summed as Lua numbers (doubles, exact
 -- below 2^53) and written out before a sum reaches 10^15; longer amounts are passed to
@@ -33,10 +36,17 @@
 --
 -- Returns {the number of entries applied (the others had been applied before: by their
 -- first call, or by an earlier, interrupted replay), the first write that failed or ''}.
--- A failed write is skipped, not retried (see `write`); the ids are recorded last.
+-- A failed write is skipped, not retried (see `write`).
+--
+-- Each entry claims its id first (`HSETNX`), before anything is written. Out of memory,
+-- Redis refuses a script's writes only until its first write succeeds: so either the
+-- first claim fails and the script stops having written nothing (the batch is retried),
+-- or every write of the batch is accepted.
 
 local tonumber, ARGV, KEYS, call = tonumber, ARGV, KEYS, redis.call
-local calls_ttl, replay_ttl, cap, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local replay_ttl, cap, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+-- A list is trimmed once it holds this many records.
+local trim_past = cap + math.max(8, math.floor(cap / 4))
 
 -- Writes that fail (a key of the wrong type, an overflow) do not stop the script: Redis
 -- does not roll a script back, so stopping would leave part of the batch applied with its
@@ -97,23 +107,27 @@ end
 local lists, pushes, list_expires = {}, {}, {}
 -- Tag sets touched by the batch, in order, with their expire-at.
 local tag_sets, tag_order = {}, {}
--- The ids of the entries applied by this batch, recorded last (see the end).
-local claims, seen = {}, {}
+-- Id hashes to give their expire-at, and replayed ids to record, in order.
+local id_expires, id_expiring, replays = {}, {}, {}
 
 local applied = 0
-local at = 5
+local at = 4
 for _ = 1, n do
-  local calls, id, replayed = KEYS[tonumber(ARGV[at])], ARGV[at + 1], tonumber(ARGV[at + 2])
-  at = at + 3
-  local fresh = not seen[id] and call('HEXISTS', calls, id) == 0
+  local calls, calls_expire, id, replayed = KEYS[tonumber(ARGV[at])], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
+  at = at + 4
+  local fresh = call('HSETNX', calls, id, 1) == 1
   if fresh and replayed > 0 then
+    -- Applied by an earlier replay whose first call's id has expired since.
     fresh = call('SISMEMBER', KEYS[replayed], id) == 0
   end
-  if fresh then
-    seen[id] = true
-    claims[#claims + 1] = calls
-    claims[#claims + 1] = id
-    claims[#claims + 1] = replayed
+  if fresh and replayed > 0 then
+    replays[#replays + 1] = KEYS[replayed]
+    replays[#replays + 1] = id
+  end
+  if calls_expire ~= '0' and not id_expiring[calls] then
+    id_expiring[calls] = true
+    id_expires[#id_expires + 1] = calls
+    id_expires[#id_expires + 1] = calls_expire
   end
   -- An entry applied before is read past without effect.
   local count = tonumber(ARGV[at])
@@ -199,7 +213,9 @@ for _ = 1, n do
         pushes[key] = p
         lists[#lists + 1] = key
       end
-      list_expires[key] = ARGV[l + 1]
+      if ARGV[l + 1] ~= '0' then
+        list_expires[key] = ARGV[l + 1]
+      end
       p[#p + 1] = record
     end
   end
@@ -243,29 +259,27 @@ end
 for i = 1, #lists do
   local key = lists[i]
   -- Oldest first, so the newest ends up at the head.
-  if write('LPUSH', key, unpack(pushes[key])) then
-    write('LTRIM', key, 0, cap - 1)
-    write('EXPIREAT', key, list_expires[key])
+  local len = write('LPUSH', key, unpack(pushes[key]))
+  if len then
+    if len > trim_past then
+      write('LTRIM', key, 0, cap - 1)
+    end
+    if list_expires[key] then
+      write('EXPIREAT', key, list_expires[key])
+    end
   end
 end
 
--- The ids last, and these must succeed: when they cannot be written (out of memory) the
--- script fails, and the whole batch is retried. (Out of memory, the writes above failed too.)
+for i = 1, #id_expires, 2 do
+  write('EXPIREAT', id_expires[i], id_expires[i + 1])
+end
 local expiring = {}
-for i = 1, #claims, 3 do
-  local calls, id, replayed = claims[i], claims[i + 1], claims[i + 2]
-  call('HSET', calls, id, 1)
-  if not expiring[calls] then
-    expiring[calls] = true
-    write('EXPIRE', calls, calls_ttl)
-  end
-  if replayed > 0 then
-    local set = KEYS[replayed]
-    call('SADD', set, id)
-    if not expiring[set] then
-      expiring[set] = true
-      write('EXPIRE', set, replay_ttl)
-    end
+for i = 1, #replays, 2 do
+  local set = replays[i]
+  write('SADD', set, replays[i + 1])
+  if not expiring[set] then
+    expiring[set] = true
+    write('EXPIRE', set, replay_ttl)
   end
 end
 return {applied, failed or ''}
