@@ -535,6 +535,42 @@ async fn concurrent_reservations_share_script_calls_and_admit_exactly_as_one_by_
     assert!(results[0].is_ok());
 }
 
+/// A batch of first calls goes through `settle_sums.lua` with its writes summed; when one of
+/// its ids was applied before (a retry whose answer was lost), that script takes its claims
+/// back and the batch goes through `settle.lua`, which applies every other entry once and
+/// the repeated one not again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_applied_before_sends_its_batch_through_the_per_entry_script() {
+    let server = RedisServer::start();
+    let store = Arc::new(open_store(&server.url(), ""));
+    let mut c = server.conn();
+    let day = "2027-03-04";
+    let cost_key = "sg:{o:acme}:c:p:p1:d:2027-03-04";
+    let hist_key = "sg:{o:acme}:h:o:acme:d:2027-03-04";
+    store.settle(&settlement("dup", "p1", Some("acme"), "gemini", "m", 1000, day)).await.unwrap();
+    // Alone: the summed script finds the id and changes nothing.
+    store.settle(&settlement("dup", "p1", Some("acme"), "gemini", "m", 1000, day)).await.unwrap();
+    assert_eq!(hget(&mut c, cost_key, "cost"), 1000);
+    // Among others, in whatever batches they form.
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            let id = if i % 10 == 9 { "dup".to_string() } else { format!("n{i}") };
+            tokio::spawn(async move { store.settle(&settlement(&id, "p1", Some("acme"), "gemini", "m", 7, day)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(hget(&mut c, cost_key, "cost"), 1000 + 36 * 7, "36 new settlements, the repeated id not again");
+    assert_eq!(hist_total(&mut c, hist_key, "requests"), 37);
+    let recent: i64 = ::redis::cmd("LLEN").arg("sg:{o:acme}:r:o:acme").query(&mut c).unwrap();
+    assert_eq!(recent, 37);
+    let ids: Vec<String> = ::redis::cmd("KEYS").arg("sg:{o:acme}:n:*").query(&mut c).unwrap();
+    let claimed: i64 = ids.iter().map(|k| ::redis::cmd("HLEN").arg(k).query::<i64>(&mut c).unwrap()).sum();
+    assert_eq!(claimed, 37, "every id claimed once; claims taken back are not left behind");
+}
+
 /// Redis does not roll a failed script back. A settlement batch one of whose writes fails
 /// (here the recent-requests list is a string) applies everything else exactly once and says
 /// so, rather than stopping part-way with its ids unclaimed (a retry would count the applied

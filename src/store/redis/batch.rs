@@ -2,10 +2,13 @@
 //!
 //! A settlement is queued and its caller awaits the batch it joined. One task sends the
 //! batches: whatever is queued when it is free goes out at once, as one `settle.lua` call
-//! (one per hash slot on a cluster), and whatever arrives while that call is in flight joins
-//! the next one. At low load a batch is one settlement, sent without delay; at high load
-//! hundreds of settlements share one round trip and one script call. The journal replay
-//! applies its entries in batches through the same script.
+//! (one per hash slot on a cluster, a tenant's entries together), and whatever arrives while
+//! that call is in flight joins the next one. At low load a batch is one settlement, sent
+//! without delay; under load (a batch of at least [`LINGER_FROM`]) the sender waits
+//! [`LINGER`] before taking the next one, so that hundreds of settlements share one round
+//! trip and one script call and a tenant's several settlements write its counters, history
+//! fields and recent list once. The journal replay applies its entries in batches through
+//! the same script.
 //!
 //! Exactly once is unchanged: every entry keeps its id, and the script skips ids it has
 //! applied before. A batch that fails, or that its settlements stop waiting for, is handled
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use redis::{RedisError, RedisResult};
+use redis::{FromRedisValue, RedisError, RedisResult};
 use tokio::sync::{oneshot, Notify};
 
 use super::conn::Conn;
@@ -27,7 +30,12 @@ use super::outage::{copy_error, is_connection_problem};
 use super::{scripts, Inner};
 
 /// Most entries one script call applies, so that no call holds Redis for long.
-const MAX_BATCH: usize = 128;
+const MAX_BATCH: usize = 256;
+/// Under load (the previous batch carried at least `LINGER_FROM` settlements) the sender
+/// waits `LINGER` before taking the next batch, so that a tenant's settlements share it and
+/// its counters, history fields and recent list are written once for several.
+const LINGER_FROM: usize = 32;
+pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What a settlement learns from its batch: applied, or the failure.
 pub(super) type Outcome = Result<(), String>;
@@ -57,8 +65,13 @@ impl Batches {
 
 /// The task that sends the batches, for as long as the store lives.
 pub(super) async fn sender(inner: Arc<Inner>) {
+    let mut last = 0;
     loop {
+        if last >= LINGER_FROM {
+            tokio::time::sleep(LINGER).await;
+        }
         let waiting = std::mem::take(&mut *inner.batches.queue.lock());
+        last = waiting.len();
         if waiting.is_empty() {
             inner.batches.wake.notified().await;
             continue;
@@ -95,6 +108,10 @@ impl Inner {
         for (i, (tag, _)) in entries.iter().enumerate() {
             groups.entry(if cluster { tag.slot() } else { 0 }).or_default().push(i);
         }
+        // A tenant's entries go in the same call, where their writes are summed.
+        for g in groups.values_mut() {
+            g.sort_by_key(|&i| entries[i].0.as_str());
+        }
         let calls: Vec<Vec<usize>> = groups
             .into_values()
             .flat_map(|g| g.chunks(MAX_BATCH).map(<[usize]>::to_vec).collect::<Vec<_>>())
@@ -126,20 +143,28 @@ impl Inner {
             .collect()
     }
 
-    /// One `settle.lua` call. Replays are timed and counted per entry as `replay`.
+    /// One script call: `settle_sums.lua` for first calls when it can take the batch, else
+    /// (or when it finds an entry applied before) `settle.lua`. Replays are timed and
+    /// counted per entry as `replay`.
     async fn apply_batch<'a>(&self, entries: impl Iterator<Item = (&'a Tag, &'a Entry)> + Clone, replay: bool) -> RedisResult<()> {
         let n = entries.clone().count();
-        let inv = {
-            let mut expiries = self.expiries.lock();
-            scripts::settle(&self.keys, entries, replay, &self.apply, |k, at| expiries.needs(k, at))
-        };
-        let mut c = self.conn.clone();
         let started = Instant::now();
-        let result = if replay {
-            let r = tokio::time::timeout(self.read_timeout, inv.run::<(i64, String)>(&self.scripts.settle, &mut c)).await;
-            r.unwrap_or_else(|_| Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "replay timed out"))))
-        } else {
-            inv.run::<(i64, String)>(&self.scripts.settle, &mut c).await
+        let summed = if replay { None } else { self.apply_sums(entries.clone()).await };
+        let result = match summed {
+            Some(r) => r,
+            None => {
+                let inv = {
+                    let mut expiries = self.expiries.lock();
+                    scripts::settle(&self.keys, entries, replay, &self.apply, |k, at| expiries.needs(k, at))
+                };
+                let mut c = self.conn.clone();
+                if replay {
+                    let r = tokio::time::timeout(self.read_timeout, inv.run::<(i64, String)>(&self.scripts.settle, &mut c)).await;
+                    r.unwrap_or_else(|_| Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "replay timed out"))))
+                } else {
+                    inv.run::<(i64, String)>(&self.scripts.settle, &mut c).await
+                }
+            }
         };
         if !matches!(&result, Ok((_, failed)) if failed.is_empty()) {
             // The expiries sent may not have been set.
@@ -162,5 +187,37 @@ impl Inner {
             }
         }
         result.map(|_| ())
+    }
+
+    /// The batch through `settle_sums.lua` (the caller has summed its writes): `None` when
+    /// that script cannot take it (tags, a sum too large) or found an entry applied before,
+    /// having changed nothing; the batch then goes through `settle.lua`.
+    async fn apply_sums<'a>(&self, entries: impl Iterator<Item = (&'a Tag, &'a Entry)>) -> Option<RedisResult<(i64, String)>> {
+        let inv = {
+            let mut expiries = self.expiries.lock();
+            scripts::settle_sums(&self.keys, entries, &self.apply, |k, at| expiries.needs(k, at))?
+        };
+        let mut c = self.conn.clone();
+        let reply = inv.run::<Vec<redis::Value>>(&self.scripts.settle_sums, &mut c).await;
+        let reply = match reply {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        let int = |v: Option<&redis::Value>| v.and_then(|v| i64::from_redis_value_ref(v).ok());
+        match int(reply.first()) {
+            Some(1) => {
+                let failed = reply.get(1).and_then(|v| String::from_redis_value_ref(v).ok()).unwrap_or_default();
+                Some(Ok((1, failed)))
+            }
+            Some(0) => {
+                // Nothing was written, the expiries sent included.
+                self.expiries.lock().forget();
+                None
+            }
+            _ => Some(Err(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected reply from settle_sums.lua",
+            )))),
+        }
     }
 }

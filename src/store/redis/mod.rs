@@ -1,10 +1,12 @@
 //! The Redis store: counters shared by every replica, standalone or Redis Cluster.
 //!
 //! - One round trip per request for the check-and-reserve (`reserve.lua`), covering every
-//!   counter of the profile and of the org in one hash slot (`keys`); concurrent
-//!   reservations are pipelined on the connection. Settlements go out in batches (`batch`,
-//!   `settle.lua`), off the request's path: one round trip and one script call for all the
-//!   settlements that arrived while the previous batch was in flight (per slot on a cluster).
+//!   counter of the profile and of the org in one hash slot (`keys`); the reservations of
+//!   requests arriving together share one script call (`reservations`), and calls are
+//!   pipelined on the connection. Settlements go out in batches (`batch`, `settle_sums.lua`
+//!   or `settle.lua`), off the request's path: one round trip and one script call for all
+//!   the settlements that arrived while the previous batch was in flight (per slot on a
+//!   cluster).
 //! - Every call is bounded by `store.timeout`. A call that fails or times out falls back to
 //!   `store.on_error`: `closed` refuses (the proxy answers 503); `open` decides locally with
 //!   the fence (`fence`: last values read plus what was counted since) and counts in the
@@ -14,7 +16,8 @@
 //! - After three failures in a row the store stops calling Redis (no request waits for a
 //!   timeout during an outage) until a background ping succeeds.
 //!
-//! Files: `keys` (the key schema), `scripts` with `reserve.lua` and `settle.lua`, `batch`
+//! Files: `keys` (the key schema), `scripts` with `reserve.lua`, `settle_sums.lua` and
+//! `settle.lua`, `reservations` (reservations sent together), `expiries`, `batch`
 //! (the batches of settlements and of journal replays), `conn`
 //! (standalone and cluster connections), `outage` (breaker, fallback, journal bookkeeping,
 //! replay), `fence`, `journal`, `history` (the read side and the registries); this file holds
@@ -430,7 +433,8 @@ impl Store for RedisStore {
     }
 
     /// Joins the next batch of settlements and waits for it (see `batch`), at most
-    /// `store.timeout`; past it, or when the batch fails, the settlement is journaled.
+    /// `store.timeout` after the batch's linger; past it, or when the batch fails, the
+    /// settlement is journaled.
     async fn settle(&self, s: &Settlement) -> Result<(), StoreError> {
         let inner = &self.inner;
         let tag = Tag::for_request(&s.record.profile, s.record.org.as_deref());
@@ -453,7 +457,8 @@ impl Store for RedisStore {
             return journal(entry, None);
         }
         let mut outcome = inner.batches.push(tag.clone(), entry.clone());
-        match tokio::time::timeout(inner.timeout, &mut outcome).await {
+        // Under load a batch waits up to `LINGER` for others to join before it is sent.
+        match tokio::time::timeout(inner.timeout + batch::LINGER, &mut outcome).await {
             Ok(Ok(Ok(()))) => {
                 let mut fence = inner.fence.lock();
                 for (key, delta) in &s.deltas {

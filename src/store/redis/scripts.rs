@@ -1,5 +1,6 @@
-//! The two Lua scripts and their arguments: `reserve.lua` (a batch of requests' check-and-reserve)
-//! and `settle.lua` (a batch of settlements or journal entries).
+//! The Lua scripts and their arguments: `reserve.lua` (a batch of requests' check-and-reserve),
+//! `settle_sums.lua` (a batch of first-call settlements, summed here) and `settle.lua` (any batch
+//! of settlements or journal entries, read entry by entry).
 //!
 //! Scripts are sent by SHA1 (`EVALSHA`); when Redis answers `NOSCRIPT` (after a restart or
 //! a failover to a node that never saw them) they are loaded and the call is retried, by
@@ -19,11 +20,13 @@ use crate::quota::ledger::{ReserveOutcome, Totals, UsageRecord};
 
 const RESERVE_LUA: &str = include_str!("reserve.lua");
 const SETTLE_LUA: &str = include_str!("settle.lua");
+const SETTLE_SUMS_LUA: &str = include_str!("settle_sums.lua");
 
-/// Both scripts, hashed once.
+/// The scripts, hashed once.
 pub struct Scripts {
     pub reserve: Script,
     pub settle: Script,
+    pub settle_sums: Script,
 }
 
 impl Default for Scripts {
@@ -31,6 +34,7 @@ impl Default for Scripts {
         Self {
             reserve: Script::new(RESERVE_LUA),
             settle: Script::new(SETTLE_LUA),
+            settle_sums: Script::new(SETTLE_SUMS_LUA),
         }
     }
 }
@@ -38,7 +42,7 @@ impl Default for Scripts {
 impl Scripts {
     /// Loads both scripts (on every master of a cluster), so that the first calls find them.
     pub async fn load(&self, conn: &mut Conn) -> RedisResult<()> {
-        for code in [RESERVE_LUA, SETTLE_LUA] {
+        for code in [RESERVE_LUA, SETTLE_LUA, SETTLE_SUMS_LUA] {
             let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(code).query_async(conn).await?;
         }
         Ok(())
@@ -380,6 +384,134 @@ pub fn settle<'a>(
     inv
 }
 
+/// The arguments of `settle_sums.lua` for a batch of first-call settlements (all in one hash
+/// slot on a cluster): each entry's id, then every counter and history field the batch
+/// writes with the sum of its amounts, then each recent list with its records. `None` when
+/// the batch must go through `settle.lua` instead: an entry has attribution tags (whose
+/// names depend on what Redis holds), or a sum leaves the signed 64-bit range.
+pub fn settle_sums<'a>(
+    keys: &Keys,
+    entries: impl IntoIterator<Item = (&'a Tag, &'a Entry)>,
+    p: &ApplyParams,
+    mut needs_expiry: impl FnMut(&str, i64) -> bool,
+) -> Option<Invocation> {
+    /// A hash's expire-at and its fields with their sums, in order first seen.
+    struct Sums {
+        expire: i64,
+        fields: Vec<(String, i64)>,
+    }
+    fn add(
+        hashes: &mut Vec<(String, Sums)>,
+        index: &mut HashMap<String, usize, foldhash::fast::RandomState>,
+        key: String,
+        expire: i64,
+        field: &str,
+        by: i64,
+    ) -> Option<()> {
+        let i = match index.get(&key) {
+            Some(&i) => i,
+            None => {
+                index.insert(key.clone(), hashes.len());
+                hashes.push((key, Sums { expire, fields: Vec::new() }));
+                hashes.len() - 1
+            }
+        };
+        let fields = &mut hashes[i].1.fields;
+        match fields.iter_mut().find(|(f, _)| f == field) {
+            Some((_, v)) => *v = v.checked_add(by)?,
+            None => fields.push((field.to_string(), by)),
+        }
+        Some(())
+    }
+
+    let mut inv = Invocation::default();
+    let tomorrow = utc_midnight(Utc::now().date_naive() + Duration::days(1));
+    let recent_expiry = expire_at(tomorrow + Duration::days(i64::from(p.daily_days)), Window::Daily);
+    inv.arg(p.recent_max.max(1));
+    let count_at = inv.args.len();
+    inv.arg(0);
+    let mut count = 0;
+    let mut hashes: Vec<(String, Sums)> = Vec::new();
+    let mut index: HashMap<String, usize, foldhash::fast::RandomState> = HashMap::default();
+    // Recent lists in order first seen, each with its records.
+    let mut lists: Vec<(String, Vec<String>)> = Vec::new();
+    let mut list_index: HashMap<String, usize, foldhash::fast::RandomState> = HashMap::default();
+    let mut last_day: Option<(String, Periods)> = None;
+    for (tag, entry) in entries {
+        count += 1;
+        let calls = calls_key(keys, tag, entry.created);
+        let calls_expire = calls_expire_at(entry.created);
+        let expire = if needs_expiry(&calls, calls_expire) { calls_expire } else { 0 };
+        let idx = inv.key(calls);
+        inv.arg(idx);
+        inv.arg(expire);
+        inv.arg(&entry.id);
+        for (key, delta) in entry.counters.iter().filter(|(_, d)| *d != 0) {
+            let at = expire_at(DateTime::from_timestamp(entry.expire_at(key.window), 0).unwrap_or_default(), key.window);
+            add(&mut hashes, &mut index, keys.counter(tag, key), at, &key.field, *delta)?;
+        }
+        let Some(rec) = &entry.record else { continue };
+        if !rec.tags.is_empty() {
+            return None;
+        }
+        if last_day.as_ref().is_none_or(|(day, _)| *day != rec.day) {
+            last_day = Some((rec.day.clone(), Periods::of(rec, p)));
+        }
+        let periods = &last_day.as_ref().expect("set above").1;
+        let tenants = std::iter::once((Scope::Profile, rec.profile.as_str())).chain(rec.org.as_deref().map(|o| (Scope::Org, o)));
+        let json = serde_json::to_string(rec).unwrap_or_default();
+        for (scope, id) in tenants {
+            for (period, expiry) in [(&periods.day, periods.day_expiry), (&periods.month, periods.month_expiry)] {
+                let key = keys.history(tag, scope, id, period);
+                for (metric, v) in totals_fields(&rec.totals) {
+                    if v != 0 {
+                        add(
+                            &mut hashes,
+                            &mut index,
+                            key.clone(),
+                            expiry,
+                            &format!("{metric}|{}|{}", rec.provider, rec.model),
+                            v,
+                        )?;
+                    }
+                }
+            }
+            let list = keys.recent(tag, scope, id);
+            match list_index.get(&list) {
+                Some(&i) => lists[i].1.push(json.clone()),
+                None => {
+                    list_index.insert(list.clone(), lists.len());
+                    lists.push((list, vec![json.clone()]));
+                }
+            }
+        }
+    }
+    inv.args[count_at] = count.to_string();
+    inv.arg(hashes.len());
+    for (key, sums) in hashes {
+        let idx = inv.key(key);
+        inv.arg(idx);
+        inv.arg(sums.expire);
+        inv.arg(sums.fields.len());
+        for (field, v) in sums.fields {
+            inv.arg(field);
+            inv.arg(v);
+        }
+    }
+    inv.arg(lists.len());
+    for (list, records) in lists {
+        let expire = if needs_expiry(&list, recent_expiry) { recent_expiry } else { 0 };
+        let idx = inv.key(list);
+        inv.arg(idx);
+        inv.arg(expire);
+        inv.arg(records.len());
+        for r in records {
+            inv.args.push(r);
+        }
+    }
+    Some(inv)
+}
+
 /// The history periods of a record's day, and when their hashes expire.
 struct Periods {
     day: String,
@@ -551,6 +683,69 @@ mod tests {
         let inv = settle(&keys, [(&tag, &second)], false, &p, |k, at| expiries.needs(k, at));
         assert!(!inv.parts().1.contains(&list_expire));
         assert!(!inv.parts().1.contains(&calls_expire));
+    }
+
+    #[test]
+    fn settle_sums_writes_each_field_once_with_the_batch_s_sum() {
+        let keys = Keys::new("sg");
+        let tag = Tag::for_request("p1", Some("acme"));
+        let far = (Utc::now() + Duration::days(90)).timestamp();
+        let entry = |id: &str, cost: i64| Entry {
+            id: id.into(),
+            tag: tag.as_str().into(),
+            created: Utc::now().timestamp(),
+            counters: vec![(ck(Scope::Profile, "p1", Window::Daily, "cost"), cost)],
+            expire_daily: far,
+            expire_monthly: far,
+            expire_minute: far,
+            expire_hour: far,
+            record: Some(UsageRecord {
+                tags: vec![],
+                at: Utc::now(),
+                day: "2026-11-22".into(),
+                profile: "p1".into(),
+                org: Some("acme".into()),
+                provider: "gemini".into(),
+                model: "m".into(),
+                path: "/v1/x".into(),
+                status: 200,
+                totals: Totals {
+                    requests: 1,
+                    cost_nanos: cost,
+                    ..Totals::default()
+                },
+                reason: None,
+            }),
+        };
+        let p = ApplyParams {
+            recent_max: 50,
+            daily_days: 400,
+            monthly_months: 25,
+            dedupe_ttl: 60,
+            max_tags: 100,
+        };
+        let (a, b) = (entry("id-1", 5), entry("id-2", i64::MAX - 5));
+        let inv = settle_sums(&keys, [(&tag, &a), (&tag, &b)], &p, |_, _| true).unwrap();
+        let (k, args) = inv.parts();
+        // Counter hash + day and month history of the profile and the org.
+        assert_eq!(k.iter().filter(|k| k.contains(":c:") || k.contains(":h:")).count(), 5, "{k:?}");
+        assert_eq!(args.iter().filter(|a| *a == "cost").count(), 1, "one write of the counter field");
+        assert!(args.contains(&i64::MAX.to_string()), "summed exactly: {args:?}");
+        assert_eq!(args.iter().filter(|a| *a == "cost|gemini|m").count(), 4);
+        assert_eq!(
+            args.iter().filter(|a| a.starts_with('{')).count(),
+            4,
+            "each record on the profile's and the org's list"
+        );
+
+        let c = entry("id-3", 6);
+        assert!(
+            settle_sums(&keys, [(&tag, &b), (&tag, &c)], &p, |_, _| true).is_none(),
+            "a sum past i64 goes through settle.lua"
+        );
+        let mut tagged = entry("id-4", 1);
+        tagged.record.as_mut().unwrap().tags = vec!["tool=a".into()];
+        assert!(settle_sums(&keys, [(&tag, &tagged)], &p, |_, _| true).is_none(), "tags go through settle.lua");
     }
 
     #[test]
