@@ -571,6 +571,25 @@ async fn a_settlement_applied_before_sends_its_batch_through_the_per_entry_scrip
     assert_eq!(claimed, 37, "every id claimed once; claims taken back are not left behind");
 }
 
+/// A counter is incremented first and its value before read from the answer; when that
+/// increment would pass the signed 64-bit range the counter is read instead, so a counter at
+/// its limit still refuses cleanly (nothing added, no error), and a refusal takes back what
+/// the request's other counters were given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_at_the_top_of_the_range_takes_everything_back() {
+    let server = RedisServer::start();
+    let store = open_store(&server.url(), "");
+    let mut c = server.conn();
+    let key = "sg:{p:p1}:c:p:p1:m:2027-03";
+    let _: () = ::redis::cmd("HSET").arg(key).arg("tokens").arg(i64::MAX).query(&mut c).unwrap();
+    let cost = ck(Scope::Profile, "p1", Window::Monthly, "2027-03", "cost");
+    let tokens = ck(Scope::Profile, "p1", Window::Monthly, "2027-03", "tokens");
+    let r = reserve_req(vec![op(cost, 5, Some(100)), op(tokens, 10, Some(100))]);
+    assert_eq!(store.reserve(&r).await.unwrap(), ReserveOutcome::Refused { index: 1, current: i64::MAX });
+    assert_eq!(hget(&mut c, key, "cost"), 0, "the other counter's amount is taken back");
+    assert_eq!(hget(&mut c, key, "tokens"), i64::MAX);
+}
+
 /// Redis does not roll a failed script back. A settlement batch one of whose writes fails
 /// (here the recent-requests list is a string) applies everything else exactly once and says
 /// so, rather than stopping part-way with its ids unclaimed (a retry would count the applied

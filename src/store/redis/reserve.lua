@@ -12,9 +12,13 @@
 -- 4 values: the counter's 0-based index in the request, field, amount, max ("" when no
 -- limit watches the counter).
 --
--- A counter refuses when amount > 0 and current >= max. Values are decimal strings as
--- HINCRBY writes them and are compared as strings, so the check is exact over the whole
--- signed 64-bit range (Lua numbers are doubles, exact only below 2^53).
+-- A counter refuses when amount > 0 and current >= max. A counter with an amount is
+-- incremented first and its value before is taken from the answer (one call instead of a
+-- read and a write); the script runs alone, so adding, checking, and taking the amounts back
+-- when a counter refuses is the same as checking first. Values before are exact decimal
+-- strings (an answer too large for a Lua number, which is exact only below 2^53, is read
+-- back as a string) and are compared with the max as strings, so the check is exact over
+-- the whole signed 64-bit range.
 --
 -- An admitted call records its id: a journal replay of the same reservation (made when
 -- this call was given up on) then changes nothing, and this call changes nothing if the
@@ -41,6 +45,37 @@ local function ge(a, b)
   return a >= b
 end
 
+-- The decimal string of an integer amount, negated.
+local function negated(a)
+  if a:sub(1, 1) == '-' then
+    return a:sub(2)
+  end
+  return '-' .. a
+end
+
+-- Lua numbers are exact below 2^53: an answer of HINCRBY inside that range, minus an amount
+-- of at most 15 digits, is exact.
+local EXACT = 9007199254740992
+
+-- Adds `amount` to a counter and returns its value before, as an exact decimal string, and
+-- whether it was added: an increment past the signed 64-bit range is not (the counter is
+-- only read; it is added if the request is admitted, where Redis refuses it as before).
+local function before(key, field, amount)
+  if #amount <= 15 then
+    local v = redis.pcall('HINCRBY', key, field, amount)
+    if type(v) == 'number' then
+      if v < EXACT and v > -EXACT then
+        return string.format('%.0f', v - tonumber(amount)), true
+      end
+      -- Too large for a Lua number: take it back, read the value as the string it is.
+      call('HINCRBY', key, field, negated(amount))
+    end
+  end
+  local current = call('HGET', key, field) or '0'
+  local v = redis.pcall('HINCRBY', key, field, amount)
+  return current, type(v) == 'number'
+end
+
 -- One request whose arguments start at `at`; returns its reply and where the next starts.
 local function reserve(at)
   local calls, id, groups = KEYS[tonumber(ARGV[at])], ARGV[at + 2], tonumber(ARGV[at + 3])
@@ -58,56 +93,75 @@ local function reserve(at)
     return {2}, skip()
   end
 
-  -- out[index + 2]: the value of counter `index` before this request.
+  -- out[index + 2]: the value of counter `index` before this request. Counters with an
+  -- amount are incremented at once and read from the increment's answer (the script runs
+  -- alone, so adding, checking and taking back on a refusal is the same as checking and
+  -- then adding); the others are read.
   local out = {1}
   local refused, refused_at
+  local added, unadded = {}, nil
   local g = start
   for _ = 1, groups do
-    local key, n = KEYS[tonumber(ARGV[g])], tonumber(ARGV[g + 2])
+    local key, expire, n = KEYS[tonumber(ARGV[g])], ARGV[g + 1], tonumber(ARGV[g + 2])
     local first = g + 3
-    local fields = {}
-    for f = 1, n do
-      fields[f] = ARGV[first + (f - 1) * 4 + 1]
-    end
-    local values = call('HMGET', key, unpack(fields))
-    for f = 1, n do
-      local o = first + (f - 1) * 4
-      local index, max = tonumber(ARGV[o]), ARGV[o + 3]
-      local current = values[f] or '0'
-      out[index + 2] = current
-      if max ~= '' then
-        local amount = ARGV[o + 2]
-        if amount ~= '0' and amount:sub(1, 1) ~= '-' and ge(current, max) and (refused == nil or index < refused) then
-          refused, refused_at = index, current
+    local anchored = false
+    local reads
+    for o = first, first + (n - 1) * 4, 4 do
+      local field, amount = ARGV[o + 1], ARGV[o + 2]
+      if amount == '0' then
+        reads = reads or {}
+        reads[#reads + 1] = o
+      else
+        local current, done = before(key, field, amount)
+        if done then
+          added[#added + 1] = key
+          added[#added + 1] = field
+          added[#added + 1] = amount
+        else
+          unadded = unadded or {}
+          unadded[#unadded + 1] = key
+          unadded[#unadded + 1] = field
+          unadded[#unadded + 1] = amount
         end
+        if not anchored then
+          anchored = true
+          -- The first field written was new: so is the hash.
+          if current == '0' and call('HLEN', key) == 1 then
+            call('EXPIREAT', key, expire)
+          end
+        end
+        out[tonumber(ARGV[o]) + 2] = current
+      end
+    end
+    if reads then
+      local fields = {}
+      for i = 1, #reads do
+        fields[i] = ARGV[reads[i] + 1]
+      end
+      local values = call('HMGET', key, unpack(fields))
+      for i = 1, #reads do
+        out[tonumber(ARGV[reads[i]]) + 2] = values[i] or '0'
+      end
+    end
+    for o = first, first + (n - 1) * 4, 4 do
+      local index, amount, max = tonumber(ARGV[o]), ARGV[o + 2], ARGV[o + 3]
+      if max ~= '' and amount ~= '0' and amount:sub(1, 1) ~= '-' and ge(out[index + 2], max) and (refused == nil or index < refused) then
+        refused, refused_at = index, out[index + 2]
       end
     end
     g = first + n * 4
   end
   if refused ~= nil then
+    for i = 1, #added, 3 do
+      call('HINCRBY', added[i], added[i + 1], negated(added[i + 2]))
+    end
     call('HDEL', calls, id)
     return {0, refused, refused_at}, g
   end
-
-  g = start
-  for _ = 1, groups do
-    local key, expire, n = KEYS[tonumber(ARGV[g])], ARGV[g + 1], tonumber(ARGV[g + 2])
-    local first = g + 3
-    local anchored = false
-    for o = first + 2, first + 2 + (n - 1) * 4, 4 do
-      local amount = ARGV[o]
-      if amount ~= '0' then
-        local v = call('HINCRBY', key, ARGV[o - 1], amount)
-        if not anchored then
-          anchored = true
-          -- The first field written was new: so is the hash.
-          if v == tonumber(amount) then
-            call('EXPIREAT', key, expire)
-          end
-        end
-      end
+  if unadded then
+    for i = 1, #unadded, 3 do
+      call('HINCRBY', unadded[i], unadded[i + 1], unadded[i + 2])
     end
-    g = first + n * 4
   end
   return out, g
 end
