@@ -63,7 +63,7 @@ impl Inner {
             tokio::spawn(async move {
                 tokio::task::yield_now().await;
                 let batch = std::mem::take(&mut *inner.reservations.queue.lock());
-                inner.send_reservations(batch);
+                inner.send_reservations(batch).await;
             });
         }
         reply
@@ -71,21 +71,27 @@ impl Inner {
             .unwrap_or_else(|_| Err(RedisError::from((redis::ErrorKind::Client, "the store closed"))))
     }
 
-    /// Sends a drained queue: one call per slot (and per [`MAX_BATCH`]), each in a task.
-    fn send_reservations(self: &Arc<Self>, batch: Vec<Pending>) {
+    /// Sends a drained queue: one call per slot (and per [`MAX_BATCH`]), the last in this
+    /// task and the others each in a task of its own.
+    async fn send_reservations(self: &Arc<Self>, batch: Vec<Pending>) {
         let cluster = matches!(self.conn, Conn::Cluster(_));
         let mut slots: BTreeMap<u16, Vec<Pending>> = BTreeMap::new();
         for p in batch {
             slots.entry(if cluster { p.slot } else { 0 }).or_default().push(p);
         }
+        let mut chunks = Vec::new();
         for mut group in slots.into_values() {
             while !group.is_empty() {
                 let rest = group.split_off(group.len().min(MAX_BATCH));
-                let chunk = std::mem::replace(&mut group, rest);
-                let inner = self.clone();
-                tokio::spawn(async move { inner.send_chunk(chunk).await });
+                chunks.push(std::mem::replace(&mut group, rest));
             }
         }
+        let Some(last) = chunks.pop() else { return };
+        for chunk in chunks {
+            let inner = self.clone();
+            tokio::spawn(async move { inner.send_chunk(chunk).await });
+        }
+        self.send_chunk(last).await;
     }
 
     async fn send_chunk(&self, chunk: Vec<Pending>) {
