@@ -19,8 +19,8 @@ use crate::domain::Scope;
 use crate::quota::ledger::{ReserveOutcome, Totals, UsageRecord};
 
 const RESERVE_LUA: &str = include_str!("reserve.lua");
-const SETTLE_LUA: &str = include_str!("settle.lua");
-const SETTLE_SUMS_LUA: &str = include_str!("settle_sums.lua");
+const SETTLE_LUA: &str = concat!(include_str!("write.lua"), include_str!("settle.lua"));
+const SETTLE_SUMS_LUA: &str = concat!(include_str!("write.lua"), include_str!("settle_sums.lua"));
 
 /// The scripts, hashed once.
 pub struct Scripts {
@@ -268,6 +268,24 @@ pub struct ApplyParams {
     pub max_tags: usize,
 }
 
+/// A recent list lives `daily_days` after the end of the (UTC) day of its last request: the
+/// same expiry all day, so it is sent once a day per list.
+fn recent_expiry(p: &ApplyParams) -> i64 {
+    let tomorrow = utc_midnight(Utc::now().date_naive() + Duration::days(1));
+    expire_at(tomorrow + Duration::days(i64::from(p.daily_days)), Window::Daily)
+}
+
+/// An entry's id hash (with its expire-at when it must be sent) and its id.
+fn entry_id(inv: &mut Invocation, keys: &Keys, tag: &Tag, entry: &Entry, needs_expiry: &mut impl FnMut(&str, i64) -> bool) {
+    let calls = calls_key(keys, tag, entry.created);
+    let calls_expire = calls_expire_at(entry.created);
+    let expire = if needs_expiry(&calls, calls_expire) { calls_expire } else { 0 };
+    let idx = inv.key(calls);
+    inv.arg(idx);
+    inv.arg(expire);
+    inv.arg(&entry.id);
+}
+
 /// The arguments of `settle.lua` for a batch of entries (all in one hash slot on a
 /// cluster), as first calls or (`replay`) as replays from the journal; either way each is
 /// applied once. `needs_expiry(key, at)` says whether the expiry of an id hash or a recent
@@ -280,10 +298,7 @@ pub fn settle<'a>(
     mut needs_expiry: impl FnMut(&str, i64) -> bool,
 ) -> Invocation {
     let mut inv = Invocation::default();
-    // A recent list lives `daily_days` after the end of the (UTC) day of its last request:
-    // the same expiry all day, so it is sent once a day per list.
-    let tomorrow = utc_midnight(Utc::now().date_naive() + Duration::days(1));
-    let recent_expiry = expire_at(tomorrow + Duration::days(i64::from(p.daily_days)), Window::Daily);
+    let recent_expiry = recent_expiry(p);
 
     inv.arg(p.dedupe_ttl);
     inv.arg(p.recent_max.max(1));
@@ -294,13 +309,7 @@ pub fn settle<'a>(
     let mut last_day: Option<(String, Periods)> = None;
     for (tag, entry) in entries {
         count += 1;
-        let calls = calls_key(keys, tag, entry.created);
-        let calls_expire = calls_expire_at(entry.created);
-        let expire = if needs_expiry(&calls, calls_expire) { calls_expire } else { 0 };
-        let idx = inv.key(calls);
-        inv.arg(idx);
-        inv.arg(expire);
-        inv.arg(&entry.id);
+        entry_id(&mut inv, keys, tag, entry, &mut needs_expiry);
         if replay {
             let day = DateTime::from_timestamp(entry.created, 0).unwrap_or_default().format("%Y-%m-%d").to_string();
             let idx = inv.key(keys.applied(tag, &day));
@@ -425,8 +434,7 @@ pub fn settle_sums<'a>(
     }
 
     let mut inv = Invocation::default();
-    let tomorrow = utc_midnight(Utc::now().date_naive() + Duration::days(1));
-    let recent_expiry = expire_at(tomorrow + Duration::days(i64::from(p.daily_days)), Window::Daily);
+    let recent_expiry = recent_expiry(p);
     inv.arg(p.recent_max.max(1));
     let count_at = inv.args.len();
     inv.arg(0);
@@ -439,13 +447,7 @@ pub fn settle_sums<'a>(
     let mut last_day: Option<(String, Periods)> = None;
     for (tag, entry) in entries {
         count += 1;
-        let calls = calls_key(keys, tag, entry.created);
-        let calls_expire = calls_expire_at(entry.created);
-        let expire = if needs_expiry(&calls, calls_expire) { calls_expire } else { 0 };
-        let idx = inv.key(calls);
-        inv.arg(idx);
-        inv.arg(expire);
-        inv.arg(&entry.id);
+        entry_id(&mut inv, keys, tag, entry, &mut needs_expiry);
         for (key, delta) in entry.counters.iter().filter(|(_, d)| *d != 0) {
             let at = expire_at(DateTime::from_timestamp(entry.expire_at(key.window), 0).unwrap_or_default(), key.window);
             add(&mut hashes, &mut index, keys.counter(tag, key), at, &key.field, *delta)?;
@@ -559,6 +561,37 @@ mod tests {
         }
     }
 
+    fn params() -> ApplyParams {
+        ApplyParams {
+            recent_max: 50,
+            daily_days: 400,
+            monthly_months: 25,
+            dedupe_ttl: 60,
+            max_tags: 100,
+        }
+    }
+
+    /// A request of p1 under acme on 2026-11-22.
+    fn record(model: &str, cost: i64, tags: &[&str]) -> UsageRecord {
+        UsageRecord {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            at: Utc::now(),
+            day: "2026-11-22".into(),
+            profile: "p1".into(),
+            org: Some("acme".into()),
+            provider: "gemini".into(),
+            model: model.into(),
+            path: "/v1/x".into(),
+            status: 200,
+            totals: Totals {
+                requests: 1,
+                cost_nanos: cost,
+                ..Totals::default()
+            },
+            reason: None,
+        }
+    }
+
     #[test]
     fn reserve_shares_keys_and_lists_one_expiry_per_key() {
         let far = Utc::now() + Duration::days(90);
@@ -618,31 +651,9 @@ mod tests {
             expire_monthly: far,
             expire_minute: far,
             expire_hour: far,
-            record: Some(UsageRecord {
-                tags: vec!["tool=a".into()],
-                at: Utc::now(),
-                day: "2026-11-22".into(),
-                profile: "p1".into(),
-                org: Some("acme".into()),
-                provider: "gemini".into(),
-                model: "m:x".into(),
-                path: "/v1/x".into(),
-                status: 200,
-                totals: Totals {
-                    requests: 1,
-                    cost_nanos: 7,
-                    ..Totals::default()
-                },
-                reason: None,
-            }),
+            record: Some(record("m:x", 7, &["tool=a"])),
         };
-        let p = ApplyParams {
-            recent_max: 50,
-            daily_days: 400,
-            monthly_months: 25,
-            dedupe_ttl: 60,
-            max_tags: 100,
-        };
+        let p = params();
         let inv = settle(&keys, [(&tag, &entry)], true, &p, |_, _| true);
         let (k, a) = inv.parts();
         assert!(k.iter().all(|k| k.contains("{o:acme}")), "{k:?}");
@@ -699,31 +710,9 @@ mod tests {
             expire_monthly: far,
             expire_minute: far,
             expire_hour: far,
-            record: Some(UsageRecord {
-                tags: vec![],
-                at: Utc::now(),
-                day: "2026-11-22".into(),
-                profile: "p1".into(),
-                org: Some("acme".into()),
-                provider: "gemini".into(),
-                model: "m".into(),
-                path: "/v1/x".into(),
-                status: 200,
-                totals: Totals {
-                    requests: 1,
-                    cost_nanos: cost,
-                    ..Totals::default()
-                },
-                reason: None,
-            }),
+            record: Some(record("m", cost, &[])),
         };
-        let p = ApplyParams {
-            recent_max: 50,
-            daily_days: 400,
-            monthly_months: 25,
-            dedupe_ttl: 60,
-            max_tags: 100,
-        };
+        let p = params();
         let (a, b) = (entry("id-1", 5), entry("id-2", i64::MAX - 5));
         let inv = settle_sums(&keys, [(&tag, &a), (&tag, &b)], &p, |_, _| true).unwrap();
         let (k, args) = inv.parts();

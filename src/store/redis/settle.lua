@@ -48,19 +48,8 @@ local replay_ttl, cap, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 -- A list is trimmed once it holds this many records.
 local trim_past = cap + math.max(8, math.floor(cap / 4))
 
--- Writes that fail (a key of the wrong type, an overflow) do not stop the script: Redis
--- does not roll a script back, so stopping would leave part of the batch applied with its
--- ids unclaimed, and the retry would apply that part again. Each is skipped instead and the
--- first error is returned, so the batch's entries are applied exactly once everywhere else.
-local failed = false
-local function write(...)
-  local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then
-    failed = failed or r.err
-    return nil
-  end
-  return r
-end
+-- `write` (a write that fails is skipped; the first error is kept in `failed`) comes from
+-- write.lua, which is prepended.
 
 -- Increments by hash, in the order first seen: per hash its expire-at, its fields in order,
 -- their sums (a string until a second amount is added), and the amounts too long to sum.

@@ -38,15 +38,8 @@ for e = 1, n do
   at = at + 3
 end
 
-local failed = false
-local function write(...)
-  local r = redis.pcall(...)
-  if type(r) == 'table' and r.err then
-    failed = failed or r.err
-    return nil
-  end
-  return r
-end
+-- `write` (a write that fails is skipped; the first error is kept in `failed`) comes from
+-- write.lua, which is prepended.
 
 local done = {}
 at = 3
