@@ -35,7 +35,7 @@ const MAX_BATCH: usize = 256;
 /// waits `LINGER` before taking the next batch, so that a tenant's settlements share it and
 /// its counters, history fields and recent list are written once for several.
 const LINGER_FROM: usize = 32;
-pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
+pub(super) const LINGER: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// What a settlement learns from its batch: applied, or the failure.
 pub(super) type Outcome = Result<(), String>;
