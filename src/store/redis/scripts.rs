@@ -436,9 +436,9 @@ pub fn settle_sums<'a>(
     let mut inv = Invocation::default();
     let recent_expiry = recent_expiry(p);
     inv.arg(p.recent_max.max(1));
-    let count_at = inv.args.len();
-    inv.arg(0);
-    let mut count = 0;
+    // The entries' ids go out after the sums are made: a batch this script cannot take must
+    // not have had its expiries marked as sent.
+    let mut ids: Vec<(&Tag, &Entry)> = Vec::new();
     let mut hashes: Vec<(String, Sums)> = Vec::new();
     let mut index: HashMap<String, usize, foldhash::fast::RandomState> = HashMap::default();
     // Recent lists in order first seen, each with its records.
@@ -446,8 +446,7 @@ pub fn settle_sums<'a>(
     let mut list_index: HashMap<String, usize, foldhash::fast::RandomState> = HashMap::default();
     let mut last_day: Option<(String, Periods)> = None;
     for (tag, entry) in entries {
-        count += 1;
-        entry_id(&mut inv, keys, tag, entry, &mut needs_expiry);
+        ids.push((tag, entry));
         for (key, delta) in entry.counters.iter().filter(|(_, d)| *d != 0) {
             let at = expire_at(DateTime::from_timestamp(entry.expire_at(key.window), 0).unwrap_or_default(), key.window);
             add(&mut hashes, &mut index, keys.counter(tag, key), at, &key.field, *delta)?;
@@ -488,7 +487,10 @@ pub fn settle_sums<'a>(
             }
         }
     }
-    inv.args[count_at] = count.to_string();
+    inv.arg(ids.len());
+    for (tag, entry) in ids {
+        entry_id(&mut inv, keys, tag, entry, &mut needs_expiry);
+    }
     inv.arg(hashes.len());
     for (key, sums) in hashes {
         let idx = inv.key(key);
@@ -735,6 +737,14 @@ mod tests {
         let mut tagged = entry("id-4", 1);
         tagged.record.as_mut().unwrap().tags = vec!["tool=a".into()];
         assert!(settle_sums(&keys, [(&tag, &tagged)], &p, |_, _| true).is_none(), "tags go through settle.lua");
+        // A batch it cannot take has none of its expiries marked as sent.
+        let mut asked = 0;
+        assert!(settle_sums(&keys, [(&tag, &a), (&tag, &tagged)], &p, |_, _| {
+            asked += 1;
+            true
+        })
+        .is_none());
+        assert_eq!(asked, 0);
     }
 
     #[test]
