@@ -182,17 +182,15 @@ async fn sigterm_during_load_loses_no_settlement() {
             over(Window::Daily, from, |d| hist_total(c, &format!("sg:{{p:{p}}}:h:p:{p}:d:{d}"), metric))
         })
     };
-    eventually("every admitted request is settled", || {
+    // The process still serving settles its last requests in a batch that may wait (25 ms
+    // under load) for others to join; what it settles lands in the counters and the history
+    // together.
+    eventually("every request the upstream saw is settled", || {
         let admitted = counted(&mut c, "requests");
-        admitted > 0 && recorded(&mut c, "requests") == admitted
+        admitted >= mock.count() as i64 && recorded(&mut c, "requests") == admitted
     })
     .await;
     let admitted = counted(&mut c, "requests");
-    assert!(
-        admitted >= mock.count() as i64,
-        "the upstream saw {} requests, {admitted} were admitted",
-        mock.count()
-    );
     assert!(admitted >= ok, "{ok} answered 200, {admitted} admitted");
     // Exact estimates: every settled request costs its price, reserved and recorded.
     assert_eq!(counted(&mut c, "cost"), admitted * PRICE);

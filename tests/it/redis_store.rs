@@ -516,23 +516,35 @@ async fn concurrent_reservations_share_script_calls_and_admit_exactly_as_one_by_
     let calls = evalsha_calls(&mut c) - before;
     assert!(calls < 200, "200 reservations took {calls} script calls");
 
-    // A counter hash Redis cannot increment (a string) fails its own reservation only.
+    // A counter hash Redis cannot increment (a string) fails its own reservation only, after
+    // the other counter it had added to is taken back; closed on errors, it is refused.
+    let closed = Arc::new(open_store(&server.url(), "  on_error: closed\n"));
     let _: () = ::redis::cmd("SET").arg("sg:{p:bad}:c:p:bad:m:2027-03").arg("x").query(&mut c).unwrap();
-    let tasks: Vec<_> = ["bad", "p2", "p3", "p4"]
-        .into_iter()
-        .map(|p| {
-            let store = store.clone();
-            let key = ck(Scope::Profile, p, Window::Monthly, "2027-03", "cost");
-            tokio::spawn(async move { store.reserve(&reserve_req(vec![op(key, 5, Some(100))])).await })
-        })
-        .collect();
-    let results: Vec<_> = futures_util::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
-    for (i, p) in ["p2", "p3", "p4"].iter().enumerate() {
-        assert_eq!(results[i + 1].as_ref().unwrap(), &ReserveOutcome::Admitted { before: vec![0] }, "{p}");
-        assert_eq!(hget(&mut c, &format!("sg:{{p:{p}}}:c:p:{p}:m:2027-03"), "cost"), 5);
+    for round in 0..20 {
+        let tasks: Vec<_> = ["p2", "bad", "p3", "p4"]
+            .into_iter()
+            .map(|p| {
+                let store = closed.clone();
+                let cost = ck(Scope::Profile, p, Window::Daily, "2027-03-04", "cost");
+                let key = ck(Scope::Profile, p, Window::Monthly, "2027-03", "cost");
+                tokio::spawn(async move { store.reserve(&reserve_req(vec![op(cost, 5, Some(1000)), op(key, 5, Some(1000))])).await })
+            })
+            .collect();
+        let results: Vec<_> = futures_util::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+        assert!(results[1].is_err(), "round {round}: {:?}", results[1]);
+        for (i, p) in [(0, "p2"), (2, "p3"), (3, "p4")] {
+            assert_eq!(
+                results[i].as_ref().unwrap(),
+                &ReserveOutcome::Admitted {
+                    before: vec![round * 5, round * 5]
+                },
+                "{p}"
+            );
+        }
+        assert_eq!(hget(&mut c, "sg:{p:bad}:c:p:bad:d:2027-03-04", "cost"), 0, "taken back");
+        let ids: Vec<String> = ::redis::cmd("KEYS").arg("sg:{p:bad}:n:*").query(&mut c).unwrap();
+        assert!(ids.is_empty(), "its id is given back");
     }
-    // The store is open on errors by default: the bad one is decided locally and journaled.
-    assert!(results[0].is_ok());
 }
 
 /// A batch of first calls goes through `settle_sums.lua` with its writes summed; when one of

@@ -24,6 +24,7 @@ use redis::{FromRedisValue, RedisError, RedisResult};
 use tokio::sync::{oneshot, Notify};
 
 use super::conn::Conn;
+use super::expiries::Expiries;
 use super::journal::Entry;
 use super::keys::Tag;
 use super::outage::{copy_error, is_connection_problem};
@@ -153,17 +154,23 @@ impl Inner {
         let result = match summed {
             Some(r) => r,
             None => {
+                let mut sent = Vec::new();
                 let inv = {
                     let mut expiries = self.expiries.lock();
-                    scripts::settle(&self.keys, entries, replay, &self.apply, |k, at| expiries.needs(k, at))
+                    scripts::settle(&self.keys, entries, replay, &self.apply, |k, at| needs(&mut expiries, &mut sent, k, at))
                 };
                 let mut c = self.conn.clone();
-                if replay {
+                let result = if replay {
                     let r = tokio::time::timeout(self.read_timeout, inv.run::<(i64, String)>(&self.scripts.settle, &mut c)).await;
                     r.unwrap_or_else(|_| Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "replay timed out"))))
                 } else {
                     inv.run::<(i64, String)>(&self.scripts.settle, &mut c).await
+                };
+                // Every entry applied: every id hash and list it named exists, with its expiry.
+                if matches!(&result, Ok((applied, _)) if *applied == n as i64) {
+                    self.confirm(&sent);
                 }
+                result
             }
         };
         if !matches!(&result, Ok((_, failed)) if failed.is_empty()) {
@@ -193,9 +200,10 @@ impl Inner {
     /// that script cannot take it (tags, a sum too large) or found an entry applied before,
     /// having changed nothing; the batch then goes through `settle.lua`.
     async fn apply_sums<'a>(&self, entries: impl Iterator<Item = (&'a Tag, &'a Entry)>) -> Option<RedisResult<(i64, String)>> {
+        let mut sent = Vec::new();
         let inv = {
             let mut expiries = self.expiries.lock();
-            scripts::settle_sums(&self.keys, entries, &self.apply, |k, at| expiries.needs(k, at))?
+            scripts::settle_sums(&self.keys, entries, &self.apply, |k, at| needs(&mut expiries, &mut sent, k, at))?
         };
         let mut c = self.conn.clone();
         let reply = inv.run::<Vec<redis::Value>>(&self.scripts.settle_sums, &mut c).await;
@@ -207,6 +215,9 @@ impl Inner {
         match int(reply.first()) {
             Some(1) => {
                 let failed = reply.get(1).and_then(|v| String::from_redis_value_ref(v).ok()).unwrap_or_default();
+                if failed.is_empty() {
+                    self.confirm(&sent);
+                }
                 Some(Ok((1, failed)))
             }
             Some(0) => {
@@ -220,4 +231,23 @@ impl Inner {
             )))),
         }
     }
+
+    /// The expiries a successful call carried are set.
+    fn confirm(&self, sent: &[(String, i64)]) {
+        if !sent.is_empty() {
+            let mut expiries = self.expiries.lock();
+            for (key, at) in sent {
+                expiries.confirm(key, *at);
+            }
+        }
+    }
+}
+
+/// Asks the memo whether `key`'s expiry must be sent, noting the ones that are.
+pub(super) fn needs(expiries: &mut Expiries, sent: &mut Vec<(String, i64)>, key: &str, at: i64) -> bool {
+    let needed = expiries.needs(key, at);
+    if needed {
+        sent.push((key.to_string(), at));
+    }
+    needed
 }

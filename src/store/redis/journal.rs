@@ -184,6 +184,11 @@ impl Journal {
         Ok(written)
     }
 
+    /// Whether some entry waits for the answer of its original call.
+    pub fn has_in_flight(&self) -> bool {
+        self.slots.values().any(|s| s.in_flight)
+    }
+
     /// The original call of an in-flight entry failed: replay it.
     pub fn release(&mut self, id: &str) {
         if let Some(slot) = self.index.get(id).and_then(|seq| self.slots.get_mut(seq)) {

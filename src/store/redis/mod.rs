@@ -541,6 +541,13 @@ impl Store for RedisStore {
     /// Syncs the journal file, and replays what waits if Redis answers (bounded, so that a
     /// shutdown during an outage does not hang; with a journal file nothing is lost).
     async fn flush(&self) -> Result<(), StoreError> {
+        // Settlements that stopped waiting for their batch are journaled, held until the batch
+        // answers (it may still be queued, or waiting for others to join): let those answers
+        // come, so that what was not applied is replayed below rather than left behind.
+        let deadline = Instant::now() + FLUSH_REPLAY_BUDGET;
+        while self.inner.journal.lock().has_in_flight() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let synced = self.inner.journal.lock().sync();
         if !self.inner.journal.lock().is_empty() && !self.inner.breaker.is_open() {
             let _ = tokio::time::timeout(FLUSH_REPLAY_BUDGET, self.inner.replay()).await;

@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use redis::{RedisError, RedisResult, Value};
 use tokio::sync::oneshot;
 
+use super::batch::needs;
 use super::conn::Conn;
 use super::outage::{copy_error, is_connection_problem};
 use super::scripts::{self, ReserveCall};
@@ -95,14 +96,12 @@ impl Inner {
     }
 
     async fn send_chunk(&self, chunk: Vec<Pending>) {
-        let replies = self.run_reserve(&chunk).await;
-        self.check_expiries(&chunk, replies.as_ref().ok());
-        match replies {
+        match self.run_reserve(&chunk).await {
             Err(e) if chunk.len() > 1 && !is_connection_problem(&e) => {
                 tracing::warn!(error = %e, reservations = chunk.len(), "Redis refused a batch of reservations; sending them one by one");
                 for p in chunk {
                     let reply = match self.run_reserve(std::slice::from_ref(&p)).await {
-                        Ok(mut r) => Ok(r.pop().flatten()),
+                        Ok(mut r) => r.pop().unwrap_or(Ok(None)),
                         Err(e) => Err(e),
                     };
                     let _ = p.done.send(reply);
@@ -110,7 +109,7 @@ impl Inner {
             }
             Ok(replies) => {
                 for (p, r) in chunk.into_iter().zip(replies) {
-                    let _ = p.done.send(Ok(r));
+                    let _ = p.done.send(r);
                 }
             }
             Err(e) => {
@@ -121,31 +120,35 @@ impl Inner {
         }
     }
 
-    /// An id hash whose expiry was sent exists only if some reservation wrote its id in
-    /// it: when none did (all refused, or the call failed), its expiry is sent again next
-    /// time.
-    fn check_expiries(&self, chunk: &[Pending], replies: Option<&Vec<Option<ReserveOutcome>>>) {
-        let Some(replies) = replies else {
-            self.expiries.lock().forget();
-            return;
-        };
-        let refused = |r: &Option<ReserveOutcome>| matches!(r, Some(ReserveOutcome::Refused { .. }));
-        let written = |key: &str| chunk.iter().zip(replies).any(|(p, r)| p.call.calls_key == key && !refused(r));
-        let mut expiries = None;
-        for (p, r) in chunk.iter().zip(replies) {
-            if refused(r) && !written(&p.call.calls_key) {
-                expiries.get_or_insert_with(|| self.expiries.lock()).unset(&p.call.calls_key);
-            }
-        }
-    }
-
-    async fn run_reserve(&self, chunk: &[Pending]) -> RedisResult<Vec<Option<ReserveOutcome>>> {
+    /// One `reserve.lua` call. The id hashes whose expiry it carried are confirmed when a
+    /// reservation wrote its id in them (the hash exists); the others are sent again by the
+    /// next call. A call that fails makes the store forget them all.
+    async fn run_reserve(&self, chunk: &[Pending]) -> RedisResult<Vec<Reply>> {
+        let mut sent: Vec<(String, i64)> = Vec::new();
         let inv = {
             let mut expiries = self.expiries.lock();
-            scripts::reserve(chunk.iter().map(|p| &p.call), |k, at| expiries.needs(k, at))
+            scripts::reserve(chunk.iter().map(|p| &p.call), |k, at| needs(&mut expiries, &mut sent, k, at))
         };
         let mut c = self.conn.clone();
-        let v: Value = inv.run(&self.scripts.reserve, &mut c).await?;
-        scripts::reserve_replies(v, chunk.len())
+        let replies = match inv.run::<Value>(&self.scripts.reserve, &mut c).await {
+            Ok(v) => scripts::reserve_replies(v, chunk.len()),
+            Err(e) => Err(e),
+        };
+        match &replies {
+            Ok(replies) if !sent.is_empty() => {
+                let mut expiries = self.expiries.lock();
+                for (p, r) in chunk.iter().zip(replies) {
+                    let written = matches!(r, Ok(None) | Ok(Some(ReserveOutcome::Admitted { .. })));
+                    if let Some((key, at)) = sent.iter().find(|(k, _)| *k == p.call.calls_key) {
+                        if written {
+                            expiries.confirm(key, *at);
+                        }
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => self.expiries.lock().forget(),
+        }
+        replies
     }
 }

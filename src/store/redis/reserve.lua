@@ -27,7 +27,8 @@
 --
 -- Returns one reply per request, in order: {1, before_0, ..., before_n-1} when admitted
 -- (values before this request, by index), {0, index, current} for the refusing counter
--- with the lowest index, or {2} when the id was already applied.
+-- with the lowest index, {2} when the id was already applied, or {3, error} when Redis
+-- refused one of its writes (all of them then taken back).
 
 local tonumber, ARGV, KEYS, call = tonumber, ARGV, KEYS, redis.call
 
@@ -64,8 +65,9 @@ local function before(key, field, amount)
   if #amount <= 15 then
     local v = redis.pcall('HINCRBY', key, field, amount)
     if type(v) == 'number' then
-      if v < EXACT and v > -EXACT then
-        return string.format('%.0f', v - tonumber(amount)), true
+      local b = v - tonumber(amount)
+      if v < EXACT and v > -EXACT and b < EXACT and b > -EXACT then
+        return string.format('%.0f', b), true
       end
       -- Too large for a Lua number: take it back, read the value as the string it is.
       call('HINCRBY', key, field, negated(amount))
@@ -75,6 +77,10 @@ local function before(key, field, amount)
   local v = redis.pcall('HINCRBY', key, field, amount)
   return current, type(v) == 'number'
 end
+
+-- What the request being decided has written so far: the counters it added to (key, field,
+-- amount) and its claimed id (key, id), so that a failure part-way can be taken back.
+local added, claim
 
 -- One request whose arguments start at `at`; returns its reply and where the next starts.
 local function reserve(at)
@@ -92,6 +98,7 @@ local function reserve(at)
   if call('HSETNX', calls, id, 1) == 0 then
     return {2}, skip()
   end
+  claim = {calls, id}
 
   -- out[index + 2]: the value of counter `index` before this request. Counters with an
   -- amount are incremented at once and read from the increment's answer (the script runs
@@ -99,7 +106,7 @@ local function reserve(at)
   -- then adding); the others are read.
   local out = {1}
   local refused, refused_at
-  local added, unadded = {}, nil
+  local unadded = nil
   local g = start
   for _ = 1, groups do
     local key, expire, n = KEYS[tonumber(ARGV[g])], ARGV[g + 1], tonumber(ARGV[g + 2])
@@ -155,7 +162,9 @@ local function reserve(at)
     for i = 1, #added, 3 do
       call('HINCRBY', added[i], added[i + 1], negated(added[i + 2]))
     end
+    added = {}
     call('HDEL', calls, id)
+    claim = nil
     return {0, refused, refused_at}, g
   end
   if unadded then
@@ -171,9 +180,34 @@ local n = tonumber(ARGV[1])
 -- wrote does not exist; the caller sends its expiry again next time.)
 local replies, expiring, order = {}, {}, {}
 local at = 2
+-- Where the arguments of the request starting at `at` end.
+local function ends(at)
+  local g = at + 4
+  for _ = 1, tonumber(ARGV[at + 3]) do
+    g = g + 3 + tonumber(ARGV[g + 2]) * 4
+  end
+  return g
+end
 for r = 1, n do
   local calls, expire = ARGV[at], ARGV[at + 1]
-  replies[r], at = reserve(at)
+  local finish = ends(at)
+  added, claim = {}, nil
+  local ok, reply = pcall(reserve, at)
+  if not ok then
+    -- Redis refused one of this request's writes (a key of the wrong type, an overflow of
+    -- an admitted amount): everything it wrote is taken back and it alone fails.
+    for i = 1, #added, 3 do
+      redis.pcall('HINCRBY', added[i], added[i + 1], negated(added[i + 2]))
+    end
+    if claim then
+      redis.pcall('HDEL', claim[1], claim[2])
+    end
+    if type(reply) == 'table' and reply.err then
+      reply = reply.err
+    end
+    reply = {3, tostring(reply)}
+  end
+  replies[r], at = reply, finish
   if expire ~= '0' and not expiring[calls] then
     expiring[calls] = true
     order[#order + 1] = calls

@@ -199,8 +199,9 @@ pub fn reserve<'a>(calls: impl IntoIterator<Item = &'a ReserveCall>, mut needs_e
 
 /// Decodes the reply of `reserve.lua` for a batch of `n` reservations: per reservation its
 /// outcome, `None` when its id was already applied (by the journal replay of the same
-/// reservation, or by an earlier attempt of this very call).
-pub fn reserve_replies(v: Value, n: usize) -> RedisResult<Vec<Option<ReserveOutcome>>> {
+/// reservation, or by an earlier attempt of this very call), or the error Redis gave one
+/// of its writes (the script has taken all of them back).
+pub fn reserve_replies(v: Value, n: usize) -> RedisResult<Vec<RedisResult<Option<ReserveOutcome>>>> {
     let items: Vec<Value> = FromRedisValue::from_redis_value(v)?;
     if items.len() != n {
         return Err(redis::RedisError::from((
@@ -211,12 +212,12 @@ pub fn reserve_replies(v: Value, n: usize) -> RedisResult<Vec<Option<ReserveOutc
     items.into_iter().map(reserve_reply).collect()
 }
 
-/// Decodes one reservation's reply.
-fn reserve_reply(v: Value) -> RedisResult<Option<ReserveOutcome>> {
+/// Decodes one reservation's reply; the outer error is a reply that cannot be read.
+fn reserve_reply(v: Value) -> RedisResult<RedisResult<Option<ReserveOutcome>>> {
     let items: Vec<Value> = FromRedisValue::from_redis_value(v)?;
     let int = |v: &Value| -> RedisResult<i64> { Ok(i64::from_redis_value_ref(v)?) };
     let bad = || redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "unexpected reply from reserve.lua"));
-    match items.first().map(int).transpose()? {
+    Ok(match items.first().map(int).transpose()? {
         Some(1) => Ok(Some(ReserveOutcome::Admitted {
             before: items[1..].iter().map(int).collect::<RedisResult<_>>()?,
         })),
@@ -225,8 +226,16 @@ fn reserve_reply(v: Value) -> RedisResult<Option<ReserveOutcome>> {
             current: int(&items[2])?,
         })),
         Some(2) => Ok(None),
-        _ => Err(bad()),
-    }
+        Some(3) => {
+            let why = items.get(1).and_then(|v| String::from_redis_value_ref(v).ok()).unwrap_or_default();
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "Redis refused a write of this reservation",
+                why,
+            )))
+        }
+        _ => return Err(bad()),
+    })
 }
 
 /// The metrics of a history hash. Its fields are `<metric>|<provider>|<model>` (provider
@@ -630,7 +639,7 @@ mod tests {
                 "1", "99", "id-1", "2", // id hash, its expiry, id, two counter hashes
                 "2", far_s, "2", "0", "cost", "5", "10", "1", "requests", "1", "", //
                 "3", far_s, "1", "2", "cost", "5", "", //
-                "1", "0", "id-2", "1", // the id hash's expiry is sent once
+                "1", "99", "id-2", "1", // sent again until a call confirms it (the script sets it once)
                 "3", far_s, "1", "0", "cost", "7", "20",
             ]
         );
@@ -684,15 +693,23 @@ mod tests {
         assert_eq!(a2[2], "2");
         assert_eq!(k2.len(), k.len() - 1, "the same keys, without the replay set");
         assert!(a2.contains(&"id-2".to_string()));
-        // The id hash's and the two lists' expiries go with the first entry only.
+        // Until a call confirms them, every entry carries the id hash's and the lists' expiries.
         let first = a2.iter().position(|a| a == "id-1").unwrap();
         let second_at = a2.iter().position(|a| a == "id-2").unwrap();
         assert_eq!(a2[first - 1], calls_expire);
-        assert_eq!(a2[second_at - 1], "0");
+        assert_eq!(a2[second_at - 1], calls_expire);
         let tomorrow = utc_midnight(Utc::now().date_naive() + Duration::days(1));
         let list_expire = (tomorrow + Duration::days(400)).timestamp().to_string();
-        assert_eq!(a2.iter().filter(|a| **a == list_expire).count(), 2, "{a2:?}");
-        // The next batch sends none of them.
+        assert_eq!(a2.iter().filter(|a| **a == list_expire).count(), 4, "{a2:?}");
+        // Once confirmed, the next batch sends none of them.
+        for k in k2.iter().filter(|k| k.contains(":n:") || k.contains(":r:")) {
+            let at = if k.contains(":n:") {
+                calls_expire.parse().unwrap()
+            } else {
+                list_expire.parse().unwrap()
+            };
+            expiries.confirm(k, at);
+        }
         let inv = settle(&keys, [(&tag, &second)], false, &p, |k, at| expiries.needs(k, at));
         assert!(!inv.parts().1.contains(&list_expire));
         assert!(!inv.parts().1.contains(&calls_expire));
@@ -752,14 +769,12 @@ mod tests {
         let admitted = Value::Array(vec![Value::Int(1), Value::BulkString(b"12".to_vec()), Value::BulkString(b"-3".to_vec())]);
         let again = Value::Array(vec![Value::Int(2)]);
         let refused = Value::Array(vec![Value::Int(0), Value::Int(4), Value::BulkString(b"9223372036854775807".to_vec())]);
-        assert_eq!(
-            reserve_replies(Value::Array(vec![admitted, again, refused]), 3).unwrap(),
-            [
-                Some(ReserveOutcome::Admitted { before: vec![12, -3] }),
-                None,
-                Some(ReserveOutcome::Refused { index: 4, current: i64::MAX })
-            ]
-        );
+        let failed = Value::Array(vec![Value::Int(3), Value::BulkString(b"WRONGTYPE".to_vec())]);
+        let replies = reserve_replies(Value::Array(vec![admitted, again, refused, failed]), 4).unwrap();
+        assert_eq!(replies[0].as_ref().unwrap(), &Some(ReserveOutcome::Admitted { before: vec![12, -3] }));
+        assert_eq!(replies[1].as_ref().unwrap(), &None);
+        assert_eq!(replies[2].as_ref().unwrap(), &Some(ReserveOutcome::Refused { index: 4, current: i64::MAX }));
+        assert!(replies[3].as_ref().unwrap_err().to_string().contains("WRONGTYPE"));
         assert!(reserve_replies(Value::Array(vec![Value::Int(3)]), 1).is_err());
         assert!(reserve_replies(Value::Array(vec![]), 1).is_err(), "one reply per reservation");
     }

@@ -99,15 +99,37 @@ local tag_sets, tag_order = {}, {}
 -- Id hashes to give their expire-at, and replayed ids to record, in order.
 local id_expires, id_expiring, replays = {}, {}, {}
 
+-- The ids this call claimed, so that they can be given back if a later claim fails: the
+-- entries' writes come after the loop, and an id left claimed without them would be lost.
+local claimed = {}
+local function claim_failed(r)
+  for i = 1, #claimed, 2 do
+    redis.pcall('HDEL', claimed[i], claimed[i + 1])
+  end
+  return redis.error_reply('cannot claim a settlement id: ' .. tostring(r.err))
+end
+
 local applied = 0
 local at = 4
 for _ = 1, n do
   local calls, calls_expire, id, replayed = KEYS[tonumber(ARGV[at])], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
   at = at + 4
-  local fresh = call('HSETNX', calls, id, 1) == 1
+  local r = redis.pcall('HSETNX', calls, id, 1)
+  if type(r) == 'table' then
+    return claim_failed(r)
+  end
+  local fresh = r == 1
+  if fresh then
+    claimed[#claimed + 1] = calls
+    claimed[#claimed + 1] = id
+  end
   if fresh and replayed > 0 then
     -- Applied by an earlier replay whose first call's id has expired since.
-    fresh = call('SISMEMBER', KEYS[replayed], id) == 0
+    r = redis.pcall('SISMEMBER', KEYS[replayed], id)
+    if type(r) == 'table' then
+      return claim_failed(r)
+    end
+    fresh = r == 0
   end
   if fresh and replayed > 0 then
     replays[#replays + 1] = KEYS[replayed]
@@ -192,6 +214,12 @@ for _ = 1, n do
   at = mine + nl * 2
   local record = ARGV[at]
   at = at + 1
+  for l = mine, mine + (nl - 1) * 2, 2 do
+    -- An expire-at is sent with one entry only: kept even when that entry was applied before.
+    if ARGV[l + 1] ~= '0' then
+      list_expires[KEYS[tonumber(ARGV[l])]] = ARGV[l + 1]
+    end
+  end
   if fresh then
     applied = applied + 1
     for l = mine, mine + (nl - 1) * 2, 2 do
@@ -201,9 +229,6 @@ for _ = 1, n do
         p = {}
         pushes[key] = p
         lists[#lists + 1] = key
-      end
-      if ARGV[l + 1] ~= '0' then
-        list_expires[key] = ARGV[l + 1]
       end
       p[#p + 1] = record
     end

@@ -26,12 +26,16 @@ local trim_past = cap + math.max(8, math.floor(cap / 4))
 
 local at = 3
 for e = 1, n do
-  if call('HSETNX', KEYS[tonumber(ARGV[at])], ARGV[at + 2], 1) == 0 then
-    -- Applied before: give back this call's claims, oldest first, and change nothing.
+  local r = redis.pcall('HSETNX', KEYS[tonumber(ARGV[at])], ARGV[at + 2], 1)
+  if r ~= 1 then
+    -- Applied before (or the claim failed): give back this call's claims and change nothing.
     local back = 3
     for _ = 1, e - 1 do
-      call('HDEL', KEYS[tonumber(ARGV[back])], ARGV[back + 2])
+      redis.pcall('HDEL', KEYS[tonumber(ARGV[back])], ARGV[back + 2])
       back = back + 3
+    end
+    if type(r) == 'table' then
+      return redis.error_reply('cannot claim a settlement id: ' .. tostring(r.err))
     end
     return {0}
   end
