@@ -82,21 +82,13 @@ end
 -- amount) and its claimed id (key, id), so that a failure part-way can be taken back.
 local added, claim
 
--- One request whose arguments start at `at`; returns its reply and where the next starts.
+-- One request whose arguments start at `at`; returns its reply.
 local function reserve(at)
   local calls, id, groups = KEYS[tonumber(ARGV[at])], ARGV[at + 2], tonumber(ARGV[at + 3])
   local start = at + 4
-  -- Where each group's arguments end, to skip a request read past.
-  local function skip()
-    local g = start
-    for _ = 1, groups do
-      g = g + 3 + tonumber(ARGV[g + 2]) * 4
-    end
-    return g
-  end
   -- Claim the id first (one call on the common, admitted path); a refusal gives it back.
   if call('HSETNX', calls, id, 1) == 0 then
-    return {2}, skip()
+    return {2}
   end
   claim = {calls, id}
 
@@ -165,14 +157,14 @@ local function reserve(at)
     added = {}
     call('HDEL', calls, id)
     claim = nil
-    return {0, refused, refused_at}, g
+    return {0, refused, refused_at}
   end
   if unadded then
     for i = 1, #unadded, 3 do
       call('HINCRBY', unadded[i], unadded[i + 1], unadded[i + 2])
     end
   end
-  return out, g
+  return out
 end
 
 local n = tonumber(ARGV[1])
