@@ -421,16 +421,16 @@ pub fn settle_sums<'a>(
     fn add(
         hashes: &mut Vec<(String, Sums)>,
         index: &mut HashMap<String, usize, foldhash::fast::RandomState>,
-        key: String,
+        key: &str,
         expire: i64,
         field: &str,
         by: i64,
     ) -> Option<()> {
-        let i = match index.get(&key) {
+        let i = match index.get(key) {
             Some(&i) => i,
             None => {
-                index.insert(key.clone(), hashes.len());
-                hashes.push((key, Sums { expire, fields: Vec::new() }));
+                index.insert(key.to_string(), hashes.len());
+                hashes.push((key.to_string(), Sums { expire, fields: Vec::new() }));
                 hashes.len() - 1
             }
         };
@@ -458,7 +458,7 @@ pub fn settle_sums<'a>(
         ids.push((tag, entry));
         for (key, delta) in entry.counters.iter().filter(|(_, d)| *d != 0) {
             let at = expire_at(DateTime::from_timestamp(entry.expire_at(key.window), 0).unwrap_or_default(), key.window);
-            add(&mut hashes, &mut index, keys.counter(tag, key), at, &key.field, *delta)?;
+            add(&mut hashes, &mut index, &keys.counter(tag, key), at, &key.field, *delta)?;
         }
         let Some(rec) = &entry.record else { continue };
         if !rec.tags.is_empty() {
@@ -470,20 +470,17 @@ pub fn settle_sums<'a>(
         let periods = &last_day.as_ref().expect("set above").1;
         let tenants = std::iter::once((Scope::Profile, rec.profile.as_str())).chain(rec.org.as_deref().map(|o| (Scope::Org, o)));
         let json = serde_json::to_string(rec).unwrap_or_default();
+        // Each field is named once per entry and added to its history hashes.
+        let fields: Vec<(String, i64)> = totals_fields(&rec.totals)
+            .into_iter()
+            .filter(|(_, v)| *v != 0)
+            .map(|(metric, v)| (format!("{metric}|{}|{}", rec.provider, rec.model), v))
+            .collect();
         for (scope, id) in tenants {
             for (period, expiry) in [(&periods.day, periods.day_expiry), (&periods.month, periods.month_expiry)] {
                 let key = keys.history(tag, scope, id, period);
-                for (metric, v) in totals_fields(&rec.totals) {
-                    if v != 0 {
-                        add(
-                            &mut hashes,
-                            &mut index,
-                            key.clone(),
-                            expiry,
-                            &format!("{metric}|{}|{}", rec.provider, rec.model),
-                            v,
-                        )?;
-                    }
+                for (field, v) in &fields {
+                    add(&mut hashes, &mut index, &key, expiry, field, *v)?;
                 }
             }
             let list = keys.recent(tag, scope, id);
