@@ -648,8 +648,19 @@ pub fn text_bytes(v: &Value) -> usize {
 /// `*` matches exactly one non-empty segment, a final `**` matches any rest (even none), any
 /// other segment matches itself. Leading and trailing slashes are ignored.
 pub fn path_matches(pattern: &str, path: &str) -> bool {
-    let mut path = path.trim_matches('/').split('/');
-    for want in pattern.trim_matches('/').split('/') {
+    let pattern = pattern.trim_matches('/');
+    let path = path.trim_matches('/');
+    // A match starts with the pattern's literal segments before its first wildcard: most
+    // routes of a table fail this one comparison, before any splitting.
+    let literal = match memchr::memchr(b'*', pattern.as_bytes()) {
+        Some(star) => pattern[..star].rfind('/').map_or("", |slash| &pattern[..slash]),
+        None => pattern,
+    };
+    if !path.starts_with(literal) {
+        return false;
+    }
+    let mut path = path.split('/');
+    for want in pattern.split('/') {
         if want == "**" {
             return true;
         }
@@ -693,6 +704,40 @@ mod route_tests {
         assert!(path_matches("v1/voices/**", "/v1/voices/a/b/c"));
         assert!(!path_matches("v1/voices/**", "/v1/voicesx"));
         assert!(!path_matches("v1/a/*/c", "/v1/a//c"));
+        assert!(path_matches("*/models", "/v1/models"));
+        assert!(!path_matches("v1/a*b/c", "/v1/axb/c"), "a star inside a segment is literal");
+        assert!(path_matches("v1/a*b/c", "/v1/a*b/c"));
+    }
+
+    /// Segment by segment, with no shortcut: what [`path_matches`] must agree with.
+    fn matches_by_segments(pattern: &str, path: &str) -> bool {
+        let mut path = path.trim_matches('/').split('/');
+        for want in pattern.trim_matches('/').split('/') {
+            if want == "**" {
+                return true;
+            }
+            match path.next() {
+                Some(seg) if !seg.is_empty() && (want == "*" || want == seg) => {}
+                _ => return false,
+            }
+        }
+        path.next().is_none()
+    }
+
+    proptest::proptest! {
+        /// The literal-prefix shortcut never changes an answer. Patterns and paths are drawn
+        /// from a few segments (and stray slashes) so that near misses are common.
+        #[test]
+        fn the_prefix_shortcut_agrees_with_matching_by_segments(
+            pattern in proptest::collection::vec(proptest::sample::select(vec!["v1", "a", "ab", "*", "**", "a*", "", "x"]), 0..5),
+            path in proptest::collection::vec(proptest::sample::select(vec!["v1", "a", "ab", "a*", "", "x", "y"]), 0..6),
+            lead in proptest::bool::ANY,
+            trail in proptest::bool::ANY,
+        ) {
+            let pattern = pattern.join("/");
+            let path = format!("{}{}{}", if lead { "/" } else { "" }, path.join("/"), if trail { "/" } else { "" });
+            proptest::prop_assert_eq!(path_matches(&pattern, &path), matches_by_segments(&pattern, &path), "{} vs {}", pattern, path);
+        }
     }
 
     #[test]

@@ -262,7 +262,7 @@ pub async fn admit(
         id: id.clone(),
         record: UsageRecord {
             at: now,
-            day: runtime.calendar.bucket(crate::domain::window::Window::Daily, now).id.to_string(),
+            day: runtime.calendar.bucket(crate::domain::window::Window::Daily, now).id.as_ref().to_owned(),
             profile: tenant.profile.clone(),
             org: tenant.org.clone(),
             provider: route.name.clone(),

@@ -128,17 +128,42 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
 /// `X-Spendgate-Remaining` (the tightest limit's remaining amount and unit) and
 /// `X-Spendgate-Reset` (when its window resets).
 fn set_remaining_headers(headers: &mut http::HeaderMap, metric: Metric, rem: i64, resets_at: chrono::DateTime<chrono::Utc>) {
-    let amount = if metric == Metric::CostUsd {
-        format!("{:.6}", crate::domain::money::nanos_to_usd(rem.max(0)))
+    let rem = rem.max(0);
+    let mut num = itoa::Buffer::new();
+    let mut value = String::with_capacity(32);
+    if metric == Metric::CostUsd {
+        // Millionths of a dollar, rounded down: never more than is left.
+        let micros = rem / 1000;
+        value.push_str(num.format(micros / 1_000_000));
+        value.push('.');
+        let frac = num.format(micros % 1_000_000);
+        value.extend(std::iter::repeat_n('0', 6 - frac.len()));
+        value.push_str(frac);
     } else {
-        rem.max(0).to_string()
-    };
-    if let Ok(v) = HeaderValue::from_str(&format!("{amount} {}", metric.unit())) {
+        value.push_str(num.format(rem));
+    }
+    value.push(' ');
+    value.push_str(metric.unit());
+    if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert("x-spendgate-remaining", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&resets_at.to_rfc3339_opts(SecondsFormat::Secs, true)) {
-        headers.insert("x-spendgate-reset", v);
+    headers.insert("x-spendgate-reset", reset_value(resets_at));
+}
+
+/// `X-Spendgate-Reset`'s value: the same for every request of a window, so each thread keeps
+/// the last one it formatted.
+fn reset_value(resets_at: chrono::DateTime<chrono::Utc>) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(chrono::DateTime<chrono::Utc>, HeaderValue)>> = const { std::cell::RefCell::new(None) };
     }
+    LAST.with_borrow_mut(|last| match last {
+        Some((at, v)) if *at == resets_at => v.clone(),
+        _ => {
+            let v = HeaderValue::from_str(&resets_at.to_rfc3339_opts(SecondsFormat::Secs, true)).expect("an RFC 3339 time is a valid header value");
+            *last = Some((resets_at, v.clone()));
+            v
+        }
+    })
 }
 
 /// The extractor for a response: free calls and errors cost nothing; successes are read, and

@@ -18,8 +18,6 @@
 //! otherwise. `w` is the window's nominal length in seconds (a month counts 30 days) and `t`
 //! the seconds until the current window ends.
 
-use std::fmt::Write;
-
 use chrono::{DateTime, Utc};
 use http::HeaderValue;
 
@@ -44,23 +42,25 @@ pub fn headers(plan: &Plan, before: &[i64], now: DateTime<Utc>) -> Option<(Heade
             *slot = Some((fraction, i, remaining));
         }
     }
-    let mut chosen: Vec<(f64, usize, i64)> = best.into_iter().flatten().collect();
-    if chosen.is_empty() {
+    let mut chosen = [(0.0, 0, 0); 4];
+    let mut n = 0;
+    for c in best.into_iter().flatten() {
+        chosen[n] = c;
+        n += 1;
+    }
+    if n == 0 {
         return None;
     }
+    let chosen = &mut chosen[..n];
     chosen.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // Written straight into the two values: this runs for every admitted request.
-    let mut policy = String::with_capacity(64 * chosen.len());
-    let mut state = String::with_capacity(48 * chosen.len());
-    for (n, (_, i, remaining)) in chosen.into_iter().enumerate() {
+    // Written straight into the two values, numbers by `itoa`: this runs for every admitted
+    // request.
+    let mut policy = String::with_capacity(64 * n);
+    let mut state = String::with_capacity(48 * n);
+    let mut num = itoa::Buffer::new();
+    for (k, &(_, i, remaining)) in chosen.iter().enumerate() {
         let check = &plan.checks[i];
         let limit = &check.limit;
-        let name = Name(
-            check.scope.as_str(),
-            limit.metric.as_str(),
-            limit.window.as_str(),
-            limit.matcher.as_ref().map(|m| m.id.as_str()),
-        );
         let (q, r, unit) = match limit.metric {
             Metric::CostUsd => (limit.max / 1000, remaining / 1000, Some("usd-micros")),
             Metric::Tokens => (limit.max, remaining, Some("tokens")),
@@ -68,32 +68,32 @@ pub fn headers(plan: &Plan, before: &[i64], now: DateTime<Utc>) -> Option<(Heade
             Metric::Requests => (limit.max, remaining, None),
         };
         let t = (check.resets_at - now).num_seconds().max(0);
-        if n > 0 {
+        if k > 0 {
             policy.push_str(", ");
             state.push_str(", ");
         }
-        // Writing to a String cannot fail.
-        let _ = write!(policy, "\"{name}\";q={q}");
-        if let Some(u) = unit {
-            let _ = write!(policy, ";qu=\"{u}\"");
+        for s in [&mut policy, &mut state] {
+            s.push('"');
+            s.push_str(check.scope.as_str());
+            s.push('-');
+            s.push_str(limit.policy_name());
+            s.push('"');
         }
-        let _ = write!(policy, ";w={}", nominal_seconds(limit.window));
-        let _ = write!(state, "\"{name}\";r={r};t={t}");
+        policy.push_str(";q=");
+        policy.push_str(num.format(q));
+        if let Some(u) = unit {
+            policy.push_str(";qu=\"");
+            policy.push_str(u);
+            policy.push('"');
+        }
+        policy.push_str(";w=");
+        policy.push_str(num.format(nominal_seconds(limit.window)));
+        state.push_str(";r=");
+        state.push_str(num.format(r));
+        state.push_str(";t=");
+        state.push_str(num.format(t));
     }
     Some((HeaderValue::from_str(&policy).ok()?, HeaderValue::from_str(&state).ok()?))
-}
-
-/// A policy's name: `<scope>-<metric>-<window>[-<match id>]`.
-struct Name<'a>(&'a str, &'a str, &'a str, Option<&'a str>);
-
-impl std::fmt::Display for Name<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}-{}", self.0, self.1, self.2)?;
-        match self.3 {
-            Some(id) => write!(f, "-{id}"),
-            None => Ok(()),
-        }
-    }
 }
 
 /// A window's nominal length in seconds (a month counts 30 days).

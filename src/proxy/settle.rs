@@ -70,7 +70,36 @@ pub fn next_id() -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let boot = BOOT.get_or_init(|| format!("{:x}-{:x}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)));
-    format!("{boot}-{:x}", SEQ.fetch_add(1, Ordering::Relaxed))
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    // `{boot}-{seq:x}`, without the formatting machinery: this runs for every call.
+    let mut id = String::with_capacity(boot.len() + 17);
+    id.push_str(boot);
+    id.push('-');
+    push_hex(&mut id, seq);
+    id
+}
+
+/// `n` in lowercase hexadecimal, as `{:x}` writes it.
+fn push_hex(s: &mut String, n: u64) {
+    let digits = (64 - (n | 1).leading_zeros()).div_ceil(4);
+    for k in (0..digits).rev() {
+        s.push(char::from(b"0123456789abcdef"[((n >> (4 * k)) & 0xf) as usize]));
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    #[test]
+    fn hex_digits_are_written_as_the_formatter_writes_them() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 256, 0xdead_beef, u64::MAX >> 4, u64::MAX] {
+            let mut s = String::new();
+            super::push_hex(&mut s, n);
+            assert_eq!(s, format!("{n:x}"));
+        }
+        let (a, b) = (super::next_id(), super::next_id());
+        assert_ne!(a, b);
+        assert_eq!(a.rsplit_once('-').unwrap().0, b.rsplit_once('-').unwrap().0, "one process, one prefix");
+    }
 }
 
 /// The guard of an admitted call: settles it exactly once, on drop at the latest.
@@ -185,7 +214,7 @@ impl Settler {
             // The history gets the difference; the call itself was recorded when it settled.
             record: UsageRecord {
                 at: now,
-                day: self.runtime.calendar.bucket(Window::Daily, now).id.to_string(),
+                day: self.runtime.calendar.bucket(Window::Daily, now).id.as_ref().to_owned(),
                 profile: d.tenant.profile.clone(),
                 org: d.tenant.org.clone(),
                 provider: self.route.name.clone(),
@@ -238,7 +267,8 @@ impl Settler {
 
         let tenant_label = m.tenant(&self.tenant.profile);
         let org_label = self.tenant.org.as_deref().map(|o| m.tenant(o)).unwrap_or_default();
-        m.requests.with_label_values(&[provider, &model_label, &self.status.to_string()]).inc();
+        let mut status = itoa::Buffer::new();
+        m.requests.with_label_values(&[provider, &model_label, status.format(self.status)]).inc();
         if cost > 0 {
             m.cost_usd
                 .with_label_values(&[&tenant_label, &org_label, provider, &model_label])
@@ -294,7 +324,7 @@ impl Settler {
             deltas: plan.deltas(&actual),
             record: UsageRecord {
                 at: now,
-                day: self.runtime.calendar.bucket(Window::Daily, now).id.to_string(),
+                day: self.runtime.calendar.bucket(Window::Daily, now).id.as_ref().to_owned(),
                 profile: self.tenant.profile.clone(),
                 org: self.tenant.org.clone(),
                 provider: provider.to_string(),

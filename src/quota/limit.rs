@@ -121,6 +121,8 @@ pub struct Limit {
     pub matcher: Option<Matcher>,
     /// The store field that counts this limit (see [`Limit::field`]), made once.
     field: Arc<str>,
+    /// `<metric>-<window>[-<match id>]`, made once (see [`Limit::policy_name`]).
+    policy_name: Arc<str>,
 }
 
 impl Limit {
@@ -139,8 +141,24 @@ impl Limit {
             enabled: spec.enabled,
             mode: spec.mode,
             field: Self::field_of(spec.metric, matcher.as_ref()),
+            policy_name: Self::policy_name_of(spec.metric, spec.window, matcher.as_ref()),
             matcher,
         }
+    }
+
+    fn policy_name_of(metric: Metric, window: Window, matcher: Option<&Matcher>) -> Arc<str> {
+        let mut name = format!("{}-{}", metric.as_str(), window.as_str());
+        if let Some(m) = matcher {
+            name.push('-');
+            name.push_str(&m.id);
+        }
+        Arc::from(name)
+    }
+
+    /// The limit's name in the `RateLimit` headers, after its scope:
+    /// `<metric>-<window>[-<match id>]`.
+    pub fn policy_name(&self) -> &str {
+        &self.policy_name
     }
 
     fn field_of(metric: Metric, matcher: Option<&Matcher>) -> Arc<str> {
@@ -243,6 +261,7 @@ mod tests {
             mode: Mode::Enforce,
             matcher: None,
             field: Metric::CostUsd.counter_field(),
+            policy_name: Arc::from("cost_usd-monthly"),
         };
         assert_eq!(
             l.refusal_message(Scope::Profile, "p-123", 10_020_000_000),

@@ -93,10 +93,13 @@ impl Route {
 
     /// The upstream URI for an upstream path and query.
     pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let pq = match query {
-            Some(q) => format!("{}{path}?{q}", self.base_path),
-            None => format!("{}{path}", self.base_path),
-        };
+        let mut pq = String::with_capacity(self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        pq.push_str(&self.base_path);
+        pq.push_str(path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())

@@ -231,7 +231,7 @@ pub fn classify(req: &RequestInfo<'_>) -> Call {
     }
     match ROUTES
         .iter()
-        .find(|r| method_matches(r.methods, req.method) && path_matches(r.pattern, req.path))
+        .find(|r| path_matches(r.pattern, req.path) && method_matches(r.methods, req.method))
     {
         Some(route) => call(route),
         None if matches!(*req.method, Method::GET | Method::HEAD | Method::DELETE) => Call::free("other", None),

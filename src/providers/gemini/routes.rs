@@ -184,7 +184,7 @@ pub fn classify(req: &RequestInfo<'_>) -> Call {
     }
     let path = p.resource.join("/");
     let route = ROUTES.iter().find(|(methods, pattern, rpc, _, _)| {
-        methods.split(' ').any(|m| m == "*" || m == req.method.as_str()) && *rpc == p.rpc && path_matches(pattern, &path)
+        *rpc == p.rpc && path_matches(pattern, &path) && methods.split(' ').any(|m| m == "*" || m == req.method.as_str())
     });
     match route {
         Some((_, _, _, endpoint, Some(why))) => Call::not_metered(endpoint, why),
