@@ -103,7 +103,10 @@ const ORG_CACHE_GENERATION: usize = 50_000;
 /// only its least recently seen half at a time, not every binding at once (which sent every
 /// request back to the store together).
 #[derive(Default)]
-pub struct OrgCache(Mutex<[HashMap<String, Option<String>>; 2]>);
+pub struct OrgCache(Mutex<[Bindings; 2]>);
+
+/// Keyed by profile ids from requests: foldhash, seeded per process.
+type Bindings = HashMap<String, Option<String>, foldhash::fast::RandomState>;
 
 impl OrgCache {
     pub fn get(&self, profile: &str) -> Option<Option<String>> {
@@ -120,7 +123,7 @@ impl OrgCache {
         Self::put(&mut self.0.lock(), profile.to_string(), org);
     }
 
-    fn put(g: &mut [HashMap<String, Option<String>>; 2], profile: String, org: Option<String>) {
+    fn put(g: &mut [Bindings; 2], profile: String, org: Option<String>) {
         if g[0].len() >= ORG_CACHE_GENERATION {
             g[1] = std::mem::take(&mut g[0]);
         }

@@ -205,8 +205,10 @@ pub struct PriceTable {
 /// past it the memory starts over.
 const MAX_CACHED_MODELS: usize = 1024;
 
-/// price kind -> provider name -> model -> the rates found for it.
-type Found = HashMap<ProviderKind, HashMap<String, HashMap<String, Option<Arc<Rates>>>>>;
+/// price kind -> provider name -> model -> the rates found for it (looked up on every
+/// request: foldhash, seeded per process, since model names come from requests).
+type Found = Fast<ProviderKind, Fast<String, Fast<String, Option<Arc<Rates>>>>>;
+type Fast<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Default)]
 struct RateCache(RwLock<Found>);

@@ -7,6 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+const _: () = assert!(
+    Window::Minute as usize == 0 && Window::Hour as usize == 1 && Window::Daily as usize == 2 && Window::Monthly as usize == 3,
+    "the counters index their windows by number, in the order of `Window::ALL`"
+);
+
 use crate::domain::window::Window;
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, CounterOp, ReserveOutcome};
@@ -60,8 +65,9 @@ pub struct Expired {
 
 #[derive(Default)]
 pub struct Counters {
-    /// Window -> bucket id -> bucket. Bucket ids of a window sort by time.
-    windows: HashMap<Window, BTreeMap<String, Bucket>>,
+    /// Per window (indexed by `Window as usize`): bucket id -> bucket. Bucket ids of a window
+    /// sort by time.
+    windows: [BTreeMap<String, Bucket>; 4],
     /// Every field name seen (`cost`, `requests`, `cost#<match id>`, ...): a handful, one
     /// per metric and per limit with a `match`.
     names: Vec<Box<str>>,
@@ -84,9 +90,8 @@ impl Counters {
 
     pub fn get(&self, key: &CounterKey) -> i64 {
         let Some(field) = self.number(&key.field) else { return 0 };
-        self.windows
-            .get(&key.window)
-            .and_then(|w| w.get(&*key.bucket))
+        self.windows[key.window as usize]
+            .get(&*key.bucket)
             .and_then(|b| b.tenants[scope_index(key.scope)].get(&*key.tenant))
             .and_then(|f| f.iter().find(|(n, _)| *n == field))
             .map_or(0, |(_, v)| *v)
@@ -99,7 +104,7 @@ impl Counters {
         }
         let field = self.number_or_add(&key.field);
         let kind = key.window;
-        let window = self.windows.entry(kind).or_default();
+        let window = &mut self.windows[kind as usize];
         if !window.contains_key(&*key.bucket) {
             // A new bucket supersedes the older ones of its window.
             let new = starts(kind, &key.bucket);
@@ -152,7 +157,7 @@ impl Counters {
     /// them outside its lock.
     pub fn take_expired(&mut self, now: i64) -> Expired {
         let mut out = Expired::default();
-        for (window, buckets) in &mut self.windows {
+        for (window, buckets) in Window::ALL.into_iter().zip(&mut self.windows) {
             let old: Vec<String> = buckets
                 .iter()
                 .filter(|(_, b)| b.superseded_at.is_some_and(|t| now - t >= GRACE_SECS))
@@ -160,7 +165,7 @@ impl Counters {
                 .collect();
             for id in old {
                 if let Some(b) = buckets.remove(&id) {
-                    out.ids.push((*window, id));
+                    out.ids.push((window, id));
                     out.buckets.push(b);
                 }
             }
@@ -171,7 +176,7 @@ impl Counters {
     /// How many (tenant, bucket) entries are held, for tests and diagnostics.
     pub fn entries(&self) -> usize {
         self.windows
-            .values()
+            .iter()
             .flat_map(|w| w.values())
             .map(|b| b.tenants[0].len() + b.tenants[1].len())
             .sum()
