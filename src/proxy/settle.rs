@@ -87,21 +87,6 @@ fn push_hex(s: &mut String, n: u64) {
     }
 }
 
-#[cfg(test)]
-mod id_tests {
-    #[test]
-    fn hex_digits_are_written_as_the_formatter_writes_them() {
-        for n in [0, 1, 9, 10, 15, 16, 255, 256, 0xdead_beef, u64::MAX >> 4, u64::MAX] {
-            let mut s = String::new();
-            super::push_hex(&mut s, n);
-            assert_eq!(s, format!("{n:x}"));
-        }
-        let (a, b) = (super::next_id(), super::next_id());
-        assert_ne!(a, b);
-        assert_eq!(a.rsplit_once('-').unwrap().0, b.rsplit_once('-').unwrap().0, "one process, one prefix");
-    }
-}
-
 /// The guard of an admitted call: settles it exactly once, on drop at the latest.
 pub struct Reservation(Option<Settler>);
 
@@ -367,5 +352,20 @@ fn spawn_store(app: &Arc<App>, settlement: Settlement) {
     let mut cx = Context::from_waker(Waker::noop());
     if write.as_mut().poll(&mut cx).is_pending() {
         app.settlements.spawn(write);
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    #[test]
+    fn hex_digits_are_written_as_the_formatter_writes_them() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 256, 0xdead_beef, u64::MAX >> 4, u64::MAX] {
+            let mut s = String::new();
+            super::push_hex(&mut s, n);
+            assert_eq!(s, format!("{n:x}"));
+        }
+        let (a, b) = (super::next_id(), super::next_id());
+        assert_ne!(a, b);
+        assert_eq!(a.rsplit_once('-').unwrap().0, b.rsplit_once('-').unwrap().0, "one process, one prefix");
     }
 }
