@@ -55,6 +55,21 @@ fn starts(window: Window, id: &str) -> (i64, &str) {
     (parsed.map_or(i64::MIN, |t| t.timestamp()), id)
 }
 
+/// A field's value among a tenant's fields (0 when it has none).
+fn value_in(fields: Option<&Fields>, field: Option<u32>) -> i64 {
+    let (Some(fields), Some(field)) = (fields, field) else { return 0 };
+    fields.iter().find(|(n, _)| *n == field).map_or(0, |(_, v)| *v)
+}
+
+/// True when two keys name the same tenant's bucket (they may differ in field). A plan's
+/// keys share their tenant and bucket strings, so the pointers usually decide.
+fn same_row(a: &CounterKey, b: &CounterKey) -> bool {
+    a.scope == b.scope
+        && a.window == b.window
+        && (std::sync::Arc::ptr_eq(&a.bucket, &b.bucket) || a.bucket == b.bucket)
+        && (std::sync::Arc::ptr_eq(&a.tenant, &b.tenant) || a.tenant == b.tenant)
+}
+
 /// Buckets taken out by [`Counters::take_expired`].
 #[derive(Default)]
 pub struct Expired {
@@ -89,12 +104,14 @@ impl Counters {
     }
 
     pub fn get(&self, key: &CounterKey) -> i64 {
-        let Some(field) = self.number(&key.field) else { return 0 };
+        value_in(self.fields(key), self.number(&key.field))
+    }
+
+    /// The fields of a key's tenant in its bucket, if it has any.
+    fn fields(&self, key: &CounterKey) -> Option<&Fields> {
         self.windows[key.window as usize]
             .get(&*key.bucket)
             .and_then(|b| b.tenants[scope_index(key.scope)].get(&*key.tenant))
-            .and_then(|f| f.iter().find(|(n, _)| *n == field))
-            .map_or(0, |(_, v)| *v)
     }
 
     /// Adds `amount` to a counter (creating it). Zero amounts create nothing.
@@ -138,8 +155,18 @@ impl Counters {
     /// Checks every op's max and, if none refuses, applies every op.
     pub fn reserve(&mut self, ops: &[CounterOp], now: i64) -> ReserveOutcome {
         let mut before = Vec::with_capacity(ops.len());
+        // A plan's ops come a tenant's bucket at a time: its fields are looked up once.
+        let mut row: Option<(&CounterKey, Option<&Fields>)> = None;
         for (index, op) in ops.iter().enumerate() {
-            let current = self.get(&op.key);
+            let fields = match row {
+                Some((key, fields)) if same_row(key, &op.key) => fields,
+                _ => {
+                    let fields = self.fields(&op.key);
+                    row = Some((&op.key, fields));
+                    fields
+                }
+            };
+            let current = value_in(fields, self.number(&op.key.field));
             if let Some(max) = op.max {
                 if op.amount > 0 && current >= max {
                     return ReserveOutcome::Refused { index, current };
@@ -221,6 +248,41 @@ pub(super) mod tests {
         assert_eq!(c.reserve(&ops(6), 0), ReserveOutcome::Admitted { before: vec![1, 6] });
         assert_eq!(c.reserve(&ops(6), 0), ReserveOutcome::Refused { index: 1, current: 12 });
         assert_eq!(c.get(&key("p", Window::Daily, "2026-11-29", "requests")), 2);
+    }
+
+    #[test]
+    fn reserve_reads_each_op_s_own_row_when_rows_alternate() {
+        let mut c = Counters::default();
+        c.add(&key("p", Window::Daily, "2026-11-29", "cost"), 3, 0);
+        c.add(&key("q", Window::Daily, "2026-11-29", "cost"), 5, 0);
+        c.add(&key("p", Window::Monthly, "2026-11", "cost"), 7, 0);
+        let mut org = key("p", Window::Daily, "2026-11-29", "cost");
+        org.scope = Scope::Org;
+        c.add(&org, 11, 0);
+        let op = |key| CounterOp {
+            key,
+            amount: 1,
+            max: None,
+            watched: true,
+        };
+        // Same strings in separate allocations, rows changing back and forth, a field the
+        // row does not have, and a scope that differs in nothing else.
+        let ops = [
+            op(key("p", Window::Daily, "2026-11-29", "cost")),
+            op(key("p", Window::Daily, "2026-11-29", "tokens")),
+            op(key("q", Window::Daily, "2026-11-29", "cost")),
+            op(key("p", Window::Daily, "2026-11-29", "cost")),
+            op(key("p", Window::Monthly, "2026-11", "cost")),
+            op(org.clone()),
+            op(key("p", Window::Daily, "2026-11-28", "cost")),
+        ];
+        assert_eq!(
+            c.reserve(&ops, 0),
+            ReserveOutcome::Admitted {
+                before: vec![3, 0, 5, 3, 7, 11, 0]
+            }
+        );
+        assert_eq!(c.get(&key("p", Window::Daily, "2026-11-29", "cost")), 5, "two ops of one counter both add");
     }
 
     #[test]
