@@ -8,7 +8,7 @@ use std::path::Path;
 use rusqlite::{params, Connection};
 use serde::Deserialize;
 
-use super::rows::{add_totals, insert_recent, scope_name, TotalsTable};
+use super::rows::{add_counters, add_totals, insert_recent, scope_name, TotalsTable};
 use crate::domain::Scope;
 use crate::quota::ledger::{CounterKey, Totals, UsageRecord};
 
@@ -73,16 +73,15 @@ fn write(conn: &mut Connection, file: &SnapshotFile, name: &str, now: i64) -> ru
     let tx = conn.transaction()?;
     let mut out = Imported::default();
     {
-        let mut st = tx.prepare(
-            "INSERT INTO counters VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (scope, tenant, window, bucket, field) DO UPDATE SET value = value + excluded.value",
-        )?;
-        for (k, v, expires) in &file.counters {
-            if *expires > now && *v != 0 {
-                st.execute(params![scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, k.field, v])?;
-                out.counters += 1;
-            }
-        }
+        let mut counters: Vec<(&CounterKey, i64)> = file
+            .counters
+            .iter()
+            .filter(|(_, v, expires)| *expires > now && *v != 0)
+            .map(|(k, v, _)| (k, *v))
+            .collect();
+        counters.sort_unstable_by_key(|(k, _)| *k);
+        add_counters(&tx, &counters)?;
+        out.counters += counters.len();
         let mut tenants = tx.prepare(
             "INSERT INTO tenants VALUES (?1, ?2, ?3, ?4) ON CONFLICT (scope, tenant) DO UPDATE SET \
              first_day = MIN(first_day, excluded.first_day), last_day = MAX(last_day, excluded.last_day)",

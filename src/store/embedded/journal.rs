@@ -246,22 +246,16 @@ impl Changes {
 
     /// Writes these changes to the tables (within the caller's transaction).
     pub fn apply(&self, tx: &Transaction<'_>, keep: rows::Keep) -> rusqlite::Result<()> {
-        let mut st = tx.prepare_cached("DELETE FROM counters WHERE window = ?1 AND bucket = ?2")?;
         for (w, b) in &self.prunes {
-            st.execute(params![w.as_str(), b])?;
+            rows::prune_counters(tx, w.as_str(), b)?;
         }
-        let mut st = tx.prepare_cached(
-            "INSERT INTO counters VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (scope, tenant, window, bucket, field) DO UPDATE SET value = value + excluded.value",
-        )?;
-        // In (about) the table's key order: each page is visited once, however many rows
-        // change. The key's own order sorts by tenant like the table does; only the scope and
-        // window enums compare differently from their names, which keeps the runs together.
+        // In (about) the tables' key order: each page is visited once, however many rows
+        // change. The key's own order sorts by tenant like the tables do; only the scope and
+        // window enums compare differently from their names, which keeps the runs together
+        // (and a bucket's fields next to each other, as `add_counters` needs).
         let mut counters: Vec<(&CounterKey, i64)> = self.counters.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (k, *d)).collect();
         counters.sort_unstable_by_key(|(k, _)| *k);
-        for (k, d) in counters {
-            st.execute(params![rows::scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, k.field, d])?;
-        }
+        rows::add_counters(tx, &counters)?;
         let mut st = tx.prepare_cached("INSERT OR REPLACE INTO open_calls VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)")?;
         for (id, c) in &self.opened {
             let r = &c.record;

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use chrono::{Datelike, Months, NaiveDate};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::domain::Scope;
-use crate::quota::ledger::{Totals, UsageRecord};
+use crate::domain::{Metric, Scope};
+use crate::quota::ledger::{CounterKey, Totals, UsageRecord};
 
 /// Per-batch maps (keys are tenant ids and counter keys).
 pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -25,6 +25,62 @@ pub struct Keep {
 /// A scope's name in the database.
 pub fn scope_name(s: Scope) -> &'static str {
     s.as_str()
+}
+
+/// The column of `counter_rows` that holds a base counter field (`cost`, `tokens`,
+/// `requests`, `chars`), by its position; `None` for the field of a limit with a `match`,
+/// which lives in `counters`.
+pub fn base_column(field: &str) -> Option<usize> {
+    Metric::ALL.iter().position(|m| m.field() == field)
+}
+
+/// Adds counter deltas: a tenant's base fields of one bucket as one row of `counter_rows`,
+/// other fields one row each in `counters`. `deltas` must be sorted by key, so that the
+/// fields of one bucket are next to each other (and pages are visited in order).
+pub fn add_counters(tx: &Connection, deltas: &[(&CounterKey, i64)]) -> rusqlite::Result<()> {
+    const { assert!(Metric::ALL.len() == 4, "counter_rows has four value columns") };
+    let mut rows = tx.prepare_cached(
+        "INSERT INTO counter_rows VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (scope, tenant, window, bucket) DO UPDATE SET cost = cost + excluded.cost, \
+         tokens = tokens + excluded.tokens, requests = requests + excluded.requests, chars = chars + excluded.chars",
+    )?;
+    let mut others = tx.prepare_cached(
+        "INSERT INTO counters VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (scope, tenant, window, bucket, field) DO UPDATE SET value = value + excluded.value",
+    )?;
+    // The bucket whose base fields are being gathered, and their sums.
+    let mut pending: Option<(&CounterKey, [i64; 4])> = None;
+    let same_bucket = |a: &CounterKey, b: &CounterKey| a.scope == b.scope && a.window == b.window && a.tenant == b.tenant && a.bucket == b.bucket;
+    for &(key, delta) in deltas {
+        let Some(column) = base_column(&key.field) else {
+            others.execute(params![scope_name(key.scope), key.tenant, key.window.as_str(), key.bucket, key.field, delta])?;
+            continue;
+        };
+        match &mut pending {
+            Some((k, sums)) if same_bucket(k, key) => sums[column] += delta,
+            _ => {
+                if let Some((k, [c, t, r, ch])) = pending.take() {
+                    rows.execute(params![scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, c, t, r, ch])?;
+                }
+                let mut sums = [0; 4];
+                sums[column] = delta;
+                pending = Some((key, sums));
+            }
+        }
+    }
+    if let Some((k, [c, t, r, ch])) = pending {
+        rows.execute(params![scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, c, t, r, ch])?;
+    }
+    Ok(())
+}
+
+/// Removes a window bucket's counters.
+pub fn prune_counters(tx: &Connection, window: &str, bucket: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM counter_rows WHERE window = ?1 AND bucket = ?2")?
+        .execute(params![window, bucket])?;
+    tx.prepare_cached("DELETE FROM counters WHERE window = ?1 AND bucket = ?2")?
+        .execute(params![window, bucket])?;
+    Ok(())
 }
 
 /// One record's use of its tags, kept in order: whether a new tag still fits a tenant's set

@@ -11,7 +11,7 @@ use crate::config::Durability;
 
 /// The schema this build writes. A database with a newer version is refused (it was written
 /// by a newer spendgate).
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 /// Each migration takes the schema from its index to its index + 1.
 const MIGRATIONS: &[&str] = &[
@@ -141,6 +141,29 @@ const MIGRATIONS: &[&str] = &[
          seq     INTEGER PRIMARY KEY,
          changes BLOB NOT NULL
      );",
+    // 4 -> 5: a tenant's four base counters of a bucket in one row (a call changed four rows
+    // of `counters` per bucket; the tables' catching up was most of the writer's work with
+    // many tenants). `counters` keeps the fields of limits with a `match`.
+    "CREATE TABLE counter_rows (
+         scope    TEXT NOT NULL,
+         tenant   TEXT NOT NULL,
+         window   TEXT NOT NULL,
+         bucket   TEXT NOT NULL,
+         cost     INTEGER NOT NULL,
+         tokens   INTEGER NOT NULL,
+         requests INTEGER NOT NULL,
+         chars    INTEGER NOT NULL,
+         PRIMARY KEY (scope, tenant, window, bucket)
+     ) WITHOUT ROWID;
+     INSERT INTO counter_rows
+         SELECT scope, tenant, window, bucket,
+                COALESCE(SUM(CASE field WHEN 'cost' THEN value END), 0),
+                COALESCE(SUM(CASE field WHEN 'tokens' THEN value END), 0),
+                COALESCE(SUM(CASE field WHEN 'requests' THEN value END), 0),
+                COALESCE(SUM(CASE field WHEN 'chars' THEN value END), 0)
+         FROM counters WHERE field IN ('cost', 'tokens', 'requests', 'chars')
+         GROUP BY scope, tenant, window, bucket;
+     DELETE FROM counters WHERE field IN ('cost', 'tokens', 'requests', 'chars');",
 ];
 
 /// Why the database cannot be used, in words an operator can act on.
@@ -323,6 +346,59 @@ mod tests {
         assert_eq!((cost, tags), (5, None));
         let n: i64 = c.query_row("SELECT COUNT(*) FROM daily_tag", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn a_version_4_database_moves_its_base_counters_into_one_row_per_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..4] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 4).unwrap();
+            let big = i64::MAX - 7;
+            for (tenant, bucket, field, value) in [
+                ("p1", "2026-11-29", "cost", big),
+                ("p1", "2026-11-29", "requests", 3),
+                ("p1", "2026-11", "tokens", 40),
+                ("p2", "2026-11-29", "chars", 615),
+                ("p1", "2026-11-29", "cost#abc", 9),
+            ] {
+                let window = if bucket.len() == 7 { "monthly" } else { "daily" };
+                c.execute(
+                    "INSERT INTO counters VALUES ('profile', ?1, ?2, ?3, ?4, ?5)",
+                    rusqlite::params![tenant, window, bucket, field, value],
+                )
+                .unwrap();
+            }
+        }
+        let c = open_writer(&path, Durability::Batched).unwrap();
+        let rows: Vec<(String, String, i64, i64, i64, i64)> = c
+            .prepare("SELECT tenant, bucket, cost, tokens, requests, chars FROM counter_rows ORDER BY tenant, bucket")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                ("p1".into(), "2026-11".into(), 0, 40, 0, 0),
+                ("p1".into(), "2026-11-29".into(), i64::MAX - 7, 0, 3, 0),
+                ("p2".into(), "2026-11-29".into(), 0, 0, 0, 615),
+            ],
+            "exact integers, one row per tenant and bucket"
+        );
+        let left: Vec<(String, i64)> = c
+            .prepare("SELECT field, value FROM counters")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, [("cost#abc".to_string(), 9)], "a match limit's counter stays where it was");
     }
 
     #[test]
