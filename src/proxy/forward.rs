@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use chrono::SecondsFormat;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Either;
 
 use super::admit::Admitted;
@@ -102,11 +102,11 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
         set_remaining_headers(&mut parts.headers, metric, rem, resets_at);
     }
     if let Some((policy, state)) = ratelimit {
-        parts.headers.insert("ratelimit-policy", policy);
-        parts.headers.insert("ratelimit", state);
+        parts.headers.insert(RATELIMIT_POLICY, policy);
+        parts.headers.insert(RATELIMIT, state);
     }
     if let Some(w) = warning {
-        parts.headers.insert("x-spendgate-warning", w);
+        parts.headers.insert(WARNING, w);
     }
     let settles_deferred = call
         .settles
@@ -124,6 +124,14 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
     let body = MeteredBody::new(incoming, route.read_idle, meter);
     Response::from_parts(parts, Either::Left(body))
 }
+
+// Names of the headers added to admitted responses, made once: a name given as a string
+// is copied into a new allocation on every insert.
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const WARNING: HeaderName = HeaderName::from_static("x-spendgate-warning");
+const REMAINING: HeaderName = HeaderName::from_static("x-spendgate-remaining");
+const RESET: HeaderName = HeaderName::from_static("x-spendgate-reset");
 
 /// `X-Spendgate-Remaining` (the tightest limit's remaining amount and unit) and
 /// `X-Spendgate-Reset` (when its window resets).
@@ -145,9 +153,9 @@ fn set_remaining_headers(headers: &mut http::HeaderMap, metric: Metric, rem: i64
     value.push(' ');
     value.push_str(metric.unit());
     if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-spendgate-remaining", v);
+        headers.insert(REMAINING, v);
     }
-    headers.insert("x-spendgate-reset", reset_value(resets_at));
+    headers.insert(RESET, reset_value(resets_at));
 }
 
 /// `X-Spendgate-Reset`'s value: the same for every request of a window, so each thread keeps

@@ -55,6 +55,17 @@ fn starts(window: Window, id: &str) -> (i64, &str) {
     (parsed.map_or(i64::MIN, |t| t.timestamp()), id)
 }
 
+/// A field's number in `names`, added if new.
+fn number_or_add(names: &mut Vec<Box<str>>, field: &str) -> u32 {
+    match names.iter().position(|n| **n == *field) {
+        Some(n) => n as u32,
+        None => {
+            names.push(field.into());
+            (names.len() - 1) as u32
+        }
+    }
+}
+
 /// A field's value among a tenant's fields (0 when it has none).
 fn value_in(fields: Option<&Fields>, field: Option<u32>) -> i64 {
     let (Some(fields), Some(field)) = (fields, field) else { return 0 };
@@ -93,16 +104,6 @@ impl Counters {
         self.names.iter().position(|n| **n == *field).map(|i| i as u32)
     }
 
-    fn number_or_add(&mut self, field: &str) -> u32 {
-        match self.number(field) {
-            Some(n) => n,
-            None => {
-                self.names.push(field.into());
-                (self.names.len() - 1) as u32
-            }
-        }
-    }
-
     pub fn get(&self, key: &CounterKey) -> i64 {
         value_in(self.fields(key), self.number(&key.field))
     }
@@ -116,12 +117,18 @@ impl Counters {
 
     /// Adds `amount` to a counter (creating it). Zero amounts create nothing.
     pub fn add(&mut self, key: &CounterKey, amount: i64, now: i64) {
-        if amount == 0 {
+        self.add_row(key, std::iter::once((&*key.field, amount)), now);
+    }
+
+    /// Adds amounts to fields of one tenant's bucket (`key`'s, whatever its field), creating
+    /// what is missing; the bucket and tenant are looked up once. Zero amounts create nothing.
+    fn add_row<'f>(&mut self, key: &CounterKey, amounts: impl Iterator<Item = (&'f str, i64)> + Clone, now: i64) {
+        if amounts.clone().all(|(_, a)| a == 0) {
             return;
         }
-        let field = self.number_or_add(&key.field);
+        let Counters { windows, names } = self;
         let kind = key.window;
-        let window = &mut self.windows[kind as usize];
+        let window = &mut windows[kind as usize];
         if !window.contains_key(&*key.bucket) {
             // A new bucket supersedes the older ones of its window.
             let new = starts(kind, &key.bucket);
@@ -146,9 +153,12 @@ impl Counters {
             // Room for the four metrics of a tenant without `match` limits.
             None => tenants.entry(Box::from(&*key.tenant)).or_insert_with(|| Vec::with_capacity(4)),
         };
-        match fields.iter_mut().find(|(n, _)| *n == field) {
-            Some((_, v)) => *v += amount,
-            None => fields.push((field, amount)),
+        for (name, amount) in amounts.filter(|(_, a)| *a != 0) {
+            let field = number_or_add(names, name);
+            match fields.iter_mut().find(|(n, _)| *n == field) {
+                Some((_, v)) => *v += amount,
+                None => fields.push((field, amount)),
+            }
         }
     }
 
@@ -174,8 +184,8 @@ impl Counters {
             }
             before.push(current);
         }
-        for op in ops {
-            self.add(&op.key, op.amount, now);
+        for row in ops.chunk_by(|a, b| same_row(&a.key, &b.key)) {
+            self.add_row(&row[0].key, row.iter().map(|op| (&*op.key.field, op.amount)), now);
         }
         ReserveOutcome::Admitted { before }
     }
@@ -283,6 +293,9 @@ pub(super) mod tests {
             }
         );
         assert_eq!(c.get(&key("p", Window::Daily, "2026-11-29", "cost")), 5, "two ops of one counter both add");
+        let after: Vec<i64> = ops.iter().map(|op| c.get(&op.key)).collect();
+        assert_eq!(after, [5, 1, 6, 5, 8, 12, 1], "each op added to its own row");
+        assert_eq!(c.entries(), 5, "p and q of the day, p of the month, the org, p of the day before");
     }
 
     #[test]
