@@ -35,8 +35,9 @@ pub fn base_column(field: &str) -> Option<usize> {
 }
 
 /// Adds counter deltas: a tenant's base fields of one bucket as one row of `counter_rows`,
-/// other fields one row each in `counters`. `deltas` must be sorted by key, so that the
-/// fields of one bucket are next to each other (and pages are visited in order).
+/// other fields one row each in `counters`. `deltas` should be sorted by key: a bucket's
+/// fields next to each other share one row's write (and pages are visited in order);
+/// unsorted, each run is written on its own, with the same result.
 pub fn add_counters(tx: &Connection, deltas: &[(&CounterKey, i64)]) -> rusqlite::Result<()> {
     const { assert!(Metric::ALL.len() == 4, "counter_rows has four value columns") };
     let mut rows = tx.prepare_cached(
@@ -57,7 +58,9 @@ pub fn add_counters(tx: &Connection, deltas: &[(&CounterKey, i64)]) -> rusqlite:
             continue;
         };
         match &mut pending {
-            Some((k, sums)) if same_bucket(k, key) => sums[column] += delta,
+            // A sum past the i64 range (only repeated keys of an imported snapshot could
+            // reach it) is not gathered: the row is written and the delta starts the next.
+            Some((k, sums)) if same_bucket(k, key) && sums[column].checked_add(delta).is_some() => sums[column] += delta,
             _ => {
                 if let Some((k, [c, t, r, ch])) = pending.take() {
                     rows.execute(params![scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, c, t, r, ch])?;

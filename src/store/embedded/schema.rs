@@ -215,6 +215,10 @@ pub fn open_writer(path: &Path, durability: Durability) -> Result<Connection, Op
     )
     .map_err(err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    // The writer cycles through about two dozen cached statements (commits, catching the
+    // tables up, trimming); with rusqlite's default of 16 the least recently used would be
+    // evicted and prepared again on every cycle.
+    conn.set_prepared_statement_cache_capacity(64);
     // The first statement reads the header: a file that is not a database fails here.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(err)?;
     if !mode.eq_ignore_ascii_case("wal") {
