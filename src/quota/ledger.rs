@@ -25,6 +25,17 @@ pub struct CounterKey {
     pub field: Arc<str>,
 }
 
+impl CounterKey {
+    /// True when both keys name the same tenant's window bucket (their fields may differ).
+    /// A plan's keys share their tenant and bucket strings, so the pointers usually decide.
+    pub fn same_bucket(&self, other: &CounterKey) -> bool {
+        self.scope == other.scope
+            && self.window == other.window
+            && (Arc::ptr_eq(&self.bucket, &other.bucket) || self.bucket == other.bucket)
+            && (Arc::ptr_eq(&self.tenant, &other.tenant) || self.tenant == other.tenant)
+    }
+}
+
 /// One counter a request touches.
 #[derive(Debug, Clone)]
 pub struct CounterOp {

@@ -72,15 +72,6 @@ fn value_in(fields: Option<&Fields>, field: Option<u32>) -> i64 {
     fields.iter().find(|(n, _)| *n == field).map_or(0, |(_, v)| *v)
 }
 
-/// True when two keys name the same tenant's bucket (they may differ in field). A plan's
-/// keys share their tenant and bucket strings, so the pointers usually decide.
-fn same_row(a: &CounterKey, b: &CounterKey) -> bool {
-    a.scope == b.scope
-        && a.window == b.window
-        && (std::sync::Arc::ptr_eq(&a.bucket, &b.bucket) || a.bucket == b.bucket)
-        && (std::sync::Arc::ptr_eq(&a.tenant, &b.tenant) || a.tenant == b.tenant)
-}
-
 /// Buckets taken out by [`Counters::take_expired`].
 #[derive(Default)]
 pub struct Expired {
@@ -122,7 +113,7 @@ impl Counters {
 
     /// Adds amounts to fields of one tenant's bucket (`key`'s, whatever its field), creating
     /// what is missing; the bucket and tenant are looked up once. Zero amounts create nothing.
-    fn add_row<'f>(&mut self, key: &CounterKey, amounts: impl Iterator<Item = (&'f str, i64)> + Clone, now: i64) {
+    pub fn add_row<'f>(&mut self, key: &CounterKey, amounts: impl Iterator<Item = (&'f str, i64)> + Clone, now: i64) {
         if amounts.clone().all(|(_, a)| a == 0) {
             return;
         }
@@ -169,7 +160,7 @@ impl Counters {
         let mut row: Option<(&CounterKey, Option<&Fields>)> = None;
         for (index, op) in ops.iter().enumerate() {
             let fields = match row {
-                Some((key, fields)) if same_row(key, &op.key) => fields,
+                Some((key, fields)) if key.same_bucket(&op.key) => fields,
                 _ => {
                     let fields = self.fields(&op.key);
                     row = Some((&op.key, fields));
@@ -184,7 +175,7 @@ impl Counters {
             }
             before.push(current);
         }
-        for row in ops.chunk_by(|a, b| same_row(&a.key, &b.key)) {
+        for row in ops.chunk_by(|a, b| a.key.same_bucket(&b.key)) {
             self.add_row(&row[0].key, row.iter().map(|op| (&*op.key.field, op.amount)), now);
         }
         ReserveOutcome::Admitted { before }

@@ -3,7 +3,6 @@
 //! and the start-up recovery (calls open at a crash, counters of the current windows).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -166,21 +165,16 @@ pub fn load_counters(conn: &Connection, into: &mut Counters, now: i64) -> rusqli
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
         let Some((scope, window)) = kinds(r)? else { continue };
-        let (tenant, bucket): (Arc<str>, Arc<str>) = (r.get(1)?, r.get(3)?);
-        for (column, metric) in Metric::ALL.into_iter().enumerate() {
-            let value: i64 = r.get(4 + column)?;
-            if value != 0 {
-                let key = CounterKey {
-                    scope,
-                    tenant: tenant.clone(),
-                    window,
-                    bucket: bucket.clone(),
-                    field: metric.counter_field(),
-                };
-                into.add(&key, value, now);
-                n += 1;
-            }
-        }
+        let key = CounterKey {
+            scope,
+            tenant: r.get(1)?,
+            window,
+            bucket: r.get(3)?,
+            field: Metric::CostUsd.counter_field(),
+        };
+        let values = [r.get::<_, i64>(4)?, r.get(5)?, r.get(6)?, r.get(7)?];
+        n += values.iter().filter(|v| **v != 0).count();
+        into.add_row(&key, Metric::ALL.iter().map(|m| m.field()).zip(values), now);
     }
     let mut st = conn.prepare("SELECT scope, tenant, window, bucket, field, value FROM counters")?;
     let mut rows = st.query([])?;

@@ -49,9 +49,20 @@ pub fn add_counters(tx: &Connection, deltas: &[(&CounterKey, i64)]) -> rusqlite:
         "INSERT INTO counters VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
          ON CONFLICT (scope, tenant, window, bucket, field) DO UPDATE SET value = value + excluded.value",
     )?;
+    let mut write_row = |k: &CounterKey, [cost, tokens, requests, chars]: [i64; 4]| {
+        rows.execute(params![
+            scope_name(k.scope),
+            k.tenant,
+            k.window.as_str(),
+            k.bucket,
+            cost,
+            tokens,
+            requests,
+            chars
+        ])
+    };
     // The bucket whose base fields are being gathered, and their sums.
     let mut pending: Option<(&CounterKey, [i64; 4])> = None;
-    let same_bucket = |a: &CounterKey, b: &CounterKey| a.scope == b.scope && a.window == b.window && a.tenant == b.tenant && a.bucket == b.bucket;
     for &(key, delta) in deltas {
         let Some(column) = base_column(&key.field) else {
             others.execute(params![scope_name(key.scope), key.tenant, key.window.as_str(), key.bucket, key.field, delta])?;
@@ -60,10 +71,10 @@ pub fn add_counters(tx: &Connection, deltas: &[(&CounterKey, i64)]) -> rusqlite:
         match &mut pending {
             // A sum past the i64 range (only repeated keys of an imported snapshot could
             // reach it) is not gathered: the row is written and the delta starts the next.
-            Some((k, sums)) if same_bucket(k, key) && sums[column].checked_add(delta).is_some() => sums[column] += delta,
+            Some((k, sums)) if k.same_bucket(key) && sums[column].checked_add(delta).is_some() => sums[column] += delta,
             _ => {
-                if let Some((k, [c, t, r, ch])) = pending.take() {
-                    rows.execute(params![scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, c, t, r, ch])?;
+                if let Some((k, sums)) = pending.take() {
+                    write_row(k, sums)?;
                 }
                 let mut sums = [0; 4];
                 sums[column] = delta;
@@ -71,8 +82,8 @@ pub fn add_counters(tx: &Connection, deltas: &[(&CounterKey, i64)]) -> rusqlite:
             }
         }
     }
-    if let Some((k, [c, t, r, ch])) = pending {
-        rows.execute(params![scope_name(k.scope), k.tenant, k.window.as_str(), k.bucket, c, t, r, ch])?;
+    if let Some((k, sums)) = pending {
+        write_row(k, sums)?;
     }
     Ok(())
 }
