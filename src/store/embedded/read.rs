@@ -164,13 +164,9 @@ pub fn load_counters(conn: &Connection, into: &mut Counters, now: i64) -> rusqli
     let mut st = conn.prepare("SELECT scope, tenant, window, bucket, cost, tokens, requests, chars FROM counter_rows")?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        let Some((scope, window)) = kinds(r)? else { continue };
-        let key = CounterKey {
-            scope,
-            tenant: r.get(1)?,
-            window,
-            bucket: r.get(3)?,
-            field: Metric::CostUsd.counter_field(),
+        // `add_row` adds to the key's bucket whatever the key's field.
+        let Some(key) = counter_key(r, Metric::CostUsd.counter_field())? else {
+            continue;
         };
         let values = [r.get::<_, i64>(4)?, r.get(5)?, r.get(6)?, r.get(7)?];
         n += values.iter().filter(|v| **v != 0).count();
@@ -179,31 +175,28 @@ pub fn load_counters(conn: &Connection, into: &mut Counters, now: i64) -> rusqli
     let mut st = conn.prepare("SELECT scope, tenant, window, bucket, field, value FROM counters")?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        let Some((scope, window)) = kinds(r)? else { continue };
-        let key = CounterKey {
-            scope,
-            tenant: r.get(1)?,
-            window,
-            bucket: r.get(3)?,
-            field: r.get(4)?,
-        };
+        let Some(key) = counter_key(r, r.get(4)?)? else { continue };
         into.add(&key, r.get(5)?, now);
         n += 1;
     }
     Ok(n)
 }
 
-/// A counter row's scope and window (columns 0 and 2); `None`, with a warning, for a kind this
-/// build does not know.
-fn kinds(r: &Row<'_>) -> rusqlite::Result<Option<(Scope, Window)>> {
+/// The key of a counter row (scope, tenant, window and bucket in columns 0 to 3) with
+/// `field`; `None`, with a warning, for a scope or window this build does not know.
+fn counter_key(r: &Row<'_>, field: std::sync::Arc<str>) -> rusqlite::Result<Option<CounterKey>> {
     let (scope, window): (String, String) = (r.get(0)?, r.get(2)?);
-    match (word::<Scope>(&scope), word::<Window>(&window)) {
-        (Some(s), Some(w)) => Ok(Some((s, w))),
-        _ => {
-            tracing::warn!(%scope, %window, "embedded store: skipping a counter of an unknown kind");
-            Ok(None)
-        }
-    }
+    let (Some(scope), Some(window)) = (word::<Scope>(&scope), word::<Window>(&window)) else {
+        tracing::warn!(%scope, %window, "embedded store: skipping a counter of an unknown kind");
+        return Ok(None);
+    };
+    Ok(Some(CounterKey {
+        scope,
+        tenant: r.get(1)?,
+        window,
+        bucket: r.get(3)?,
+        field,
+    }))
 }
 
 /// Charges the calls that were open when the process stopped without settling them: each
