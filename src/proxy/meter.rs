@@ -145,7 +145,9 @@ pin_project_lite::pin_project! {
         idle_timeout: Duration,
         // True while the last poll found the upstream silent (the idle clock is running).
         waiting: bool,
-        meter: Option<Meter>,
+        // Boxed: the body travels inside the response through the server's futures, which
+        // then move a pointer instead of the meter.
+        meter: Option<Box<Meter>>,
         // The body goes through a filter (its size is no longer the upstream's).
         filtered: bool,
         // Filtered bodies: bytes the filter held when the upstream ended or failed, passed on
@@ -180,7 +182,7 @@ impl MeteredBody {
             idle_timeout,
             waiting: false,
             filtered: meter.filtering(),
-            meter: Some(meter),
+            meter: Some(Box::new(meter)),
             tail: Bytes::new(),
             pending: None,
             done: false,
@@ -300,7 +302,7 @@ impl Body for MeteredBody {
 /// Reads the rest of an upstream body whose client went away, so that the usage the
 /// provider reports at the end is what is charged. Bounded by the idle timeout between
 /// frames; the process stopping ends it at once (charged as a cut body).
-fn drain(mut inner: Incoming, mut meter: Meter, idle: Duration) {
+fn drain(mut inner: Incoming, mut meter: Box<Meter>, idle: Duration) {
     use http_body_util::BodyExt;
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         meter.finish(BodyEnd::Cut);

@@ -87,12 +87,14 @@ fn push_hex(s: &mut String, n: u64) {
     }
 }
 
-/// The guard of an admitted call: settles it exactly once, on drop at the latest.
-pub struct Reservation(Option<Settler>);
+/// The guard of an admitted call: settles it exactly once, on drop at the latest. The settler
+/// is boxed: the guard travels from the admit phase through the forward phase into the
+/// response body, and a pointer moves where several hundred bytes would be copied each time.
+pub struct Reservation(Option<Box<Settler>>);
 
 impl Reservation {
     pub fn new(settler: Settler) -> Self {
-        Self(Some(settler))
+        Self(Some(Box::new(settler)))
     }
 
     pub fn settler(&self) -> &Settler {
