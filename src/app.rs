@@ -25,7 +25,7 @@ use crate::store::embedded::{EmbeddedStore, Options as EmbeddedOptions};
 use crate::store::redis::control::RedisControl;
 use crate::store::redis::{RedisStore, StoreMetrics};
 use crate::store::timed::Timed;
-use crate::tenant::OrgCache;
+use crate::tenant::{OrgCache, TenantHeaders};
 use crate::upstream::route::Route;
 
 /// One generation of the configuration, compiled for the request path. Requests take a
@@ -37,6 +37,8 @@ pub struct Runtime {
     pub limits: LimitSet,
     pub calendar: Calendar,
     pub retention: Retention,
+    /// `config.tenant`'s header names, parsed.
+    pub tenant_headers: TenantHeaders,
 }
 
 impl Runtime {
@@ -55,6 +57,7 @@ impl Runtime {
         // Longest prefix first, so that the first match is the most specific.
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.as_deref().map_or(0, str::len)));
         Ok(Runtime {
+            tenant_headers: TenantHeaders::new(&config.tenant).map_err(|m| err("tenant", m))?,
             limits: LimitSet::new(&config.limits),
             calendar: Calendar::new(config.timezone.0),
             retention: Retention {

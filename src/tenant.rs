@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use parking_lot::Mutex;
 
 use crate::config::{Missing, TenantConfig};
@@ -36,13 +36,48 @@ impl TenantError {
     }
 }
 
-/// Reads the tenant from the request headers.
-pub fn identify(headers: &HeaderMap, cfg: &TenantConfig) -> Result<Tenant, TenantError> {
-    let read = |name: &str| -> Result<Option<String>, TenantError> {
+/// The tenant headers of a configuration, parsed once: a header looked up by a string name
+/// is parsed and hashed from the string on every request.
+#[derive(Debug, Clone)]
+pub struct TenantHeaders {
+    pub profile: HeaderName,
+    pub org: Option<HeaderName>,
+    pub tag: Option<HeaderName>,
+}
+
+impl TenantHeaders {
+    /// Fails on a name that is not a valid header name (the configuration check refuses those
+    /// first, with the key).
+    pub fn new(cfg: &TenantConfig) -> Result<Self, String> {
+        let parse = |name: &str| HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a valid header name"));
+        Ok(Self {
+            profile: parse(&cfg.profile_header)?,
+            org: cfg.org_header.as_deref().map(parse).transpose()?,
+            tag: cfg.tag_header.as_deref().map(parse).transpose()?,
+        })
+    }
+
+    /// Removes the tenant headers (`strip`) and the tag header, which is never forwarded.
+    pub fn remove_from(&self, headers: &mut HeaderMap, strip: bool) {
+        if let Some(h) = &self.tag {
+            headers.remove(h);
+        }
+        if strip {
+            headers.remove(&self.profile);
+            if let Some(h) = &self.org {
+                headers.remove(h);
+            }
+        }
+    }
+}
+
+/// Reads the tenant from the request headers (`names` are `cfg`'s, parsed).
+pub fn identify(headers: &HeaderMap, cfg: &TenantConfig, names: &TenantHeaders) -> Result<Tenant, TenantError> {
+    let read = |name: &HeaderName, shown: &str| -> Result<Option<String>, TenantError> {
         let mut values = headers.get_all(name).iter();
         let Some(v) = values.next() else { return Ok(None) };
         let invalid = |reason: String| TenantError::Invalid {
-            header: name.to_string(),
+            header: shown.to_string(),
             reason,
         };
         if values.next().is_some() {
@@ -55,16 +90,16 @@ pub fn identify(headers: &HeaderMap, cfg: &TenantConfig) -> Result<Tenant, Tenan
         validate_id(s).map_err(invalid)?;
         Ok(Some(s.to_string()))
     };
-    let profile = match read(&cfg.profile_header)? {
+    let profile = match read(&names.profile, &cfg.profile_header)? {
         Some(p) => p,
         None => match &cfg.missing {
             Missing::Profile(p) => p.clone(),
             Missing::Reject => return Err(TenantError::Missing(cfg.profile_header.clone())),
         },
     };
-    let org = match &cfg.org_header {
-        Some(h) => read(h)?,
-        None => None,
+    let org = match (&names.org, &cfg.org_header) {
+        (Some(h), Some(shown)) => read(h, shown)?,
+        _ => None,
     };
     Ok(Tenant { profile, org })
 }
@@ -72,10 +107,10 @@ pub fn identify(headers: &HeaderMap, cfg: &TenantConfig) -> Result<Tenant, Tenan
 /// The attribution tags of a request (`tenant.tag_header`): comma-separated, each validated
 /// like a tenant id (`=` allowed too), duplicates dropped, at most [`MAX_TAGS`]. The header may
 /// also appear several times. `Err` is the message of a 400 `invalid_tag`.
-pub fn tags(headers: &HeaderMap, cfg: &TenantConfig) -> Result<Vec<String>, String> {
-    let Some(name) = cfg.tag_header.as_deref() else { return Ok(Vec::new()) };
+pub fn tags(headers: &HeaderMap, cfg: &TenantConfig, names: &TenantHeaders) -> Result<Vec<String>, String> {
+    let (Some(name), Some(header)) = (cfg.tag_header.as_deref(), &names.tag) else { return Ok(Vec::new()) };
     let mut out: Vec<String> = Vec::new();
-    for v in headers.get_all(name) {
+    for v in headers.get_all(header) {
         let s = v.to_str().map_err(|_| format!("invalid tag header {name}: the value is not visible ASCII"))?;
         for tag in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             validate_tag(tag).map_err(|e| format!("invalid tag header {name}: {e}"))?;
@@ -135,6 +170,10 @@ impl OrgCache {
 mod tests {
     use super::*;
 
+    fn names(cfg: &TenantConfig) -> TenantHeaders {
+        TenantHeaders::new(cfg).unwrap()
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -146,7 +185,7 @@ mod tests {
     #[test]
     fn reads_profile_and_org() {
         let cfg = TenantConfig::default();
-        let t = identify(&headers(&[("x-profile-id", "p-123"), ("X-Org-Id", "acme")]), &cfg).unwrap();
+        let t = identify(&headers(&[("x-profile-id", "p-123"), ("X-Org-Id", "acme")]), &cfg, &names(&cfg)).unwrap();
         assert_eq!(t.profile, "p-123");
         assert_eq!(t.org.as_deref(), Some("acme"));
     }
@@ -172,17 +211,17 @@ mod tests {
     #[test]
     fn missing_and_invalid() {
         let cfg = TenantConfig::default();
-        assert_eq!(identify(&headers(&[]), &cfg).unwrap_err().kind(), "tenant_missing");
-        assert_eq!(identify(&headers(&[("x-profile-id", "a b")]), &cfg).unwrap_err().kind(), "tenant_invalid");
+        assert_eq!(identify(&headers(&[]), &cfg, &names(&cfg)).unwrap_err().kind(), "tenant_missing");
+        assert_eq!(identify(&headers(&[("x-profile-id", "a b")]), &cfg, &names(&cfg)).unwrap_err().kind(), "tenant_invalid");
         let long = "a".repeat(129);
-        assert_eq!(identify(&headers(&[("x-profile-id", &long)]), &cfg).unwrap_err().kind(), "tenant_invalid");
-        assert!(identify(&headers(&[("x-profile-id", &"a".repeat(128))]), &cfg).is_ok());
+        assert_eq!(identify(&headers(&[("x-profile-id", &long)]), &cfg, &names(&cfg)).unwrap_err().kind(), "tenant_invalid");
+        assert!(identify(&headers(&[("x-profile-id", &"a".repeat(128))]), &cfg, &names(&cfg)).is_ok());
         assert_eq!(
-            identify(&headers(&[("x-profile-id", "a"), ("x-profile-id", "b")]), &cfg).unwrap_err().kind(),
+            identify(&headers(&[("x-profile-id", "a"), ("x-profile-id", "b")]), &cfg, &names(&cfg)).unwrap_err().kind(),
             "tenant_invalid"
         );
         assert_eq!(
-            identify(&headers(&[("x-profile-id", "ok"), ("x-org-id", "{x}")]), &cfg).unwrap_err().kind(),
+            identify(&headers(&[("x-profile-id", "ok"), ("x-org-id", "{x}")]), &cfg, &names(&cfg)).unwrap_err().kind(),
             "tenant_invalid"
         );
     }
@@ -191,16 +230,16 @@ mod tests {
     fn tags_are_validated_deduplicated_and_bounded() {
         let cfg = TenantConfig::default();
         let h = headers(&[("x-spendgate-tag", "tool=script-writer, team=video"), ("X-Spendgate-Tag", "tool=script-writer")]);
-        assert_eq!(tags(&h, &cfg).unwrap(), ["tool=script-writer", "team=video"]);
-        assert!(tags(&headers(&[]), &cfg).unwrap().is_empty());
-        assert!(tags(&headers(&[("x-spendgate-tag", "a b")]), &cfg).unwrap_err().contains("only letters"));
-        assert!(tags(&headers(&[("x-spendgate-tag", "a,b,c,d,e")]), &cfg).unwrap_err().contains("at most 4"));
-        assert!(tags(&headers(&[("x-spendgate-tag", &"a".repeat(129))]), &cfg).is_err());
+        assert_eq!(tags(&h, &cfg, &names(&cfg)).unwrap(), ["tool=script-writer", "team=video"]);
+        assert!(tags(&headers(&[]), &cfg, &names(&cfg)).unwrap().is_empty());
+        assert!(tags(&headers(&[("x-spendgate-tag", "a b")]), &cfg, &names(&cfg)).unwrap_err().contains("only letters"));
+        assert!(tags(&headers(&[("x-spendgate-tag", "a,b,c,d,e")]), &cfg, &names(&cfg)).unwrap_err().contains("at most 4"));
+        assert!(tags(&headers(&[("x-spendgate-tag", &"a".repeat(129))]), &cfg, &names(&cfg)).is_err());
         let off = TenantConfig {
             tag_header: None,
             ..TenantConfig::default()
         };
-        assert!(tags(&headers(&[("x-spendgate-tag", "a b")]), &off).unwrap().is_empty());
+        assert!(tags(&headers(&[("x-spendgate-tag", "a b")]), &off, &names(&off)).unwrap().is_empty());
     }
 
     #[test]
@@ -209,6 +248,6 @@ mod tests {
             missing: Missing::Profile("anon".into()),
             ..TenantConfig::default()
         };
-        assert_eq!(identify(&headers(&[]), &cfg).unwrap().profile, "anon");
+        assert_eq!(identify(&headers(&[]), &cfg, &names(&cfg)).unwrap().profile, "anon");
     }
 }

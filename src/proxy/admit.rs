@@ -113,8 +113,8 @@ pub async fn admit(
         ));
     }
     let tenant =
-        tenant::identify(req.headers(), &runtime.config.tenant).map_err(|e| own.error(&unknown(), StatusCode::BAD_REQUEST, e.kind(), &e.to_string()))?;
-    let tags = tenant::tags(req.headers(), &runtime.config.tenant).map_err(|m| own.error(&unknown(), StatusCode::BAD_REQUEST, "invalid_tag", &m))?;
+        tenant::identify(req.headers(), &runtime.config.tenant, &runtime.tenant_headers).map_err(|e| own.error(&unknown(), StatusCode::BAD_REQUEST, e.kind(), &e.to_string()))?;
+    let tags = tenant::tags(req.headers(), &runtime.config.tenant, &runtime.tenant_headers).map_err(|m| own.error(&unknown(), StatusCode::BAD_REQUEST, "invalid_tag", &m))?;
     let tenant = org_of(app, runtime, tenant)
         .await
         .map_err(|(status, kind, msg)| own.error(&unknown(), status, kind, &msg))?;
@@ -341,20 +341,28 @@ pub fn canonical(path: &str) -> Result<(), &'static str> {
     if path.len() > MAX_PATH {
         return Err("is longer than 2048 bytes");
     }
-    if path.contains('%') {
-        return Err("contains percent-encoded characters");
+    match memchr::memchr2(b'%', b'\\', path.as_bytes()).map(|i| path.as_bytes()[i]) {
+        Some(b'%') => return Err("contains percent-encoded characters"),
+        Some(_) => return Err("contains a backslash"),
+        None => {}
     }
-    if path.contains('\\') {
-        return Err("contains a backslash");
-    }
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, seg) in segments.iter().enumerate() {
-        if seg.is_empty() && i != last {
+    // Segment by segment after the leading `/`, without collecting them: this runs on every
+    // request.
+    let mut rest = path.strip_prefix('/').unwrap_or(path);
+    loop {
+        let (seg, next) = match memchr::memchr(b'/', rest.as_bytes()) {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        if seg.is_empty() && next.is_some() {
             return Err("contains an empty segment (`//`)");
         }
-        if *seg == "." || *seg == ".." {
+        if seg == "." || seg == ".." {
             return Err("contains a dot segment (`.` or `..`)");
+        }
+        match next {
+            Some(n) => rest = n,
+            None => break,
         }
     }
     Ok(())
@@ -559,6 +567,29 @@ async fn read_body(app: &App, runtime: &Runtime, mut incoming: Incoming, headers
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The segment checks as they were written first, by splitting into a vector.
+    fn canonical_by_split(path: &str) -> bool {
+        if path.len() > MAX_PATH || path.contains('%') || path.contains('\\') {
+            return false;
+        }
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        let last = segments.len().saturating_sub(1);
+        segments.iter().enumerate().all(|(i, seg)| !(seg.is_empty() && i != last) && *seg != "." && *seg != "..")
+    }
+
+    proptest::proptest! {
+        /// The byte walk accepts exactly the paths the split accepts (client paths always
+        /// start with `/`).
+        #[test]
+        fn walking_segments_agrees_with_splitting(
+            segs in proptest::collection::vec(proptest::sample::select(vec!["v1", "", ".", "..", "a.b", "..x", "%2e", "a\\b", "é"]), 0..6),
+            trail in proptest::bool::ANY,
+        ) {
+            let path = format!("/{}{}", segs.join("/"), if trail { "/" } else { "" });
+            proptest::prop_assert_eq!(canonical(&path).is_ok(), canonical_by_split(&path), "{}", path);
+        }
+    }
 
     #[test]
     fn canonical_paths() {

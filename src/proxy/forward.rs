@@ -203,17 +203,7 @@ fn extractor_for(
 /// (HTTP/1.1) or `:authority` (HTTP/2).
 fn prepare_upstream_headers(headers: &mut http::HeaderMap, runtime: &Runtime, route: &Route) {
     remove_hop_by_hop(headers);
-    let tenant_cfg = &runtime.config.tenant;
-    // Tags are spendgate's own: never forwarded.
-    if let Some(h) = &tenant_cfg.tag_header {
-        headers.remove(h.as_str());
-    }
-    if tenant_cfg.strip {
-        headers.remove(tenant_cfg.profile_header.as_str());
-        if let Some(h) = &tenant_cfg.org_header {
-            headers.remove(h.as_str());
-        }
-    }
+    runtime.tenant_headers.remove_from(headers, runtime.config.tenant.strip);
     let accept = decode::upstream_accept_encoding(headers);
     headers.insert(header::ACCEPT_ENCODING, accept);
     headers.remove(header::HOST);

@@ -18,6 +18,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers (and those listed in `Connection`) in place.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (standard ones compare as integers)
+    // is cheaper than nine removals, each hashing its name. `Connection` lists the others.
+    if !headers.keys().any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -52,5 +57,20 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2);
         assert!(h.contains_key("x-keep") && h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+            h.insert(name.clone(), "x".parse().unwrap());
+            remove_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "nothing to remove");
     }
 }
