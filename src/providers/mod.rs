@@ -648,24 +648,44 @@ pub fn text_bytes(v: &Value) -> usize {
 /// `*` matches exactly one non-empty segment, a final `**` matches any rest (even none), any
 /// other segment matches itself. Leading and trailing slashes are ignored.
 pub fn path_matches(pattern: &str, path: &str) -> bool {
-    // Segment by segment over the bytes, without split iterators: every request tries the
-    // routes of its provider's table in order.
-    let (mut wanted, mut had) = (trim_slashes(pattern.as_bytes()), trim_slashes(path.as_bytes()));
+    // Both walked together byte by byte: every request tries the routes of its provider's
+    // table in order, and most patterns differ from the path within a few bytes.
+    let (p, s) = (trim_slashes(pattern.as_bytes()), trim_slashes(path.as_bytes()));
+    let is = |rest: &[u8], seg: &[u8]| rest.strip_prefix(seg).is_some_and(|r| r.is_empty() || r[0] == b'/');
+    let (mut i, mut j) = (0, 0);
     loop {
-        let (want, more_wanted) = first_segment(wanted);
-        if want == b"**" {
+        // At the start of a segment of each.
+        if is(&p[i..], b"**") {
             return true;
         }
-        let (have, more_had) = first_segment(had);
-        if have.is_empty() || (want != b"*" && want != have) {
+        if j == s.len() || s[j] == b'/' {
+            // An empty segment matches nothing.
             return false;
         }
-        match (more_wanted, more_had) {
-            (None, None) => return true,
-            (None, Some(_)) => return false,
+        if is(&p[i..], b"*") {
+            i += 1;
+            while j < s.len() && s[j] != b'/' {
+                j += 1;
+            }
+        } else {
+            while i < p.len() && p[i] != b'/' {
+                if j == s.len() || s[j] != p[i] {
+                    return false;
+                }
+                i += 1;
+                j += 1;
+            }
+            if j < s.len() && s[j] != b'/' {
+                return false;
+            }
+        }
+        // At the end of a segment of each.
+        match (i < p.len(), j < s.len()) {
+            (false, false) => return true,
+            (false, true) => return false,
             // The path ended: only a trailing `**` still matches.
-            (Some(w), None) => return first_segment(w).0 == b"**",
-            (Some(w), Some(h)) => (wanted, had) = (w, h),
+            (true, false) => return is(&p[i + 1..], b"**"),
+            (true, true) => (i, j) = (i + 1, j + 1),
         }
     }
 }
@@ -674,14 +694,6 @@ fn trim_slashes(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|&b| b != b'/').unwrap_or(s.len());
     let end = s.iter().rposition(|&b| b != b'/').map_or(start, |i| i + 1);
     &s[start..end]
-}
-
-/// The first segment of a path, and what follows its slash (`None`: it was the last).
-fn first_segment(s: &[u8]) -> (&[u8], Option<&[u8]>) {
-    match memchr::memchr(b'/', s) {
-        Some(i) => (&s[..i], Some(&s[i + 1..])),
-        None => (s, None),
-    }
 }
 
 /// True for a WebSocket upgrade: a session whose traffic the proxy does not read.

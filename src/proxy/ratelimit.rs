@@ -93,7 +93,9 @@ pub fn headers(plan: &Plan, before: &[i64], now: DateTime<Utc>) -> Option<(Heade
         state.push_str(";t=");
         state.push_str(num.format(t));
     }
-    Some((HeaderValue::from_str(&policy).ok()?, HeaderValue::from_str(&state).ok()?))
+    // The strings become the values without a copy.
+    let value = |s: String| HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok();
+    Some((value(policy)?, value(state)?))
 }
 
 /// A window's nominal length in seconds (a month counts 30 days).

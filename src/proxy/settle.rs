@@ -142,7 +142,7 @@ impl Settler {
     }
 
     /// What is charged for an outcome (see the module docs): the usage and its cost.
-    fn charge(&self, settled: &Settled, end: BodyEnd) -> (Usage, i64, bool) {
+    fn charge_for(&self, settled: &Settled, end: BodyEnd, model: Option<&str>) -> (Usage, i64, bool) {
         if let Some(fixed) = self.fixed_cost {
             // An unmetered endpoint with a fixed charge: every call that reached the provider
             // and was not answered with an error pays it.
@@ -159,7 +159,7 @@ impl Settler {
         let priced = self.runtime.prices.price(
             &self.route.name,
             self.prices,
-            &[settled.response_model.as_deref(), self.call.model.as_deref()],
+            &[settled.response_model.as_deref(), model],
             &charged,
         );
         (charged, priced.nanos, priced.unpriced)
@@ -227,19 +227,23 @@ impl Settler {
     }
 
     /// Records an outcome: metrics, counters, history.
-    fn record(self, settled: Settled, end: BodyEnd, started: Instant) {
+    fn record(mut self, settled: Settled, end: BodyEnd, started: Instant) {
+        // The settler ends here: its strings move into the usage record instead of being
+        // copied.
+        let model = self.call.model.take();
+        let (id, path, tags) = (std::mem::take(&mut self.id), std::mem::take(&mut self.path), std::mem::take(&mut self.tags));
+        let tenant = std::mem::replace(&mut self.tenant, Tenant { profile: String::new(), org: None });
         let app = &self.app;
         let m = &app.metrics;
-        let model = self.call.model.clone().unwrap_or_else(|| "unknown".into());
         let provider = self.route.name.as_str();
-        let (usage, cost, unpriced) = self.charge(&settled, end);
-        let model_label = super::reply::model_label(app, &self.runtime, &self.route.name, self.prices, self.call.model.as_deref());
+        let (usage, cost, unpriced) = self.charge_for(&settled, end, model.as_deref());
+        let model_label = super::reply::model_label(app, &self.runtime, &self.route.name, self.prices, model.as_deref());
         if unpriced {
             m.unpriced.with_label_values(&[provider, &model_label]).inc();
         }
         if let Some(a) = settled.anomaly {
             m.usage_estimated.with_label_values(&[provider, a.as_str()]).inc();
-            let path = super::reply::loggable(&self.path);
+            let path = super::reply::loggable(&path);
             match a {
                 // The client or the process ended the call: expected, and charged as documented.
                 Anomaly::ClientGone | Anomaly::Shutdown => {
@@ -252,8 +256,8 @@ impl Settler {
         }
         let actual = Amounts::new(cost, &usage, 1);
 
-        let tenant_label = m.tenant(&self.tenant.profile);
-        let org_label = self.tenant.org.as_deref().map(|o| m.tenant(o)).unwrap_or_default();
+        let tenant_label = m.tenant(&tenant.profile);
+        let org_label = tenant.org.as_deref().map(|o| m.tenant(o)).unwrap_or_default();
         let mut status = itoa::Buffer::new();
         m.requests.with_label_values(&[provider, &model_label, status.format(self.status)]).inc();
         if cost > 0 {
@@ -276,7 +280,7 @@ impl Settler {
                 .inc_by(usage.characters);
         }
 
-        m.note_tags(&self.tags, cost);
+        m.note_tags(&tags, cost);
 
         // Without a reservation (store unreachable when admitted) the whole amount is added.
         let mut plan = self.plan;
@@ -296,14 +300,14 @@ impl Settler {
                 provider,
                 id,
                 Deferred {
-                    tenant: self.tenant.clone(),
+                    tenant: tenant.clone(),
                     plan: charged_plan,
                     charged: actual,
                     charged_usage: usage.clone(),
                     prices: self.prices,
-                    model: self.call.model.clone(),
-                    path: self.path.clone(),
-                    tags: self.tags.clone(),
+                    model: model.clone(),
+                    path: path.clone(),
+                    tags: tags.clone(),
                 },
             );
         }
@@ -312,13 +316,13 @@ impl Settler {
             record: UsageRecord {
                 at: now,
                 day: self.runtime.calendar.bucket(Window::Daily, now).id.as_ref().to_owned(),
-                profile: self.tenant.profile.clone(),
-                org: self.tenant.org.clone(),
+                profile: tenant.profile,
+                org: tenant.org,
                 provider: provider.to_string(),
-                model,
-                path: self.path.clone(),
+                model: model.unwrap_or_else(|| "unknown".into()),
+                path,
                 status: self.status,
-                tags: self.tags.clone(),
+                tags,
                 totals: Totals {
                     requests: 1,
                     cost_nanos: cost,
@@ -329,7 +333,7 @@ impl Settler {
                 },
                 reason: settled.anomaly.map(|a| a.as_str().to_string()),
             },
-            id: self.id.clone(),
+            id,
             expires: plan.expires,
         };
         m.overhead.observe((self.overhead + started.elapsed()).as_secs_f64());
