@@ -108,7 +108,9 @@ pub fn identify(headers: &HeaderMap, cfg: &TenantConfig, names: &TenantHeaders) 
 /// like a tenant id (`=` allowed too), duplicates dropped, at most [`MAX_TAGS`]. The header may
 /// also appear several times. `Err` is the message of a 400 `invalid_tag`.
 pub fn tags(headers: &HeaderMap, cfg: &TenantConfig, names: &TenantHeaders) -> Result<Vec<String>, String> {
-    let (Some(name), Some(header)) = (cfg.tag_header.as_deref(), &names.tag) else { return Ok(Vec::new()) };
+    let (Some(name), Some(header)) = (cfg.tag_header.as_deref(), &names.tag) else {
+        return Ok(Vec::new());
+    };
     let mut out: Vec<String> = Vec::new();
     for v in headers.get_all(header) {
         let s = v.to_str().map_err(|_| format!("invalid tag header {name}: the value is not visible ASCII"))?;
@@ -212,16 +214,26 @@ mod tests {
     fn missing_and_invalid() {
         let cfg = TenantConfig::default();
         assert_eq!(identify(&headers(&[]), &cfg, &names(&cfg)).unwrap_err().kind(), "tenant_missing");
-        assert_eq!(identify(&headers(&[("x-profile-id", "a b")]), &cfg, &names(&cfg)).unwrap_err().kind(), "tenant_invalid");
+        assert_eq!(
+            identify(&headers(&[("x-profile-id", "a b")]), &cfg, &names(&cfg)).unwrap_err().kind(),
+            "tenant_invalid"
+        );
         let long = "a".repeat(129);
-        assert_eq!(identify(&headers(&[("x-profile-id", &long)]), &cfg, &names(&cfg)).unwrap_err().kind(), "tenant_invalid");
+        assert_eq!(
+            identify(&headers(&[("x-profile-id", &long)]), &cfg, &names(&cfg)).unwrap_err().kind(),
+            "tenant_invalid"
+        );
         assert!(identify(&headers(&[("x-profile-id", &"a".repeat(128))]), &cfg, &names(&cfg)).is_ok());
         assert_eq!(
-            identify(&headers(&[("x-profile-id", "a"), ("x-profile-id", "b")]), &cfg, &names(&cfg)).unwrap_err().kind(),
+            identify(&headers(&[("x-profile-id", "a"), ("x-profile-id", "b")]), &cfg, &names(&cfg))
+                .unwrap_err()
+                .kind(),
             "tenant_invalid"
         );
         assert_eq!(
-            identify(&headers(&[("x-profile-id", "ok"), ("x-org-id", "{x}")]), &cfg, &names(&cfg)).unwrap_err().kind(),
+            identify(&headers(&[("x-profile-id", "ok"), ("x-org-id", "{x}")]), &cfg, &names(&cfg))
+                .unwrap_err()
+                .kind(),
             "tenant_invalid"
         );
     }
@@ -232,8 +244,12 @@ mod tests {
         let h = headers(&[("x-spendgate-tag", "tool=script-writer, team=video"), ("X-Spendgate-Tag", "tool=script-writer")]);
         assert_eq!(tags(&h, &cfg, &names(&cfg)).unwrap(), ["tool=script-writer", "team=video"]);
         assert!(tags(&headers(&[]), &cfg, &names(&cfg)).unwrap().is_empty());
-        assert!(tags(&headers(&[("x-spendgate-tag", "a b")]), &cfg, &names(&cfg)).unwrap_err().contains("only letters"));
-        assert!(tags(&headers(&[("x-spendgate-tag", "a,b,c,d,e")]), &cfg, &names(&cfg)).unwrap_err().contains("at most 4"));
+        assert!(tags(&headers(&[("x-spendgate-tag", "a b")]), &cfg, &names(&cfg))
+            .unwrap_err()
+            .contains("only letters"));
+        assert!(tags(&headers(&[("x-spendgate-tag", "a,b,c,d,e")]), &cfg, &names(&cfg))
+            .unwrap_err()
+            .contains("at most 4"));
         assert!(tags(&headers(&[("x-spendgate-tag", &"a".repeat(129))]), &cfg, &names(&cfg)).is_err());
         let off = TenantConfig {
             tag_header: None,

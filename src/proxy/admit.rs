@@ -74,7 +74,7 @@ pub async fn admit(
     req: Request<Incoming>,
     fixed_route: Option<Arc<Route>>,
     started: Instant,
-) -> Result<Admitted, Response<ProxyBody>> {
+) -> Result<Box<Admitted>, Response<ProxyBody>> {
     let path = req.uri().path();
     let (route, upstream_path) = match &fixed_route {
         Some(r) => (r.clone(), path.to_string()),
@@ -112,9 +112,10 @@ pub async fn admit(
             ),
         ));
     }
-    let tenant =
-        tenant::identify(req.headers(), &runtime.config.tenant, &runtime.tenant_headers).map_err(|e| own.error(&unknown(), StatusCode::BAD_REQUEST, e.kind(), &e.to_string()))?;
-    let tags = tenant::tags(req.headers(), &runtime.config.tenant, &runtime.tenant_headers).map_err(|m| own.error(&unknown(), StatusCode::BAD_REQUEST, "invalid_tag", &m))?;
+    let tenant = tenant::identify(req.headers(), &runtime.config.tenant, &runtime.tenant_headers)
+        .map_err(|e| own.error(&unknown(), StatusCode::BAD_REQUEST, e.kind(), &e.to_string()))?;
+    let tags = tenant::tags(req.headers(), &runtime.config.tenant, &runtime.tenant_headers)
+        .map_err(|m| own.error(&unknown(), StatusCode::BAD_REQUEST, "invalid_tag", &m))?;
     let tenant = org_of(app, runtime, tenant)
         .await
         .map_err(|(status, kind, msg)| own.error(&unknown(), status, kind, &msg))?;
@@ -312,7 +313,8 @@ pub async fn admit(
         overhead: started.elapsed(),
         later: None,
     });
-    Ok(Admitted {
+    // Boxed: the handler moves it from this phase into the forward phase.
+    Ok(Box::new(Admitted {
         route,
         wire,
         call,
@@ -326,7 +328,7 @@ pub async fn admit(
         ratelimit,
         warning,
         buffered,
-    })
+    }))
 }
 
 /// Longest upstream path accepted.
@@ -575,7 +577,10 @@ mod tests {
         }
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let last = segments.len().saturating_sub(1);
-        segments.iter().enumerate().all(|(i, seg)| !(seg.is_empty() && i != last) && *seg != "." && *seg != "..")
+        segments
+            .iter()
+            .enumerate()
+            .all(|(i, seg)| !(seg.is_empty() && i != last) && *seg != "." && *seg != "..")
     }
 
     proptest::proptest! {

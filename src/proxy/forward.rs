@@ -22,7 +22,7 @@ use crate::upstream::route::Route;
 use crate::wire::decode;
 
 /// Forwards an admitted call and returns the metered answer (or the proxy's failure).
-pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBody> {
+pub async fn forward(runtime: &Runtime, admitted: Box<Admitted>) -> Response<ProxyBody> {
     let Admitted {
         route,
         wire,
@@ -37,7 +37,7 @@ pub async fn forward(runtime: &Runtime, admitted: Admitted) -> Response<ProxyBod
         ratelimit,
         warning,
         buffered,
-    } = admitted;
+    } = *admitted;
     let provider: &dyn Provider = wire.map_or(&*route.provider, |w| w.provider);
     parts.uri = match route.upstream_uri(&upstream_path, route.upstream_query(query.as_deref()).as_deref()) {
         Ok(u) => u,

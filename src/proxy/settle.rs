@@ -156,12 +156,10 @@ impl Settler {
             Source::Partial | Source::Estimated if end == BodyEnd::Cut => settled.usage.max_with(&self.estimate),
             Source::Partial | Source::Estimated => settled.usage.clone(),
         };
-        let priced = self.runtime.prices.price(
-            &self.route.name,
-            self.prices,
-            &[settled.response_model.as_deref(), model],
-            &charged,
-        );
+        let priced = self
+            .runtime
+            .prices
+            .price(&self.route.name, self.prices, &[settled.response_model.as_deref(), model], &charged);
         (charged, priced.nanos, priced.unpriced)
     }
 
@@ -232,7 +230,13 @@ impl Settler {
         // copied.
         let model = self.call.model.take();
         let (id, path, tags) = (std::mem::take(&mut self.id), std::mem::take(&mut self.path), std::mem::take(&mut self.tags));
-        let tenant = std::mem::replace(&mut self.tenant, Tenant { profile: String::new(), org: None });
+        let tenant = std::mem::replace(
+            &mut self.tenant,
+            Tenant {
+                profile: String::new(),
+                org: None,
+            },
+        );
         let app = &self.app;
         let m = &app.metrics;
         let provider = self.route.name.as_str();
@@ -285,7 +289,7 @@ impl Settler {
         // Without a reservation (store unreachable when admitted) the whole amount is added.
         let mut plan = self.plan;
         if self.before.is_none() {
-            plan.ops.iter_mut().for_each(|op| op.amount = 0);
+            plan.set_amounts(|_, _| 0);
         }
         let now = app.clock.now();
         if let Some(before) = &self.before {
@@ -293,9 +297,7 @@ impl Settler {
         }
         if let Some(id) = self.later.clone() {
             let mut charged_plan = plan.clone();
-            for (op, metric) in charged_plan.ops.iter_mut().zip(&plan.metrics) {
-                op.amount = actual.get(*metric);
-            }
+            charged_plan.set_amounts(|_, metric| actual.get(metric));
             app.deferred.insert(
                 provider,
                 id,

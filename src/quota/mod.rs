@@ -72,11 +72,39 @@ pub struct Check {
 /// The counters a request touches and the limits that watch them.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub ops: Vec<CounterOp>,
+    /// Shared with the reservation request (and the store that keeps it) without copying
+    /// every key; changed only through [`Plan::set_amounts`].
+    pub ops: Arc<[CounterOp]>,
     /// The metric each op counts.
     pub metrics: Vec<Metric>,
     pub checks: Vec<Check>,
     pub expires: Expiry,
+}
+
+/// A plan's ops, metrics and checks while [`Plan::new`] gathers them.
+struct Building {
+    ops: Vec<CounterOp>,
+    metrics: Vec<Metric>,
+    checks: Vec<Check>,
+}
+
+impl Building {
+    fn push_op(&mut self, scope: Scope, id: &Arc<str>, bucket: &Bucket, field: Arc<str>, metric: Metric, amount: i64) -> usize {
+        self.ops.push(CounterOp {
+            key: CounterKey {
+                scope,
+                tenant: id.clone(),
+                window: bucket.window,
+                bucket: bucket.id.clone(),
+                field,
+            },
+            amount,
+            max: None,
+            watched: false,
+        });
+        self.metrics.push(metric);
+        self.ops.len() - 1
+    }
 }
 
 /// How long counters are kept after their window ends (rate windows: see [`Plan::new`]).
@@ -114,11 +142,10 @@ impl Plan {
             daily: daily.resets_at + Duration::days(i64::from(retention.daily_days)),
             monthly: monthly.resets_at + Duration::days(31 * i64::from(retention.monthly_months)),
         };
-        let mut plan = Plan {
+        let mut plan = Building {
             ops: Vec::with_capacity(24),
             metrics: Vec::with_capacity(24),
             checks: Vec::new(),
-            expires,
         };
         let mut rate: [Option<Bucket>; 2] = [None, None];
         let scopes = std::iter::once((Scope::Profile, tenant.profile.as_str())).chain(tenant.org.as_deref().map(|o| (Scope::Org, o)));
@@ -176,38 +203,39 @@ impl Plan {
                 }
             }
         }
-        plan
+        Plan {
+            ops: plan.ops.into(),
+            metrics: plan.metrics,
+            checks: plan.checks,
+            expires,
+        }
     }
 
-    fn push_op(&mut self, scope: Scope, id: &Arc<str>, bucket: &Bucket, field: Arc<str>, metric: Metric, amount: i64) -> usize {
-        self.ops.push(CounterOp {
-            key: CounterKey {
-                scope,
-                tenant: id.clone(),
-                window: bucket.window,
-                bucket: bucket.id.clone(),
-                field,
-            },
-            amount,
-            max: None,
-            watched: false,
-        });
-        self.metrics.push(metric);
-        self.ops.len() - 1
+    /// Sets each op's amount to `amount(op, its metric)`.
+    pub fn set_amounts(&mut self, amount: impl Fn(&CounterOp, Metric) -> i64) {
+        self.ops = self
+            .ops
+            .iter()
+            .zip(&self.metrics)
+            .map(|(op, m)| CounterOp {
+                amount: amount(op, *m),
+                ..op.clone()
+            })
+            .collect();
     }
 
     /// Reserves nothing on the counters no limit reads: their settlement adds the whole
     /// amount (`deltas` against a zero reservation). For a store that would rather not write
     /// them on the request's path ([`crate::quota::ledger::Store::reserves_unwatched`]).
     pub fn defer_unwatched(&mut self) {
-        for op in self.ops.iter_mut().filter(|op| !op.watched) {
-            op.amount = 0;
+        if self.ops.iter().any(|op| !op.watched && op.amount != 0) {
+            self.set_amounts(|op, _| if op.watched { op.amount } else { 0 });
         }
     }
 
     pub fn reserve_request(&self, call: Option<OpenCall>) -> ReserveRequest {
         ReserveRequest {
-            ops: self.ops.as_slice().into(),
+            ops: self.ops.clone(),
             expires: self.expires,
             call: call.map(std::sync::Arc::new),
         }
