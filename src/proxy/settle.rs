@@ -166,10 +166,8 @@ impl Settler {
     /// Prices and records the outcome. Never blocks: the store write runs as a tracked task.
     fn settle(self, settled: Settled, end: BodyEnd) {
         let started = Instant::now();
-        self.app
-            .metrics
-            .upstream_duration
-            .with_label_values(&[&self.route.name])
+        self.route
+            .upstream_duration(&self.app.metrics.upstream_duration)
             .observe(self.upstream_started.elapsed().as_secs_f64());
 
         if !self.call.metered && self.fixed_cost.is_none() {

@@ -27,6 +27,9 @@ pub struct Route {
     pub api_key_env: Option<String>,
     /// The key read from it when the configuration was loaded.
     pub api_key: Option<ApiKey>,
+    /// This route's `spendgate_upstream_duration_seconds` series, resolved on first use
+    /// rather than looked up by its label on every call.
+    upstream_duration: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 impl Route {
@@ -56,7 +59,13 @@ impl Route {
             client,
             api_key_env: cfg.api_key_env.clone(),
             api_key,
+            upstream_duration: std::sync::OnceLock::new(),
         })
+    }
+
+    /// This route's series of `upstream_duration` (`spendgate_upstream_duration_seconds`).
+    pub fn upstream_duration(&self, upstream_duration: &prometheus::HistogramVec) -> &prometheus::Histogram {
+        self.upstream_duration.get_or_init(|| upstream_duration.with_label_values(&[&self.name]))
     }
 
     /// The client's headers as they go upstream, credential-wise: with a configured key,
