@@ -209,6 +209,13 @@ pub trait Store: Send + Sync {
     /// Checks every op's max and, if none refuses, adds every op's amount, atomically.
     async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError>;
 
+    /// [`Store::reserve`] done at once, without waiting, by a store that can (the embedded
+    /// store with batched durability): `Some(outcome)`. `None` (the default) means the store
+    /// would have to wait, and nothing was done: the caller awaits [`Store::reserve`].
+    fn reserve_now(&self, _req: &ReserveRequest) -> Option<Result<ReserveOutcome, StoreError>> {
+        None
+    }
+
     /// Applies a settlement (counter corrections and history). The history counts the record
     /// under each of its tags, keeping at most `store.max_tags` distinct tags per tenant: a
     /// tenant's tags past that bound are counted as `other`.
@@ -218,6 +225,15 @@ pub trait Store: Send + Sync {
     /// (the embedded store's writer) takes it without copying.
     async fn settle_owned(&self, s: Settlement) -> Result<(), StoreError> {
         self.settle(&s).await
+    }
+
+    /// [`Store::settle_owned`] done at once, without waiting, by a store that can (the
+    /// embedded store: its counters in memory and a message to its writer): `Ok(None)`. A
+    /// store that would have to wait hands the settlement back (`Ok(Some)`, the default) for
+    /// [`Store::settle_owned`]. Settling does this first, which saves an awaited call (and the
+    /// allocations of its boxed futures) on every call the embedded store settles.
+    fn settle_now(&self, s: Settlement) -> Result<Option<Settlement>, StoreError> {
+        Ok(Some(s))
     }
 
     /// Current values of counters (0 when absent).

@@ -123,6 +123,30 @@ impl Store for Timed {
         self.call("settle", self.inner.settle_owned(s)).await
     }
 
+    fn reserve_now(&self, req: &ReserveRequest) -> Option<Result<ReserveOutcome, StoreError>> {
+        let started = Instant::now();
+        let result = self.inner.reserve_now(req)?;
+        self.observe("reserve", started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.errors.with_label_values(&["reserve"]).inc();
+        }
+        Some(result)
+    }
+
+    fn settle_now(&self, s: Settlement) -> Result<Option<Settlement>, StoreError> {
+        // Synchronous: nothing can give up on it half-way, so no guard is needed.
+        let started = Instant::now();
+        let result = self.inner.settle_now(s);
+        // A settlement handed back is timed by the awaited call that follows.
+        if !matches!(result, Ok(Some(_))) {
+            self.observe("settle", started.elapsed().as_secs_f64());
+            if result.is_err() {
+                self.errors.with_label_values(&["settle"]).inc();
+            }
+        }
+        result
+    }
+
     fn keeps_open_calls(&self) -> bool {
         self.inner.keeps_open_calls()
     }
@@ -191,6 +215,94 @@ mod tests {
         fn name(&self) -> &'static str {
             "broken"
         }
+    }
+
+    /// A store that settles at once, counting what it settled.
+    struct AtOnce(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl Store for AtOnce {
+        async fn reserve(&self, _: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+            Err(StoreError::Saturated("unused".into()))
+        }
+        async fn settle(&self, _: &Settlement) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn reserve_now(&self, _: &ReserveRequest) -> Option<Result<ReserveOutcome, StoreError>> {
+            Some(Ok(ReserveOutcome::Admitted { before: Vec::new() }))
+        }
+        fn settle_now(&self, _: Settlement) -> Result<Option<Settlement>, StoreError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(None)
+        }
+        async fn read(&self, _: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn history(&self, _: Scope, _: &str, _: &[String], _: usize) -> Result<History, StoreError> {
+            Ok(History::default())
+        }
+        async fn tenants(&self, _: Scope) -> Result<Vec<String>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn bind_org(&self, _: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {
+            Ok(org.map(str::to_string))
+        }
+        async fn claim_alert(&self, _: &str, _: chrono::DateTime<chrono::Utc>) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "at-once"
+        }
+    }
+
+    fn settlement() -> Settlement {
+        let now = chrono::Utc::now();
+        Settlement {
+            deltas: Vec::new(),
+            record: crate::quota::ledger::UsageRecord {
+                at: now,
+                day: "2026-11-30".into(),
+                profile: "p".into(),
+                org: None,
+                provider: "openai".into(),
+                model: "m".into(),
+                path: "/v1/chat/completions".into(),
+                status: 200,
+                tags: Vec::new(),
+                totals: Totals::default(),
+                reason: None,
+            },
+            id: "id-1".into(),
+            expires: crate::quota::ledger::Expiry::all(now),
+        }
+    }
+
+    /// Reserving and settling at once go through the wrapper, timed; a store that cannot
+    /// hands the call back untimed (the awaited call that follows is timed instead).
+    #[test]
+    fn reserving_and_settling_at_once_pass_through_and_are_timed() {
+        let m = Metrics::new(&crate::config::MetricsConfig::default());
+        let inner = Arc::new(AtOnce(Default::default()));
+        let store = Timed::new(inner.clone(), m.store_errors.clone(), m.store_duration.clone());
+        assert!(store.settle_now(settlement()).unwrap().is_none());
+        assert_eq!(inner.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(m.store_duration.with_label_values(&["settle"]).get_sample_count(), 1);
+        let waits = Timed::new(Arc::new(Broken), m.store_errors.clone(), m.store_duration.clone());
+        assert!(waits.settle_now(settlement()).unwrap().is_some());
+        assert_eq!(m.store_duration.with_label_values(&["settle"]).get_sample_count(), 1);
+        // Reserving at once, likewise.
+        let req = ReserveRequest {
+            ops: Vec::new().into(),
+            expires: crate::quota::ledger::Expiry::all(chrono::Utc::now()),
+            call: None,
+        };
+        assert!(matches!(store.reserve_now(&req), Some(Ok(ReserveOutcome::Admitted { .. }))));
+        assert_eq!(m.store_duration.with_label_values(&["reserve"]).get_sample_count(), 1);
+        assert!(waits.reserve_now(&req).is_none());
+        assert_eq!(m.store_duration.with_label_values(&["reserve"]).get_sample_count(), 1);
     }
 
     /// The wrapper answers what the store it wraps answers about itself.

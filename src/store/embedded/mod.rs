@@ -211,6 +211,23 @@ impl EmbeddedStore {
             .ok_or_else(|| StoreError::Other("the embedded store is open read-only".into()))
     }
 
+    /// Checks a reservation against the counters in memory and adds it when admitted; then
+    /// also the record the writer gets for it.
+    fn reserve_in_memory(&self, s: &Serving, req: &ReserveRequest) -> Result<(ReserveOutcome, Option<Rec>), StoreError> {
+        if let Some(e) = self.refusal() {
+            return Err(e);
+        }
+        let outcome = s.counters.lock().reserve(&req.ops, Utc::now().timestamp());
+        if !matches!(outcome, ReserveOutcome::Admitted { .. }) {
+            return Ok((outcome, None));
+        }
+        let rec = Rec::Reserve {
+            call: req.call.clone(),
+            ops: req.ops.clone(),
+        };
+        Ok((outcome, Some(rec)))
+    }
+
     /// Hands a record to the writer.
     fn send(&self, s: &Serving, rec: Rec, done: Option<oneshot::Sender<Result<(), String>>>) {
         self.shared.unwritten.fetch_add(1, Ordering::AcqRel);
@@ -317,23 +334,27 @@ fn take_lock(path: &Path) -> Result<File, OpenError> {
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    fn reserve_now(&self, req: &ReserveRequest) -> Option<Result<ReserveOutcome, StoreError>> {
+        // Strict durability waits for the commit: only batched reservations are done here.
+        if self.opts.durability != Durability::Batched {
+            return None;
+        }
+        Some(self.serving().and_then(|s| {
+            let (outcome, rec) = self.reserve_in_memory(s, req)?;
+            if let Some(rec) = rec {
+                self.send(s, rec, None);
+            }
+            Ok(outcome)
+        }))
+    }
+
     async fn reserve(&self, req: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
+        if let Some(done) = self.reserve_now(req) {
+            return done;
+        }
         let s = self.serving()?;
-        if let Some(e) = self.refusal() {
-            return Err(e);
-        }
-        let outcome = s.counters.lock().reserve(&req.ops, Utc::now().timestamp());
-        if !matches!(outcome, ReserveOutcome::Admitted { .. }) {
-            return Ok(outcome);
-        }
-        let rec = Rec::Reserve {
-            call: req.call.clone(),
-            ops: req.ops.clone(),
-        };
-        if self.opts.durability == Durability::Batched {
-            self.send(s, rec, None);
-            return Ok(outcome);
-        }
+        let (outcome, rec) = self.reserve_in_memory(s, req)?;
+        let Some(rec) = rec else { return Ok(outcome) };
         // Strict: the reservation is durable before the request goes anywhere.
         let (done, wait) = oneshot::channel();
         self.send(s, rec, Some(done));
@@ -368,8 +389,14 @@ impl Store for EmbeddedStore {
         self.settle_owned(st.clone()).await
     }
 
-    async fn settle_owned(&self, mut st: Settlement) -> Result<(), StoreError> {
-        let s = self.serving()?;
+    async fn settle_owned(&self, st: Settlement) -> Result<(), StoreError> {
+        self.serving()?;
+        self.settle_now(st).map(drop)
+    }
+
+    fn settle_now(&self, mut st: Settlement) -> Result<Option<Settlement>, StoreError> {
+        // Not serving (opened to read): handed back, so that `settle_owned` reports it.
+        let Some(s) = &self.serving else { return Ok(Some(st)) };
         {
             let now = Utc::now().timestamp();
             let mut c = s.counters.lock();
@@ -388,7 +415,7 @@ impl Store for EmbeddedStore {
             },
             None,
         );
-        Ok(())
+        Ok(None)
     }
 
     async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
