@@ -43,7 +43,6 @@ pub struct Admitted {
     /// The client's request head (rewritten for the upstream by the forward phase).
     pub parts: request::Parts,
     pub body: UpstreamBody,
-    pub upstream_path: String,
     pub query: Option<String>,
     /// Settles the call exactly once.
     pub reservation: Reservation,
@@ -301,7 +300,8 @@ pub async fn admit(
         tenant,
         tags,
         call: call.clone(),
-        path: upstream_path.clone(),
+        // The upstream path: the forward phase reads it from here.
+        path: upstream_path,
         status: 0,
         plan,
         before,
@@ -321,7 +321,6 @@ pub async fn admit(
         estimate,
         parts,
         body,
-        upstream_path,
         query,
         reservation,
         remaining,

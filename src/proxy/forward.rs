@@ -30,7 +30,6 @@ pub async fn forward(runtime: &Runtime, admitted: Box<Admitted>) -> Response<Pro
         estimate,
         mut parts,
         body,
-        upstream_path,
         query,
         mut reservation,
         remaining,
@@ -39,7 +38,8 @@ pub async fn forward(runtime: &Runtime, admitted: Box<Admitted>) -> Response<Pro
         buffered,
     } = *admitted;
     let provider: &dyn Provider = wire.map_or(&*route.provider, |w| w.provider);
-    parts.uri = match route.upstream_uri(&upstream_path, route.upstream_query(query.as_deref()).as_deref()) {
+    let upstream_path = &reservation.settler().path;
+    parts.uri = match route.upstream_uri(upstream_path, route.upstream_query(query.as_deref()).as_deref()) {
         Ok(u) => u,
         Err(e) => {
             // Nothing was sent: the reservation is given back.

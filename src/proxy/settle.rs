@@ -46,6 +46,7 @@ pub struct Settler {
     /// The request's attribution tags (`tenant.tag_header`).
     pub tags: Vec<String>,
     pub call: Call,
+    /// The upstream path (the request path past the route's prefix).
     pub path: String,
     pub status: u16,
     pub plan: Plan,
