@@ -80,9 +80,9 @@ pub async fn start(config: Config, opts: Options) -> anyhow::Result<Handle> {
     let mut provider_addrs = BTreeMap::new();
     let mut listeners = vec![DataListener { listener: data, route: None }];
     for route in &runtime.routes {
-        if let Some(l) = cfg.providers.get(&route.name).and_then(|p| p.listen) {
+        if let Some(l) = cfg.providers.get(&*route.name).and_then(|p| p.listen) {
             let listener = bind(l.0, &format!("providers.{}.listen", route.name)).await?;
-            provider_addrs.insert(route.name.clone(), listener.local_addr()?);
+            provider_addrs.insert(route.name.to_string(), listener.local_addr()?);
             listeners.push(DataListener {
                 listener,
                 route: Some(route.clone()),

@@ -140,7 +140,7 @@ pub async fn admit(
             return Err(own.error(&unknown(), StatusCode::BAD_REQUEST, "invalid_request_body", &m));
         }
     }
-    let unmetered = runtime.config.providers.get(&route.name).map_or(Unmetered::Reject, |p| p.unmetered);
+    let unmetered = runtime.config.providers.get(&*route.name).map_or(Unmetered::Reject, |p| p.unmetered);
     let mut fixed_cost = None;
     if let Some(why) = call.unmetered {
         match unmetered {
@@ -262,7 +262,7 @@ pub async fn admit(
         id: id.clone(),
         record: UsageRecord {
             at: now,
-            day: runtime.calendar.bucket(crate::domain::window::Window::Daily, now).id.as_ref().to_owned(),
+            day: runtime.calendar.bucket(crate::domain::window::Window::Daily, now).id,
             profile: tenant.profile.clone(),
             org: tenant.org.clone(),
             provider: route.name.clone(),

@@ -198,7 +198,7 @@ impl Settler {
             // The history gets the difference; the call itself was recorded when it settled.
             record: UsageRecord {
                 at: now,
-                day: self.runtime.calendar.bucket(Window::Daily, now).id.as_ref().to_owned(),
+                day: self.runtime.calendar.bucket(Window::Daily, now).id,
                 profile: d.tenant.profile.clone(),
                 org: d.tenant.org.clone(),
                 provider: self.route.name.clone(),
@@ -238,7 +238,7 @@ impl Settler {
         );
         let app = &self.app;
         let m = &app.metrics;
-        let provider = self.route.name.as_str();
+        let provider: &str = &self.route.name;
         let (usage, cost, unpriced) = self.charge_for(&settled, end, model.as_deref());
         let model_label = super::reply::model_label(app, &self.runtime, &self.route.name, self.prices, model.as_deref());
         if unpriced {
@@ -316,10 +316,10 @@ impl Settler {
             deltas: plan.deltas(&actual),
             record: UsageRecord {
                 at: now,
-                day: self.runtime.calendar.bucket(Window::Daily, now).id.as_ref().to_owned(),
+                day: self.runtime.calendar.bucket(Window::Daily, now).id,
                 profile: tenant.profile,
                 org: tenant.org,
-                provider: provider.to_string(),
+                provider: self.route.name.clone(),
                 model: model.unwrap_or_else(|| "unknown".into()),
                 path,
                 status: self.status,

@@ -145,10 +145,10 @@ impl Totals {
 pub struct UsageRecord {
     pub at: DateTime<Utc>,
     /// The local day of `at` in the configured zone (history is kept per day).
-    pub day: String,
+    pub day: Arc<str>,
     pub profile: String,
     pub org: Option<String>,
-    pub provider: String,
+    pub provider: Arc<str>,
     pub model: String,
     pub path: String,
     pub status: u16,

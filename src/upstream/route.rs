@@ -13,7 +13,7 @@ use crate::config::{ProviderConfig, ProviderKind};
 use crate::providers::{self, Provider};
 
 pub struct Route {
-    pub name: String,
+    pub name: Arc<str>,
     pub kind: ProviderKind,
     pub prefix: Option<String>,
     pub provider: Arc<dyn Provider>,
@@ -48,7 +48,7 @@ impl Route {
         })?;
         let api_key = cfg.api_key_env.as_deref().map(|var| ApiKey::from_env(cfg.kind, var)).transpose()?;
         Ok(Route {
-            name: name.to_string(),
+            name: name.into(),
             kind: cfg.kind,
             prefix: cfg.prefix.clone(),
             provider: providers::for_kind(cfg.kind),

@@ -158,7 +158,7 @@ pub fn report(r: &Report) -> String {
             .map(|rec| {
                 vec![
                     rec.at.to_rfc3339_opts(SecondsFormat::Secs, true),
-                    rec.provider.clone(),
+                    rec.provider.to_string(),
                     rec.model.clone(),
                     rec.status.to_string(),
                     format_usd(rec.totals.cost_nanos),

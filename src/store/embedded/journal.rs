@@ -179,8 +179,8 @@ impl Changes {
         let mut scratch = std::mem::take(&mut self.scratch);
         for (scope, tenant) in scopes {
             for (table, columns) in [
-                (TotalsTable::DailyProvider, [tenant, rec.day.as_str(), rec.provider.as_str()].as_slice()),
-                (TotalsTable::DailyModel, &[tenant, rec.day.as_str(), rec.model.as_str()]),
+                (TotalsTable::DailyProvider, [tenant, &*rec.day, &*rec.provider].as_slice()),
+                (TotalsTable::DailyModel, &[tenant, &*rec.day, rec.model.as_str()]),
                 (TotalsTable::Monthly, &[tenant, month]),
             ] {
                 pack(&mut scratch, table_code(table), scope, columns);
@@ -194,7 +194,7 @@ impl Changes {
             self.tagged.push(TagUse {
                 profile: rec.profile.clone(),
                 org: rec.org.clone(),
-                day: rec.day.clone(),
+                day: rec.day.to_string(),
                 tags: rec.tags.clone(),
                 totals: rec.totals.clone(),
             });
@@ -655,10 +655,10 @@ impl<'a> Decoder<'a> {
         let at = DateTime::<Utc>::from_timestamp_micros(self.int()?).ok_or("a time out of range")?;
         Ok(UsageRecord {
             at,
-            day: self.str()?.to_string(),
+            day: self.str()?.into(),
             profile: self.str()?.to_string(),
             org: self.opt()?.map(|s| s.to_string()),
-            provider: self.str()?.to_string(),
+            provider: self.str()?.into(),
             model: self.str()?.to_string(),
             path: self.str()?.to_string(),
             status: u16::try_from(self.uint()?).map_err(|_| "a status out of range")?,

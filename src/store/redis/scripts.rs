@@ -315,7 +315,7 @@ pub fn settle<'a>(
     inv.arg(0);
     let mut count = 0;
     // Day ids and expiries are the same for most entries of a batch: computed once per day.
-    let mut last_day: Option<(String, Periods)> = None;
+    let mut last_day: Option<(std::sync::Arc<str>, Periods)> = None;
     for (tag, entry) in entries {
         count += 1;
         entry_id(&mut inv, keys, tag, entry, &mut needs_expiry);
@@ -453,7 +453,7 @@ pub fn settle_sums<'a>(
     // Recent lists in order first seen, each with its records.
     let mut lists: Vec<(String, Vec<String>)> = Vec::new();
     let mut list_index: HashMap<String, usize, foldhash::fast::RandomState> = HashMap::default();
-    let mut last_day: Option<(String, Periods)> = None;
+    let mut last_day: Option<(std::sync::Arc<str>, Periods)> = None;
     for (tag, entry) in entries {
         ids.push((tag, entry));
         for (key, delta) in entry.counters.iter().filter(|(_, d)| *d != 0) {
