@@ -655,10 +655,10 @@ impl<'a> Decoder<'a> {
         let at = DateTime::<Utc>::from_timestamp_micros(self.int()?).ok_or("a time out of range")?;
         Ok(UsageRecord {
             at,
-            day: self.str()?.into(),
+            day: self.str()?,
             profile: self.str()?.to_string(),
             org: self.opt()?.map(|s| s.to_string()),
-            provider: self.str()?.into(),
+            provider: self.str()?,
             model: self.str()?.to_string(),
             path: self.str()?.to_string(),
             status: u16::try_from(self.uint()?).map_err(|_| "a status out of range")?,
