@@ -177,16 +177,31 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
-    /// A store whose reservations fail and whose reads never answer.
-    struct Broken;
+    /// A store whose awaited reservations fail and whose reads never answer; with `at_once`,
+    /// it reserves and settles at once (counting what it settled), otherwise it never does.
+    #[derive(Default)]
+    struct Broken {
+        at_once: bool,
+        settled: std::sync::atomic::AtomicUsize,
+    }
 
     #[async_trait]
     impl Store for Broken {
         async fn reserve(&self, _: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
             Err(StoreError::Saturated("full".into()))
         }
+        fn reserve_now(&self, _: &ReserveRequest) -> Option<Result<ReserveOutcome, StoreError>> {
+            self.at_once.then(|| Ok(ReserveOutcome::Admitted { before: Vec::new() }))
+        }
         async fn settle(&self, _: &Settlement) -> Result<(), StoreError> {
             Ok(())
+        }
+        fn settle_now(&self, s: Settlement) -> Result<Option<Settlement>, StoreError> {
+            if !self.at_once {
+                return Ok(Some(s));
+            }
+            self.settled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(None)
         }
         async fn read(&self, _: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
             std::future::pending().await
@@ -217,47 +232,6 @@ mod tests {
         }
     }
 
-    /// A store that settles at once, counting what it settled.
-    struct AtOnce(std::sync::atomic::AtomicUsize);
-
-    #[async_trait]
-    impl Store for AtOnce {
-        async fn reserve(&self, _: &ReserveRequest) -> Result<ReserveOutcome, StoreError> {
-            Err(StoreError::Saturated("unused".into()))
-        }
-        async fn settle(&self, _: &Settlement) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn reserve_now(&self, _: &ReserveRequest) -> Option<Result<ReserveOutcome, StoreError>> {
-            Some(Ok(ReserveOutcome::Admitted { before: Vec::new() }))
-        }
-        fn settle_now(&self, _: Settlement) -> Result<Option<Settlement>, StoreError> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok(None)
-        }
-        async fn read(&self, _: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
-            Ok(Vec::new())
-        }
-        async fn history(&self, _: Scope, _: &str, _: &[String], _: usize) -> Result<History, StoreError> {
-            Ok(History::default())
-        }
-        async fn tenants(&self, _: Scope) -> Result<Vec<String>, StoreError> {
-            Ok(Vec::new())
-        }
-        async fn bind_org(&self, _: &str, org: Option<&str>) -> Result<Option<String>, StoreError> {
-            Ok(org.map(str::to_string))
-        }
-        async fn claim_alert(&self, _: &str, _: chrono::DateTime<chrono::Utc>) -> Result<bool, StoreError> {
-            Ok(true)
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn name(&self) -> &'static str {
-            "at-once"
-        }
-    }
-
     fn settlement() -> Settlement {
         let now = chrono::Utc::now();
         Settlement {
@@ -285,12 +259,15 @@ mod tests {
     #[test]
     fn reserving_and_settling_at_once_pass_through_and_are_timed() {
         let m = Metrics::new(&crate::config::MetricsConfig::default());
-        let inner = Arc::new(AtOnce(Default::default()));
+        let inner = Arc::new(Broken {
+            at_once: true,
+            ..Broken::default()
+        });
         let store = Timed::new(inner.clone(), m.store_errors.clone(), m.store_duration.clone());
         assert!(store.settle_now(settlement()).unwrap().is_none());
-        assert_eq!(inner.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(inner.settled.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(m.store_duration.with_label_values(&["settle"]).get_sample_count(), 1);
-        let waits = Timed::new(Arc::new(Broken), m.store_errors.clone(), m.store_duration.clone());
+        let waits = Timed::new(Arc::new(Broken::default()), m.store_errors.clone(), m.store_duration.clone());
         assert!(waits.settle_now(settlement()).unwrap().is_some());
         assert_eq!(m.store_duration.with_label_values(&["settle"]).get_sample_count(), 1);
         // Reserving at once, likewise.
@@ -309,7 +286,7 @@ mod tests {
     #[test]
     fn the_store_s_own_answers_pass_through() {
         let m = Metrics::new(&crate::config::MetricsConfig::default());
-        let store = Timed::new(Arc::new(Broken), m.store_errors.clone(), m.store_duration.clone());
+        let store = Timed::new(Arc::new(Broken::default()), m.store_errors.clone(), m.store_duration.clone());
         assert!(store.keeps_open_calls());
         assert!(!store.reserves_unwatched());
         assert_eq!(store.name(), "broken");
@@ -318,7 +295,7 @@ mod tests {
     #[tokio::test]
     async fn every_call_is_timed_and_each_failure_counted_once() {
         let m = Metrics::new(&crate::config::MetricsConfig::default());
-        let store = Timed::new(Arc::new(Broken), m.store_errors.clone(), m.store_duration.clone());
+        let store = Timed::new(Arc::new(Broken::default()), m.store_errors.clone(), m.store_duration.clone());
         let req = ReserveRequest {
             ops: Vec::new().into(),
             expires: crate::quota::ledger::Expiry::all(chrono::Utc::now()),
