@@ -117,6 +117,35 @@ fn window_of(code: u8) -> Option<Window> {
 }
 
 impl Changes {
+    /// Empties these changes and keeps their maps' room: the changes waiting for the tables
+    /// refill to about the same size every second, and would otherwise grow (and rehash) again
+    /// from nothing each time.
+    pub fn clear(&mut self) {
+        let Changes {
+            counters,
+            prunes,
+            opened,
+            closed,
+            totals,
+            tenants,
+            tagged,
+            binds,
+            claims,
+            records,
+            scratch: _,
+        } = self;
+        counters.clear();
+        prunes.clear();
+        opened.clear();
+        closed.clear();
+        totals.clear();
+        tenants.clear();
+        tagged.clear();
+        binds.clear();
+        claims.clear();
+        *records = 0;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.records == 0
     }
@@ -812,6 +841,22 @@ mod tests {
         first.merge(later);
         assert_eq!(first.counters.get(&k), Some(&3));
         assert_eq!(first.prunes.len(), 1);
+    }
+
+    #[test]
+    fn cleared_changes_are_empty_and_fill_again() {
+        let mut a = Changes::default();
+        a.add_history(&record("p", None, &["tool=x"], 2));
+        a.count();
+        assert!(!a.is_empty());
+        a.clear();
+        assert!(a.is_empty());
+        assert_eq!(a.records(), 0);
+        assert!(a.totals.is_empty() && a.tenants.is_empty() && a.tagged.is_empty());
+        a.add_history(&record("p", None, &[], 3));
+        let mut col = Vec::new();
+        pack(&mut col, table_code(TotalsTable::Monthly), Scope::Profile, &["p", "2026-11"]);
+        assert_eq!(a.totals[col.as_slice()].cost_nanos, 3, "nothing of before the clear is left");
     }
 
     #[test]

@@ -294,7 +294,7 @@ impl Journaled {
                         }
                     }
                 }
-                self.changes = Changes::default();
+                self.changes.clear();
                 self.since = None;
             }
             Err(e) => {
