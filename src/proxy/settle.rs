@@ -347,14 +347,8 @@ impl Settler {
 /// task. A task per settlement, and the wake-up of another worker thread it costs, is saved
 /// where nothing needs to wait.
 fn spawn_store(app: &Arc<App>, settlement: Settlement) {
-    let settlement = match app.store.settle_now(settlement) {
-        Ok(None) => return,
-        Ok(Some(handed_back)) => handed_back,
-        Err(e) => {
-            tracing::error!(error = %e, "could not record a settlement");
-            return;
-        }
-    };
+    // Settled at once, or handed back to be awaited.
+    let Some(settlement) = app.store.settle_now(settlement) else { return };
     let store = app.store.clone();
     let mut write = Box::pin(async move {
         let tenant = settlement.record.profile.clone();

@@ -228,12 +228,14 @@ pub trait Store: Send + Sync {
     }
 
     /// [`Store::settle_owned`] done at once, without waiting, by a store that can (the
-    /// embedded store: its counters in memory and a message to its writer): `Ok(None)`. A
-    /// store that would have to wait hands the settlement back (`Ok(Some)`, the default) for
-    /// [`Store::settle_owned`]. Settling does this first, which saves an awaited call (and the
-    /// allocations of its boxed futures) on every call the embedded store settles.
-    fn settle_now(&self, s: Settlement) -> Result<Option<Settlement>, StoreError> {
-        Ok(Some(s))
+    /// embedded store: its counters in memory and a message to its writer): `None`. A store
+    /// that would have to wait, or cannot settle now for any reason, hands the settlement back
+    /// untouched (`Some`, the default) for [`Store::settle_owned`], which reports its
+    /// failures: a settlement is never lost here. Settling does this first, which saves an
+    /// awaited call (and the allocations of its boxed futures) on every call the embedded
+    /// store settles.
+    fn settle_now(&self, s: Settlement) -> Option<Settlement> {
+        Some(s)
     }
 
     /// Current values of counters (0 when absent).

@@ -119,7 +119,8 @@ fn window_of(code: u8) -> Option<Window> {
 impl Changes {
     /// Empties these changes and keeps their maps' room: the changes waiting for the tables
     /// refill to about the same size every second, and would otherwise grow (and rehash) again
-    /// from nothing each time.
+    /// from nothing each time. The room kept is that of the largest second, which the
+    /// writer's `MATERIALIZE_MAX` records bound.
     pub fn clear(&mut self) {
         let Changes {
             counters,

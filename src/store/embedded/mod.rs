@@ -211,6 +211,28 @@ impl EmbeddedStore {
             .ok_or_else(|| StoreError::Other("the embedded store is open read-only".into()))
     }
 
+    /// Applies a settlement to the counters in memory and hands it to the writer.
+    fn settle_serving(&self, s: &Serving, mut st: Settlement) {
+        {
+            let now = Utc::now().timestamp();
+            let mut c = s.counters.lock();
+            for (k, d) in &st.deltas {
+                c.add(k, *d, now);
+            }
+        }
+        // Never refused: the call was admitted, its charge is kept whatever happens.
+        st.deltas.retain(|(_, d)| *d != 0);
+        self.send(
+            s,
+            Rec::Settle {
+                id: st.id,
+                deltas: st.deltas,
+                record: st.record,
+            },
+            None,
+        );
+    }
+
     /// Checks a reservation against the counters in memory and adds it when admitted; then
     /// also the record the writer gets for it.
     fn reserve_in_memory(&self, s: &Serving, req: &ReserveRequest) -> Result<(ReserveOutcome, Option<Rec>), StoreError> {
@@ -390,32 +412,19 @@ impl Store for EmbeddedStore {
     }
 
     async fn settle_owned(&self, st: Settlement) -> Result<(), StoreError> {
-        self.serving()?;
-        self.settle_now(st).map(drop)
+        self.settle_serving(self.serving()?, st);
+        Ok(())
     }
 
-    fn settle_now(&self, mut st: Settlement) -> Result<Option<Settlement>, StoreError> {
+    fn settle_now(&self, st: Settlement) -> Option<Settlement> {
         // Not serving (opened to read): handed back, so that `settle_owned` reports it.
-        let Some(s) = &self.serving else { return Ok(Some(st)) };
-        {
-            let now = Utc::now().timestamp();
-            let mut c = s.counters.lock();
-            for (k, d) in &st.deltas {
-                c.add(k, *d, now);
+        match &self.serving {
+            Some(s) => {
+                self.settle_serving(s, st);
+                None
             }
+            None => Some(st),
         }
-        // Never refused: the call was admitted, its charge is kept whatever happens.
-        st.deltas.retain(|(_, d)| *d != 0);
-        self.send(
-            s,
-            Rec::Settle {
-                id: st.id,
-                deltas: st.deltas,
-                record: st.record,
-            },
-            None,
-        );
-        Ok(None)
     }
 
     async fn read(&self, keys: &[CounterKey]) -> Result<Vec<i64>, StoreError> {
