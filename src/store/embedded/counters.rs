@@ -226,23 +226,23 @@ pub(super) mod tests {
         }
     }
 
+    /// A watched op on `key`.
+    fn op(key: CounterKey, amount: i64, max: Option<i64>) -> CounterOp {
+        CounterOp {
+            key,
+            amount,
+            max,
+            watched: true,
+        }
+    }
+
     #[test]
     fn reserve_checks_then_applies_all_or_nothing() {
         let mut c = Counters::default();
         let ops = |amount| {
             vec![
-                CounterOp {
-                    key: key("p", Window::Daily, "2026-11-29", "requests"),
-                    amount: 1,
-                    max: None,
-                    watched: true,
-                },
-                CounterOp {
-                    key: key("p", Window::Daily, "2026-11-29", "cost"),
-                    amount,
-                    max: Some(10),
-                    watched: true,
-                },
+                op(key("p", Window::Daily, "2026-11-29", "requests"), 1, None),
+                op(key("p", Window::Daily, "2026-11-29", "cost"), amount, Some(10)),
             ]
         };
         assert_eq!(c.reserve(&ops(6), 0), ReserveOutcome::Admitted { before: vec![0, 0] });
@@ -260,12 +260,7 @@ pub(super) mod tests {
         let mut org = key("p", Window::Daily, "2026-11-29", "cost");
         org.scope = Scope::Org;
         c.add(&org, 11, 0);
-        let op = |key| CounterOp {
-            key,
-            amount: 1,
-            max: None,
-            watched: true,
-        };
+        let op = |key| op(key, 1, None);
         // Same strings in separate allocations, rows changing back and forth, a field the
         // row does not have, and a scope that differs in nothing else.
         let ops = [
