@@ -650,7 +650,7 @@ pub fn text_bytes(v: &Value) -> usize {
 pub fn path_matches(pattern: &str, path: &str) -> bool {
     // Both walked together byte by byte: every request tries the routes of its provider's
     // table in order, and most patterns differ from the path within a few bytes.
-    let (p, s) = (trim_slashes(pattern.as_bytes()), trim_slashes(path.as_bytes()));
+    let (p, s) = (pattern.trim_matches('/').as_bytes(), path.trim_matches('/').as_bytes());
     let is = |rest: &[u8], seg: &[u8]| rest.strip_prefix(seg).is_some_and(|r| r.is_empty() || r[0] == b'/');
     let (mut i, mut j) = (0, 0);
     loop {
@@ -688,12 +688,6 @@ pub fn path_matches(pattern: &str, path: &str) -> bool {
             (true, true) => (i, j) = (i + 1, j + 1),
         }
     }
-}
-
-fn trim_slashes(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|&b| b != b'/').unwrap_or(s.len());
-    let end = s.iter().rposition(|&b| b != b'/').map_or(start, |i| i + 1);
-    &s[start..end]
 }
 
 /// True for a WebSocket upgrade: a session whose traffic the proxy does not read.

@@ -229,13 +229,10 @@ impl Settler {
         // copied.
         let model = self.call.model.take();
         let (id, path, tags) = (std::mem::take(&mut self.id), std::mem::take(&mut self.path), std::mem::take(&mut self.tags));
-        let tenant = std::mem::replace(
-            &mut self.tenant,
-            Tenant {
-                profile: String::new(),
-                org: None,
-            },
-        );
+        let tenant = Tenant {
+            profile: std::mem::take(&mut self.tenant.profile),
+            org: self.tenant.org.take(),
+        };
         let app = &self.app;
         let m = &app.metrics;
         let provider: &str = &self.route.name;
